@@ -1,0 +1,113 @@
+"""The `mirrorpool` command: serve, or dev (a local primary+mirror pair, then serve)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from app import __version__
+from app.errors import DevDBError, SettingsError
+from app.redaction import configure_logging
+from app.settings import Settings, load_settings
+
+logger = logging.getLogger("app.cli")
+
+EXIT_USAGE = 2
+DEVDB_DIR = Path(".devdb")
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived: finish what is running, clean up, exit 0."""
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    # uvicorn handles the signal itself (graceful shutdown) and re-raises it once done;
+    # this handler turns that into an exception so `finally` blocks (the local pair) run.
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def serve(settings: Settings) -> int:
+    """Run the HTTP service until SIGINT/SIGTERM; in-flight requests finish first."""
+    from app.main import create_app  # noqa: PLC0415 - keeps `mirrorpool --help` quick
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.value,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) or None,
+        server_header=False,
+    )
+    return 0
+
+
+def dev(settings: Settings, mirrors: int) -> int:
+    """Serve against the configured DSNs, or against a local pair under .devdb/."""
+    from app.devdb import LocalPair  # noqa: PLC0415
+
+    if settings.primary_dsn is not None:
+        logger.info("MIRRORPOOL_PRIMARY_DSN is set: serving it, no local pair started")
+        return serve(settings)
+    pair = LocalPair(DEVDB_DIR, mirrors=mirrors)
+    pair.start()
+    try:
+        dsns = {n.name: n.dsn(password=False) for n in pair.nodes}
+        width = max(len(name) for name in dsns)
+        lines = [f"local PostgreSQL pair in {DEVDB_DIR}/ (passwords in {DEVDB_DIR}/pgpass):"]
+        lines += [f"  {name:<{width}}  {dsn}" for name, dsn in dsns.items()]
+        lines += [
+            f'  psql:  PGPASSFILE={DEVDB_DIR}/pgpass psql "{pair.primary.dsn(password=False)}"',
+            f"  docs:  http://{settings.host}:{settings.port}/docs",
+        ]
+        print("\n".join(lines), flush=True)
+        mirror_dsns = ",".join(m.dsn() for m in pair.mirrors) or None
+        return serve(load_settings(primary_dsn=pair.primary.dsn(), mirror_dsn=mirror_dsns))
+    finally:
+        pair.stop()
+        print("local PostgreSQL pair stopped", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="mirrorpool", description="PostgreSQL over HTTP, with mirror failover."
+    )
+    parser.add_argument("--version", action="version", version=f"mirrorpool {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="serve HTTP using the MIRRORPOOL_* settings")
+    dev_cmd = commands.add_parser(
+        "dev", help="start a local primary+mirror under .devdb/ (unless DSNs are set) and serve"
+    )
+    dev_cmd.add_argument("--mirrors", type=int, default=1, help="number of mirrors (default 1)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mirrorpool` console script and `python -m app`."""
+    args = build_parser().parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _request_stop)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level.value)
+        if args.command == "serve":
+            return serve(settings)
+        return dev(settings, args.mirrors)
+    except SettingsError as exc:
+        print(f"mirrorpool: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DevDBError as exc:
+        print(f"mirrorpool: local PostgreSQL pair: {exc}", file=sys.stderr)
+        return 1
+    except StopRequested as stop:
+        logger.info("stopped by %s", stop)
+        return 0

@@ -1,0 +1,179 @@
+"""The health monitor: probes every node on its own connection, under a hard deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from app.cluster.node import Node
+from app.redaction import redactor
+
+logger = logging.getLogger(__name__)
+
+# One round trip that works on a primary and on a standby. The primary's timeline comes
+# from its current WAL file name (pg_control_checkpoint() lags until the first checkpoint
+# after a promotion); a standby's from its WAL receiver, else its last restartpoint.
+PROBE_SQL = """
+SELECT r.rec,
+       CASE WHEN r.rec
+            THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END,
+       CASE WHEN r.rec THEN
+            CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
+                 THEN 0
+                 ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+            END
+       END::float8,
+       CASE WHEN r.rec
+            THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
+       END::int8
+FROM (SELECT pg_is_in_recovery() AS rec) AS r
+"""
+
+# Called with the node and whether it was reachable before the change (None: never probed).
+Listener = Callable[[Node, bool | None], None]
+
+
+class ProbeTimeout(Exception):
+    """The node did not answer the probe within the probe timeout."""
+
+
+class HealthMonitor:
+    """Probes each node every `interval` seconds and after every `probe_soon()`.
+
+    Each node has one dedicated connection, never a pool connection, so a busy pool is
+    never mistaken for a dead node. A probe that overruns `timeout` is abandoned rather
+    than awaited: a frozen server would otherwise hold the monitor as long as it likes.
+    """
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        *,
+        interval: float,
+        timeout: float,
+        threshold: int,
+        on_change: Listener,
+    ) -> None:
+        self.nodes = nodes
+        self.interval = interval
+        self.timeout = timeout
+        self.threshold = threshold
+        self._on_change = on_change
+        self._conns: dict[str, psycopg.AsyncConnection[Any] | None] = {}
+        self._wake: dict[str, asyncio.Event] = {n.name: asyncio.Event() for n in nodes}
+        self._loops: list[asyncio.Task[None]] = []
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        """Start one probing loop per node."""
+        self._loops = [
+            asyncio.create_task(self._run(node), name=f"monitor-{node.name}") for node in self.nodes
+        ]
+
+    async def stop(self) -> None:
+        """Stop probing and close the probe connections."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        for task in self._abandoned:
+            task.cancel()
+        for name, conn in list(self._conns.items()):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 1.0)
+            self._conns[name] = None
+
+    def probe_soon(self, node: Node) -> None:
+        """Probe `node` now instead of at its next interval."""
+        self._wake[node.name].set()
+
+    async def _run(self, node: Node) -> None:
+        wake = self._wake[node.name]
+        while True:
+            await self.probe(node)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.interval)
+            wake.clear()
+
+    async def probe(self, node: Node) -> None:
+        """Probe one node once and record what was seen."""
+        started = time.monotonic()
+        task = asyncio.create_task(self._query(node))
+        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        try:
+            if not done:
+                self._abandon(node, task)
+                raise ProbeTimeout(f"no answer within {self.timeout:g} s")
+            row = task.result()
+        except (psycopg.Error, OSError, ProbeTimeout) as exc:
+            self._record_failure(node, exc)
+            return
+        self._record_success(node, row, (time.monotonic() - started) * 1000)
+
+    async def _query(self, node: Node) -> tuple[Any, ...]:
+        conn = self._conns.get(node.name)
+        try:
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    node.dsn, autocommit=True, application_name="mirrorpool-monitor"
+                )
+                self._conns[node.name] = conn
+            cur = await conn.execute(PROBE_SQL, prepare=False)
+            row = await cur.fetchone()
+        except BaseException:
+            # Failed, or abandoned by probe(): this connection is in an unknown state.
+            if self._conns.get(node.name) is conn:
+                self._conns[node.name] = None
+            if conn is not None:
+                await conn.close()
+            raise
+        assert row is not None
+        return tuple(row)
+
+    def _abandon(self, node: Node, task: asyncio.Task[Any]) -> None:
+        # psycopg answers a cancelled query by sending a cancel request and waiting for
+        # the server (psycopg issue 1371): leave that to run in the background.
+        self._conns[node.name] = None
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not warn about it
+
+    def _record_success(self, node: Node, row: tuple[Any, ...], latency_ms: float) -> None:
+        state = node.state
+        was_reachable, was_in_recovery = state.reachable, state.in_recovery
+        state.in_recovery, state.timeline, state.replay_lag_s, state.replay_lag_bytes = row
+        state.latency_ms = round(latency_ms, 2)
+        state.last_check = datetime.now(UTC)
+        state.consecutive_failures = 0
+        state.error = None
+        state.reachable = True
+        if was_reachable is not True or was_in_recovery != state.in_recovery:
+            state.last_change = state.last_check
+            self._on_change(node, was_reachable)
+
+    def _record_failure(self, node: Node, exc: BaseException) -> None:
+        state = node.state
+        state.last_check = datetime.now(UTC)
+        state.consecutive_failures += 1
+        state.latency_ms = None
+        state.error = redactor.scrub(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+        if state.consecutive_failures >= self.threshold and state.reachable is not False:
+            was_reachable, state.reachable = state.reachable, False
+            state.last_change = state.last_check
+            self._on_change(node, was_reachable)

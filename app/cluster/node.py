@@ -1,0 +1,114 @@
+"""A database node: where it is, its connection pool, and what the monitor last saw of it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from app.cluster.dsn import describe_dsn, with_options
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# get_stats() leaves out counters that never moved; /pool/stats shows them all, at 0.
+POOL_STAT_NAMES = (
+    "pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting",
+    "requests_num", "requests_queued", "requests_wait_ms", "requests_errors", "usage_ms",
+    "returns_bad", "connections_num", "connections_ms", "connections_errors", "connections_lost",
+)  # fmt: skip
+
+
+class Role(StrEnum):
+    """What a node is, as observed (not as configured)."""
+
+    PRIMARY = "primary"
+    MIRROR = "mirror"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class NodeState:
+    """The monitor's latest view of a node."""
+
+    reachable: bool | None = None
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    replay_lag_s: float | None = None
+    replay_lag_bytes: int | None = None
+    latency_ms: float | None = None
+    last_check: datetime | None = None
+    last_change: datetime | None = None
+    consecutive_failures: int = 0
+    error: str | None = None
+
+    @property
+    def role(self) -> Role:
+        """primary when reachable and not in recovery, mirror when in recovery."""
+        if not self.reachable or self.in_recovery is None:
+            return Role.UNKNOWN
+        return Role.MIRROR if self.in_recovery else Role.PRIMARY
+
+
+class Node:
+    """One PostgreSQL server mirrorpool talks to, with its own pool."""
+
+    def __init__(self, name: str, dsn: str, settings: Settings) -> None:
+        self.name = name
+        self.target = describe_dsn(dsn)
+        self._dsn = with_options(
+            dsn,
+            application_name=settings.application_name,
+            connect_timeout=settings.connect_timeout,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            # A vanished host must not hold a connection for the kernel's default 15 minutes.
+            tcp_user_timeout=10_000,
+        )
+        self.state = NodeState()
+        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            self._dsn,
+            open=False,
+            name=name,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.pool_timeout,
+            max_waiting=settings.pool_max_waiting,
+            max_lifetime=settings.pool_max_lifetime,
+            max_idle=settings.pool_max_idle,
+            kwargs={"autocommit": True},
+        )
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.target}>"
+
+    @property
+    def dsn(self) -> str:
+        """The node's full conninfo (a secret: never log or return it)."""
+        return self._dsn
+
+    @property
+    def role(self) -> Role:
+        """The node's observed role."""
+        return self.state.role
+
+    async def open(self) -> None:
+        """Open the pool without waiting: connections are made in the background."""
+        await self.pool.open(wait=False)
+
+    async def close(self, timeout: float) -> None:
+        """Close the pool, giving checked-out connections `timeout` seconds to come back."""
+        await self.pool.close(timeout=timeout)
+
+    def pool_stats(self) -> dict[str, int]:
+        """psycopg_pool's get_stats(), with every counter present."""
+        stats = dict.fromkeys(POOL_STAT_NAMES, 0)
+        stats.update(self.pool.get_stats())
+        return stats

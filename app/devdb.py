@@ -1,0 +1,618 @@
+"""A local PostgreSQL primary with streaming mirrors, for `make run` and the tests.
+
+The servers come from the machine's own PostgreSQL binaries, listen on free loopback ports
+and keep their data under one directory. When this process is root they run as the
+unprivileged `postgres` user, since PostgreSQL refuses to run as root. Every server is a
+child of this process: `LocalPair.destroy()` (also run at exit, and by the kernel if the
+starting thread dies) leaves no postgres process behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import glob
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal, TypedDict
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from app.errors import DevDBError
+
+RUN_AS_WHEN_ROOT = "postgres"
+SUPERUSER = "postgres"
+_BINARIES = ("initdb", "postgres", "pg_basebackup")
+_PR_SET_PDEATHSIG = 1
+
+StopMode = Literal["smart", "fast", "immediate"]
+_STOP_SIGNALS: dict[StopMode, signal.Signals] = {
+    "smart": signal.SIGTERM,
+    "fast": signal.SIGINT,
+    "immediate": signal.SIGQUIT,
+}
+
+
+def find_pg_bindir() -> Path:
+    """Find a folder holding initdb, postgres and pg_basebackup, or say how to get them."""
+    candidates: list[Path] = []
+    if found := shutil.which("initdb"):
+        candidates.append(Path(found).resolve().parent)
+    if pg_config := shutil.which("pg_config"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    debian = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0)
+    )
+    candidates.extend(Path(p) for p in reversed(debian))
+    for folder in candidates:
+        if all((folder / name).is_file() for name in _BINARIES):
+            return folder
+    raise DevDBError(
+        "PostgreSQL server binaries (initdb, postgres, pg_basebackup) were not found on PATH, "
+        "via pg_config or in /usr/lib/postgresql/*/bin; install them first "
+        "(Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql)"
+    )
+
+
+class SpawnOptions(TypedDict):
+    """Keyword arguments of subprocess.Popen that decide who a server runs as."""
+
+    user: int | None
+    group: int | None
+    extra_groups: list[int] | None
+    preexec_fn: Callable[[], None] | None
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The OS user the servers run as."""
+
+    uid: int
+    gid: int
+    name: str
+
+    @classmethod
+    def for_this_process(cls) -> RunAs:
+        """Ourselves, or the unprivileged `postgres` user when we are root."""
+        if os.geteuid() != 0:
+            return cls(os.geteuid(), os.getegid(), pwd.getpwuid(os.geteuid()).pw_name)
+        try:
+            entry = pwd.getpwnam(RUN_AS_WHEN_ROOT)
+        except KeyError:
+            raise DevDBError(
+                "running as root, PostgreSQL needs an unprivileged user to run as: "
+                f"create one named {RUN_AS_WHEN_ROOT!r} (useradd --system {RUN_AS_WHEN_ROOT})"
+            ) from None
+        return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
+
+    @property
+    def is_other(self) -> bool:
+        """True when the servers run as another user than this process."""
+        return self.uid != os.geteuid()
+
+    def own(self, path: Path) -> None:
+        """Give a file or folder to this user."""
+        if self.is_other:
+            os.chown(path, self.uid, self.gid)
+
+    def check_reachable(self, path: Path) -> None:
+        """Raise unless this user can walk down to `path` (a root-only temp dir is not)."""
+        groups = {self.gid, *os.getgrouplist(self.name, self.gid)}
+        for folder in [*reversed(path.resolve().parents), path.resolve()]:
+            st = folder.stat()
+            if st.st_uid == self.uid:
+                ok = bool(st.st_mode & 0o100)
+            elif st.st_gid in groups:
+                ok = bool(st.st_mode & 0o010)
+            else:
+                ok = bool(st.st_mode & 0o001)
+            if not ok:
+                raise DevDBError(
+                    f"the PostgreSQL servers run as user {self.name!r}, who cannot enter "
+                    f"{folder}; choose a folder it can reach (e.g. under /tmp)"
+                )
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: the kernel kills the server if the thread
+    # that started it dies, so a crashed test run cannot leak postgres processes.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that nothing listens on now, all different."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _children_of(pid: int) -> list[int]:
+    """Direct children of a process, read from /proc."""
+    kids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces.
+        fields = text[text.rfind(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            kids.append(int(Path(stat).parent.name))
+    return kids
+
+
+def alive(pid: int) -> bool:
+    """True while a process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rfind(")") + 2] != "Z"
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll `condition` until it holds, or raise DevDBError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise DevDBError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalNode:
+    """One PostgreSQL server of a LocalPair: its data folder, port and process."""
+
+    def __init__(self, pair: LocalPair, name: str, port: int) -> None:
+        self.pair = pair
+        self.name = name
+        self.port = port
+        self.data_dir = pair.base_dir / name
+        self.log_path = pair.base_dir / "logs" / f"{name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._frozen: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<LocalNode {self.name} 127.0.0.1:{self.port}>"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs."""
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def processes(self) -> list[int]:
+        """Pids of the postmaster and its children, while it runs."""
+        pid = self.pid
+        return [] if pid is None else [pid, *_children_of(pid)]
+
+    @property
+    def running(self) -> bool:
+        """True while the postmaster process exists (frozen included)."""
+        return self.pid is not None
+
+    def dsn(self, dbname: str = "postgres", *, password: bool = True) -> str:
+        """A libpq DSN for this server; `password=False` leaves the secret out."""
+        params: dict[str, str | int] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": SUPERUSER,
+            "dbname": dbname,
+        }
+        if password:
+            params["password"] = self.pair.password
+        return make_conninfo("", **params)
+
+    def connect(self, dbname: str = "postgres", timeout: int = 5) -> psycopg.Connection:
+        """An autocommit connection to this server."""
+        return psycopg.connect(self.dsn(dbname), connect_timeout=timeout, autocommit=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server (if it is not running) and wait until it takes connections."""
+        if self.running:
+            return
+        self._clear_stale_pid_file()
+        log: IO[bytes] = self.log_path.open("ab")
+        with log:
+            self._proc = subprocess.Popen(
+                [str(self.pair.bindir / "postgres"), "-D", str(self.data_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **self.pair.spawn_options(),
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the server answers a query; raise with its log tail if it dies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise DevDBError(f"{self.name} exited during start-up:\n{self.log_tail()}")
+            try:
+                with self.connect(timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise DevDBError(
+                        f"{self.name} not ready after {timeout:g} s:\n{self.log_tail()}"
+                    ) from None
+                time.sleep(0.02)
+
+    def stop(self, mode: StopMode = "fast", timeout: float = 30.0) -> None:
+        """Shut the server down the way `pg_ctl stop -m MODE` does, and wait for it."""
+        if self._proc is None:
+            return
+        self.thaw()
+        if self._proc.poll() is None:
+            self._proc.send_signal(_STOP_SIGNALS[mode])
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        self._proc = None
+
+    def kill(self) -> None:
+        """Crash the server: SIGKILL the postmaster and every backend at once."""
+        if self._proc is None:
+            return
+        victims = self.processes()
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._proc.wait()
+        self._proc = None
+        self._frozen = []
+        wait_until(lambda: not any(alive(p) for p in victims), 10, f"{self.name}'s processes")
+        self._clear_stale_pid_file()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its backends: connections stay open but nothing answers."""
+        if self._proc is None or self._frozen:
+            return
+        self._frozen = self.processes()
+        for pid in self._frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what freeze() stopped."""
+        for pid in self._frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._frozen = []
+
+    @property
+    def frozen(self) -> bool:
+        """True between freeze() and thaw()."""
+        return bool(self._frozen)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop (fast) if running, then start again."""
+        self.stop("fast")
+        self.start(timeout)
+
+    def in_recovery(self) -> bool:
+        """pg_is_in_recovery() of this server."""
+        with self.connect() as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Promote this mirror to a primary and wait until it accepts writes."""
+        with self.connect() as conn:
+            conn.execute("SELECT pg_promote(true, %s)", [int(timeout)])
+        wait_until(lambda: not self.in_recovery(), timeout, f"{self.name} to leave recovery")
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _clear_stale_pid_file(self) -> None:
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        if alive(pid) and str(self.data_dir) in Path(f"/proc/{pid}/cmdline").read_text():
+            # Left running by an earlier process that died without stopping it.
+            os.kill(pid, signal.SIGQUIT)
+            wait_until(lambda: not alive(pid), 30, f"the old {self.name} server to exit")
+        pid_file.unlink(missing_ok=True)
+
+
+_live_pairs: weakref.WeakSet[LocalPair] = weakref.WeakSet()
+
+
+@atexit.register
+def _destroy_live_pairs() -> None:
+    for pair in list(_live_pairs):
+        pair.stop()
+
+
+class LocalPair:
+    """A primary and N streaming mirrors under `base_dir`, reused when already there."""
+
+    def __init__(self, base_dir: Path, mirrors: int = 1, synchronous: bool = False) -> None:
+        if mirrors < 0:
+            raise DevDBError("mirrors must be 0 or more")
+        self.base_dir = Path(base_dir).absolute()
+        self.mirror_count = mirrors
+        self.synchronous = synchronous
+        self.bindir = find_pg_bindir()
+        self.run_as = RunAs.for_this_process()
+        self.password = ""
+        self.nodes: list[LocalNode] = []
+
+    def __enter__(self) -> LocalPair:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    @property
+    def primary(self) -> LocalNode:
+        """The node created as the primary (it may since have been demoted by a promotion)."""
+        return self.nodes[0]
+
+    @property
+    def mirrors(self) -> list[LocalNode]:
+        """The nodes created as mirrors."""
+        return self.nodes[1:]
+
+    def node(self, name: str) -> LocalNode:
+        """A node by name."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise DevDBError(f"no node named {name!r}")
+
+    @property
+    def state_file(self) -> Path:
+        """Where the pair remembers its password and ports between runs."""
+        return self.base_dir / "devdb.json"
+
+    @property
+    def passfile(self) -> Path:
+        """A libpq password file for the pair, for psql and friends (PGPASSFILE)."""
+        return self.base_dir / "pgpass"
+
+    def spawn_options(self) -> SpawnOptions:
+        """subprocess arguments that run a command as the servers' user."""
+        other = self.run_as.is_other
+        main = threading.current_thread() is threading.main_thread()
+        return SpawnOptions(
+            user=self.run_as.uid if other else None,
+            group=self.run_as.gid if other else None,
+            extra_groups=[] if other else None,
+            preexec_fn=_die_with_parent if main else None,
+        )
+
+    def start(self) -> None:
+        """Create the pair on first use, or start the existing one; wait until all serve."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.run_as.check_reachable(self.base_dir)
+        (self.base_dir / "logs").mkdir(exist_ok=True)
+        names = ["primary"] + (
+            ["mirror"]
+            if self.mirror_count == 1
+            else [f"mirror{i + 1}" for i in range(self.mirror_count)]
+        )
+        known = self._load_state()
+        if known and known.names != names:
+            raise DevDBError(
+                f"{self.base_dir} holds a pair with nodes {known.names}, not {names}; "
+                "remove the folder to start over"
+            )
+        self.password = known.password if known else secrets.token_urlsafe(18)
+        ports = known.ports if known else free_ports(len(names))
+        if any(not _port_is_free(p) for p in ports):
+            ports = free_ports(len(names))
+        self.nodes = [LocalNode(self, n, p) for n, p in zip(names, ports, strict=True)]
+        _live_pairs.add(self)
+        try:
+            if not known:
+                self._create()
+            else:
+                self._configure()
+                for node in self.nodes:
+                    node.start()
+            if all(m.in_recovery() for m in self.mirrors) and not self.primary.in_recovery():
+                wait_until(self.streaming, 30, "the mirrors to stream from the primary")
+            self._save_state()
+        except BaseException:
+            self.stop("immediate")
+            raise
+
+    def streaming(self) -> bool:
+        """True when every mirror streams from the primary (synchronously, if asked)."""
+        with self.primary.connect() as conn:
+            rows = conn.execute(
+                "SELECT application_name, sync_state FROM pg_stat_replication"
+                " WHERE state = 'streaming'"
+            ).fetchall()
+        wanted = "quorum" if self.synchronous else "async"
+        return {(m.name, wanted) for m in self.mirrors} <= set(rows)
+
+    def stop(self, mode: StopMode = "fast") -> None:
+        """Stop every server of the pair, keeping the files."""
+        for node in reversed(self.nodes):
+            try:
+                node.stop(mode)
+            except DevDBError:
+                node.kill()
+
+    def destroy(self) -> None:
+        """Stop every server at once and delete the pair's folder."""
+        self.stop("immediate")
+        _live_pairs.discard(self)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _create(self) -> None:
+        primary = self.primary
+        pwfile = self.base_dir / "initdb.pw"
+        pwfile.write_text(self.password)
+        pwfile.chmod(0o600)
+        self.run_as.own(pwfile)
+        self._make_data_dir(primary)
+        try:
+            self._run(
+                "initdb", "-D", str(primary.data_dir), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                "--no-locale", "--no-sync", "--no-instructions",
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with (primary.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\ninclude_if_exists = 'mirrorpool.conf'\n")
+        self._configure_node(primary)
+        primary.start()
+        for mirror in self.mirrors:
+            self._make_data_dir(mirror)
+            self._run(
+                "pg_basebackup", "-D", str(mirror.data_dir), "-h", "127.0.0.1",
+                "-p", str(primary.port), "-U", SUPERUSER, "-X", "stream", "-c", "fast",
+                "-C", "-S", mirror.name, "--no-sync",
+            )  # fmt: skip
+            (mirror.data_dir / "standby.signal").touch()
+            self.run_as.own(mirror.data_dir / "standby.signal")
+            self._configure_node(mirror)
+            mirror.start()
+        self.passfile.write_text(f"127.0.0.1:*:*:{SUPERUSER}:{self.password}\n")
+        self.passfile.chmod(0o600)
+
+    def _configure(self) -> None:
+        for node in self.nodes:
+            if not (node.data_dir / "PG_VERSION").exists():
+                raise DevDBError(f"{node.data_dir} is not a data folder; remove {self.base_dir}")
+            self._configure_node(node)
+
+    def _configure_node(self, node: LocalNode) -> None:
+        settings: dict[str, str | int] = {
+            "listen_addresses": "127.0.0.1",
+            "port": node.port,
+            "unix_socket_directories": "",
+            "max_connections": 200,
+            "shared_buffers": "32MB",
+            "wal_level": "replica",
+            "max_wal_senders": 10,
+            "max_replication_slots": 10,
+            "wal_keep_size": "128MB",
+            "hot_standby": "on",
+            "hot_standby_feedback": "on",
+            "wal_receiver_status_interval": "1s",
+            "wal_retrieve_retry_interval": "200ms",
+            # Test and development data: a power cut may lose it, a process crash never does.
+            "fsync": "off",
+            "log_line_prefix": "%m [%p] %q%a ",
+            "synchronous_standby_names": (
+                f"ANY 1 ({', '.join(m.name for m in self.mirrors)})"
+                if self.synchronous and self.mirrors
+                else ""
+            ),
+        }
+        if node is not self.primary:
+            settings["primary_conninfo"] = make_conninfo(
+                "", host="127.0.0.1", port=self.primary.port, user=SUPERUSER,
+                password=self.password, application_name=node.name,
+            )  # fmt: skip
+            settings["primary_slot_name"] = node.name
+        lines = []
+        for key, value in settings.items():
+            text = str(value).replace("'", "''")
+            lines.append(f"{key} = '{text}'\n")
+        conf = node.data_dir / "mirrorpool.conf"
+        conf.write_text("".join(lines))
+        conf.chmod(0o600)
+        self.run_as.own(conf)
+
+    def _make_data_dir(self, node: LocalNode) -> None:
+        node.data_dir.mkdir(mode=0o700)
+        self.run_as.own(node.data_dir)
+
+    def _run(self, binary: str, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSWORD"] = self.password
+        result = subprocess.run(
+            [str(self.bindir / binary), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            cwd=self.base_dir,
+            timeout=120,
+            **self.spawn_options(),
+        )
+        if result.returncode != 0:
+            raise DevDBError(f"{binary} failed ({result.returncode}): {result.stderr.strip()}")
+
+    def _load_state(self) -> _State | None:
+        try:
+            raw = json.loads(self.state_file.read_text())
+            return _State(
+                names=[str(n) for n in raw["names"]],
+                ports=[int(p) for p in raw["ports"]],
+                password=str(raw["password"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _save_state(self) -> None:
+        state = _State([n.name for n in self.nodes], [n.port for n in self.nodes], self.password)
+        self.state_file.write_text(json.dumps(state.__dict__, indent=2))
+        self.state_file.chmod(0o600)
+
+    def processes(self) -> list[int]:
+        """Pids of every server process of the pair: postmasters and their children."""
+        return [pid for node in self.nodes for pid in node.processes()]
+
+
+@dataclass
+class _State:
+    names: list[str]
+    ports: list[int]
+    password: str

@@ -1,0 +1,149 @@
+"""Settings: every knob of mirrorpool, read from MIRRORPOOL_* variables or a .env file."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.cluster.dsn import InvalidDSN, parse_dsn, split_dsn_list
+from app.errors import SettingsError
+
+ENV_PREFIX = "MIRRORPOOL_"
+
+
+class LogLevel(StrEnum):
+    """Log levels, named as the logging module names them."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class Settings(BaseSettings):
+    """mirrorpool's configuration; each field is the variable MIRRORPOOL_<FIELD NAME>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    primary_dsn: SecretStr | None = Field(
+        None, description="DSN of the primary (libpq key=value or postgresql:// URI)."
+    )
+    mirror_dsn: SecretStr | None = Field(
+        None, description="DSN of the mirror, or a comma-separated list of mirrors."
+    )
+    pool_min_size: int = Field(2, ge=0, description="Connections each node's pool keeps open.")
+    pool_max_size: int = Field(10, ge=1, description="Most connections a node's pool opens.")
+    pool_timeout: float = Field(
+        5.0, gt=0, description="Seconds a request waits for a pool connection before a 503."
+    )
+    pool_max_waiting: int = Field(
+        100, ge=0, description="Requests that may queue for a connection per node (0: no limit)."
+    )
+    pool_max_lifetime: float = Field(
+        3600.0, gt=0, description="Seconds after which a pool connection is replaced."
+    )
+    pool_max_idle: float = Field(
+        600.0, gt=0, description="Seconds an idle connection above the minimum is kept."
+    )
+    connect_timeout: int = Field(
+        5, ge=1, description="Seconds to establish a database connection (libpq connect_timeout)."
+    )
+    health_interval: float = Field(
+        1.0, ge=0.1, description="Seconds between health probes of each node (fractions allowed)."
+    )
+    health_timeout: float = Field(
+        1.0, gt=0, description="Seconds a health probe may take before it counts as failed."
+    )
+    health_threshold: int = Field(
+        2, ge=1, description="Consecutive failed probes that mark a node down."
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
+    log_level: LogLevel = Field(LogLevel.INFO, description="debug, info, warning or error.")
+    shutdown_timeout: float = Field(
+        10.0, ge=0, description="Seconds in-flight requests get to finish at shutdown."
+    )
+    application_name: str = Field(
+        "mirrorpool", min_length=1, description="application_name of mirrorpool's connections."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("primary_dsn")
+    @classmethod
+    def _check_primary_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_dsn(value.get_secret_value())
+            except InvalidDSN as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("mirror_dsn")
+    @classmethod
+    def _check_mirror_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            dsns = split_dsn_list(value.get_secret_value())
+            if not dsns:
+                raise ValueError("is empty")
+            for n, dsn in enumerate(dsns, start=1):
+                try:
+                    parse_dsn(dsn)
+                except InvalidDSN as exc:
+                    where = f"mirror {n} " if len(dsns) > 1 else ""
+                    raise ValueError(f"{where}{exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_pool_sizes(self) -> Self:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"{ENV_PREFIX}POOL_MIN_SIZE ({self.pool_min_size}) is greater than "
+                f"{ENV_PREFIX}POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+        return self
+
+    @property
+    def mirror_dsns(self) -> list[str]:
+        """The mirror DSNs, in the order given."""
+        if self.mirror_dsn is None:
+            return []
+        return split_dsn_list(self.mirror_dsn.get_secret_value())
+
+
+_SECRET_FIELDS = {"primary_dsn", "mirror_dsn"}
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad variable and what is wrong with it, never a secret value."""
+    problems = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["loc"]:
+            field = str(err["loc"][0])
+            shown = "" if field in _SECRET_FIELDS else f" (got {err['input']!r})"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {msg}{shown}")
+        else:
+            problems.append(msg)
+    return "invalid settings: " + "; ".join(problems)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, raising SettingsError with one readable line when a value is bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None

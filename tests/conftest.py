@@ -1,0 +1,92 @@
+"""Shared fixtures: real PostgreSQL pairs from app/devdb.py and the app running against them."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.devdb import LocalPair
+from app.main import create_app
+from app.settings import Settings, load_settings
+from tests.waiting import eventually
+
+
+@pytest.fixture(scope="session")
+def work_dir() -> Iterator[Path]:
+    """A folder the servers' OS user can reach (pytest's own tmp dirs are private)."""
+    path = Path(tempfile.mkdtemp(prefix="mirrorpool-tests-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pair(work_dir: Path) -> Iterator[LocalPair]:
+    """The shared primary + mirror. Tests must not stop, kill or promote its nodes."""
+    with LocalPair(work_dir / "shared") as shared:
+        yield shared
+
+
+PairFactory = Callable[..., LocalPair]
+
+
+@pytest.fixture
+def make_pair(work_dir: Path, request: pytest.FixtureRequest) -> Iterator[PairFactory]:
+    """Build pairs of the test's own, for tests that stop, kill, freeze or promote nodes."""
+    made: list[LocalPair] = []
+
+    def make(mirrors: int = 1, synchronous: bool = False) -> LocalPair:
+        name = f"{request.node.name}-{len(made)}".replace("[", "-").replace("]", "")
+        own = LocalPair(work_dir / name[:60], mirrors=mirrors, synchronous=synchronous)
+        made.append(own)
+        own.start()
+        return own
+
+    yield make
+    for own in made:
+        own.destroy()
+
+
+def settings_for(pair: LocalPair, **overrides: Any) -> Settings:
+    """Settings pointing at a pair, with a quick health monitor."""
+    values: dict[str, Any] = {
+        "primary_dsn": pair.primary.dsn(),
+        "mirror_dsn": ",".join(m.dsn() for m in pair.mirrors) or None,
+        "health_interval": 0.1,
+        "health_timeout": 1.0,
+        "health_threshold": 1,
+        "pool_min_size": 1,
+        "pool_max_size": 4,
+        "shutdown_timeout": 5,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """Run the app's lifespan and give a client that talks to it in-process."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://mirrorpool") as client:
+            yield app, client
+
+
+@asynccontextmanager
+async def serving_ready(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """serving(), once every node has been probed."""
+    async with serving(settings) as (app, client):
+        cluster = app.state.cluster
+        await eventually(
+            lambda: all(n.state.reachable is not None for n in cluster.nodes), "first probes"
+        )
+        yield app, client
