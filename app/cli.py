@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import logging
 import math
 import signal
+import socket
 import sys
 from pathlib import Path
 from types import FrameType
@@ -14,6 +17,7 @@ import uvicorn
 
 from app import __version__
 from app.errors import DevDBError, SettingsError
+from app.migrations.runner import Migrator
 from app.redaction import configure_logging
 from app.settings import Settings, load_settings
 
@@ -76,6 +80,51 @@ def dev(settings: Settings, mirrors: int) -> int:
         print("local PostgreSQL pair stopped", flush=True)
 
 
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.errors import MirrorpoolError  # noqa: PLC0415
+    from app.main import build_cluster, build_migrator  # noqa: PLC0415
+
+    cluster = build_cluster(settings)
+    migrator = build_migrator(cluster, settings)
+    await cluster.open()
+    try:
+        await cluster.wait_for_writer(
+            settings.connect_timeout + settings.health_timeout * settings.health_threshold
+        )
+        actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+        try:
+            for line in await _migration_lines(migrator, args, actor):
+                print(line)
+        except MirrorpoolError as exc:
+            print(f"mirrorpool migrate {args.action}: {exc.detail}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        await cluster.close(timeout=settings.shutdown_timeout)
+
+
+async def _migration_lines(migrator: Migrator, args: argparse.Namespace, actor: str) -> list[str]:
+    """Run one `migrate` action and say what happened, a line per version or step."""
+    if args.action == "status":
+        return [f"{v.version:>6}  {v.state:<9} {v.name}" for v in await migrator.status()]
+    if args.action == "plan":
+        lines = []
+        for step in await migrator.plan(args.target):
+            lines.append(f"{step.direction:<4} {step.version:>6} {step.script.path.name}")
+            lines += [f"       warning: {w}" for w in step.warnings]
+        return lines or ["nothing to do"]
+    if args.action == "repair":
+        repaired = await migrator.repair(args.version, actor=actor)
+        return [f"version {r['version']}: {r['action']}" for r in repaired] or ["nothing to do"]
+    run = migrator.apply if args.action == "apply" else migrator.rollback
+    steps = await run(args.target, dry_run=args.dry_run, actor=actor)
+    return [
+        f"{s['status']:<7} {s['direction']:<4} {s['file']}"
+        + (f" in {s['execution_ms']} ms" if s.get("execution_ms") is not None else "")
+        for s in steps
+    ] or ["nothing to do"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -88,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="start a local primary+mirror under .devdb/ (unless DSNs are set) and serve"
     )
     dev_cmd.add_argument("--mirrors", type=int, default=1, help="number of mirrors (default 1)")
+    migrate = commands.add_parser("migrate", help="schema migrations (same engine as the API)")
+    actions = migrate.add_subparsers(dest="action", required=True)
+    actions.add_parser("status", help="every version and its state")
+    plan = actions.add_parser("plan", help="the steps to a target, without running them")
+    plan.add_argument("--target", type=int, default=None)
+    apply = actions.add_parser("apply", help="apply pending migrations")
+    apply.add_argument("--target", type=int, default=None)
+    apply.add_argument("--dry-run", action="store_true")
+    rollback = actions.add_parser("rollback", help="run down files to a target version")
+    rollback.add_argument("--target", type=int, required=True)
+    rollback.add_argument("--dry-run", action="store_true")
+    repair = actions.add_parser("repair", help="clear a failed entry or re-record a checksum")
+    repair.add_argument("version", type=int)
     return parser
 
 
@@ -101,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level.value)
         if args.command == "serve":
             return serve(settings)
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings, args))
         return dev(settings, args.mirrors)
     except SettingsError as exc:
         print(f"mirrorpool: {exc}", file=sys.stderr)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MirrorpoolError(Exception):
     """Base class of every error mirrorpool raises on purpose."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        # Extra members of the problem document (e.g. `missing`, `statement_index`).
+        self.extra = extra
 
 
 class SettingsError(MirrorpoolError):
@@ -15,8 +23,48 @@ class DevDBError(MirrorpoolError):
     """The local PostgreSQL pair could not be set up or driven."""
 
 
+# --- the request is wrong -------------------------------------------------------------
+
+
+class RequestError(MirrorpoolError):
+    """The request cannot be run as sent."""
+
+
+class InvalidSQL(RequestError):
+    """The SQL text is empty, holds more than one statement, or is otherwise unusable."""
+
+
+class InvalidParameters(RequestError):
+    """Parameters are missing, extra, misnamed, or do not match the placeholders."""
+
+
+class LimitExceeded(RequestError):
+    """A request is larger than a configured limit (body, SQL length, parameter count)."""
+
+
+class PayloadTooLarge(LimitExceeded):
+    """The request body is larger than the body limit."""
+
+
+class Forbidden(RequestError):
+    """The request is understood but not allowed (e.g. raw SQL is switched off)."""
+
+
+class NotFound(RequestError):
+    """The named thing (query, migration) does not exist."""
+
+
+class Conflict(RequestError):
+    """The request conflicts with the current state (e.g. a modified migration)."""
+
+
+# --- the cluster cannot serve ---------------------------------------------------------
+
+
 class ClusterError(MirrorpoolError):
     """The database cluster cannot serve a request right now."""
+
+    retry_after: int = 1
 
 
 class NoWriterError(ClusterError):
@@ -25,3 +73,30 @@ class NoWriterError(ClusterError):
 
 class NoReaderError(ClusterError):
     """No reachable node can serve a read."""
+
+
+class PoolExhausted(ClusterError):
+    """No pool connection became free within the pool timeout, or too many are waiting."""
+
+
+class NodeFailed(ClusterError):
+    """The node serving the request failed mid-flight (connection lost, shut down)."""
+
+
+class QueryTimeout(MirrorpoolError):
+    """The request overran its deadline; the statement was cancelled."""
+
+
+class ClientGone(MirrorpoolError):
+    """The HTTP client disconnected; its statement was cancelled."""
+
+
+# --- the database said no -------------------------------------------------------------
+
+
+class DatabaseError(MirrorpoolError):
+    """PostgreSQL raised an error; carries its SQLSTATE and diagnostic fields."""
+
+    def __init__(self, detail: str, sqlstate: str | None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.sqlstate = sqlstate

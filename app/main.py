@@ -9,10 +9,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import pool, probes
+from app.api import errors, migrations, named, pool, probes, query
+from app.api.body_limit import BodyLimitMiddleware
 from app.api.inflight import InFlight, InFlightMiddleware
+from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
+from app.migrations.files import discover
+from app.migrations.runner import MigrationSettings, Migrator
 from app.settings import Settings, load_settings
+from app.sql import named as named_queries
+from app.sql import session
+from app.sql.engine import Engine
+from app.sql.types import SESSION_SETTINGS, register_loaders
 
 logger = logging.getLogger(__name__)
 
@@ -22,11 +30,42 @@ migrations, and failover to a streaming mirror when the primary is lost.
 """
 
 
+def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
+    """The migration engine over the files in MIRRORPOOL_MIGRATIONS_DIR."""
+    return Migrator(
+        cluster,
+        discover(settings.migrations_dir),
+        MigrationSettings(
+            lock_timeout_ms=settings.migration_lock_timeout_ms,
+            lock_wait_s=settings.migration_lock_wait_s,
+            statement_timeout_ms=settings.migration_statement_timeout_ms,
+        ),
+    )
+
+
+def build_cluster(settings: Settings) -> Cluster:
+    """The cluster, its connections set up for the query engine."""
+    return Cluster(
+        settings,
+        session_options=session.startup_options(
+            {
+                **SESSION_SETTINGS,
+                "statement_timeout": str(settings.statement_timeout_ms),
+                "lock_timeout": str(settings.lock_timeout_ms),
+            }
+        ),
+        configure=register_loaders,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The cluster is created (and its pools opened) by the lifespan."""
     settings = settings or load_settings()
     # Built here, not in the lifespan, so a missing DSN fails before the server starts.
-    cluster = Cluster(settings)
+    cluster = build_cluster(settings)
+    engine = Engine(cluster, settings)
+    queries = named_queries.load(settings.queries_dir)
+    migrator = build_migrator(cluster, settings)
     inflight = InFlight()
 
     @asynccontextmanager
@@ -57,7 +96,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.cluster = cluster
+    app.state.engine = engine
+    app.state.queries = queries
+    app.state.migrator = migrator
+    errors.install(app)
+    # Added innermost first: the request id is given before anything can fail.
     app.add_middleware(InFlightMiddleware, inflight=inflight)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(query.router)
+    app.include_router(named.router)
+    app.include_router(migrations.router)
     app.include_router(probes.router)
     app.include_router(pool.router)
     return app

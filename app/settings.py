@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -76,6 +77,51 @@ class Settings(BaseSettings):
     application_name: str = Field(
         "mirrorpool", min_length=1, description="application_name of mirrorpool's connections."
     )
+    statement_timeout_ms: int = Field(
+        30_000, ge=1, description="Default statement timeout of a request, in milliseconds."
+    )
+    max_statement_timeout_ms: int = Field(
+        300_000, ge=1, description="Largest timeout_ms a request may ask for."
+    )
+    lock_timeout_ms: int = Field(
+        5_000, ge=0, description="lock_timeout of every statement, in milliseconds (0: none)."
+    )
+    max_rows: int = Field(10_000, ge=1, description="Default max_rows of /v1/query.")
+    max_rows_ceiling: int = Field(
+        1_000_000, ge=1, description="Largest max_rows a request may ask for."
+    )
+    max_response_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest /v1/query response; rows beyond it are cut."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    max_sql_length: int = Field(100_000, ge=1, description="Longest SQL text, in characters.")
+    max_params: int = Field(
+        10_000, ge=0, le=65_535, description="Most parameters one statement may carry."
+    )
+    max_statements: int = Field(100, ge=1, description="Most statements in one transaction.")
+    stream_chunk_rows: int = Field(
+        1_000, ge=1, description="Rows fetched per round trip by /v1/query/stream."
+    )
+    queries_dir: Path = Field(
+        Path("queries"), description="Folder of named queries (.sql files); may be absent."
+    )
+    migrations_dir: Path = Field(
+        Path("migrations"), description="Folder of NNNN_name.up.sql / .down.sql migrations."
+    )
+    migration_lock_timeout_ms: int = Field(
+        2_000, ge=1, description="lock_timeout of each migration step, in milliseconds."
+    )
+    migration_statement_timeout_ms: int = Field(
+        0, ge=0, description="statement_timeout of transactional migration steps (0: none)."
+    )
+    migration_lock_wait_s: float = Field(
+        5.0, ge=0, description="Seconds to wait for another run's migration lock before a 409."
+    )
+    allow_raw_sql: bool = Field(
+        True, description="false: only named queries run; /v1/query and friends answer 403."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -113,6 +159,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}POOL_MIN_SIZE ({self.pool_min_size}) is greater than "
                 f"{ENV_PREFIX}POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_ceilings(self) -> Self:
+        if self.statement_timeout_ms > self.max_statement_timeout_ms:
+            raise ValueError(
+                f"{ENV_PREFIX}STATEMENT_TIMEOUT_MS ({self.statement_timeout_ms}) is greater than "
+                f"{ENV_PREFIX}MAX_STATEMENT_TIMEOUT_MS ({self.max_statement_timeout_ms})"
+            )
+        if self.max_rows > self.max_rows_ceiling:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_ROWS ({self.max_rows}) is greater than "
+                f"{ENV_PREFIX}MAX_ROWS_CEILING ({self.max_rows_ceiling})"
             )
         return self
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -13,10 +16,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.devdb import LocalPair
+from app.devdb import LocalPair, free_ports
 from app.main import create_app
 from app.settings import Settings, load_settings
-from tests.waiting import eventually
+from tests.waiting import eventually, eventually_sync
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +93,71 @@ async def serving_ready(settings: Settings) -> AsyncIterator[tuple[FastAPI, http
             lambda: all(n.state.reachable is not None for n in cluster.nodes), "first probes"
         )
         yield app, client
+
+
+class LiveServer:
+    """`mirrorpool serve` in a process of its own, for tests that need real sockets."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The server's resident memory (VmRSS) or its peak (VmHWM), in KiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for pid {self.proc.pid}")
+
+
+def start_server(pair: LocalPair, **env: str) -> LiveServer:
+    """Start `mirrorpool serve` against a pair and wait until it is ready."""
+    port = free_ports(1)[0]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
+    variables = {
+        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(),
+        "MIRRORPOOL_PORT": str(port),
+        "MIRRORPOOL_HEALTH_INTERVAL": "0.2",
+        "MIRRORPOOL_LOG_LEVEL": "warning",
+    }
+    if pair.mirrors:
+        variables["MIRRORPOOL_MIRROR_DSN"] = ",".join(m.dsn() for m in pair.mirrors)
+    variables.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve"],
+        env=base | variables,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = LiveServer(proc, port)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            return httpx.get(server.url + "/health/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    eventually_sync(ready, "the server to be ready", timeout=30)
+    return server
+
+
+def stop_server(server: LiveServer) -> None:
+    """SIGTERM the server and wait for it."""
+    server.proc.terminate()
+    try:
+        server.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(pair: LocalPair) -> Iterator[LiveServer]:
+    """One real server on the shared pair."""
+    server = start_server(pair)
+    yield server
+    stop_server(server)

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.cluster.cluster import Cluster
+from app.settings import Settings
+from app.sql.engine import Engine
 
 
 def get_cluster(request: Request) -> Cluster:
@@ -15,4 +17,18 @@ def get_cluster(request: Request) -> Cluster:
     return cluster
 
 
+def get_engine(request: Request) -> Engine:
+    """The query Engine."""
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's Settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 ClusterDep = Annotated[Cluster, Depends(get_cluster)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+
+from psycopg import AsyncConnection
+from psycopg_pool import PoolTimeout, TooManyRequests
 
 from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog
+from app.cluster.failover import elect, newest_timeline
 from app.cluster.monitor import HealthMonitor
-from app.cluster.node import Node, Role
-from app.errors import SettingsError
+from app.cluster.node import ConnectionCallback, Node, Role
+from app.errors import NoReaderError, NoWriterError, PoolExhausted, SettingsError
 from app.redaction import redactor
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+Intent = Literal["read", "write"]
 
 
 class HealthStatus(StrEnum):
@@ -45,7 +54,13 @@ def node_names(mirror_count: int) -> list[str]:
 class Cluster:
     """The configured nodes, their pools and the health monitor that watches them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session_options: str = "",
+        configure: ConnectionCallback | None = None,
+    ) -> None:
         if settings.primary_dsn is None:
             raise SettingsError(
                 "MIRRORPOOL_PRIMARY_DSN is not set: point it at your primary "
@@ -55,11 +70,15 @@ class Cluster:
         for dsn in dsns:
             redactor.add(*dsn_secrets(dsn))
         self.nodes = [
-            Node(name, dsn, settings)
+            Node(name, dsn, settings, session_options=session_options, configure=configure)
             for name, dsn in zip(node_names(len(dsns) - 1), dsns, strict=True)
         ]
         self.events = EventLog()
         self.writer: Node | None = None
+        self.fenced: dict[str, str] = {}
+        self.newest_timeline = 0
+        self._tie_reported = False
+        self._writer_found = asyncio.Event()
         self.monitor = HealthMonitor(
             self.nodes,
             interval=settings.health_interval,
@@ -86,9 +105,43 @@ class Cluster:
             task.cancel()
         await asyncio.gather(*(node.close(timeout) for node in self.nodes))
 
+    def pick(self, intent: Intent, avoid: Collection[str] = ()) -> Node:
+        """The node that serves a request of this intent, or a ClusterError saying why none.
+
+        Reads go to the writer when there is one, else to the first reachable mirror;
+        `avoid` names nodes that just failed this request.
+        """
+        if intent == "write":
+            if self.writer is None or self.writer.name in avoid:
+                raise NoWriterError("no writable node is reachable; retry shortly")
+            return self.writer
+        readers = [n for n in self.readers() if n.name not in avoid]
+        if not readers:
+            raise NoReaderError("no node is reachable for reads; retry shortly")
+        return readers[0]
+
+    @asynccontextmanager
+    async def connection(
+        self, intent: Intent, timeout: float | None = None, avoid: Collection[str] = ()
+    ) -> AsyncIterator[tuple[Node, AsyncConnection[Any]]]:
+        """A pool connection on the node serving `intent`, given back to its pool after."""
+        node = self.pick(intent, avoid)
+        try:
+            conn = await node.pool.getconn(timeout)
+        except TooManyRequests:
+            raise PoolExhausted(
+                f"too many requests are waiting for a connection to {node.name}"
+            ) from None
+        except PoolTimeout:
+            raise PoolExhausted(f"no connection to {node.name} became free in time") from None
+        try:
+            yield node, conn
+        finally:
+            await node.pool.putconn(conn)
+
     def readers(self) -> list[Node]:
-        """Reachable nodes that can serve reads: the writer first, then mirrors."""
-        mirrors = [n for n in self.nodes if n.role is Role.MIRROR]
+        """Reachable unfenced nodes that can serve reads: the writer first, then mirrors."""
+        mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
         return ([self.writer] if self.writer else []) + mirrors
 
     def health(self) -> Health:
@@ -98,6 +151,7 @@ class Cluster:
             for n in self.nodes
             if not n.state.reachable
         ]
+        reasons += [f"{name} fenced: {why}" for name, why in self.fenced.items()]
         if self.writer is None:
             reasons.insert(0, "no writable node")
         if not self.readers():
@@ -126,13 +180,30 @@ class Cluster:
         self._elect_writer()
 
     def _elect_writer(self) -> None:
-        candidates = [n for n in self.nodes if n.role is Role.PRIMARY]
-        if len(candidates) > 1:
-            # Two nodes accept writes: the newer timeline wins; a tie is undecidable.
-            candidates.sort(key=lambda n: n.state.timeline or 0, reverse=True)
-            if candidates[0].state.timeline == candidates[1].state.timeline:
-                candidates = []
-        writer = candidates[0] if candidates else None
+        self.newest_timeline = newest_timeline(self.nodes, self.newest_timeline)
+        self._unfence_rejoined()
+        election = elect(self.nodes, set(self.fenced), self.newest_timeline)
+        for node in election.fence:
+            reason = (
+                f"accepts writes on timeline {node.state.timeline}, older than "
+                f"{self.newest_timeline}: no traffic until an operator clears it"
+            )
+            self.fenced[node.name] = reason
+            self.events.record(EventKind.FENCED, node.name, reason)
+        if election.tied and not self._tie_reported:
+            names = ", ".join(n.name for n in election.tied)
+            self.events.record(
+                EventKind.SPLIT_BRAIN,
+                None,
+                f"{names} all accept writes on timeline {election.tied[0].state.timeline}: "
+                "writes stop until only one does",
+            )
+        self._tie_reported = bool(election.tied)
+        writer = election.writer
+        if writer is not None:
+            self._writer_found.set()
+        else:
+            self._writer_found.clear()
         if writer is self.writer:
             return
         previous, self.writer = self.writer, writer
@@ -146,6 +217,39 @@ class Cluster:
             self.events.record(
                 EventKind.WRITER_LOST, previous.name, "no reachable node accepts writes"
             )
+
+    def _unfence_rejoined(self) -> None:
+        # A fenced node that now follows the newest timeline as a mirror is safe again.
+        for name in list(self.fenced):
+            node = self.node(name)
+            if (
+                node is not None
+                and node.role is Role.MIRROR
+                and (node.state.timeline or 0) >= self.newest_timeline
+            ):
+                del self.fenced[name]
+                self.events.record(EventKind.UNFENCED, name, "rejoined as a mirror")
+
+    async def wait_for_writer(self, timeout: float) -> Node | None:
+        """The writer, once the monitor has found one, or None after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer_found.wait()
+        except TimeoutError:
+            return None
+        return self.writer
+
+    def unfence(self, name: str) -> bool:
+        """Clear a fence (an operator's decision); False when the node was not fenced."""
+        if self.fenced.pop(name, None) is None:
+            return False
+        self.events.record(EventKind.UNFENCED, name, "cleared by an operator")
+        self._elect_writer()
+        return True
+
+    def report_failure(self, node: Node) -> None:
+        """A request failed on `node` in a way that may mean the node did: probe it now."""
+        self.monitor.probe_soon(node)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -73,8 +73,15 @@ def dsn_secrets(dsn: str) -> list[str]:
     return [password] if password else []
 
 
-def with_options(dsn: str, **options: str | int) -> str:
-    """Return the DSN with connection options added; options already in the DSN win."""
-    params: dict[str, str | int] = dict(options)
+def with_defaults(dsn: str, **defaults: str | int) -> str:
+    """The DSN with parameters added where it does not set them itself."""
+    params: dict[str, str | int] = dict(defaults)
     params.update(parse_dsn(dsn))
+    return pg_conninfo.make_conninfo("", **params)
+
+
+def with_overrides(dsn: str, **overrides: str | int) -> str:
+    """The DSN with these parameters replaced."""
+    params: dict[str, str | int] = dict(parse_dsn(dsn))
+    params.update(overrides)
     return pg_conninfo.make_conninfo("", **params)

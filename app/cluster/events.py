@@ -19,6 +19,10 @@ class EventKind(StrEnum):
     ROLE_CHANGED = "role_changed"
     WRITER_CHANGED = "writer_changed"
     WRITER_LOST = "writer_lost"
+    FENCED = "fenced"
+    UNFENCED = "unfenced"
+    SPLIT_BRAIN = "split_brain"
+    PROMOTED = "promoted"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ SELECT r.rec,
 FROM (SELECT pg_is_in_recovery() AS rec) AS r
 """
 
+# How soon a node that failed a probe, or a request, is probed again.
+RECHECK_S = 0.05
+
 # Called with the node and whether it was reachable before the change (None: never probed).
 Listener = Callable[[Node, bool | None], None]
 
@@ -102,8 +105,12 @@ class HealthMonitor:
         wake = self._wake[node.name]
         while True:
             await self.probe(node)
+            # A node failing but not yet declared down is probed again quickly, so that a
+            # crash reported by a request is confirmed in milliseconds, not intervals.
+            suspect = 0 < node.state.consecutive_failures < self.threshold
+            pause = min(self.interval, RECHECK_S) if suspect else self.interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.interval)
+                await asyncio.wait_for(wake.wait(), pause)
             wake.clear()
 
     async def probe(self, node: Node) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg_pool import AsyncConnectionPool
 
-from app.cluster.dsn import describe_dsn, with_options
+from app.cluster.dsn import describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,9 @@ POOL_STAT_NAMES = (
     "requests_num", "requests_queued", "requests_wait_ms", "requests_errors", "usage_ms",
     "returns_bad", "connections_num", "connections_ms", "connections_errors", "connections_lost",
 )  # fmt: skip
+
+
+ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
 
 class Role(StrEnum):
@@ -58,10 +62,22 @@ class NodeState:
 class Node:
     """One PostgreSQL server mirrorpool talks to, with its own pool."""
 
-    def __init__(self, name: str, dsn: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        settings: Settings,
+        *,
+        session_options: str = "",
+        configure: ConnectionCallback | None = None,
+    ) -> None:
         self.name = name
         self.target = describe_dsn(dsn)
-        self._dsn = with_options(
+        if session_options:
+            # Ours go after the DSN's own `options`: for the same setting, the later wins.
+            own = parse_dsn(dsn).get("options", "")
+            dsn = with_overrides(dsn, options=f"{own} {session_options}".strip())
+        self._dsn = with_defaults(
             dsn,
             application_name=settings.application_name,
             connect_timeout=settings.connect_timeout,
@@ -83,7 +99,8 @@ class Node:
             max_waiting=settings.pool_max_waiting,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "cursor_factory": AsyncRawCursor},
+            configure=configure,
         )
 
     def __repr__(self) -> str:

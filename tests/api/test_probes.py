@@ -40,7 +40,8 @@ async def test_live_and_ready(pair: LocalPair) -> None:
             "readers": ["primary", "mirror"],
         }
         bad = await client.get("/health/ready", params={"intent": "sideways"})
-        assert bad.status_code == 422
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == "application/problem+json"
 
 
 async def test_pool_stats_reports_psycopg_figures_and_probe_results(pair: LocalPair) -> None:

@@ -1,0 +1,201 @@
+"""The one place errors become HTTP: application/problem+json (RFC 9457) for every failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from app import errors as e
+from app.api.request_id import request_id_of
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "urn:mirrorpool:problem:"
+
+# (status, type slug, title) of each error class; subclasses inherit their parent's entry.
+_PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
+    e.InvalidSQL: (400, "invalid-sql", "The SQL cannot be run"),
+    e.InvalidParameters: (400, "invalid-parameters", "The parameters do not fit the SQL"),
+    e.LimitExceeded: (400, "limit-exceeded", "The request exceeds a limit"),
+    e.PayloadTooLarge: (413, "payload-too-large", "The request body is too large"),
+    e.Forbidden: (403, "forbidden", "Not allowed"),
+    e.NotFound: (404, "not-found", "Not found"),
+    e.Conflict: (409, "conflict", "Conflicts with the current state"),
+    e.RequestError: (400, "bad-request", "Bad request"),
+    e.NoWriterError: (503, "no-writer", "No writable database node is available"),
+    e.NoReaderError: (503, "no-reader", "No database node is available for reads"),
+    e.PoolExhausted: (503, "pool-exhausted", "No database connection is free"),
+    e.NodeFailed: (503, "node-failed", "The database node failed during the request"),
+    e.ClusterError: (503, "unavailable", "The database is unavailable"),
+    e.QueryTimeout: (504, "timeout", "The statement timed out"),
+    e.ClientGone: (499, "client-closed-request", "The client closed the request"),
+    e.DatabaseError: (400, "database-error", "The database rejected the statement"),
+}
+
+# SQLSTATE -> HTTP status: exact codes first, then two-character classes.
+SQLSTATE_STATUS: dict[str, int] = {
+    "25006": 403,  # read_only_sql_transaction
+    "42501": 403,  # insufficient_privilege
+    "57014": 504,  # query_canceled (statement_timeout)
+    "40001": 409,  # serialization_failure
+    "40P01": 409,  # deadlock_detected
+    "55P03": 409,  # lock_not_available (lock_timeout)
+    "53300": 503,  # too_many_connections
+    "57P01": 503,  # admin_shutdown
+    "57P02": 503,  # crash_shutdown
+    "57P03": 503,  # cannot_connect_now
+}
+SQLSTATE_CLASS_STATUS: dict[str, int] = {
+    "08": 503,  # connection exception
+    "0A": 400,  # feature not supported
+    "21": 400,  # cardinality violation
+    "22": 400,  # data exception
+    "23": 409,  # integrity constraint violation
+    "25": 400,  # invalid transaction state
+    "28": 403,  # invalid authorization
+    "2B": 409,  # dependent privilege descriptors still exist
+    "3D": 400,  # invalid catalog name
+    "3F": 400,  # invalid schema name
+    "40": 409,  # transaction rollback
+    "42": 400,  # syntax error or access rule violation
+    "44": 409,  # WITH CHECK OPTION violation
+    "53": 503,  # insufficient resources
+    "54": 400,  # program limit exceeded
+    "55": 409,  # object not in prerequisite state
+    "57": 503,  # operator intervention
+    "58": 502,  # system error
+    "P0": 400,  # PL/pgSQL raise
+    "XX": 502,  # internal error
+}
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+
+class Problem(BaseModel):
+    """An error, as application/problem+json (RFC 9457)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:mirrorpool:problem:database-error"])
+    title: str = Field(examples=["The database rejected the statement"])
+    status: int = Field(examples=[409])
+    detail: str = Field(examples=['duplicate key value violates unique constraint "users_pkey"'])
+    request_id: str | None = Field(None, examples=["5f0c6a2e9d3b4f7a"])
+    sqlstate: str | None = Field(None, description="PostgreSQL's SQLSTATE, for database errors.")
+    retryable: bool | None = Field(None, description="true when the same request may succeed.")
+    database: dict[str, Any] | None = Field(
+        None,
+        description="PostgreSQL's diagnostics: message, detail, hint, position, schema, table, "
+        "column, datatype, constraint, where, severity.",
+    )
+
+
+def status_for_sqlstate(sqlstate: str | None) -> int:
+    """The HTTP status of a database error."""
+    if not sqlstate:
+        return 400
+    return SQLSTATE_STATUS.get(sqlstate) or SQLSTATE_CLASS_STATUS.get(sqlstate[:2], 400)
+
+
+def problem_response(
+    request: Request | None,
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    """A problem+json response carrying the request id."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id_of(request.scope) if request else None,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
+    )
+
+
+def error_response(request: Request | None, exc: e.MirrorpoolError) -> Response:
+    """The problem+json response for one of our errors."""
+    status, slug, title = next(
+        (_PROBLEMS[cls] for cls in type(exc).__mro__ if cls in _PROBLEMS),
+        (500, "internal", "Internal error"),
+    )
+    extra = dict(exc.extra)
+    headers: dict[str, str] = {}
+    if isinstance(exc, e.DatabaseError):
+        status = status_for_sqlstate(exc.sqlstate)
+        extra["sqlstate"] = exc.sqlstate
+        if exc.sqlstate in RETRYABLE_SQLSTATES or status == 503:
+            extra["retryable"] = True
+    if isinstance(exc, e.ClusterError):
+        extra["retryable"] = True
+        headers["Retry-After"] = str(exc.retry_after)
+    elif status == 503:
+        headers["Retry-After"] = "1"
+    return problem_response(request, status, slug, title, exc.detail, headers, **extra)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into problem+json."""
+
+    async def on_mirrorpool_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, e.MirrorpoolError)
+        return error_response(request, exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {"location": [str(p) for p in err.get("loc", ())], "message": err.get("msg", "")}
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(p['location'])}: {p['message']}" for p in problems)
+        return problem_response(
+            request, 400, "invalid-request", "The request is malformed", summary, errors=problems
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, e.MirrorpoolError):
+            # FastAPI wraps errors raised while it reads the body (our 413) in a 400.
+            return error_response(request, exc.__cause__)
+        return problem_response(
+            request,
+            exc.status_code,
+            "http",
+            str(exc.detail),
+            str(exc.detail),
+            dict(exc.headers) if exc.headers else None,
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error in %s %s", request.method, request.url.path)
+        return problem_response(
+            request, 500, "internal", "Internal error",
+            "an unexpected error occurred; the service log has the details under this request id",
+        )  # fmt: skip
+
+    app.add_exception_handler(e.MirrorpoolError, on_mirrorpool_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries documenting problem+json answers."""
+    return {
+        status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "A problem."}
+        for status in statuses
+    }

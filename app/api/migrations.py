@@ -1,0 +1,156 @@
+"""Migrations over HTTP: status, plan, apply, rollback, repair."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.errors import problem_responses
+from app.migrations.history import current_version
+from app.migrations.runner import Migrator
+
+router = APIRouter(tags=["migrations"])
+
+
+def get_migrator(request: Request) -> Migrator:
+    """The Migrator built at start-up."""
+    migrator: Migrator = request.app.state.migrator
+    return migrator
+
+
+MigratorDep = Annotated[Migrator, Depends(get_migrator)]
+
+
+def actor_of(request: Request) -> str:
+    """Who is asking, for the history table and the log: the API key id, or the client."""
+    key_id = getattr(request.state, "key_id", None)
+    if key_id:
+        return f"key:{key_id}"
+    client = request.client.host if request.client else "unknown"
+    return f"http:{client}"
+
+
+class VersionOut(BaseModel):
+    """One migration version."""
+
+    version: int
+    name: str
+    state: str = Field(description="pending, applied, modified, missing or failed.")
+    checksum: str | None = Field(description="sha256 of the up file (CRLF folded, BOM dropped).")
+    recorded_checksum: str | None
+    applied_at: str | None
+    applied_by: str | None
+    execution_ms: int | None
+    has_down: bool
+
+
+class StatusOut(BaseModel):
+    """Every known version, the current one and how many are pending."""
+
+    current_version: int | None
+    pending: int
+    versions: list[VersionOut]
+
+
+class StepOut(BaseModel):
+    """A step of a plan or a run."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int
+    name: str
+    direction: str
+    file: str
+    transaction: bool
+    lock_timeout_ms: int | None
+    warnings: list[str]
+    sql: str
+    status: str | None = None
+    execution_ms: int | None = None
+
+
+class StepsOut(BaseModel):
+    """Steps planned or run."""
+
+    steps: list[StepOut]
+
+
+class ApplyIn(BaseModel):
+    """Apply pending migrations up to `target` (default: all)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: int | None = Field(None, ge=0, examples=[3])
+    dry_run: bool = False
+
+
+class RollbackIn(BaseModel):
+    """Roll back to `target` (0: before the first migration)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: int = Field(ge=0, examples=[1])
+    dry_run: bool = False
+
+
+class RepairIn(BaseModel):
+    """Repair one version, or every failed, modified and missing one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = None
+
+
+class RepairOut(BaseModel):
+    """What repair did."""
+
+    repaired: list[dict[str, Any]]
+
+
+_PROBLEMS = problem_responses(400, 404, 409, 503)
+
+
+@router.get("/v1/migrations", summary="Migration status", responses=_PROBLEMS)
+async def status(migrator: MigratorDep) -> StatusOut:
+    """Every version known to the files or the history table, with its state."""
+    versions = await migrator.status()
+    return StatusOut(
+        current_version=current_version(versions),
+        pending=sum(1 for v in versions if v.state == "pending"),
+        versions=[VersionOut(**v.as_json()) for v in versions],
+    )
+
+
+@router.get("/v1/migrations/plan", summary="Plan a migration", responses=_PROBLEMS)
+async def plan(
+    migrator: MigratorDep, target: Annotated[int | None, Query(ge=0)] = None
+) -> StepsOut:
+    """The ordered steps (up or down) to `target`, with their SQL and warnings. Runs nothing."""
+    return StepsOut(steps=[StepOut(**s.as_json()) for s in await migrator.plan(target)])
+
+
+@router.post("/v1/migrations/apply", summary="Apply migrations", responses=_PROBLEMS)
+async def apply(migrator: MigratorDep, request: Request, body: ApplyIn | None = None) -> StepsOut:
+    """Apply pending versions in order, one transaction per file; 409 if an applied file
+    changed or went missing, or another run holds the lock."""
+    body = body or ApplyIn()
+    steps = await migrator.apply(body.target, dry_run=body.dry_run, actor=actor_of(request))
+    return StepsOut(steps=[StepOut(**s) for s in steps])
+
+
+@router.post("/v1/migrations/rollback", summary="Roll back migrations", responses=_PROBLEMS)
+async def rollback(migrator: MigratorDep, request: Request, body: RollbackIn) -> StepsOut:
+    """Run down files to `target`; refused before anything runs if a step has no down file."""
+    steps = await migrator.rollback(body.target, dry_run=body.dry_run, actor=actor_of(request))
+    return StepsOut(steps=[StepOut(**s) for s in steps])
+
+
+@router.post("/v1/migrations/repair", summary="Repair the history", responses=_PROBLEMS)
+async def repair(
+    migrator: MigratorDep, request: Request, body: RepairIn | None = None
+) -> RepairOut:
+    """Clear failed entries, re-record checksums of intentionally edited files."""
+    body = body or RepairIn()
+    return RepairOut(repaired=await migrator.repair(body.version, actor=actor_of(request)))

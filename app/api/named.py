@@ -1,0 +1,103 @@
+"""Named queries over HTTP: GET /v1/queries lists them, POST /v1/queries/{name} runs one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from app.api.deps import EngineDep, SettingsDep
+from app.api.disconnect import disconnected
+from app.api.errors import problem_responses
+from app.api.query import QueryResponse, limits_for, result_response
+from app.errors import NotFound
+from app.sql.named import NamedQuery
+from app.sql.statement import prepare
+
+router = APIRouter(tags=["query"])
+
+
+def get_queries(request: Request) -> dict[str, NamedQuery]:
+    """The named queries loaded at start-up."""
+    queries: dict[str, NamedQuery] = request.app.state.queries
+    return queries
+
+
+QueriesDep = Annotated[dict[str, NamedQuery], Depends(get_queries)]
+
+
+class NamedQueryOut(BaseModel):
+    """A named query as listed."""
+
+    name: str = Field(examples=["user_by_email"])
+    description: str
+    params: list[str] = Field(description="Its `:name` parameters.", examples=[["email"]])
+    read_only: bool
+    sql: str
+
+
+class NamedQueryList(BaseModel):
+    """Every named query."""
+
+    queries: list[NamedQueryOut]
+
+
+class RunNamedQuery(BaseModel):
+    """Parameters and limits for one run of a named query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"email": "a@example.com"}])
+    timeout_ms: int | None = Field(None, ge=1)
+    max_rows: int | None = Field(None, ge=0)
+    row_format: Literal["array", "object"] = "array"
+
+
+@router.get("/v1/queries", summary="List named queries")
+async def list_queries(queries: QueriesDep) -> NamedQueryList:
+    """The allowlisted queries loaded from MIRRORPOOL_QUERIES_DIR, with their parameters."""
+    return NamedQueryList(
+        queries=[
+            NamedQueryOut(
+                name=q.name,
+                description=q.description,
+                params=list(q.params),
+                read_only=q.read_only,
+                sql=q.sql,
+            )
+            for q in queries.values()
+        ]
+    )
+
+
+@router.post(
+    "/v1/queries/{name}",
+    summary="Run a named query",
+    response_model=QueryResponse,
+    responses=problem_responses(400, 403, 404, 409, 413, 503, 504),
+)
+async def run_query(
+    name: str,
+    request: Request,
+    queries: QueriesDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    body: RunNamedQuery | None = None,
+) -> Response:
+    """Runs even when raw SQL is switched off; read-only queries may be served by a mirror."""
+    named = queries.get(name)
+    if named is None:
+        raise NotFound(f"no named query {name!r}; GET /v1/queries lists them")
+    body = body or RunNamedQuery()
+    bound = prepare(named.sql, body.params, settings)
+    limits = limits_for(
+        settings,
+        timeout_ms=body.timeout_ms or named.timeout_ms,
+        max_rows=body.max_rows,
+        read_only=named.read_only,
+        row_format=body.row_format,
+    )
+    outcome = await engine.run(bound, limits, disconnected(request))
+    return result_response(outcome, settings.max_response_bytes)

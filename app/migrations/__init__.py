@@ -1,0 +1,1 @@
+"""Versioned schema migrations: files, history table, lock, plan, apply and rollback."""

@@ -1,0 +1,1 @@
+"""Query engine: placeholders, type adaptation, execution with limits, streaming, transactions."""

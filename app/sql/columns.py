@@ -1,0 +1,70 @@
+"""Column descriptions: each result column's name, PostgreSQL type name and type OID."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.postgres import types as builtin_types
+
+# Built-in types have fixed OIDs; name their arrays "<element>[]" as people write them.
+_BUILTIN: dict[int, str] = {}
+for _info in builtin_types:
+    _BUILTIN.setdefault(_info.oid, _info.name)
+    if _info.array_oid:
+        _BUILTIN.setdefault(_info.array_oid, f"{_info.name}[]")
+
+_LOOKUP_SQL = """
+SELECT t.oid::int8,
+       CASE WHEN t.typcategory = 'A' AND e.oid IS NOT NULL THEN e.typname || '[]'
+            ELSE t.typname END
+FROM pg_type AS t LEFT JOIN pg_type AS e ON e.oid = t.typelem
+WHERE t.oid = ANY($1::oid[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One result column."""
+
+    name: str
+    type: str
+    type_oid: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The column as the API reports it."""
+        return {"name": self.name, "type": self.type, "type_oid": self.type_oid}
+
+
+class TypeNames:
+    """Names of type OIDs: built-ins from psycopg, others looked up once per database."""
+
+    def __init__(self) -> None:
+        # User-defined types have per-database OIDs: key the cache by node and database.
+        self._known: dict[tuple[str, int], str] = {}
+
+    async def columns(
+        self, conn: AsyncConnection[Any], node: str, description: list[Any] | None
+    ) -> list[Column]:
+        """Describe a result, querying pg_type for OIDs we have not met on this node."""
+        if not description:
+            return []
+        key = f"{node}/{conn.info.dbname}"
+        unknown = {
+            d.type_code
+            for d in description
+            if d.type_code not in _BUILTIN and (key, d.type_code) not in self._known
+        }
+        if unknown:
+            cur = await conn.execute(_LOOKUP_SQL, [sorted(unknown)], prepare=False)
+            for oid, name in await cur.fetchall():
+                self._known[(key, int(oid))] = str(name)
+        return [
+            Column(
+                d.name,
+                _BUILTIN.get(d.type_code) or self._known.get((key, d.type_code), "unknown"),
+                d.type_code,
+            )
+            for d in description
+        ]

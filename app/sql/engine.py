@@ -1,0 +1,408 @@
+"""The query engine: runs statements on the right node within their limits and deadline.
+
+A plain request (default timeout, may write) is one round trip: the statement runs in
+autocommit on a pooled connection whose session already carries the default timeouts. A
+read-only request, or one with its own timeout, runs as BEGIN [READ ONLY] + SET LOCAL (one
+simple query), the statement, COMMIT. The deadline is enforced here too, not only by the
+server's statement_timeout: a frozen server cannot hold a request past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+
+from app.cluster.cluster import Cluster, Intent
+from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
+from app.settings import Settings
+from app.sql import session
+from app.sql.columns import Column, TypeNames
+from app.sql.errors import database_error
+from app.sql.lexer import first_keyword
+from app.sql.placeholders import BoundSQL
+from app.sql.session import Isolation
+
+T = TypeVar("T")
+RowFormat = Literal["array", "object"]
+
+# Our own deadline is the statement timeout plus this much, so the server's timeout (a
+# clean 57014 with the connection intact) wins whenever the server is alive to enforce it.
+DEADLINE_GRACE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How long a request may run and how many rows it may return."""
+
+    timeout_ms: int
+    max_rows: int
+    read_only: bool = False
+    row_format: RowFormat = "array"
+
+
+@dataclass(slots=True)
+class StatementResult:
+    """What one statement returned."""
+
+    columns: list[Column]
+    rows: list[Any]
+    command: str | None
+    rows_affected: int | None
+    truncated: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as the API reports it (rows stay as fetched)."""
+        return {
+            "columns": [c.as_json() for c in self.columns],
+            "rows": self.rows,
+            "row_count": len(self.rows),
+            "rows_affected": self.rows_affected,
+            "command": self.command,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Results of a request, with the node that served it and how long it took."""
+
+    results: list[StatementResult]
+    node: str
+    duration_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """Runs bound statements through the cluster."""
+
+    def __init__(self, cluster: Cluster, settings: Settings) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.types = TypeNames()
+        self._background: set[asyncio.Future[Any]] = set()
+
+    @asynccontextmanager
+    async def _session(
+        self, intent: Intent, avoid: Collection[str] = ()
+    ) -> AsyncIterator[tuple[str, AsyncConnection[Any], Callable[[], None]]]:
+        """A pooled connection, reset before it goes back if the request dirtied it."""
+        dirty = False
+
+        def mark_dirty() -> None:
+            nonlocal dirty
+            dirty = True
+
+        timeout = self.settings.pool_timeout
+        async with self.cluster.connection(intent, timeout, avoid) as (node, conn):
+            before = session.snapshot(conn)
+            try:
+                yield node.name, conn, mark_dirty
+            finally:
+                if (dirty or session.snapshot(conn) != before) and not conn.closed:
+                    await session.reset(conn)
+
+    async def run(
+        self, bound: BoundSQL, limits: Limits, abort: Awaitable[Any] | None = None
+    ) -> Outcome:
+        """Run one statement and fetch up to max_rows rows; `abort` finishing cancels it.
+
+        A read-only request whose node fails mid-flight is retried once on another node
+        within the same deadline; a write never is (it may have committed).
+        """
+        intent: Intent = "read" if limits.read_only else "write"
+        plain = not limits.read_only and limits.timeout_ms == self.settings.statement_timeout_ms
+
+        async def attempt(avoid: Collection[str]) -> Outcome:
+            started = time.perf_counter()
+            async with self._session(intent, avoid) as (node, conn, mark_dirty):
+                try:
+                    if plain:
+                        result = await self._statement(conn, node, bound, limits, mark_dirty)
+                    else:
+                        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+                        result = await self._statement(conn, node, bound, limits, mark_dirty)
+                        await conn.execute("COMMIT")
+                except psycopg.Error as exc:
+                    await _rollback(conn)
+                    raise await self._failure(exc, conn, node, intent) from None
+            return Outcome([result], node, _ms_since(started))
+
+        async def work() -> Outcome:
+            try:
+                return await attempt(())
+            except NodeFailed as exc:
+                if intent == "write":
+                    raise
+                return await attempt([exc.extra["node"]])
+
+        return await self.with_deadline(work(), limits.timeout_ms, abort)
+
+    async def _failure(
+        self,
+        exc: psycopg.Error,
+        conn: AsyncConnection[Any],
+        node: str,
+        intent: Intent,
+        index: int | None = None,
+    ) -> MirrorpoolError:
+        """The error to raise for `exc`. A sign that the node failed, or was turned into a
+        standby under us (25006 on a write), makes the monitor look at it at once."""
+        error = database_error(exc, node, statement_index=index)
+        demoted = intent == "write" and exc.sqlstate == "25006" and await _in_recovery(conn)
+        if isinstance(error, NodeFailed) or demoted:
+            target = self.cluster.node(node)
+            if target is not None:
+                self.cluster.report_failure(target)
+        if demoted:
+            return NoWriterError(
+                f"{node} no longer accepts writes (it is a standby); retry shortly"
+            )
+        return error
+
+    async def transaction(
+        self,
+        statements: list[BoundSQL],
+        *,
+        isolation: Isolation,
+        read_only: bool,
+        timeout_ms: int,
+        max_rows: int,
+        row_format: RowFormat,
+        abort: Awaitable[Any] | None = None,
+    ) -> Outcome:
+        """Run statements all-or-nothing; a failure names the statement and rolls back."""
+        limits = Limits(timeout_ms, max_rows, read_only, row_format)
+
+        async def work() -> Outcome:
+            started = time.perf_counter()
+            results: list[StatementResult] = []
+            async with self._session("read" if read_only else "write") as (node, conn, dirty):
+                try:
+                    await conn.execute(self._begin(read_only, isolation, timeout_ms))
+                    for bound in statements:
+                        results.append(await self._statement(conn, node, bound, limits, dirty))
+                    await conn.execute("COMMIT")
+                except psycopg.Error as exc:
+                    await _rollback(conn)
+                    index = len(results) if len(results) < len(statements) else None
+                    intent: Intent = "read" if read_only else "write"
+                    raise await self._failure(exc, conn, node, intent, index) from None
+            return Outcome(results, node, _ms_since(started))
+
+        return await self.with_deadline(work(), timeout_ms, abort)
+
+    async def stream(
+        self, bound: BoundSQL, limits: Limits, chunk_rows: int
+    ) -> AsyncGenerator[tuple[str, Any]]:
+        """Yield ("node", name), ("columns", [...]), ("rows", [...])..., ("end", result).
+
+        Rows come in chunks of `chunk_rows` straight from the server (libpq's chunked mode),
+        so memory stays flat whatever the size of the result. A producer task owns the
+        connection and hands chunks over a short queue: the consumer can give up at the
+        deadline, or when its client leaves, without waiting for the server.
+        """
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=2)
+        producer = asyncio.ensure_future(self._produce(bound, limits, chunk_rows, queue))
+        deadline = time.monotonic() + limits.timeout_ms / 1000 + DEADLINE_GRACE_S
+        try:
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(
+                        queue.get(), max(0.0, deadline - time.monotonic())
+                    )
+                except TimeoutError:
+                    raise QueryTimeout(
+                        f"the statement did not finish within {limits.timeout_ms} ms",
+                        sqlstate="57014",
+                    ) from None
+                if kind == "error":
+                    raise payload
+                yield kind, payload
+                if kind == "end":
+                    return
+        finally:
+            if not producer.done():
+                self._abandon(producer)
+
+    async def _produce(
+        self,
+        bound: BoundSQL,
+        limits: Limits,
+        chunk_rows: int,
+        queue: asyncio.Queue[tuple[str, Any]],
+    ) -> None:
+        intent: Intent = "read" if limits.read_only else "write"
+        try:
+            async with self._session(intent) as (node, conn, mark_dirty):
+                await queue.put(("node", node))
+                try:
+                    await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+                    cur = conn.cursor()
+                    sent_columns = False
+                    batch: list[Any] = []
+                    count = 0
+                    async for row in cur.stream(bound.sql, bound.params, size=chunk_rows):
+                        if not sent_columns:
+                            columns = await self.types.columns(conn, node, cur.description)
+                            await queue.put(("columns", columns))
+                            sent_columns = True
+                        batch.append(row)
+                        if len(batch) >= chunk_rows:
+                            count += len(batch)
+                            await queue.put(("rows", batch))
+                            batch = []
+                    if not sent_columns:
+                        columns = await self.types.columns(conn, node, cur.description)
+                        await queue.put(("columns", columns))
+                    count += len(batch)
+                    if batch:
+                        await queue.put(("rows", batch))
+                    await conn.execute("COMMIT")
+                except psycopg.Error as exc:
+                    await _rollback(conn)
+                    raise await self._failure(exc, conn, node, intent) from None
+                if session.may_dirty(bound.sql, cur.statusmessage):
+                    mark_dirty()
+            command = cur.statusmessage or _streamed_tag(bound.sql, count)
+            await queue.put(("end", StatementResult([], [], command, _affected_by(command, count))))
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put(("error", exc))
+
+    def _begin(self, read_only: bool, isolation: Isolation | None, timeout_ms: int) -> Any:
+        return session.begin_sql(
+            read_only=read_only,
+            isolation=isolation,
+            timeout_ms=timeout_ms,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+        )
+
+    async def _statement(
+        self,
+        conn: AsyncConnection[Any],
+        node: str,
+        bound: BoundSQL,
+        limits: Limits,
+        mark_dirty: Callable[[], None],
+    ) -> StatementResult:
+        cur = conn.cursor()
+        await cur.execute(bound.sql, bound.params)
+        if session.may_dirty(bound.sql, cur.statusmessage):
+            mark_dirty()
+        if cur.description is None:
+            return StatementResult([], [], cur.statusmessage, _affected(cur, 0))
+        rows = await cur.fetchmany(limits.max_rows + 1)
+        truncated = len(rows) > limits.max_rows
+        if truncated:
+            del rows[limits.max_rows :]
+        columns = await self.types.columns(conn, node, cur.description)
+        if limits.row_format == "object":
+            names = [c.name for c in columns]
+            rows = [dict(zip(names, row, strict=True)) for row in rows]
+        return StatementResult(
+            columns, rows, cur.statusmessage, _affected(cur, len(rows)), truncated
+        )
+
+    async def with_deadline(
+        self, work: Awaitable[T], timeout_ms: int, abort: Awaitable[Any] | None = None
+    ) -> T:
+        """Await `work`, giving up at the deadline, or when `abort` finishes, without waiting.
+
+        Giving up cancels the work in the background: psycopg then asks the server to cancel
+        the statement and the pool gets the connection back (or drops it when the server does
+        not answer), while the caller already has its answer.
+        """
+        task = asyncio.ensure_future(work)
+        waits: set[asyncio.Future[Any]] = {task}
+        watcher = asyncio.ensure_future(abort) if abort is not None else None
+        if watcher is not None:
+            waits.add(watcher)
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=timeout_ms / 1000 + DEADLINE_GRACE_S, return_when="FIRST_COMPLETED"
+            )
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+        if task in done:
+            return task.result()
+        self._abandon(task)
+        if watcher is not None and watcher in done:
+            raise ClientGone("the client disconnected; the statement was cancelled")
+        raise QueryTimeout(f"the statement did not finish within {timeout_ms} ms", sqlstate="57014")
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        task.cancel()
+        self._background.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+
+_DML = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+
+
+def _affected(cur: Any, fetched: int) -> int | None:
+    """rows_affected for DML (INSERT/UPDATE/DELETE/MERGE/COPY), None otherwise."""
+    tag = (cur.statusmessage or "").split(" ", 1)[0]
+    if tag in _DML:
+        return int(cur.rowcount) if cur.rowcount >= 0 else fetched
+    return None
+
+
+def _affected_by(command: str, count: int) -> int | None:
+    return count if command.split(" ", 1)[0] in _DML else None
+
+
+def _streamed_tag(sql: str, count: int) -> str:
+    """The status tag of a streamed statement (psycopg keeps only the last chunk's result)."""
+    keyword = first_keyword(sql) or "SELECT"
+    if keyword == "INSERT":
+        return f"INSERT 0 {count}"
+    if keyword in _DML:
+        return f"{keyword} {count}"
+    return f"SELECT {count}"
+
+
+async def _in_recovery(conn: AsyncConnection[Any]) -> bool:
+    """pg_is_in_recovery() on this connection; False when it cannot tell."""
+    try:
+        cur = await conn.execute("SELECT pg_is_in_recovery()")
+        row = await cur.fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
+
+
+async def _rollback(conn: AsyncConnection[Any]) -> None:
+    """Leave the connection idle after an error, if it still works at all."""
+    if conn.closed:
+        return
+    status = conn.info.transaction_status
+    if status in (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR):
+        try:
+            await conn.execute("ROLLBACK")
+        except psycopg.Error:
+            await conn.close()
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _loop_time(deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the event loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (deadline - time.monotonic())

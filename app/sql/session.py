@@ -1,0 +1,89 @@
+"""Session hygiene: what every pooled connection starts with, and how it is put back clean.
+
+Connections are shared by every caller, so what one request changes in its session must not
+leak into the next. Settings mirrorpool relies on (time zone, date and interval styles,
+default timeouts) are given as startup options, so `RESET ALL` restores them. Plain requests
+run in autocommit with no extra round trip; a request whose statement can leave session state
+behind (SET, temp tables, advisory locks, set_config, ...) marks its connection dirty and the
+connection is reset before anyone else gets it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from psycopg import AsyncConnection, sql
+
+Isolation = Literal["read_committed", "repeatable_read", "serializable"]
+
+# Everything DISCARD ALL does except DEALLOCATE ALL, which would drop the statements
+# psycopg prepared (its cache would then point at statements that no longer exist).
+RESET_SQL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+# Status tags of statements that cannot leave anything behind in the session.
+_CLEAN_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "FETCH"})
+
+# Words whose presence means a statement may change the session: set_config(..., false),
+# advisory locks, temporary objects, holdable cursors, prepared statements, notifications.
+_RISKY_WORDS = re.compile(
+    r"set_config|advisory|\btemp(orary)?\b|\bhold\b|\bprepare\b|\blisten\b|\brole\b"
+    r"|\bauthorization\b|\bsearch_path\b",
+    re.IGNORECASE,
+)
+
+# Parameters the server reports whenever they change: a change means the session was altered.
+_REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "is_superuser", "session_authorization")
+
+
+def startup_options(settings: dict[str, str]) -> str:
+    """The libpq `options` value that sets these parameters at connection start."""
+    parts = []
+    for name, value in settings.items():
+        escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+        parts.append(f"-c {name}={escaped}")
+    return " ".join(parts)
+
+
+def snapshot(conn: AsyncConnection[Any]) -> tuple[str | None, ...]:
+    """The reported parameters, to compare after a statement."""
+    return tuple(conn.info.parameter_status(p) for p in _REPORTED)
+
+
+def may_dirty(sql_text: str, command: str | None) -> bool:
+    """True when a statement may have left state behind in its session."""
+    tag = (command or "").split(" ", 1)[0]
+    if tag not in _CLEAN_TAGS:
+        return True
+    return _RISKY_WORDS.search(sql_text) is not None
+
+
+async def reset(conn: AsyncConnection[Any]) -> None:
+    """Put a session back as the pool made it."""
+    await conn.execute(RESET_SQL)
+
+
+def begin_sql(
+    *,
+    read_only: bool,
+    isolation: Isolation | None,
+    timeout_ms: int,
+    lock_timeout_ms: int,
+) -> sql.Composed:
+    """BEGIN with the transaction's mode and its local timeouts, as one simple query."""
+    mode = []
+    if isolation:
+        mode.append(sql.SQL("ISOLATION LEVEL " + isolation.replace("_", " ").upper()))
+    if read_only:
+        mode.append(sql.SQL("READ ONLY"))
+    begin = sql.SQL("BEGIN {}").format(sql.SQL(" ").join(mode)) if mode else sql.SQL("BEGIN")
+    return sql.SQL("; ").join(
+        [
+            begin,
+            sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
+            sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
+        ]
+    )

@@ -1,0 +1,130 @@
+"""Streaming and cancellation through a real server process and real sockets."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import time
+
+import httpx
+
+from app.devdb import LocalPair
+from tests.conftest import LiveServer
+from tests.waiting import eventually_sync
+
+
+def test_stream_sends_columns_rows_and_a_status_line(live_server: LiveServer) -> None:
+    with httpx.stream(
+        "POST",
+        live_server.url + "/v1/query/stream",
+        json={
+            "sql": "SELECT g AS n, 'row ' || g AS label FROM generate_series(1, $1) g",
+            "params": [2500],
+            "row_format": "object",
+        },
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/x-ndjson"
+        assert response.headers["x-mirrorpool-node"] == "primary"
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert lines[0] == {
+        "columns": [
+            {"name": "n", "type": "int4", "type_oid": 23},
+            {"name": "label", "type": "text", "type_oid": 25},
+        ]
+    }
+    rows = lines[1:-1]
+    assert len(rows) == 2500
+    assert rows[0] == {"n": 1, "label": "row 1"}
+    assert rows[-1] == {"n": 2500, "label": "row 2500"}
+    assert lines[-1] == {"row_count": 2500, "command": "SELECT 2500", "status": "ok"}
+
+
+def test_stream_error_before_rows_is_a_problem(live_server: LiveServer) -> None:
+    response = httpx.post(
+        live_server.url + "/v1/query/stream", json={"sql": "SELECT * FROM nowhere_t"}, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json()["sqlstate"] == "42P01"
+
+
+def test_stream_error_mid_stream_ends_with_an_error_line(live_server: LiveServer) -> None:
+    with httpx.stream(
+        "POST",
+        live_server.url + "/v1/query/stream",
+        json={"sql": "SELECT 10 / (5000 - g) FROM generate_series(1, 10000) g"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert "columns" in lines[0]
+    assert lines[-1]["status"] == "error"
+    assert lines[-1]["error"]["sqlstate"] == "22012"
+    assert lines[-1]["row_count"] == len(lines) - 2
+
+
+def test_a_million_rows_stream_in_flat_memory(live_server: LiveServer) -> None:
+    before = live_server.rss_kib()
+    peak_before = live_server.rss_kib("VmHWM")
+    rows = 0
+    with httpx.stream(
+        "POST",
+        live_server.url + "/v1/query/stream",
+        json={
+            "sql": "SELECT g, md5(g::text) FROM generate_series(1, 1000000) g",
+            "timeout_ms": 120000,
+        },
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        last = b""
+        for line in response.iter_lines():
+            if line:
+                rows += 1
+                last = line.encode()
+    assert rows == 1_000_002  # columns + rows + status
+    assert json.loads(last) == {"row_count": 1_000_000, "command": "SELECT 1000000", "status": "ok"}
+    growth_mib = (live_server.rss_kib("VmHWM") - max(before, peak_before)) / 1024
+    assert growth_mib < 50, f"server memory grew by {growth_mib:.1f} MiB"
+
+
+def running_sleeps(pair: LocalPair, marker: str) -> int:
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s",
+            [f"%{marker}%"],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def send_and_hang_up(server: LiveServer, path: str, body: dict[str, object]) -> socket.socket:
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    return sock
+
+
+def test_client_disconnect_cancels_the_statement(live_server: LiveServer, pair: LocalPair) -> None:
+    for path in ("/v1/query", "/v1/query/stream", "/v1/transaction"):
+        marker = f"cancel_me_{path.replace('/', '_')}"
+        sql = f"SELECT pg_sleep(30) AS {marker}"
+        body: dict[str, object] = (
+            {"statements": [{"sql": sql}]} if path == "/v1/transaction" else {"sql": sql}
+        )
+        sock = send_and_hang_up(live_server, path, body)
+        running = functools.partial(running_sleeps, pair, marker)
+        eventually_sync(lambda: running() == 1, "the statement to run")  # noqa: B023
+        sock.close()
+        started = time.monotonic()
+        eventually_sync(lambda: running() == 0, f"the cancellation of {path}")  # noqa: B023
+        assert time.monotonic() - started < 2, path
+    # The connections went back to the pool clean: the service still answers.
+    response = httpx.post(live_server.url + "/v1/query", json={"sql": "SELECT 1"}, timeout=10)
+    assert response.json()["rows"] == [[1]]
