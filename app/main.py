@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.api import errors, migrations, named, pool, probes, query
 from app.api.body_limit import BodyLimitMiddleware
+from app.api.fast_lane import FastQueryLane, is_query
 from app.api.inflight import InFlight, InFlightMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
@@ -28,6 +30,19 @@ DESCRIPTION = """\
 PostgreSQL over HTTP: parameterised SQL through a connection pool per node, versioned
 migrations, and failover to a streaming mirror when the primary is lost.
 """
+
+
+class MirrorpoolApp(FastAPI):
+    """FastAPI, with POST /v1/query answered before FastAPI's machinery when the fast lane
+    is on (it documents the route and serves it when the lane is off)."""
+
+    fast_lane: FastQueryLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_lane is not None and is_query(scope):
+            await self.fast_lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
@@ -58,7 +73,7 @@ def build_cluster(settings: Settings) -> Cluster:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     """Build the app. The cluster is created (and its pools opened) by the lifespan."""
     settings = settings or load_settings()
     # Built here, not in the lifespan, so a missing DSN fails before the server starts.
@@ -88,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await cluster.close(timeout=settings.shutdown_timeout)
             logger.info("mirrorpool stopped; pools closed")
 
-    app = FastAPI(
+    app = MirrorpoolApp(
         title="mirrorpool",
         version=__version__,
         description=DESCRIPTION,
@@ -104,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(InFlightMiddleware, inflight=inflight)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    if settings.fast_path:
+        app.fast_lane = FastQueryLane(engine, settings, inflight)
     app.include_router(query.router)
     app.include_router(named.router)
     app.include_router(migrations.router)

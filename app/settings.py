@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     migration_lock_wait_s: float = Field(
         5.0, ge=0, description="Seconds to wait for another run's migration lock before a 409."
     )
+    fast_path: bool = Field(
+        True, description="Serve POST /v1/query without FastAPI's per-request machinery."
+    )
     allow_raw_sql: bool = Field(
         True, description="false: only named queries run; /v1/query and friends answer 403."
     )

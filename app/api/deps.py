@@ -11,19 +11,19 @@ from app.settings import Settings
 from app.sql.engine import Engine
 
 
-def get_cluster(request: Request) -> Cluster:
+async def get_cluster(request: Request) -> Cluster:
     """The Cluster the lifespan built."""
     cluster: Cluster = request.app.state.cluster
     return cluster
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The query Engine."""
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's Settings."""
     settings: Settings = request.app.state.settings
     return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import Scope
 
 from app import errors as e
 from app.api.request_id import request_id_of
@@ -105,7 +107,7 @@ def status_for_sqlstate(sqlstate: str | None) -> int:
 
 
 def problem_response(
-    request: Request | None,
+    scope: Scope | None,
     status: int,
     slug: str,
     title: str,
@@ -119,7 +121,7 @@ def problem_response(
         "title": title,
         "status": status,
         "detail": detail,
-        "request_id": request_id_of(request.scope) if request else None,
+        "request_id": request_id_of(scope) if scope else None,
     }
     body.update({k: v for k, v in extra.items() if v is not None})
     return Response(
@@ -127,7 +129,7 @@ def problem_response(
     )
 
 
-def error_response(request: Request | None, exc: e.MirrorpoolError) -> Response:
+def error_response(scope: Scope | None, exc: e.MirrorpoolError) -> Response:
     """The problem+json response for one of our errors."""
     status, slug, title = next(
         (_PROBLEMS[cls] for cls in type(exc).__mro__ if cls in _PROBLEMS),
@@ -145,7 +147,20 @@ def error_response(request: Request | None, exc: e.MirrorpoolError) -> Response:
         headers["Retry-After"] = str(exc.retry_after)
     elif status == 503:
         headers["Retry-After"] = "1"
-    return problem_response(request, status, slug, title, exc.detail, headers, **extra)
+    return problem_response(scope, status, slug, title, exc.detail, headers, **extra)
+
+
+def validation_problem(scope: Scope | None, errors: Sequence[Any]) -> Response:
+    """400 problem listing what is wrong with the request body or parameters (never the
+    values sent, which may be secrets)."""
+    problems = [
+        {"location": [str(p) for p in err.get("loc", ())], "message": err.get("msg", "")}
+        for err in errors
+    ]
+    summary = "; ".join(f"{'.'.join(p['location'])}: {p['message']}" for p in problems)
+    return problem_response(
+        scope, 400, "invalid-request", "The request is malformed", summary, errors=problems
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -153,26 +168,19 @@ def install(app: FastAPI) -> None:
 
     async def on_mirrorpool_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, e.MirrorpoolError)
-        return error_response(request, exc)
+        return error_response(request.scope, exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = [
-            {"location": [str(p) for p in err.get("loc", ())], "message": err.get("msg", "")}
-            for err in exc.errors()
-        ]
-        summary = "; ".join(f"{'.'.join(p['location'])}: {p['message']}" for p in problems)
-        return problem_response(
-            request, 400, "invalid-request", "The request is malformed", summary, errors=problems
-        )
+        return validation_problem(request.scope, exc.errors())
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         if isinstance(exc.__cause__, e.MirrorpoolError):
             # FastAPI wraps errors raised while it reads the body (our 413) in a 400.
-            return error_response(request, exc.__cause__)
+            return error_response(request.scope, exc.__cause__)
         return problem_response(
-            request,
+            request.scope,
             exc.status_code,
             "http",
             str(exc.detail),
@@ -183,7 +191,7 @@ def install(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unexpected error in %s %s", request.method, request.url.path)
         return problem_response(
-            request, 500, "internal", "Internal error",
+            request.scope, 500, "internal", "Internal error",
             "an unexpected error occurred; the service log has the details under this request id",
         )  # fmt: skip
 

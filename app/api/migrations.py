@@ -14,7 +14,7 @@ from app.migrations.runner import Migrator
 router = APIRouter(tags=["migrations"])
 
 
-def get_migrator(request: Request) -> Migrator:
+async def get_migrator(request: Request) -> Migrator:
     """The Migrator built at start-up."""
     migrator: Migrator = request.app.state.migrator
     return migrator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -19,7 +20,7 @@ from app.sql.statement import prepare
 router = APIRouter(tags=["query"])
 
 
-def get_queries(request: Request) -> dict[str, NamedQuery]:
+async def get_queries(request: Request) -> dict[str, NamedQuery]:
     """The named queries loaded at start-up."""
     queries: dict[str, NamedQuery] = request.app.state.queries
     return queries
@@ -99,5 +100,5 @@ async def run_query(
         read_only=named.read_only,
         row_format=body.row_format,
     )
-    outcome = await engine.run(bound, limits, disconnected(request))
+    outcome = await engine.run(bound, limits, partial(disconnected, request))
     return result_response(outcome, settings.max_response_bytes)

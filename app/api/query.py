@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -16,7 +17,7 @@ from app.api.errors import error_response, problem_responses
 from app.errors import Forbidden, LimitExceeded, MirrorpoolError
 from app.settings import Settings
 from app.sql.columns import Column
-from app.sql.engine import Limits, Outcome, StatementResult
+from app.sql.engine import Abort, Engine, Limits, Outcome, StatementResult
 from app.sql.statement import prepare
 
 router = APIRouter(tags=["query"])
@@ -188,6 +189,13 @@ async def query(
     body: QueryRequest, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> Response:
     """Run one parameterised statement on the writer (or, when read_only, on any reader)."""
+    return await run_query(body, engine, settings, partial(disconnected, request))
+
+
+async def run_query(
+    body: QueryRequest, engine: Engine, settings: Settings, abort: Abort
+) -> Response:
+    """/v1/query, whichever way the request arrived (app/api/fast_lane.py or FastAPI)."""
     check_raw_sql(settings)
     bound = prepare(body.sql, body.params, settings)
     limits = limits_for(
@@ -197,7 +205,7 @@ async def query(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    outcome = await engine.run(bound, limits, disconnected(request))
+    outcome = await engine.run(bound, limits, abort)
     return result_response(outcome, settings.max_response_bytes)
 
 
@@ -240,7 +248,7 @@ async def transaction(
         timeout_ms=limits.timeout_ms,
         max_rows=limits.max_rows,
         row_format=body.row_format,
-        abort=disconnected(request),
+        abort=partial(disconnected, request),
     )
     payload = {
         "results": [r.as_json() for r in outcome.results],
@@ -289,7 +297,9 @@ async def query_stream(
         return node, columns
 
     try:
-        node, columns = await engine.with_deadline(head(), limits.timeout_ms, disconnected(request))
+        node, columns = await engine.with_deadline(
+            head(), limits.timeout_ms, partial(disconnected, request)
+        )
     except BaseException:
         await events.aclose()
         raise
@@ -312,7 +322,7 @@ async def query_stream(
                     tail = {"row_count": count, "command": payload.command, "status": "ok"}
                     yield orjson.dumps(tail) + b"\n"
         except MirrorpoolError as exc:
-            problem = orjson.loads(bytes(error_response(request, exc).body))
+            problem = orjson.loads(bytes(error_response(request.scope, exc).body))
             yield orjson.dumps({"row_count": count, "status": "error", "error": problem}) + b"\n"
         finally:
             await events.aclose()

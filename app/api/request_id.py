@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 
@@ -9,6 +10,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
 _VALID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Generated ids: a random per-process prefix and a counter, unique without a syscall each.
+_PREFIX = secrets.token_hex(5)
+_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """A fresh 16-character id."""
+    return f"{_PREFIX}{next(_COUNTER) & 0xFFFFFF:06x}"
+
+
+def assign_request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID when sane, else a new one; stored in the scope's state."""
+    given = next((v for k, v in scope["headers"] if k == HEADER), b"")
+    rid = given.decode() if _VALID.fullmatch(given) else new_request_id()
+    scope.setdefault("state", {})["request_id"] = rid
+    return rid
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -27,9 +44,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-        rid = given.decode() if _VALID.fullmatch(given) else secrets.token_hex(8)
-        scope.setdefault("state", {})["request_id"] = rid
+        rid = assign_request_id(scope)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -120,20 +120,24 @@ class Cluster:
             raise NoReaderError("no node is reachable for reads; retry shortly")
         return readers[0]
 
-    @asynccontextmanager
-    async def connection(
-        self, intent: Intent, timeout: float | None = None, avoid: Collection[str] = ()
-    ) -> AsyncIterator[tuple[Node, AsyncConnection[Any]]]:
-        """A pool connection on the node serving `intent`, given back to its pool after."""
-        node = self.pick(intent, avoid)
+    async def getconn(self, node: Node, timeout: float | None) -> AsyncConnection[Any]:
+        """A connection from the node's pool (give it back with node.pool.putconn)."""
         try:
-            conn = await node.pool.getconn(timeout)
+            return await node.pool.getconn(timeout)
         except TooManyRequests:
             raise PoolExhausted(
                 f"too many requests are waiting for a connection to {node.name}"
             ) from None
         except PoolTimeout:
             raise PoolExhausted(f"no connection to {node.name} became free in time") from None
+
+    @asynccontextmanager
+    async def connection(
+        self, intent: Intent, timeout: float | None = None, avoid: Collection[str] = ()
+    ) -> AsyncIterator[tuple[Node, AsyncConnection[Any]]]:
+        """A pool connection on the node serving `intent`, given back to its pool after."""
+        node = self.pick(intent, avoid)
+        conn = await self.getconn(node, timeout)
         try:
             yield node, conn
         finally:

@@ -24,6 +24,17 @@ WHERE t.oid = ANY($1::oid[])
 """
 
 
+_MAX_SHAPES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """The two things of a result field that columns() reads."""
+
+    name: str
+    type_code: int
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     """One result column."""
@@ -43,6 +54,23 @@ class TypeNames:
     def __init__(self) -> None:
         # User-defined types have per-database OIDs: key the cache by node and database.
         self._known: dict[tuple[str, int], str] = {}
+        self._shapes: dict[tuple[Any, ...], list[Column]] = {}
+
+    async def of_result(self, conn: AsyncConnection[Any], node: str, result: Any) -> list[Column]:
+        """Describe a libpq result; a shape met before costs a dictionary lookup."""
+        if result is None or not result.nfields:
+            return []
+        shape = (node, *(
+            (result.fname(i), result.ftype(i)) for i in range(result.nfields)
+        ))  # fmt: skip
+        cached = self._shapes.get(shape)
+        if cached is None:
+            cursor_like = [_Field(name.decode(), oid) for name, oid in shape[1:]]
+            cached = await self.columns(conn, node, cursor_like)
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            self._shapes[shape] = cached
+        return cached
 
     async def columns(
         self, conn: AsyncConnection[Any], node: str, description: list[Any] | None

@@ -25,12 +25,15 @@ from app.settings import Settings
 from app.sql import session
 from app.sql.columns import Column, TypeNames
 from app.sql.errors import database_error
+from app.sql.guard import Guard
 from app.sql.lexer import first_keyword
 from app.sql.placeholders import BoundSQL
 from app.sql.session import Isolation
 
 T = TypeVar("T")
 RowFormat = Literal["array", "object"]
+# Returns once the HTTP client has gone; called only if the request lasts (app/sql/guard.py).
+Abort = Callable[[], Awaitable[Any]]
 
 # Our own deadline is the statement timeout plus this much, so the server's timeout (a
 # clean 57014 with the connection intact) wins whenever the server is alive to enforce it.
@@ -108,41 +111,66 @@ class Engine:
                 if (dirty or session.snapshot(conn) != before) and not conn.closed:
                     await session.reset(conn)
 
-    async def run(
-        self, bound: BoundSQL, limits: Limits, abort: Awaitable[Any] | None = None
-    ) -> Outcome:
-        """Run one statement and fetch up to max_rows rows; `abort` finishing cancels it.
+    def _guard(self, timeout_ms: int, abort: Abort | None) -> Guard:
+        return Guard(timeout_ms / 1000 + DEADLINE_GRACE_S, timeout_ms, abort)
+
+    async def run(self, bound: BoundSQL, limits: Limits, abort: Abort | None = None) -> Outcome:
+        """Run one statement and fetch up to max_rows rows; the client leaving cancels it.
 
         A read-only request whose node fails mid-flight is retried once on another node
         within the same deadline; a write never is (it may have committed).
         """
         intent: Intent = "read" if limits.read_only else "write"
         plain = not limits.read_only and limits.timeout_ms == self.settings.statement_timeout_ms
-
-        async def attempt(avoid: Collection[str]) -> Outcome:
-            started = time.perf_counter()
-            async with self._session(intent, avoid) as (node, conn, mark_dirty):
-                try:
-                    if plain:
-                        result = await self._statement(conn, node, bound, limits, mark_dirty)
-                    else:
-                        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
-                        result = await self._statement(conn, node, bound, limits, mark_dirty)
-                        await conn.execute("COMMIT")
-                except psycopg.Error as exc:
-                    await _rollback(conn)
-                    raise await self._failure(exc, conn, node, intent) from None
-            return Outcome([result], node, _ms_since(started))
-
-        async def work() -> Outcome:
+        started = time.perf_counter()
+        async with self._guard(limits.timeout_ms, abort) as guard:
             try:
-                return await attempt(())
+                node, result = await self._attempt(bound, limits, intent, plain, guard, ())
             except NodeFailed as exc:
-                if intent == "write":
+                if intent == "write" or guard.expired:
                     raise
-                return await attempt([exc.extra["node"]])
+                avoid = [exc.extra["node"]]
+                node, result = await self._attempt(bound, limits, intent, plain, guard, avoid)
+        return Outcome([result], node, _ms_since(started))
 
-        return await self.with_deadline(work(), limits.timeout_ms, abort)
+    async def _attempt(
+        self,
+        bound: BoundSQL,
+        limits: Limits,
+        intent: Intent,
+        plain: bool,
+        guard: Guard,
+        avoid: Collection[str],
+    ) -> tuple[str, StatementResult]:
+        # The hot path: no context-manager machinery, one round trip for a plain request.
+        node = self.cluster.pick(intent, avoid)
+        conn = await self.cluster.getconn(node, self.settings.pool_timeout)
+        before = session.snapshot(conn)
+        dirty = False
+
+        def mark_dirty() -> None:
+            nonlocal dirty
+            dirty = True
+
+        guard.use(conn)
+        try:
+            if plain:
+                result = await self._statement(conn, node.name, bound, limits, mark_dirty)
+            else:
+                await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+                result = await self._statement(conn, node.name, bound, limits, mark_dirty)
+                await conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            await _rollback(conn)
+            raise await self._failure(exc, conn, node.name, intent) from None
+        finally:
+            guard.use(None)
+            try:
+                if (dirty or session.snapshot(conn) != before) and not conn.closed:
+                    await session.reset(conn)
+            finally:
+                await node.pool.putconn(conn)
+        return node.name, result
 
     async def _failure(
         self,
@@ -175,28 +203,30 @@ class Engine:
         timeout_ms: int,
         max_rows: int,
         row_format: RowFormat,
-        abort: Awaitable[Any] | None = None,
+        abort: Abort | None = None,
     ) -> Outcome:
         """Run statements all-or-nothing; a failure names the statement and rolls back."""
         limits = Limits(timeout_ms, max_rows, read_only, row_format)
-
-        async def work() -> Outcome:
-            started = time.perf_counter()
-            results: list[StatementResult] = []
-            async with self._session("read" if read_only else "write") as (node, conn, dirty):
-                try:
-                    await conn.execute(self._begin(read_only, isolation, timeout_ms))
-                    for bound in statements:
-                        results.append(await self._statement(conn, node, bound, limits, dirty))
-                    await conn.execute("COMMIT")
-                except psycopg.Error as exc:
-                    await _rollback(conn)
-                    index = len(results) if len(results) < len(statements) else None
-                    intent: Intent = "read" if read_only else "write"
-                    raise await self._failure(exc, conn, node, intent, index) from None
-            return Outcome(results, node, _ms_since(started))
-
-        return await self.with_deadline(work(), timeout_ms, abort)
+        intent: Intent = "read" if read_only else "write"
+        started = time.perf_counter()
+        results: list[StatementResult] = []
+        async with (
+            self._guard(timeout_ms, abort) as guard,
+            self._session(intent) as (node, conn, dirty),
+        ):
+            guard.use(conn)
+            try:
+                await conn.execute(self._begin(read_only, isolation, timeout_ms))
+                for bound in statements:
+                    results.append(await self._statement(conn, node, bound, limits, dirty))
+                await conn.execute("COMMIT")
+            except psycopg.Error as exc:
+                await _rollback(conn)
+                index = len(results) if len(results) < len(statements) else None
+                raise await self._failure(exc, conn, node, intent, index) from None
+            finally:
+                guard.use(None)
+        return Outcome(results, node, _ms_since(started))
 
     async def stream(
         self, bound: BoundSQL, limits: Limits, chunk_rows: int
@@ -301,7 +331,7 @@ class Engine:
         truncated = len(rows) > limits.max_rows
         if truncated:
             del rows[limits.max_rows :]
-        columns = await self.types.columns(conn, node, cur.description)
+        columns = await self.types.of_result(conn, node, cur.pgresult)
         if limits.row_format == "object":
             names = [c.name for c in columns]
             rows = [dict(zip(names, row, strict=True)) for row in rows]
@@ -310,7 +340,7 @@ class Engine:
         )
 
     async def with_deadline(
-        self, work: Awaitable[T], timeout_ms: int, abort: Awaitable[Any] | None = None
+        self, work: Awaitable[T], timeout_ms: int, abort: Abort | None = None
     ) -> T:
         """Await `work`, giving up at the deadline, or when `abort` finishes, without waiting.
 
@@ -320,7 +350,7 @@ class Engine:
         """
         task = asyncio.ensure_future(work)
         waits: set[asyncio.Future[Any]] = {task}
-        watcher = asyncio.ensure_future(abort) if abort is not None else None
+        watcher = asyncio.ensure_future(abort()) if abort is not None else None
         if watcher is not None:
             waits.add(watcher)
         try:

@@ -9,6 +9,7 @@ Exactly one statement is allowed; trailing semicolons are dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from app.errors import InvalidParameters, InvalidSQL
@@ -51,26 +52,48 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What bind() needs to know of a SQL text; the same text always has the same shape."""
+
+    text: str
+    positional: frozenset[int]
+    named: tuple[str, ...]
+    rewritten: str
+
+
+def _shape(sql: str) -> _Shape:
+    body = _one_statement(sql)
+    positional = frozenset(int(t.text[1:]) for t in body if t.kind is Kind.POSITIONAL)
+    named = tuple(dict.fromkeys(t.text[1:] for t in body if t.kind is Kind.NAMED))
+    number = {name: i for i, name in enumerate(named, start=1)}
+    rewritten = "".join(f"${number[t.text[1:]]}" if t.kind is Kind.NAMED else t.text for t in body)
+    return _Shape("".join(t.text for t in body), positional, named, rewritten)
+
+
+# Services send the same statements again and again: tokenise each text once.
+_cached_shape = lru_cache(maxsize=1024)(_shape)
+_CACHEABLE_LENGTH = 8192
+
+
 def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
     """Check the placeholders against the parameters and return what psycopg runs."""
-    body = _one_statement(sql)
-    positional = [int(t.text[1:]) for t in body if t.kind is Kind.POSITIONAL]
-    named = [t.text[1:] for t in body if t.kind is Kind.NAMED]
-    if positional and named:
+    shape = _cached_shape(sql) if len(sql) <= _CACHEABLE_LENGTH else _shape(sql)
+    if shape.positional and shape.named:
         raise InvalidParameters("the SQL mixes $n and :name placeholders; use one kind")
     if isinstance(params, dict):
-        if positional:
+        if shape.positional:
             raise InvalidParameters(
                 "the SQL uses $n placeholders: send params as an array, not an object"
             )
-        return _bind_named(body, named, params)
-    if named:
+        return _bind_named(shape, params)
+    if shape.named:
         raise InvalidParameters(
-            f"the SQL uses named placeholders ({', '.join(':' + n for n in dict.fromkeys(named))})"
+            f"the SQL uses named placeholders ({', '.join(':' + n for n in shape.named)})"
             ": send params as an object, not an array"
         )
     values = list(params or [])
-    used = set(positional)
+    used = shape.positional
     given = set(range(1, len(values) + 1))
     missing = sorted(used - given)
     extra = sorted(given - used)
@@ -88,13 +111,12 @@ def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
             missing=[f"${n}" for n in missing],
             extra=[f"${n}" for n in extra],
         )
-    return BoundSQL("".join(t.text for t in body), values, [])
+    return BoundSQL(shape.text, values, [])
 
 
-def _bind_named(body: list[Token], named: list[str], params: dict[str, Any]) -> BoundSQL:
-    order = list(dict.fromkeys(named))
-    missing = [n for n in order if n not in params]
-    extra = [n for n in params if n not in order]
+def _bind_named(shape: _Shape, params: dict[str, Any]) -> BoundSQL:
+    missing = [n for n in shape.named if n not in params]
+    extra = [n for n in params if n not in shape.named]
     if missing or extra:
         parts = []
         if missing:
@@ -106,6 +128,4 @@ def _bind_named(body: list[Token], named: list[str], params: dict[str, Any]) -> 
             missing=[":" + n for n in missing],
             extra=[":" + n for n in extra],
         )
-    number = {name: i for i, name in enumerate(order, start=1)}
-    text = "".join(f"${number[t.text[1:]]}" if t.kind is Kind.NAMED else t.text for t in body)
-    return BoundSQL(text, [params[n] for n in order], order)
+    return BoundSQL(shape.rewritten, [params[n] for n in shape.named], list(shape.named))

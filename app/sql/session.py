@@ -36,7 +36,7 @@ _RISKY_WORDS = re.compile(
 )
 
 # Parameters the server reports whenever they change: a change means the session was altered.
-_REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "is_superuser", "session_authorization")
+_REPORTED = (b"TimeZone", b"DateStyle", b"IntervalStyle", b"is_superuser", b"session_authorization")
 
 
 def startup_options(settings: dict[str, str]) -> str:
@@ -48,9 +48,10 @@ def startup_options(settings: dict[str, str]) -> str:
     return " ".join(parts)
 
 
-def snapshot(conn: AsyncConnection[Any]) -> tuple[str | None, ...]:
-    """The reported parameters, to compare after a statement."""
-    return tuple(conn.info.parameter_status(p) for p in _REPORTED)
+def snapshot(conn: AsyncConnection[Any]) -> tuple[bytes | None, ...]:
+    """The reported parameters, to compare after a statement (raw: this runs per request)."""
+    status = conn.pgconn.parameter_status
+    return tuple(status(p) for p in _REPORTED)
 
 
 def may_dirty(sql_text: str, command: str | None) -> bool:

@@ -1,0 +1,114 @@
+"""A request's deadline and its client's disconnection, enforced without waiting on the server.
+
+The request runs in its own task; the guard adds no task while it is quick. At the deadline
+it shuts the socket of the connection in use (the statement then fails at once with a
+connection error, whatever state the server is in: a frozen server cannot hold us), or
+cancels the task while it still waits for a connection. When the request outlives
+WATCH_AFTER_S, a watcher starts listening for the client's disconnection and cancels the
+task if it leaves: psycopg then cancels the statement on the server and the connection goes
+back to its pool clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from app.errors import ClientGone, QueryTimeout
+
+# Quick requests never pay for a watcher task.
+WATCH_AFTER_S = 0.05
+
+
+class Guard:
+    """Bounds the current task by `timeout_s` and by `abort` (the client leaving)."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        timeout_ms: int,
+        abort: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.timeout_ms = timeout_ms
+        self._abort = abort
+        self._conn: AsyncConnection[Any] | None = None
+        self._expired = False
+        self._aborted = False
+        self._task: asyncio.Task[Any] | None = None
+        self._handles: list[asyncio.TimerHandle] = []
+        self._watcher: asyncio.Task[Any] | None = None
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return self._expired
+
+    def use(self, conn: AsyncConnection[Any] | None) -> None:
+        """The connection the request is using now (None between connections)."""
+        self._conn = conn
+
+    async def __aenter__(self) -> Guard:
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self._handles.append(loop.call_later(self.timeout_s, self._expire))
+        if self._abort is not None:
+            self._handles.append(loop.call_later(WATCH_AFTER_S, self._watch))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        for handle in self._handles:
+            handle.cancel()
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        if exc is None:
+            return False
+        if self._aborted:
+            self._uncancel()
+            raise ClientGone("the client disconnected; the statement was cancelled") from None
+        if self._expired and not isinstance(exc, ClientGone):
+            self._uncancel()
+            raise QueryTimeout(
+                f"the statement did not finish within {self.timeout_ms} ms", sqlstate="57014"
+            ) from None
+        return False
+
+    def _uncancel(self) -> None:
+        if self._task is not None and self._task.cancelling():
+            self._task.uncancel()
+
+    def _expire(self) -> None:
+        self._expired = True
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            # EOF on the socket: psycopg raises at once instead of asking a server that may
+            # never answer to cancel. The pool drops the broken connection.
+            with contextlib.suppress(OSError):
+                fd = conn.pgconn.socket
+                sock = socket.socket(fileno=socket.dup(fd))
+                with sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            return
+        if self._task is not None:
+            self._task.cancel()
+
+    def _watch(self) -> None:
+        assert self._abort is not None
+        self._watcher = asyncio.ensure_future(self._wait_for_abort(self._abort))
+
+    async def _wait_for_abort(self, abort: Callable[[], Awaitable[Any]]) -> None:
+        await abort()
+        self._aborted = True
+        if self._task is not None:
+            self._task.cancel()
