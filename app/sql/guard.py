@@ -44,6 +44,7 @@ class Guard:
         self._task: asyncio.Task[Any] | None = None
         self._handles: list[asyncio.TimerHandle] = []
         self._watcher: asyncio.Task[Any] | None = None
+        self._deadline = 0.0
 
     @property
     def expired(self) -> bool:
@@ -57,10 +58,20 @@ class Guard:
     async def __aenter__(self) -> Guard:
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        self._handles.append(loop.call_later(self.timeout_s, self._expire))
-        if self._abort is not None:
-            self._handles.append(loop.call_later(WATCH_AFTER_S, self._watch))
+        # One timer for a quick request: the deadline is armed when the watch begins.
+        first = min(WATCH_AFTER_S, self.timeout_s)
+        self._deadline = loop.time() + self.timeout_s
+        self._handles.append(loop.call_later(first, self._later))
         return self
+
+    def _later(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            self._expire()
+            return
+        self._handles.append(loop.call_at(self._deadline, self._expire))
+        if self._abort is not None:
+            self._watch()
 
     async def __aexit__(
         self,

@@ -11,6 +11,7 @@ connection is reset before anyone else gets it.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Literal
 
 from psycopg import AsyncConnection, sql
@@ -59,7 +60,15 @@ def may_dirty(sql_text: str, command: str | None) -> bool:
     tag = (command or "").split(" ", 1)[0]
     if tag not in _CLEAN_TAGS:
         return True
+    return _risky(sql_text) if len(sql_text) <= _CACHEABLE_LENGTH else _risky.__wrapped__(sql_text)
+
+
+@lru_cache(maxsize=1024)
+def _risky(sql_text: str) -> bool:
     return _RISKY_WORDS.search(sql_text) is not None
+
+
+_CACHEABLE_LENGTH = 8192
 
 
 async def reset(conn: AsyncConnection[Any]) -> None:
