@@ -44,6 +44,7 @@ _MASTER = re.compile(
     (?P<WHITESPACE>\s+)
   | (?P<LINE_COMMENT>--[^\n]*)
   | (?P<ESCAPE_STRING>[eE]'(?:[^'\\]|\\.|'')*')
+  | (?P<UNCLOSED_E>[eE]')
   | (?P<STRING>(?:[nNbBxX]|[uU]&)?'(?:[^']|'')*')
   | (?P<QUOTED_IDENT>(?:[uU]&)?"(?:[^"]|"")*")
   | (?P<DOLLAR_STRING>\$(?P<tag>(?:[A-Za-z_][A-Za-z0-9_]*)?)\$.*?\$(?P=tag)\$)
@@ -95,7 +96,7 @@ def tokens(sql: str) -> Iterator[Token]:
         match = _MASTER.match(sql, i)
         assert match is not None  # OTHER matches any character
         group = match.lastgroup
-        if group == "UNCLOSED":
+        if group in ("UNCLOSED", "UNCLOSED_E"):
             opener = match.group().lstrip("eEuU&")[:1]
             raise InvalidSQL(f"unterminated {_UNCLOSED_WHAT[opener]} starting at character {i + 1}")
         if group == "tag":  # lastgroup is the outer DOLLAR_STRING's inner name here
