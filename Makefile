@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: install run test lint format clean bench
 
 # Installing twice is quick: pip runs again only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -25,6 +27,15 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# Side-by-side figures (see tests/bench/): about 5 minutes on 2 cores.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix app tests

@@ -41,9 +41,13 @@ def serve(settings: Settings) -> int:
     """Run the HTTP service until SIGINT/SIGTERM; in-flight requests finish first."""
     from app.main import create_app  # noqa: PLC0415 - keeps `mirrorpool --help` quick
 
-    app = create_app(settings)
+    # Several workers each build their app from the environment; one gets it built here,
+    # so a bad DSN or query file fails before the server starts.
+    app = create_app(settings) if settings.workers == 1 else "app.main:create_app"
     uvicorn.run(
         app,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -74,7 +78,9 @@ def dev(settings: Settings, mirrors: int) -> int:
         ]
         print("\n".join(lines), flush=True)
         mirror_dsns = ",".join(m.dsn() for m in pair.mirrors) or None
-        return serve(load_settings(primary_dsn=pair.primary.dsn(), mirror_dsn=mirror_dsns))
+        # One worker: other workers would read the DSNs from the environment, which has none.
+        local = load_settings(primary_dsn=pair.primary.dsn(), mirror_dsn=mirror_dsns, workers=1)
+        return serve(local)
     finally:
         pair.stop()
         print("local PostgreSQL pair stopped", flush=True)

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     log_level: LogLevel = Field(LogLevel.INFO, description="debug, info, warning or error.")
     shutdown_timeout: float = Field(
         10.0, ge=0, description="Seconds in-flight requests get to finish at shutdown."
