@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
-from app.api import errors, migrations, named, pool, probes, query
+from app.api import admin, errors, migrations, named, pool, probes, query
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.fast_lane import FastQueryLane, is_query
 from app.api.inflight import InFlight, InFlightMiddleware
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     app.include_router(query.router)
     app.include_router(named.router)
     app.include_router(migrations.router)
+    app.include_router(admin.router)
     app.include_router(probes.router)
     app.include_router(pool.router)
     return app

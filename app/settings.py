@@ -78,6 +78,18 @@ class Settings(BaseSettings):
     application_name: str = Field(
         "mirrorpool", min_length=1, description="application_name of mirrorpool's connections."
     )
+    read_from_mirror: bool = Field(
+        False, description="Send read-only requests to a mirror whose lag is under the limit."
+    )
+    max_replica_lag_ms: int = Field(
+        1_000, ge=0, description="Most replay lag a mirror may have to serve reads."
+    )
+    promote_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="Promote the least-lagged mirror after the primary has been unreachable "
+        "this long (single instance without an HA manager only; unset: never).",
+    )
     statement_timeout_ms: int = Field(
         30_000, ge=1, description="Default statement timeout of a request, in milliseconds."
     )

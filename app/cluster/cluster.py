@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+import time
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,7 +19,14 @@ from app.cluster.events import EventKind, EventLog
 from app.cluster.failover import elect, newest_timeline
 from app.cluster.monitor import HealthMonitor
 from app.cluster.node import ConnectionCallback, Node, Role
-from app.errors import NoReaderError, NoWriterError, PoolExhausted, SettingsError
+from app.errors import (
+    Conflict,
+    NoReaderError,
+    NotFound,
+    NoWriterError,
+    PoolExhausted,
+    SettingsError,
+)
 from app.redaction import redactor
 from app.settings import Settings
 
@@ -87,6 +95,13 @@ class Cluster:
             on_change=self._node_changed,
         )
         self._background: set[asyncio.Task[Any]] = set()
+        # Called with a node the moment it is found down or fenced, to fail its in-flight
+        # requests at once instead of at their deadlines (app/sql/engine.py).
+        self.on_node_lost: list[Callable[[Node], None]] = []
+        self.read_from_mirror = settings.read_from_mirror
+        self.max_replica_lag_ms = settings.max_replica_lag_ms
+        self.promote_after_s = settings.promote_after_s
+        self._writer_lost_at: float | None = None
 
     def node(self, name: str) -> Node | None:
         """A node by name."""
@@ -118,7 +133,16 @@ class Cluster:
         readers = [n for n in self.readers() if n.name not in avoid]
         if not readers:
             raise NoReaderError("no node is reachable for reads; retry shortly")
+        if self.read_from_mirror:
+            fresh = [n for n in readers if n is not self.writer and self._fresh(n)]
+            if fresh:
+                # Spread reads over the fresh mirrors, the least loaded pool first.
+                return min(fresh, key=lambda n: n.pool.get_stats().get("requests_waiting", 0))
         return readers[0]
+
+    def _fresh(self, node: Node) -> bool:
+        lag = node.state.replay_lag_s
+        return lag is not None and lag * 1000 <= self.max_replica_lag_ms
 
     async def getconn(self, node: Node, timeout: float | None) -> AsyncConnection[Any]:
         """A connection from the node's pool (give it back with node.pool.putconn)."""
@@ -144,9 +168,11 @@ class Cluster:
             await node.pool.putconn(conn)
 
     def readers(self) -> list[Node]:
-        """Reachable unfenced nodes that can serve reads: the writer first, then mirrors."""
+        """Reachable unfenced nodes that can serve reads: the writer first, then mirrors;
+        a node whose last probe failed goes last until it is confirmed up or down."""
         mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
-        return ([self.writer] if self.writer else []) + mirrors
+        nodes = ([self.writer] if self.writer else []) + mirrors
+        return sorted(nodes, key=lambda n: n.state.consecutive_failures > 0)
 
     def health(self) -> Health:
         """ok: a writer and every node up; degraded: something serves; down: nothing does."""
@@ -179,6 +205,7 @@ class Cluster:
                 node.name,
                 f"unreachable at {node.target}: {state.error}; retrying in the background",
             )
+            self._lost(node)
         else:
             self.events.record(EventKind.ROLE_CHANGED, node.name, f"now {node.role}")
         self._elect_writer()
@@ -194,6 +221,7 @@ class Cluster:
             )
             self.fenced[node.name] = reason
             self.events.record(EventKind.FENCED, node.name, reason)
+            self._lost(node)
         if election.tied and not self._tie_reported:
             names = ", ".join(n.name for n in election.tied)
             self.events.record(
@@ -206,8 +234,13 @@ class Cluster:
         writer = election.writer
         if writer is not None:
             self._writer_found.set()
+            self._writer_lost_at = None
         else:
             self._writer_found.clear()
+            if self._writer_lost_at is None and self.promote_after_s is not None:
+                self._writer_lost_at = time.monotonic()
+                loop = asyncio.get_running_loop()
+                loop.call_later(self.promote_after_s, self._maybe_promote)
         if writer is self.writer:
             return
         previous, self.writer = self.writer, writer
@@ -250,6 +283,50 @@ class Cluster:
         self.events.record(EventKind.UNFENCED, name, "cleared by an operator")
         self._elect_writer()
         return True
+
+    def _lost(self, node: Node) -> None:
+        for listener in self.on_node_lost:
+            listener(node)
+
+    def _maybe_promote(self) -> None:
+        # MIRRORPOOL_PROMOTE_AFTER_S: for a single instance with no HA manager only; with
+        # several instances or a manager of its own this could make two primaries.
+        if self.promote_after_s is None or self._writer_lost_at is None:
+            return
+        if time.monotonic() - self._writer_lost_at < self.promote_after_s:
+            return
+        if any(n.state.reachable and n.role is Role.PRIMARY for n in self.nodes):
+            return  # a writer exists but is fenced or tied: not a lost primary
+        mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
+        if not mirrors:
+            return
+        best = min(
+            mirrors, key=lambda n: (n.state.replay_lag_bytes or 0, n.state.replay_lag_s or 0)
+        )
+        self._writer_lost_at = None  # one attempt per outage
+        reason = f"no writer for {self.promote_after_s:g} s (MIRRORPOOL_PROMOTE_AFTER_S)"
+        self._spawn(self.promote(best.name, reason))
+
+    async def promote(self, name: str, reason: str) -> Node:
+        """Promote a mirror (pg_promote) and wait until the monitor sees it accept writes."""
+        node = self.node(name)
+        if node is None:
+            raise NotFound(f"no node named {name!r}")
+        if node.role is not Role.MIRROR:
+            raise Conflict(f"{name} is not a reachable mirror (it is {node.role})")
+        if name in self.fenced:
+            raise Conflict(f"{name} is fenced: {self.fenced[name]}")
+        conn = await AsyncConnection.connect(
+            node.dsn, autocommit=True, application_name="mirrorpool-promote"
+        )
+        try:
+            await conn.execute("SELECT pg_promote(true, 30)")
+        finally:
+            await conn.close()
+        self.events.record(EventKind.PROMOTED, name, reason)
+        self.monitor.probe_soon(node)
+        await self.wait_for_writer(10)
+        return node
 
     def report_failure(self, node: Node) -> None:
         """A request failed on `node` in a way that may mean the node did: probe it now."""

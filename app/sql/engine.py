@@ -20,6 +20,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.cluster.cluster import Cluster, Intent
+from app.cluster.node import Node
 from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
 from app.settings import Settings
 from app.sql import session
@@ -90,6 +91,13 @@ class Engine:
         self.settings = settings
         self.types = TypeNames()
         self._background: set[asyncio.Future[Any]] = set()
+        self._inflight: dict[str, set[Guard]] = {n.name: set() for n in cluster.nodes}
+        cluster.on_node_lost.append(self._sever)
+
+    def _sever(self, node: Node) -> None:
+        """The node is down or fenced: fail its in-flight requests now (reads retry)."""
+        for guard in list(self._inflight.get(node.name, ())):
+            guard.sever()
 
     @asynccontextmanager
     async def _session(
@@ -144,7 +152,17 @@ class Engine:
     ) -> tuple[str, StatementResult]:
         # The hot path: no context-manager machinery, one round trip for a plain request.
         node = self.cluster.pick(intent, avoid)
-        conn = await self.cluster.getconn(node, self.settings.pool_timeout)
+        inflight = self._inflight[node.name]
+        inflight.add(guard)
+        try:
+            conn = await self.cluster.getconn(node, self.settings.pool_timeout)
+        except asyncio.CancelledError:
+            inflight.discard(guard)
+            if guard.take_severance():
+                raise NodeFailed(
+                    f"{node.name} was lost while waiting for it", node=node.name
+                ) from None
+            raise
         before = session.snapshot(conn)
         dirty = False
 
@@ -164,6 +182,7 @@ class Engine:
             await _rollback(conn)
             raise await self._failure(exc, conn, node.name, intent) from None
         finally:
+            inflight.discard(guard)
             guard.use(None)
             try:
                 if (dirty or session.snapshot(conn) != before) and not conn.closed:
@@ -215,6 +234,8 @@ class Engine:
             self._session(intent) as (node, conn, dirty),
         ):
             guard.use(conn)
+            inflight = self._inflight[node]
+            inflight.add(guard)
             try:
                 await conn.execute(self._begin(read_only, isolation, timeout_ms))
                 for bound in statements:
@@ -225,6 +246,7 @@ class Engine:
                 index = len(results) if len(results) < len(statements) else None
                 raise await self._failure(exc, conn, node, intent, index) from None
             finally:
+                inflight.discard(guard)
                 guard.use(None)
         return Outcome(results, node, _ms_since(started))
 

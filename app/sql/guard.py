@@ -45,6 +45,7 @@ class Guard:
         self._handles: list[asyncio.TimerHandle] = []
         self._watcher: asyncio.Task[Any] | None = None
         self._deadline = 0.0
+        self.severed = False
 
     @property
     def expired(self) -> bool:
@@ -99,17 +100,29 @@ class Guard:
         if self._task is not None and self._task.cancelling():
             self._task.uncancel()
 
+    def sever(self) -> None:
+        """Its node is gone: fail the statement in flight now, or stop waiting for one of
+        the node's connections (the request is not expired and may be retried)."""
+        if self._conn is not None:
+            if not self._conn.closed:
+                _shut(self._conn)
+        elif self._task is not None:
+            self.severed = True
+            self._task.cancel()
+
+    def take_severance(self) -> bool:
+        """True (once) when sever() cancelled the task while it waited for a connection."""
+        if not self.severed:
+            return False
+        self.severed = False
+        self._uncancel()
+        return True
+
     def _expire(self) -> None:
         self._expired = True
         conn = self._conn
         if conn is not None and not conn.closed:
-            # EOF on the socket: psycopg raises at once instead of asking a server that may
-            # never answer to cancel. The pool drops the broken connection.
-            with contextlib.suppress(OSError):
-                fd = conn.pgconn.socket
-                sock = socket.socket(fileno=socket.dup(fd))
-                with sock:
-                    sock.shutdown(socket.SHUT_RDWR)
+            _shut(conn)
             return
         if self._task is not None:
             self._task.cancel()
@@ -123,3 +136,12 @@ class Guard:
         self._aborted = True
         if self._task is not None:
             self._task.cancel()
+
+
+def _shut(conn: AsyncConnection[Any]) -> None:
+    """EOF on the connection's socket: psycopg raises at once instead of asking a server
+    that may never answer to cancel. The pool drops the broken connection."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=socket.dup(conn.pgconn.socket))
+        with sock:
+            sock.shutdown(socket.SHUT_RDWR)
