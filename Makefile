@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test lint format clean bench
+.PHONY: install run test lint format clean bench bench-failover
 
 # Installing twice is quick: pip runs again only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -36,6 +36,12 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+	$(MAKE) bench-failover
+
+# Faults under load, mirrorpool next to Pgpool-II: about a minute.
+bench-failover: $(BENCH_STAMP)
+	@command -v pgpool >/dev/null || (apt-get update -qq && apt-get install -y -qq pgpool2)
+	$(BIN)/python -m tests.bench.failover
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix app tests

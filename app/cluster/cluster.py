@@ -293,7 +293,12 @@ class Cluster:
         # several instances or a manager of its own this could make two primaries.
         if self.promote_after_s is None or self._writer_lost_at is None:
             return
-        if time.monotonic() - self._writer_lost_at < self.promote_after_s:
+        waited = time.monotonic() - self._writer_lost_at
+        if waited < self.promote_after_s:
+            # The timer may fire a hair early on another clock: look again when it is time.
+            asyncio.get_running_loop().call_later(
+                self.promote_after_s - waited + 0.01, self._maybe_promote
+            )
             return
         if any(n.state.reachable and n.role is Role.PRIMARY for n in self.nodes):
             return  # a writer exists but is fenced or tied: not a lost primary
