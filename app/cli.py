@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import logging
 import math
+import secrets
 import signal
 import socket
 import sys
@@ -16,6 +17,7 @@ from types import FrameType
 import uvicorn
 
 from app import __version__
+from app.api.auth import hash_key
 from app.errors import DevDBError, SettingsError
 from app.migrations.runner import Migrator
 from app.redaction import configure_logging
@@ -65,6 +67,15 @@ def dev(settings: Settings, mirrors: int) -> int:
     if settings.primary_dsn is not None:
         logger.info("MIRRORPOOL_PRIMARY_DSN is set: serving it, no local pair started")
         return serve(settings)
+    keys: dict[str, object] = {}
+    local_key = None
+    if settings.auth == "keys" and not settings.all_api_keys():
+        # A key for this run only, printed once: the docs page's Authorize button takes it.
+        local_key = secrets.token_urlsafe(24)
+        keys["api_keys"] = [
+            {"id": "dev", "sha256": hash_key(local_key),
+             "scopes": ["read", "write", "migrate", "admin"]}
+        ]  # fmt: skip
     pair = LocalPair(DEVDB_DIR, mirrors=mirrors)
     pair.start()
     try:
@@ -76,10 +87,14 @@ def dev(settings: Settings, mirrors: int) -> int:
             f'  psql:  PGPASSFILE={DEVDB_DIR}/pgpass psql "{pair.primary.dsn(password=False)}"',
             f"  docs:  http://{settings.host}:{settings.port}/docs",
         ]
+        if local_key:
+            lines.append(f"  key:   {local_key}  (Authorization: Bearer <key>; valid for this run)")
         print("\n".join(lines), flush=True)
         mirror_dsns = ",".join(m.dsn() for m in pair.mirrors) or None
         # One worker: other workers would read the DSNs from the environment, which has none.
-        local = load_settings(primary_dsn=pair.primary.dsn(), mirror_dsn=mirror_dsns, workers=1)
+        local = load_settings(
+            primary_dsn=pair.primary.dsn(), mirror_dsn=mirror_dsns, workers=1, **keys
+        )
         return serve(local)
     finally:
         pair.stop()

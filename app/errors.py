@@ -46,6 +46,14 @@ class PayloadTooLarge(LimitExceeded):
     """The request body is larger than the body limit."""
 
 
+class Unauthorized(RequestError):
+    """No API key, or one that is not valid."""
+
+
+class TooManyRequests(RequestError):
+    """The caller has too many requests in flight."""
+
+
 class Forbidden(RequestError):
     """The request is understood but not allowed (e.g. raw SQL is switched off)."""
 

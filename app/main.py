@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.api import admin, errors, migrations, named, pool, probes, query
+from app.api.auth import Keyring
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.fast_lane import FastQueryLane, is_query
 from app.api.inflight import InFlight, InFlightMiddleware
@@ -78,7 +79,16 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     settings = settings or load_settings()
     # Built here, not in the lifespan, so a missing DSN fails before the server starts.
     cluster = build_cluster(settings)
+    settings.check_auth()
     engine = Engine(cluster, settings)
+    keyring = Keyring(settings)
+    if not keyring.enabled:
+        logger.warning(
+            "AUTHENTICATION IS DISABLED (MIRRORPOOL_AUTH=disabled): anyone who can reach "
+            "%s:%d can run any SQL",
+            settings.host,
+            settings.port,
+        )
     queries = named_queries.load(settings.queries_dir)
     migrator = build_migrator(cluster, settings)
     inflight = InFlight()
@@ -108,10 +118,14 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs_public else None,
+        redoc_url="/redoc" if settings.docs_public else None,
+        openapi_url="/openapi.json" if settings.docs_public else None,
     )
     app.state.settings = settings
     app.state.cluster = cluster
     app.state.engine = engine
+    app.state.keyring = keyring
     app.state.queries = queries
     app.state.migrator = migrator
     errors.install(app)
@@ -120,7 +134,7 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     if settings.fast_path:
-        app.fast_lane = FastQueryLane(engine, settings, inflight)
+        app.fast_lane = FastQueryLane(engine, settings, inflight, keyring)
     app.include_router(query.router)
     app.include_router(named.router)
     app.include_router(migrations.router)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.cluster.dsn import InvalidDSN, parse_dsn, split_dsn_list
@@ -23,6 +32,17 @@ class LogLevel(StrEnum):
     WARNING = "warning"
     ERROR = "error"
     CRITICAL = "critical"
+
+
+class ApiKeyConfig(BaseModel):
+    """One API key: its id, the hex SHA-256 of the key, its scopes, an optional role."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    scopes: list[Literal["read", "write", "migrate", "admin"]] = Field(min_length=1)
+    role: str | None = Field(None, min_length=1, max_length=63)
 
 
 class Settings(BaseSettings):
@@ -69,6 +89,23 @@ class Settings(BaseSettings):
         2, ge=1, description="Consecutive failed probes that mark a node down."
     )
     host: str = Field("127.0.0.1", min_length=1, description="Address the HTTP server binds.")
+    auth: Literal["keys", "disabled"] = Field(
+        "keys", description="keys: every request but /health needs an API key; disabled: none."
+    )
+    api_keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description='JSON list of {"id", "sha256", "scopes", "role"}; only key hashes.',
+    )
+    api_keys_file: Path | None = Field(None, description="A file holding the same JSON list.")
+    max_inflight_per_key: int = Field(
+        64, ge=1, description="Requests one key may have in flight (429 beyond)."
+    )
+    allow_remote_without_auth: bool = Field(
+        False, description="With MIRRORPOOL_AUTH=disabled, allow binding beyond loopback."
+    )
+    pool_stats_public: bool = Field(False, description="Serve /pool/stats without a key.")
+    docs_public: bool = Field(True, description="Serve /docs and /openapi.json.")
+    max_json_depth: int = Field(32, ge=1, le=1000, description="Deepest nesting of params.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     log_level: LogLevel = Field(LogLevel.INFO, description="debug, info, warning or error.")
@@ -192,6 +229,39 @@ class Settings(BaseSettings):
             )
         return self
 
+    def check_auth(self) -> None:
+        """Refuse to serve open by accident: keys are required unless auth is disabled, and
+        without auth only loopback is served unless told otherwise."""
+        if self.auth == "keys" and not self.all_api_keys():
+            raise SettingsError(
+                f"no API keys are configured: set {ENV_PREFIX}API_KEYS or "
+                f"{ENV_PREFIX}API_KEYS_FILE, or {ENV_PREFIX}AUTH=disabled to run without "
+                "authentication"
+            )
+        if (
+            self.auth == "disabled"
+            and self.host not in _LOOPBACK
+            and not self.allow_remote_without_auth
+        ):
+            raise SettingsError(
+                f"{ENV_PREFIX}AUTH=disabled binds to loopback only; set "
+                f"{ENV_PREFIX}ALLOW_REMOTE_WITHOUT_AUTH=true to serve {self.host} without keys"
+            )
+
+    def all_api_keys(self) -> list[ApiKeyConfig]:
+        """The keys from MIRRORPOOL_API_KEYS and MIRRORPOOL_API_KEYS_FILE together."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                raw = self.api_keys_file.read_text()
+                keys += TypeAdapter(list[ApiKeyConfig]).validate_json(raw)
+            except (OSError, ValidationError) as exc:
+                raise SettingsError(
+                    f"{ENV_PREFIX}API_KEYS_FILE: cannot read keys from {self.api_keys_file}: "
+                    + (exc.strerror or "unreadable" if isinstance(exc, OSError) else "bad JSON")
+                ) from None
+        return keys
+
     @property
     def mirror_dsns(self) -> list[str]:
         """The mirror DSNs, in the order given."""
@@ -200,7 +270,8 @@ class Settings(BaseSettings):
         return split_dsn_list(self.mirror_dsn.get_secret_value())
 
 
-_SECRET_FIELDS = {"primary_dsn", "mirror_dsn"}
+_SECRET_FIELDS = {"primary_dsn", "mirror_dsn", "api_keys"}
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def describe_validation_error(exc: ValidationError) -> str:

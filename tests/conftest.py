@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +37,17 @@ def pair(work_dir: Path) -> Iterator[LocalPair]:
     """The shared primary + mirror. Tests must not stop, kill or promote its nodes."""
     with LocalPair(work_dir / "shared") as shared:
         yield shared
+
+
+@pytest.fixture
+def database(pair: LocalPair) -> Iterator[str]:
+    """A fresh database on the shared pair, dropped afterwards."""
+    name = f"db_{uuid.uuid4().hex[:12]}"
+    with pair.primary.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield name
+    with pair.primary.connect() as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 PairFactory = Callable[..., LocalPair]
@@ -69,6 +81,7 @@ def settings_for(pair: LocalPair, **overrides: Any) -> Settings:
         "pool_min_size": 1,
         "pool_max_size": 4,
         "shutdown_timeout": 5,
+        "auth": "disabled",
     }
     values.update(overrides)
     return load_settings(**values)
@@ -120,6 +133,7 @@ def start_server(pair: LocalPair, **env: str) -> LiveServer:
         "MIRRORPOOL_PORT": str(port),
         "MIRRORPOOL_HEALTH_INTERVAL": "0.2",
         "MIRRORPOOL_LOG_LEVEL": "warning",
+        "MIRRORPOOL_AUTH": "disabled",
     }
     if pair.mirrors:
         variables["MIRRORPOOL_MIRROR_DSN"] = ",".join(m.dsn() for m in pair.mirrors)

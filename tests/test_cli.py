@@ -59,6 +59,7 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(pair: LocalPair) -> None:
             "MIRRORPOOL_PORT": str(port),
             "MIRRORPOOL_APPLICATION_NAME": "mirrorpool-cli-test",
             "MIRRORPOOL_POOL_MIN_SIZE": "2",
+            "MIRRORPOOL_AUTH": "disabled",
         },
     )
     try:

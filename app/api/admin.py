@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.auth import ApiKey, scoped
 from app.api.deps import ClusterDep
 from app.api.errors import problem_responses
 
 router = APIRouter(tags=["admin"])
+AdminKey = Annotated[ApiKey, Depends(scoped("admin"))]
 
 
 class NodeRef(BaseModel):
@@ -36,18 +40,21 @@ class UnfenceOut(BaseModel):
 @router.post(
     "/v1/admin/promote",
     summary="Promote a mirror",
-    responses=problem_responses(404, 409, 503),
+    responses=problem_responses(401, 403, 404, 409, 503),
 )
-async def promote(body: NodeRef, cluster: ClusterDep) -> PromoteOut:
+async def promote(body: NodeRef, cluster: ClusterDep, key: AdminKey) -> PromoteOut:
     """Run pg_promote() on the named mirror and wait until it takes writes. Use it only when
     nothing else (Patroni, CloudNativePG) manages promotion, and after making sure the old
     primary is really gone: mirrorpool fences an old primary that comes back, but other
     clients writing to it directly would not be stopped."""
-    node = await cluster.promote(body.node, "promoted on request (POST /v1/admin/promote)")
+    node = await cluster.promote(body.node, f"promoted on request by key {key.id!r}")
     return PromoteOut(node=node.name, writer=cluster.writer.name if cluster.writer else None)
 
 
-@router.post("/v1/admin/unfence", summary="Clear a fence", responses=problem_responses(404, 409))
-async def unfence(body: NodeRef, cluster: ClusterDep) -> UnfenceOut:
+@router.post(
+    "/v1/admin/unfence", summary="Clear a fence", responses=problem_responses(401, 403, 404, 409)
+)
+async def unfence(body: NodeRef, cluster: ClusterDep, key: AdminKey) -> UnfenceOut:
     """Let a fenced node take traffic again (after an operator has reconciled it)."""
-    return UnfenceOut(node=body.node, unfenced=cluster.unfence(body.node))
+    done = cluster.unfence(body.node, by=key.id)
+    return UnfenceOut(node=body.node, unfenced=done)

@@ -29,6 +29,8 @@ _PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
     e.LimitExceeded: (400, "limit-exceeded", "The request exceeds a limit"),
     e.PayloadTooLarge: (413, "payload-too-large", "The request body is too large"),
     e.Forbidden: (403, "forbidden", "Not allowed"),
+    e.Unauthorized: (401, "unauthorized", "Authentication required"),
+    e.TooManyRequests: (429, "too-many-requests", "Too many requests in flight"),
     e.NotFound: (404, "not-found", "Not found"),
     e.Conflict: (409, "conflict", "Conflicts with the current state"),
     e.RequestError: (400, "bad-request", "Bad request"),
@@ -145,6 +147,10 @@ def error_response(scope: Scope | None, exc: e.MirrorpoolError) -> Response:
     if isinstance(exc, e.ClusterError):
         extra["retryable"] = True
         headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, e.TooManyRequests):
+        headers["Retry-After"] = "1"
+    elif isinstance(exc, e.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     elif status == 503:
         headers["Retry-After"] = "1"
     return problem_response(scope, status, slug, title, exc.detail, headers, **extra)

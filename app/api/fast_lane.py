@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from app.api.auth import Keyring
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
 from app.api.query import QueryRequest, run_query
@@ -37,10 +38,13 @@ def is_query(scope: Scope) -> bool:
 class FastQueryLane:
     """Answers POST /v1/query straight from ASGI (see MirrorpoolApp in app/main.py)."""
 
-    def __init__(self, engine: Engine, settings: Settings, inflight: InFlight) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, inflight: InFlight, keyring: Keyring
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.inflight = inflight
+        self.keyring = keyring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = assign_request_id(scope)
@@ -60,14 +64,19 @@ class FastQueryLane:
 
     async def _answer(self, scope: Scope, receive: Receive) -> Response:
         try:
+            key = self.keyring.identify(scope)
             body = await self._body(scope, receive)
             try:
                 request = QueryRequest.model_validate_json(body)
             except ValidationError as exc:
                 return validation_problem(scope, exc.errors(include_input=False))
-            return await run_query(
-                request, self.engine, self.settings, partial(_disconnected, receive)
-            )
+            self.keyring.enter(key)
+            try:
+                return await run_query(
+                    request, self.engine, self.settings, partial(_disconnected, receive), key
+                )
+            finally:
+                self.keyring.leave(key)
         except MirrorpoolError as exc:
             return error_response(scope, exc)
         except Exception:

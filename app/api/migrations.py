@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.auth import ANONYMOUS, ApiKey, scoped
 from app.api.errors import problem_responses
+from app.errors import MirrorpoolError
 from app.migrations.history import current_version
 from app.migrations.runner import Migrator
 
 router = APIRouter(tags=["migrations"])
+audit = logging.getLogger("app.audit")
 
 
 async def get_migrator(request: Request) -> Migrator:
@@ -23,11 +27,11 @@ async def get_migrator(request: Request) -> Migrator:
 MigratorDep = Annotated[Migrator, Depends(get_migrator)]
 
 
-def actor_of(request: Request) -> str:
-    """Who is asking, for the history table and the log: the API key id, or the client."""
-    key_id = getattr(request.state, "key_id", None)
-    if key_id:
-        return f"key:{key_id}"
+def actor_of(request: Request, key: ApiKey) -> str:
+    """Who is asking, for the history table and the log: the key id, or the client address
+    when authentication is off."""
+    if key is not ANONYMOUS:
+        return f"key:{key.id}"
     client = request.client.host if request.client else "unknown"
     return f"http:{client}"
 
@@ -109,11 +113,13 @@ class RepairOut(BaseModel):
     repaired: list[dict[str, Any]]
 
 
-_PROBLEMS = problem_responses(400, 404, 409, 503)
+_PROBLEMS = problem_responses(400, 401, 403, 404, 409, 503)
+MigrateKey = Annotated[ApiKey, Depends(scoped("migrate"))]
+AdminKey = Annotated[ApiKey, Depends(scoped("admin"))]
 
 
 @router.get("/v1/migrations", summary="Migration status", responses=_PROBLEMS)
-async def status(migrator: MigratorDep) -> StatusOut:
+async def status(migrator: MigratorDep, _key: MigrateKey) -> StatusOut:
     """Every version known to the files or the history table, with its state."""
     versions = await migrator.status()
     return StatusOut(
@@ -125,32 +131,55 @@ async def status(migrator: MigratorDep) -> StatusOut:
 
 @router.get("/v1/migrations/plan", summary="Plan a migration", responses=_PROBLEMS)
 async def plan(
-    migrator: MigratorDep, target: Annotated[int | None, Query(ge=0)] = None
+    migrator: MigratorDep, _key: MigrateKey, target: Annotated[int | None, Query(ge=0)] = None
 ) -> StepsOut:
     """The ordered steps (up or down) to `target`, with their SQL and warnings. Runs nothing."""
     return StepsOut(steps=[StepOut(**s.as_json()) for s in await migrator.plan(target)])
 
 
 @router.post("/v1/migrations/apply", summary="Apply migrations", responses=_PROBLEMS)
-async def apply(migrator: MigratorDep, request: Request, body: ApplyIn | None = None) -> StepsOut:
+async def apply(
+    migrator: MigratorDep, request: Request, key: MigrateKey, body: ApplyIn | None = None
+) -> StepsOut:
     """Apply pending versions in order, one transaction per file; 409 if an applied file
     changed or went missing, or another run holds the lock."""
     body = body or ApplyIn()
-    steps = await migrator.apply(body.target, dry_run=body.dry_run, actor=actor_of(request))
+    actor = actor_of(request, key)
+    try:
+        steps = await migrator.apply(body.target, dry_run=body.dry_run, actor=actor)
+    except MirrorpoolError as exc:
+        audit.warning("%s apply target=%s: failed: %s", actor, body.target, exc.detail)
+        raise
+    audit.info(
+        "%s apply target=%s dry_run=%s: %d steps", actor, body.target, body.dry_run, len(steps)
+    )
     return StepsOut(steps=[StepOut(**s) for s in steps])
 
 
 @router.post("/v1/migrations/rollback", summary="Roll back migrations", responses=_PROBLEMS)
-async def rollback(migrator: MigratorDep, request: Request, body: RollbackIn) -> StepsOut:
+async def rollback(
+    migrator: MigratorDep, request: Request, body: RollbackIn, key: MigrateKey
+) -> StepsOut:
     """Run down files to `target`; refused before anything runs if a step has no down file."""
-    steps = await migrator.rollback(body.target, dry_run=body.dry_run, actor=actor_of(request))
+    actor = actor_of(request, key)
+    try:
+        steps = await migrator.rollback(body.target, dry_run=body.dry_run, actor=actor)
+    except MirrorpoolError as exc:
+        audit.warning("%s rollback target=%s: failed: %s", actor, body.target, exc.detail)
+        raise
+    audit.info(
+        "%s rollback target=%s dry_run=%s: %d steps", actor, body.target, body.dry_run, len(steps)
+    )
     return StepsOut(steps=[StepOut(**s) for s in steps])
 
 
 @router.post("/v1/migrations/repair", summary="Repair the history", responses=_PROBLEMS)
 async def repair(
-    migrator: MigratorDep, request: Request, body: RepairIn | None = None
+    migrator: MigratorDep, request: Request, key: AdminKey, body: RepairIn | None = None
 ) -> RepairOut:
-    """Clear failed entries, re-record checksums of intentionally edited files."""
+    """Clear failed entries, re-record checksums of intentionally edited files (admin)."""
     body = body or RepairIn()
-    return RepairOut(repaired=await migrator.repair(body.version, actor=actor_of(request)))
+    actor = actor_of(request, key)
+    repaired = await migrator.repair(body.version, actor=actor)
+    audit.info("%s repair version=%s: %s", actor, body.version, repaired or "nothing to do")
+    return RepairOut(repaired=repaired)

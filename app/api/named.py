@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from app.api.auth import ApiKey, counted, require, scoped
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import problem_responses
@@ -56,8 +57,10 @@ class RunNamedQuery(BaseModel):
     row_format: Literal["array", "object"] = "array"
 
 
-@router.get("/v1/queries", summary="List named queries")
-async def list_queries(queries: QueriesDep) -> NamedQueryList:
+@router.get("/v1/queries", summary="List named queries", responses=problem_responses(401, 403))
+async def list_queries(
+    queries: QueriesDep, _key: Annotated[ApiKey, Depends(scoped("read"))]
+) -> NamedQueryList:
     """The allowlisted queries loaded from MIRRORPOOL_QUERIES_DIR, with their parameters."""
     return NamedQueryList(
         queries=[
@@ -77,7 +80,7 @@ async def list_queries(queries: QueriesDep) -> NamedQueryList:
     "/v1/queries/{name}",
     summary="Run a named query",
     response_model=QueryResponse,
-    responses=problem_responses(400, 403, 404, 409, 413, 503, 504),
+    responses=problem_responses(400, 401, 403, 404, 409, 413, 429, 503, 504),
 )
 async def run_query(
     name: str,
@@ -85,16 +88,20 @@ async def run_query(
     queries: QueriesDep,
     engine: EngineDep,
     settings: SettingsDep,
+    key: Annotated[ApiKey, Depends(counted)],
     body: RunNamedQuery | None = None,
 ) -> Response:
-    """Runs even when raw SQL is switched off; read-only queries may be served by a mirror."""
+    """Runs even when raw SQL is switched off; read-only queries may be served by a mirror.
+    Needs `read` for a read-only query, `write` for any other."""
     named = queries.get(name)
     if named is None:
         raise NotFound(f"no named query {name!r}; GET /v1/queries lists them")
+    require(key, "read" if named.read_only else "write")
     body = body or RunNamedQuery()
-    bound = prepare(named.sql, body.params, settings)
+    bound = prepare(named.sql, body.params, settings, role=key.role)
     limits = limits_for(
         settings,
+        key,
         timeout_ms=body.timeout_ms or named.timeout_ms,
         max_rows=body.max_rows,
         read_only=named.read_only,

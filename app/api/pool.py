@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from app.api.deps import ClusterDep
+from app.api.auth import Keyring, require
+from app.api.deps import ClusterDep, SettingsDep
+from app.api.errors import problem_responses
 from app.cluster.events import EventKind
 from app.cluster.node import Node, Role
 
@@ -74,7 +76,18 @@ def _node_stats(node: Node) -> NodeStats:
     )
 
 
-@router.get("/pool/stats", summary="Pool statistics and node states")
+async def _stats_reader(request: Request, settings: SettingsDep) -> None:
+    if not settings.pool_stats_public:
+        keyring: Keyring = request.app.state.keyring
+        require(keyring.identify(request.scope), "admin")
+
+
+@router.get(
+    "/pool/stats",
+    summary="Pool statistics and node states",
+    dependencies=[Depends(_stats_reader)],
+    responses=problem_responses(401, 403),
+)
 async def pool_stats(cluster: ClusterDep) -> PoolStats:
     """Per node: psycopg_pool's figures, observed role, reachability and last check."""
     return PoolStats(

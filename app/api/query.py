@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
+from app.api.auth import ApiKey, counted, require
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import error_response, problem_responses
@@ -127,13 +128,15 @@ class TransactionResponse(BaseModel):
 
 def limits_for(
     settings: Settings,
+    key: ApiKey,
     *,
     timeout_ms: int | None,
     max_rows: int | None,
     read_only: bool,
     row_format: Literal["array", "object"],
 ) -> Limits:
-    """The request's limits, its own values checked against the ceilings in settings."""
+    """The request's limits, its own values checked against the ceilings in settings; a key
+    without the write scope always reads only, a key with a role runs as that role."""
     timeout = timeout_ms or settings.statement_timeout_ms
     if timeout > settings.max_statement_timeout_ms:
         raise LimitExceeded(
@@ -142,7 +145,7 @@ def limits_for(
     rows = settings.max_rows if max_rows is None else max_rows
     if rows > settings.max_rows_ceiling:
         raise LimitExceeded(f"max_rows {rows} is above the ceiling of {settings.max_rows_ceiling}")
-    return Limits(timeout, rows, read_only, row_format)
+    return Limits(timeout, rows, read_only or not key.can("write"), row_format, key.role)
 
 
 def check_raw_sql(settings: Settings) -> None:
@@ -183,23 +186,33 @@ def _fit(payload: dict[str, Any], result: StatementResult, size: int, max_bytes:
     "/v1/query",
     summary="Run one statement",
     response_model=QueryResponse,
-    responses=problem_responses(400, 403, 409, 413, 503, 504),
+    responses=problem_responses(400, 401, 403, 409, 413, 429, 503, 504),
 )
 async def query(
-    body: QueryRequest, request: Request, engine: EngineDep, settings: SettingsDep
+    body: QueryRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    key: Annotated[ApiKey, Depends(counted)],
 ) -> Response:
-    """Run one parameterised statement on the writer (or, when read_only, on any reader)."""
-    return await run_query(body, engine, settings, partial(disconnected, request))
+    """Run one parameterised statement on the writer (or, when read_only, on any reader).
+
+    Needs the `read` scope (the statement then runs READ ONLY, enforced by PostgreSQL) or
+    `write`.
+    """
+    return await run_query(body, engine, settings, partial(disconnected, request), key)
 
 
 async def run_query(
-    body: QueryRequest, engine: Engine, settings: Settings, abort: Abort
+    body: QueryRequest, engine: Engine, settings: Settings, abort: Abort, key: ApiKey
 ) -> Response:
     """/v1/query, whichever way the request arrived (app/api/fast_lane.py or FastAPI)."""
+    require(key, "read", "write")
     check_raw_sql(settings)
-    bound = prepare(body.sql, body.params, settings)
+    bound = prepare(body.sql, body.params, settings, role=key.role)
     limits = limits_for(
         settings,
+        key,
         timeout_ms=body.timeout_ms,
         max_rows=body.max_rows,
         read_only=body.read_only,
@@ -213,15 +226,20 @@ async def run_query(
     "/v1/transaction",
     summary="Run statements in one transaction",
     response_model=TransactionResponse,
-    responses=problem_responses(400, 403, 409, 413, 503, 504),
+    responses=problem_responses(400, 401, 403, 409, 413, 429, 503, 504),
 )
 async def transaction(
-    body: TransactionRequest, request: Request, engine: EngineDep, settings: SettingsDep
+    body: TransactionRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    key: Annotated[ApiKey, Depends(counted)],
 ) -> Response:
     """All statements commit together or none does; a failure names its `statement_index`.
 
     Serialization failures and deadlocks (40001, 40P01) answer 409 with `retryable: true`.
     """
+    require(key, "read", "write")
     check_raw_sql(settings)
     if len(body.statements) > settings.max_statements:
         raise LimitExceeded(
@@ -230,12 +248,13 @@ async def transaction(
     bound = []
     for index, statement in enumerate(body.statements):
         try:
-            bound.append(prepare(statement.sql, statement.params, settings))
+            bound.append(prepare(statement.sql, statement.params, settings, role=key.role))
         except MirrorpoolError as exc:
             exc.extra["statement_index"] = index
             raise
     limits = limits_for(
         settings,
+        key,
         timeout_ms=body.timeout_ms,
         max_rows=body.max_rows,
         read_only=body.read_only,
@@ -244,7 +263,8 @@ async def transaction(
     outcome = await engine.transaction(
         bound,
         isolation=body.isolation,
-        read_only=body.read_only,
+        read_only=limits.read_only,
+        role=limits.role,
         timeout_ms=limits.timeout_ms,
         max_rows=limits.max_rows,
         row_format=body.row_format,
@@ -271,17 +291,23 @@ async def transaction(
             'row; last line: {"row_count": n, "command": "...", "status": "ok"}, or '
             '{"status": "error", "error": {problem}} when the statement fails mid-stream.',
         },
-        **problem_responses(400, 403, 409, 413, 503, 504),
+        **problem_responses(400, 401, 403, 409, 413, 429, 503, 504),
     },
 )
 async def query_stream(
-    body: StreamRequest, request: Request, engine: EngineDep, settings: SettingsDep
+    body: StreamRequest,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    key: Annotated[ApiKey, Depends(counted)],
 ) -> Response:
     """Rows come from the server in chunks, so memory stays flat whatever the result size."""
+    require(key, "read", "write")
     check_raw_sql(settings)
-    bound = prepare(body.sql, body.params, settings)
+    bound = prepare(body.sql, body.params, settings, role=key.role)
     limits = limits_for(
         settings,
+        key,
         timeout_ms=body.timeout_ms,
         max_rows=None,
         read_only=body.read_only,

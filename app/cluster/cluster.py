@@ -276,11 +276,11 @@ class Cluster:
             return None
         return self.writer
 
-    def unfence(self, name: str) -> bool:
+    def unfence(self, name: str, by: str = "an operator") -> bool:
         """Clear a fence (an operator's decision); False when the node was not fenced."""
         if self.fenced.pop(name, None) is None:
             return False
-        self.events.record(EventKind.UNFENCED, name, "cleared by an operator")
+        self.events.record(EventKind.UNFENCED, name, f"cleared by {by}")
         self._elect_writer()
         return True
 

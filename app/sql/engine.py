@@ -49,6 +49,7 @@ class Limits:
     max_rows: int
     read_only: bool = False
     row_format: RowFormat = "array"
+    role: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,7 +130,11 @@ class Engine:
         within the same deadline; a write never is (it may have committed).
         """
         intent: Intent = "read" if limits.read_only else "write"
-        plain = not limits.read_only and limits.timeout_ms == self.settings.statement_timeout_ms
+        plain = (
+            not limits.read_only
+            and limits.role is None
+            and limits.timeout_ms == self.settings.statement_timeout_ms
+        )
         started = time.perf_counter()
         async with self._guard(limits.timeout_ms, abort) as guard:
             try:
@@ -175,7 +180,9 @@ class Engine:
             if plain:
                 result = await self._statement(conn, node.name, bound, limits, mark_dirty)
             else:
-                await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+                await conn.execute(
+                    self._begin(limits.read_only, None, limits.timeout_ms, limits.role)
+                )
                 result = await self._statement(conn, node.name, bound, limits, mark_dirty)
                 await conn.execute("COMMIT")
         except psycopg.Error as exc:
@@ -222,10 +229,11 @@ class Engine:
         timeout_ms: int,
         max_rows: int,
         row_format: RowFormat,
+        role: str | None = None,
         abort: Abort | None = None,
     ) -> Outcome:
         """Run statements all-or-nothing; a failure names the statement and rolls back."""
-        limits = Limits(timeout_ms, max_rows, read_only, row_format)
+        limits = Limits(timeout_ms, max_rows, read_only, row_format, role)
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
         results: list[StatementResult] = []
@@ -237,7 +245,7 @@ class Engine:
             inflight = self._inflight[node]
             inflight.add(guard)
             try:
-                await conn.execute(self._begin(read_only, isolation, timeout_ms))
+                await conn.execute(self._begin(read_only, isolation, timeout_ms, role))
                 for bound in statements:
                     results.append(await self._statement(conn, node, bound, limits, dirty))
                 await conn.execute("COMMIT")
@@ -295,7 +303,9 @@ class Engine:
             async with self._session(intent) as (node, conn, mark_dirty):
                 await queue.put(("node", node))
                 try:
-                    await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+                    await conn.execute(
+                        self._begin(limits.read_only, None, limits.timeout_ms, limits.role)
+                    )
                     cur = conn.cursor()
                     sent_columns = False
                     batch: list[Any] = []
@@ -327,12 +337,15 @@ class Engine:
         except Exception as exc:  # handed to the consumer, which raises it
             await queue.put(("error", exc))
 
-    def _begin(self, read_only: bool, isolation: Isolation | None, timeout_ms: int) -> Any:
+    def _begin(
+        self, read_only: bool, isolation: Isolation | None, timeout_ms: int, role: str | None
+    ) -> Any:
         return session.begin_sql(
             read_only=read_only,
             isolation=isolation,
             timeout_ms=timeout_ms,
             lock_timeout_ms=self.settings.lock_timeout_ms,
+            role=role,
         )
 
     async def _statement(

@@ -82,6 +82,7 @@ def begin_sql(
     isolation: Isolation | None,
     timeout_ms: int,
     lock_timeout_ms: int,
+    role: str | None = None,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode and its local timeouts, as one simple query."""
     mode = []
@@ -90,10 +91,11 @@ def begin_sql(
     if read_only:
         mode.append(sql.SQL("READ ONLY"))
     begin = sql.SQL("BEGIN {}").format(sql.SQL(" ").join(mode)) if mode else sql.SQL("BEGIN")
-    return sql.SQL("; ").join(
-        [
-            begin,
-            sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
-            sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
-        ]
-    )
+    parts = [
+        begin,
+        sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
+        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
+    ]
+    if role is not None:
+        parts.append(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+    return sql.SQL("; ").join(parts)

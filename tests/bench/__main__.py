@@ -265,6 +265,7 @@ def start_mirrorpool(dsn: str, workers: int, env: dict[str, str]) -> Server:
         env | {
             "MIRRORPOOL_PRIMARY_DSN": dsn, "MIRRORPOOL_PORT": str(port),
             "MIRRORPOOL_WORKERS": str(workers), "MIRRORPOOL_LOG_LEVEL": "warning",
+        "MIRRORPOOL_AUTH": "disabled",
             "MIRRORPOOL_POOL_MIN_SIZE": str(POOL_SIZE // workers),
             "MIRRORPOOL_POOL_MAX_SIZE": str(POOL_SIZE // workers),
             "MIRRORPOOL_POOL_MAX_WAITING": "0",

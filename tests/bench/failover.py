@@ -197,6 +197,7 @@ def run_mirrorpool(base: Path, fault: str) -> Result:
         "MIRRORPOOL_HEALTH_TIMEOUT": "0.5",
         "MIRRORPOOL_HEALTH_THRESHOLD": "2",
         "MIRRORPOOL_LOG_LEVEL": "warning",
+        "MIRRORPOOL_AUTH": "disabled",
         "MIRRORPOOL_POOL_MAX_WAITING": "0",
         # Pgpool-II promotes on failover here, so mirrorpool does too (single instance).
         "MIRRORPOOL_PROMOTE_AFTER_S": "0.5",

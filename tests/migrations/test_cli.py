@@ -5,23 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.devdb import LocalPair
-
-
-@pytest.fixture
-def database(pair: LocalPair) -> Iterator[str]:
-    name = f"migcli_{uuid.uuid4().hex[:10]}"
-    with pair.primary.connect() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield name
-    with pair.primary.connect() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def env_for(pair: LocalPair, database: str, folder: Path) -> dict[str, str]:

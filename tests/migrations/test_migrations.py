@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,17 +18,6 @@ from app.migrations.files import discover
 from app.migrations.lock import LOCK_KEY
 from tests.conftest import serving_ready, settings_for
 from tests.waiting import eventually
-
-
-@pytest.fixture
-def database(pair: LocalPair) -> Iterator[str]:
-    """A fresh database on the shared pair, dropped afterwards."""
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    with pair.primary.connect() as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield name
-    with pair.primary.connect() as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

@@ -1,0 +1,141 @@
+"""API keys and scopes: who may do what, checked once per request.
+
+Keys are configured as SHA-256 hashes only (MIRRORPOOL_API_KEYS / MIRRORPOOL_API_KEYS_FILE)
+and sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes:
+
+    read     read-only queries (run in READ ONLY transactions) and read-only named queries
+    write    any query, transaction and named query (read included)
+    migrate  the migration endpoints (repair needs admin)
+    admin    promotion, fences, repair, /pool/stats
+
+A key may name a PostgreSQL role: its statements run after SET LOCAL ROLE to it, so table
+privileges and row-level security apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
+
+from app.errors import Forbidden, TooManyRequests, Unauthorized
+from app.settings import ApiKeyConfig, Settings
+
+ScopeName = Literal["read", "write", "migrate", "admin"]
+
+# For the OpenAPI document and the /docs Authorize button; checking is done below.
+bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An authenticated caller."""
+
+    id: str
+    scopes: frozenset[str]
+    role: str | None
+
+    def can(self, scope: ScopeName) -> bool:
+        """True when the key holds `scope` (write includes read)."""
+        return scope in self.scopes or (scope == "read" and "write" in self.scopes)
+
+
+# The identity used when authentication is switched off: allowed everything, no role.
+ANONYMOUS = ApiKey("anonymous", frozenset({"read", "write", "migrate", "admin"}), None)
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 of a key, as configured."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Keyring:
+    """The configured keys by hash, and how many requests each has in flight."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth == "keys"
+        self.max_inflight = settings.max_inflight_per_key
+        configs: Iterable[ApiKeyConfig] = settings.all_api_keys()
+        self._by_hash = {
+            c.sha256.lower(): ApiKey(c.id, frozenset(c.scopes), c.role) for c in configs
+        }
+        self.inflight: Counter[str] = Counter()
+
+    def identify(self, scope: Scope) -> ApiKey:
+        """The caller of a request; 401 when auth is on and no valid key was sent."""
+        if not self.enabled:
+            return ANONYMOUS
+        presented = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                kind, _, token = value.decode("latin-1").partition(" ")
+                if kind.lower() == "bearer" and token.strip():
+                    presented = token.strip()
+            elif name == b"x-api-key" and value:
+                presented = value.decode("latin-1").strip()
+        if not presented:
+            raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
+        key = self._by_hash.get(hash_key(presented))
+        if key is None:
+            raise Unauthorized("the API key is not valid")
+        scope.setdefault("state", {})["key_id"] = key.id
+        return key
+
+    def enter(self, key: ApiKey) -> None:
+        """Count a request in; 429 beyond the key's in-flight limit."""
+        if self.enabled and self.inflight[key.id] >= self.max_inflight:
+            raise TooManyRequests(
+                f"key {key.id!r} already has {self.max_inflight} requests in flight"
+            )
+        self.inflight[key.id] += 1
+
+    def leave(self, key: ApiKey) -> None:
+        """Count a request out."""
+        self.inflight[key.id] -= 1
+        if self.inflight[key.id] <= 0:
+            del self.inflight[key.id]
+
+
+def require(key: ApiKey, *scopes: ScopeName) -> None:
+    """403 unless the key holds one of `scopes`."""
+    if not any(key.can(s) for s in scopes):
+        raise Forbidden(f"key {key.id!r} lacks the {' or '.join(scopes)} scope for this request")
+
+
+async def _caller(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    _header: Annotated[str | None, Depends(api_key_header)],
+) -> ApiKey:
+    keyring: Keyring = request.app.state.keyring
+    return keyring.identify(request.scope)
+
+
+CallerDep = Annotated[ApiKey, Depends(_caller)]
+
+
+async def counted(request: Request, key: CallerDep) -> AsyncIterator[ApiKey]:
+    """The caller, counted against its in-flight limit while the request runs."""
+    keyring: Keyring = request.app.state.keyring
+    keyring.enter(key)
+    try:
+        yield key
+    finally:
+        keyring.leave(key)
+
+
+def scoped(*scopes: ScopeName) -> Callable[[ApiKey], Awaitable[ApiKey]]:
+    """A dependency that authenticates and requires one of `scopes`."""
+
+    async def dependency(key: CallerDep) -> ApiKey:
+        require(key, *scopes)
+        return key
+
+    return dependency
