@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
@@ -13,6 +14,7 @@ from app import __version__
 from app.api import admin, errors, migrations, named, pool, probes, query
 from app.api.auth import Keyring
 from app.api.body_limit import BodyLimitMiddleware
+from app.api.errors import PROBLEM_JSON
 from app.api.fast_lane import FastQueryLane, is_query
 from app.api.inflight import InFlight, InFlightMiddleware
 from app.api.request_id import RequestIdMiddleware
@@ -44,6 +46,27 @@ class MirrorpoolApp(FastAPI):
             await self.fast_lane(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, saying what mirrorpool really answers to a malformed request:
+        400 problem+json, not FastAPI's 422."""
+        if self.openapi_schema is None:
+            schema = super().openapi()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", PROBLEM_400)
+            schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
+            schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
+            self.openapi_schema = schema
+        return self.openapi_schema
+
+
+PROBLEM_400 = {
+    "description": "The request is malformed.",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 
 def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:

@@ -20,6 +20,7 @@ kind as a PostgreSQL array; any other array as jsonb.
 from __future__ import annotations
 
 import binascii
+import math
 import re
 from typing import Any
 
@@ -31,6 +32,8 @@ from psycopg.postgres import types as builtin_types
 from psycopg.types.json import Jsonb
 from psycopg.types.string import TextLoader
 
+from app.errors import InvalidParameters
+
 # Given as startup options: RESET ALL brings them back after a session was dirtied.
 SESSION_SETTINGS: dict[str, str] = {
     "TimeZone": "UTC",
@@ -39,6 +42,10 @@ SESSION_SETTINGS: dict[str, str] = {
     "extra_float_digits": "1",
 }
 
+_OUT_OF_RANGE = (
+    "a number is too large for a double precision float; send it as a string "
+    "(PostgreSQL casts it to numeric exactly)"
+)
 _FLOAT_SPECIALS = {b"NaN": "NaN", b"Infinity": "Infinity", b"-Infinity": "-Infinity"}
 _SHORT_OFFSET = re.compile(r"([+-]\d\d)$")
 _TZ_OFFSET = re.compile(r"([+-]\d\d)(?::?(\d\d))?(?::?(\d\d))?$")
@@ -168,6 +175,8 @@ async def register_loaders(conn: AsyncConnection[Any]) -> None:
 
 def to_param(value: Any) -> Any:
     """A JSON value, as psycopg should send it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidParameters(_OUT_OF_RANGE)
     if isinstance(value, dict):
         return Jsonb(value)
     if isinstance(value, list):
@@ -191,6 +200,8 @@ def _array_kind(values: list[Any]) -> str | None:
             elif isinstance(item, bool):
                 kinds.add("bool")
             elif isinstance(item, int | float):
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise InvalidParameters(_OUT_OF_RANGE)
                 kinds.add("float" if isinstance(item, float) else "int")
             elif isinstance(item, str):
                 kinds.add("str")
