@@ -8,15 +8,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.api import admin, errors, migrations, named, pool, probes, query
+from app.api import metrics as metrics_api
 from app.api.auth import Keyring
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.errors import PROBLEM_JSON
 from app.api.fast_lane import FastQueryLane, is_query
 from app.api.inflight import InFlight, InFlightMiddleware
+from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
 from app.migrations.files import discover
@@ -39,10 +41,12 @@ class MirrorpoolApp(FastAPI):
     """FastAPI, with POST /v1/query answered before FastAPI's machinery when the fast lane
     is on (it documents the route and serves it when the lane is off)."""
 
-    fast_lane: FastQueryLane | None = None
+    fast_lane: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_lane is not None and is_query(scope):
+            scope["app"] = self
+            scope["mirrorpool_route"] = "/v1/query"
             await self.fast_lane(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
@@ -105,6 +109,7 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     settings.check_auth()
     engine = Engine(cluster, settings)
     keyring = Keyring(settings)
+    metrics = Metrics(cluster)
     if not keyring.enabled:
         logger.warning(
             "AUTHENTICATION IS DISABLED (MIRRORPOOL_AUTH=disabled): anyone who can reach "
@@ -149,6 +154,7 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     app.state.cluster = cluster
     app.state.engine = engine
     app.state.keyring = keyring
+    app.state.metrics = metrics
     app.state.queries = queries
     app.state.migrator = migrator
     errors.install(app)
@@ -156,12 +162,16 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     app.add_middleware(InFlightMiddleware, inflight=inflight)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.fast_path:
-        app.fast_lane = FastQueryLane(engine, settings, inflight, keyring)
+        app.fast_lane = MetricsMiddleware(
+            FastQueryLane(engine, settings, inflight, keyring), metrics
+        )
     app.include_router(query.router)
     app.include_router(named.router)
     app.include_router(migrations.router)
     app.include_router(admin.router)
+    app.include_router(metrics_api.router)
     app.include_router(probes.router)
     app.include_router(pool.router)
     return app

@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     )
     pool_stats_public: bool = Field(False, description="Serve /pool/stats without a key.")
     docs_public: bool = Field(True, description="Serve /docs and /openapi.json.")
+    metrics_public: bool = Field(True, description="Serve /metrics without a key.")
     max_json_depth: int = Field(32, ge=1, le=1000, description="Deepest nesting of params.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")

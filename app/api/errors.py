@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from app import errors as e
+from app.api.metrics import count_problem
 from app.api.request_id import request_id_of
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def problem_response(
 
 
 def error_response(scope: Scope | None, exc: e.MirrorpoolError) -> Response:
-    """The problem+json response for one of our errors."""
+    """The problem+json response for one of our errors (counted in /metrics)."""
+    count_problem(scope, exc)
     status, slug, title = next(
         (_PROBLEMS[cls] for cls in type(exc).__mro__ if cls in _PROBLEMS),
         (500, "internal", "Internal error"),

@@ -22,13 +22,14 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(pair: LocalPair) -> Iterator[LiveServer]:
-    keys = [
-        {"id": "fuzz", "sha256": hash_key(KEY), "scopes": ["read", "write", "migrate", "admin"]}
-    ]
-    live = start_server(pair, MIRRORPOOL_AUTH="keys", MIRRORPOOL_API_KEYS=json.dumps(keys))
-    yield live
-    stop_server(live)
+def server(work_dir: Path) -> Iterator[LiveServer]:
+    """A server on a pair of its own: the fuzzer holds an admin key and may well promote."""
+    scopes = ["read", "write", "migrate", "admin"]
+    keys = [{"id": "fuzz", "sha256": hash_key(KEY), "scopes": scopes}]
+    with LocalPair(work_dir / "hostile") as own:
+        live = start_server(own, MIRRORPOOL_AUTH="keys", MIRRORPOOL_API_KEYS=json.dumps(keys))
+        yield live
+        stop_server(live)
 
 
 def post(server: LiveServer, content: bytes | Any, path: str = "/v1/query") -> httpx.Response:

@@ -1,0 +1,194 @@
+"""GET /metrics: Prometheus text format, from request counters and the cluster's own state.
+
+Request figures are counted as requests finish; node, pool and event figures are read from
+the cluster when Prometheus scrapes, so they never drift from what /pool/stats shows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.auth import require
+from app.cluster.cluster import Cluster
+from app.cluster.events import EventKind
+from app.cluster.node import Role
+from app.errors import ClientGone, DatabaseError, MirrorpoolError, NodeFailed, QueryTimeout
+
+router = APIRouter(tags=["probes"])
+
+
+class Metrics:
+    """The service's registry and its request-level instruments."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mirrorpool_http_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mirrorpool_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method.",
+            ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.problems = Counter(
+            "mirrorpool_query_problems",
+            "Failed statements by kind: timeout, cancelled (client left), node_failed, database.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.registry.register(ClusterCollector(cluster))
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)
+
+
+class ClusterCollector(Collector):
+    """Per-node and per-event figures, read from the cluster at scrape time."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the node, pool and event metrics."""
+        up = GaugeMetricFamily(
+            "mirrorpool_node_up", "1 when the node answers probes.", labels=["node"]
+        )
+        role = GaugeMetricFamily(
+            "mirrorpool_node_role", "1 for the node's observed role.", labels=["node", "role"]
+        )
+        writer = GaugeMetricFamily("mirrorpool_node_writer", "1 for the writer.", labels=["node"])
+        fenced = GaugeMetricFamily("mirrorpool_node_fenced", "1 when fenced.", labels=["node"])
+        lag_s = GaugeMetricFamily(
+            "mirrorpool_node_replication_lag_seconds", "Replay lag of a mirror.", labels=["node"]
+        )
+        lag_b = GaugeMetricFamily(
+            "mirrorpool_node_replication_lag_bytes", "WAL received, not replayed.", labels=["node"]
+        )
+        size = GaugeMetricFamily(
+            "mirrorpool_pool_connections", "Pool connections.", labels=["node"]
+        )
+        available = GaugeMetricFamily(
+            "mirrorpool_pool_available_connections", "Idle pool connections.", labels=["node"]
+        )
+        waiting = GaugeMetricFamily(
+            "mirrorpool_pool_waiting_requests",
+            "Requests waiting for a connection.",
+            labels=["node"],
+        )
+        opened = CounterMetricFamily(
+            "mirrorpool_pool_connections_opened", "Connections the pool opened.", labels=["node"]
+        )
+        lost = CounterMetricFamily(
+            "mirrorpool_pool_connections_lost", "Connections found broken.", labels=["node"]
+        )
+        refused = CounterMetricFamily(
+            "mirrorpool_pool_request_errors", "Pool requests that failed or timed out.",
+            labels=["node"],
+        )  # fmt: skip
+        for node in self.cluster.nodes:
+            s = node.state
+            up.add_metric([node.name], 1.0 if s.reachable else 0.0)
+            for r in Role:
+                role.add_metric([node.name, r.value], 1.0 if node.role is r else 0.0)
+            writer.add_metric([node.name], 1.0 if node is self.cluster.writer else 0.0)
+            fenced.add_metric([node.name], 1.0 if node.name in self.cluster.fenced else 0.0)
+            if s.replay_lag_s is not None:
+                lag_s.add_metric([node.name], s.replay_lag_s)
+            if s.replay_lag_bytes is not None:
+                lag_b.add_metric([node.name], float(s.replay_lag_bytes))
+            stats = node.pool_stats()
+            size.add_metric([node.name], stats["pool_size"])
+            available.add_metric([node.name], stats["pool_available"])
+            waiting.add_metric([node.name], stats["requests_waiting"])
+            opened.add_metric([node.name], stats["connections_num"])
+            lost.add_metric([node.name], stats["connections_lost"])
+            refused.add_metric([node.name], stats["requests_errors"])
+        yield from (up, role, writer, fenced, lag_s, lag_b, size, available, waiting)
+        yield from (opened, lost, refused)
+        events = CounterMetricFamily(
+            "mirrorpool_cluster_events", "Cluster transitions by kind.", labels=["kind"]
+        )
+        for kind in EventKind:
+            events.add_metric([kind.value], self.cluster.events.counts[kind])
+        yield events
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template (not raw path), method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or scope.get("mirrorpool_route", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format."}},
+)
+async def metrics(request: Request) -> Response:
+    """Requests, latency, nodes, pools, replication lag, cluster events and query problems.
+    Open unless MIRRORPOOL_METRICS_PUBLIC=false (then it needs the admin scope)."""
+    if not request.app.state.settings.metrics_public:
+        require(request.app.state.keyring.identify(request.scope), "admin")
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+_PROBLEM_KINDS: tuple[tuple[type[MirrorpoolError], str], ...] = (
+    (QueryTimeout, "timeout"),
+    (ClientGone, "cancelled"),
+    (NodeFailed, "node_failed"),
+    (DatabaseError, "database"),
+)
+
+
+def count_problem(scope: Scope | None, exc: MirrorpoolError) -> None:
+    """Count a failed statement in the app's metrics (a 57014 from the server is a timeout)."""
+    app = scope.get("app") if scope else None
+    metrics: Metrics | None = getattr(getattr(app, "state", None), "metrics", None)
+    if metrics is None:
+        return
+    kind = next((k for cls, k in _PROBLEM_KINDS if isinstance(exc, cls)), None)
+    if isinstance(exc, DatabaseError) and exc.sqlstate == "57014":
+        kind = "timeout"
+    if kind is not None:
+        metrics.problems.labels(kind).inc()
