@@ -93,6 +93,7 @@ async def run_query(
 ) -> Response:
     """Runs even when raw SQL is switched off; read-only queries may be served by a mirror.
     Needs `read` for a read-only query, `write` for any other."""
+    require(key, "read", "write")
     named = queries.get(name)
     if named is None:
         raise NotFound(f"no named query {name!r}; GET /v1/queries lists them")

@@ -95,6 +95,17 @@ async def test_open_routes_need_no_key(client: httpx.AsyncClient) -> None:
         ("admin", "POST", "/v1/admin/unfence", {"node": "mirror"}, True),
         ("write", "GET", "/pool/stats", None, False),
         ("admin", "GET", "/pool/stats", None, True),
+        ("read", "POST", "/v1/query/stream", {"sql": "SELECT 1"}, True),
+        ("admin", "POST", "/v1/query/stream", {"sql": "SELECT 1"}, False),
+        ("write", "GET", "/v1/migrations/plan", None, False),
+        ("migrate", "GET", "/v1/migrations/plan", None, True),
+        ("write", "POST", "/v1/migrations/apply", {}, False),
+        ("migrate", "POST", "/v1/migrations/apply", {}, True),
+        ("read", "POST", "/v1/migrations/rollback", {"target": 0}, False),
+        ("migrate", "POST", "/v1/migrations/rollback", {"target": 0}, True),
+        ("write", "POST", "/v1/admin/promote", {"node": "primary"}, False),
+        ("migrate", "POST", "/v1/queries/nothing", {}, False),
+        ("read", "GET", "/metrics", None, True),
     ],
 )
 async def test_each_route_needs_its_scope(
