@@ -137,6 +137,20 @@ async def plan(
     return StepsOut(steps=[StepOut(**s.as_json()) for s in await migrator.plan(target)])
 
 
+async def _run(
+    migrator: Migrator, action: str, target: int | None, dry_run: bool, actor: str
+) -> StepsOut:
+    """Apply or roll back, with one audit line saying who did what and how it ended."""
+    run = migrator.apply if action == "apply" else migrator.rollback
+    try:
+        steps = await run(target, dry_run=dry_run, actor=actor)  # type: ignore[arg-type]
+    except MirrorpoolError as exc:
+        audit.warning("%s %s target=%s: failed: %s", actor, action, target, exc.detail)
+        raise
+    audit.info("%s %s target=%s dry_run=%s: %d steps", actor, action, target, dry_run, len(steps))
+    return StepsOut(steps=[StepOut(**s) for s in steps])
+
+
 @router.post("/v1/migrations/apply", summary="Apply migrations", responses=_PROBLEMS)
 async def apply(
     migrator: MigratorDep, request: Request, key: MigrateKey, body: ApplyIn | None = None
@@ -144,16 +158,7 @@ async def apply(
     """Apply pending versions in order, one transaction per file; 409 if an applied file
     changed or went missing, or another run holds the lock."""
     body = body or ApplyIn()
-    actor = actor_of(request, key)
-    try:
-        steps = await migrator.apply(body.target, dry_run=body.dry_run, actor=actor)
-    except MirrorpoolError as exc:
-        audit.warning("%s apply target=%s: failed: %s", actor, body.target, exc.detail)
-        raise
-    audit.info(
-        "%s apply target=%s dry_run=%s: %d steps", actor, body.target, body.dry_run, len(steps)
-    )
-    return StepsOut(steps=[StepOut(**s) for s in steps])
+    return await _run(migrator, "apply", body.target, body.dry_run, actor_of(request, key))
 
 
 @router.post("/v1/migrations/rollback", summary="Roll back migrations", responses=_PROBLEMS)
@@ -161,16 +166,7 @@ async def rollback(
     migrator: MigratorDep, request: Request, body: RollbackIn, key: MigrateKey
 ) -> StepsOut:
     """Run down files to `target`; refused before anything runs if a step has no down file."""
-    actor = actor_of(request, key)
-    try:
-        steps = await migrator.rollback(body.target, dry_run=body.dry_run, actor=actor)
-    except MirrorpoolError as exc:
-        audit.warning("%s rollback target=%s: failed: %s", actor, body.target, exc.detail)
-        raise
-    audit.info(
-        "%s rollback target=%s dry_run=%s: %d steps", actor, body.target, body.dry_run, len(steps)
-    )
-    return StepsOut(steps=[StepOut(**s) for s in steps])
+    return await _run(migrator, "rollback", body.target, body.dry_run, actor_of(request, key))
 
 
 @router.post("/v1/migrations/repair", summary="Repair the history", responses=_PROBLEMS)
