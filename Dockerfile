@@ -13,6 +13,7 @@ COPY --from=build /opt/mirrorpool /opt/mirrorpool
 ENV PATH=/opt/mirrorpool/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MIRRORPOOL_HOST=0.0.0.0 \
+    MIRRORPOOL_LOG_FORMAT=json \
     MIRRORPOOL_PORT=8000
 USER 10001
 EXPOSE 8000

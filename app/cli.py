@@ -54,6 +54,7 @@ def serve(settings: Settings) -> int:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level.value,
+        access_log=False,  # app/api/access_log.py logs each request, with its request id
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) or None,
         server_header=False,
     )
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _request_stop)
     try:
         settings = load_settings()
-        configure_logging(settings.log_level.value)
+        configure_logging(settings.log_level.value, settings.log_format)
         if args.command == "serve":
             return serve(settings)
         if args.command == "migrate":

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__
 from app.api import admin, errors, migrations, named, pool, probes, query
 from app.api import metrics as metrics_api
+from app.api.access_log import AccessLogMiddleware
 from app.api.auth import Keyring
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.errors import PROBLEM_JSON
@@ -163,9 +164,10 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware)
     if settings.fast_path:
-        app.fast_lane = MetricsMiddleware(
-            FastQueryLane(engine, settings, inflight, keyring), metrics
+        app.fast_lane = AccessLogMiddleware(
+            MetricsMiddleware(FastQueryLane(engine, settings, inflight, keyring), metrics)
         )
     app.include_router(query.router)
     app.include_router(named.router)

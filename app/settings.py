@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     log_level: LogLevel = Field(LogLevel.INFO, description="debug, info, warning or error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people, json (one object per line) for log pipelines."
+    )
     shutdown_timeout: float = Field(
         10.0, ge=0, description="Seconds in-flight requests get to finish at shutdown."
     )

@@ -135,6 +135,8 @@ def problem_response(
 def error_response(scope: Scope | None, exc: e.MirrorpoolError) -> Response:
     """The problem+json response for one of our errors (counted in /metrics)."""
     count_problem(scope, exc)
+    if scope is not None and isinstance(exc, e.DatabaseError):
+        scope.setdefault("state", {})["sqlstate"] = exc.sqlstate  # for the access log
     status, slug, title = next(
         (_PROBLEMS[cls] for cls in type(exc).__mro__ if cls in _PROBLEMS),
         (500, "internal", "Internal error"),
