@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.api import admin, errors, migrations, named, pool, probes, query
+from app.api import admin, docs, errors, migrations, named, pool, probes, query
 from app.api import metrics as metrics_api
 from app.api.access_log import AccessLogMiddleware
 from app.api.auth import Keyring
@@ -147,10 +147,12 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs_public else None,
-        redoc_url="/redoc" if settings.docs_public else None,
+        docs_url=None,  # served by app/api/docs.py from local assets
+        redoc_url=None,
         openapi_url="/openapi.json" if settings.docs_public else None,
     )
+    if settings.docs_public:
+        docs.install(app, "mirrorpool")
     app.state.settings = settings
     app.state.cluster = cluster
     app.state.engine = engine
