@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+from starlette.responses import Response
 
 from app.api.auth import Keyring, require
 from app.api.deps import ClusterDep, SettingsDep
 from app.api.errors import problem_responses
+from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
 from app.cluster.node import Node, Role
 
@@ -85,11 +88,23 @@ async def _stats_reader(request: Request, settings: SettingsDep) -> None:
 @router.get(
     "/pool/stats",
     summary="Pool statistics and node states",
+    response_model=PoolStats,
     dependencies=[Depends(_stats_reader)],
     responses=problem_responses(401, 403),
 )
-async def pool_stats(cluster: ClusterDep) -> PoolStats:
-    """Per node: psycopg_pool's figures, observed role, reachability and last check."""
+async def pool_stats(
+    cluster: ClusterDep,
+    format: Literal["json", "text"] = "json",
+) -> PoolStats | Response:
+    """Per node: psycopg_pool's figures, observed role, reachability and last check.
+    `?format=text` gives the same at a glance, for a terminal."""
+    stats = _stats(cluster)
+    if format == "text":
+        return Response(_as_text(stats), media_type="text/plain; charset=utf-8")
+    return stats
+
+
+def _stats(cluster: Cluster) -> PoolStats:
     return PoolStats(
         writer=cluster.writer.name if cluster.writer else None,
         nodes=[_node_stats(n) for n in cluster.nodes],
@@ -99,3 +114,26 @@ async def pool_stats(cluster: ClusterDep) -> PoolStats:
         ],
         event_counts=dict(cluster.events.counts),
     )
+
+
+def _as_text(stats: PoolStats) -> str:
+    """Nodes, roles, lag, pool use and recent events as aligned text."""
+    lines = [f"writer: {stats.writer or 'none'}", ""]
+    header = f"{'node':<10} {'role':<8} {'up':<4} {'lag s':>7} {'pool':>9} {'waiting':>7}  target"
+    lines.append(header)
+    for n in stats.nodes:
+        lag = f"{n.replay_lag_s:.2f}" if n.replay_lag_s is not None else "-"
+        used = f"{n.pool['pool_size'] - n.pool['pool_available']}/{n.pool['pool_size']}"
+        up = "yes" if n.reachable else "no"
+        lines.append(
+            f"{n.name:<10} {n.role.value:<8} {up:<4} {lag:>7} {used:>9} "
+            f"{n.pool['requests_waiting']:>7}  {n.target}"
+        )
+        if n.error:
+            lines.append(f"{'':<10} last error: {n.error}")
+    lines += ["", "recent events:"]
+    lines += [
+        f"  {e.time:%Y-%m-%d %H:%M:%S} {e.kind.value:<15} {e.node or '':<10} {e.reason}"
+        for e in stats.events[-20:]
+    ] or ["  none"]
+    return "\n".join(lines) + "\n"

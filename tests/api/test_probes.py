@@ -145,3 +145,16 @@ async def test_everything_down_is_503_and_recovers_by_itself(make_pair: PairFact
             return bool((await client.get("/health")).json()["status"] == "ok")
 
         await eventually(healthy, "the cluster to recover")
+
+
+async def test_pool_stats_as_text_for_people(pair: LocalPair) -> None:
+    async with serving_ready(settings_for(pair)) as (_, client):
+        await client.post("/v1/query", json={"sql": "SELECT 1"})
+        response = await client.get("/pool/stats", params={"format": "text"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    lines = response.text.splitlines()
+    assert lines[0] == "writer: primary"
+    assert any(line.startswith("primary    primary  yes") for line in lines)
+    assert any(line.startswith("mirror     mirror   yes") for line in lines)
+    assert "writer_changed" in response.text
