@@ -90,7 +90,13 @@ async def _stats_reader(request: Request, settings: SettingsDep) -> None:
     summary="Pool statistics and node states",
     response_model=PoolStats,
     dependencies=[Depends(_stats_reader)],
-    responses=problem_responses(401, 403),
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "JSON, or aligned text with ?format=text.",
+        },
+        **problem_responses(401, 403),
+    },
 )
 async def pool_stats(
     cluster: ClusterDep,
