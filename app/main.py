@@ -110,7 +110,6 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     settings.check_auth()
     engine = Engine(cluster, settings)
     keyring = Keyring(settings)
-    metrics = Metrics(cluster)
     if not keyring.enabled:
         logger.warning(
             "AUTHENTICATION IS DISABLED (MIRRORPOOL_AUTH=disabled): anyone who can reach "
@@ -120,6 +119,7 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
         )
     queries = named_queries.load(settings.queries_dir)
     migrator = build_migrator(cluster, settings)
+    metrics = Metrics(cluster, migrator)
     inflight = InFlight()
 
     @asynccontextmanager

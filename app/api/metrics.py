@@ -22,6 +22,8 @@ from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
 from app.cluster.node import Role
 from app.errors import ClientGone, DatabaseError, MirrorpoolError, NodeFailed, QueryTimeout
+from app.migrations.history import State, current_version
+from app.migrations.runner import Migrator
 
 router = APIRouter(tags=["probes"])
 
@@ -29,7 +31,7 @@ router = APIRouter(tags=["probes"])
 class Metrics:
     """The service's registry and its request-level instruments."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, migrator: Migrator) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "mirrorpool_http_requests",
@@ -50,7 +52,7 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-        self.registry.register(ClusterCollector(cluster))
+        self.registry.register(ClusterCollector(cluster, migrator))
 
     def render(self) -> bytes:
         """The exposition text."""
@@ -60,8 +62,9 @@ class Metrics:
 class ClusterCollector(Collector):
     """Per-node and per-event figures, read from the cluster at scrape time."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, migrator: Migrator) -> None:
         self.cluster = cluster
+        self.migrator = migrator
 
     def collect(self) -> Iterator[Metric]:
         """Yield the node, pool and event metrics."""
@@ -126,6 +129,18 @@ class ClusterCollector(Collector):
         for kind in EventKind:
             events.add_metric([kind.value], self.cluster.events.counts[kind])
         yield events
+        seen = self.migrator.last_seen
+        if seen is not None:
+            # As of the last migration status, plan or run (any replica's runs show on its
+            # next status call).
+            yield GaugeMetricFamily(
+                "mirrorpool_migration_version", "Highest applied migration version.",
+                value=float(current_version(seen) or 0),
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "mirrorpool_migrations_pending", "Migration files not applied yet.",
+                value=float(sum(1 for v in seen if v.state is State.PENDING)),
+            )  # fmt: skip
 
 
 class MetricsMiddleware:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api import examples
 from app.api.auth import ANONYMOUS, ApiKey, scoped
 from app.api.errors import problem_responses
 from app.errors import MirrorpoolError
@@ -153,7 +154,10 @@ async def _run(
 
 @router.post("/v1/migrations/apply", summary="Apply migrations", responses=_PROBLEMS)
 async def apply(
-    migrator: MigratorDep, request: Request, key: MigrateKey, body: ApplyIn | None = None
+    migrator: MigratorDep,
+    request: Request,
+    key: MigrateKey,
+    body: Annotated[ApplyIn | None, Body(openapi_examples=examples.APPLY)] = None,
 ) -> StepsOut:
     """Apply pending versions in order, one transaction per file; 409 if an applied file
     changed or went missing, or another run holds the lock."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
+from app.api import examples
 from app.api.auth import ApiKey, counted, require, scoped
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
@@ -89,7 +90,7 @@ async def run_query(
     engine: EngineDep,
     settings: SettingsDep,
     key: Annotated[ApiKey, Depends(counted)],
-    body: RunNamedQuery | None = None,
+    body: Annotated[RunNamedQuery | None, Body(openapi_examples=examples.NAMED)] = None,
 ) -> Response:
     """Runs even when raw SQL is switched off; read-only queries may be served by a mirror.
     Needs `read` for a read-only query, `write` for any other."""

@@ -7,10 +7,11 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
+from app.api import examples
 from app.api.auth import ApiKey, counted, require
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
@@ -189,7 +190,7 @@ def _fit(payload: dict[str, Any], result: StatementResult, size: int, max_bytes:
     responses=problem_responses(400, 401, 403, 409, 413, 429, 503, 504),
 )
 async def query(
-    body: QueryRequest,
+    body: Annotated[QueryRequest, Body(openapi_examples=examples.QUERY)],
     request: Request,
     engine: EngineDep,
     settings: SettingsDep,
@@ -229,7 +230,7 @@ async def run_query(
     responses=problem_responses(400, 401, 403, 409, 413, 429, 503, 504),
 )
 async def transaction(
-    body: TransactionRequest,
+    body: Annotated[TransactionRequest, Body(openapi_examples=examples.TRANSACTION)],
     request: Request,
     engine: EngineDep,
     settings: SettingsDep,
@@ -295,7 +296,7 @@ async def transaction(
     },
 )
 async def query_stream(
-    body: StreamRequest,
+    body: Annotated[StreamRequest, Body(openapi_examples=examples.STREAM)],
     request: Request,
     engine: EngineDep,
     settings: SettingsDep,

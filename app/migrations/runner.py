@@ -51,6 +51,8 @@ class Migrator:
         self.cluster = cluster
         self.migrations = migrations
         self.settings = settings
+        # What the last status, plan or run saw, for /metrics (no query at scrape time).
+        self.last_seen: list[VersionState] | None = None
 
     @asynccontextmanager
     async def _writer(self) -> AsyncIterator[tuple[str, psycopg.AsyncConnection[Any]]]:
@@ -73,7 +75,8 @@ class Migrator:
     async def status(self) -> list[VersionState]:
         """Every version and its state."""
         async with self._writer() as (_, conn):
-            return history.states(self.migrations, await history.read(conn))
+            self.last_seen = history.states(self.migrations, await history.read(conn))
+            return self.last_seen
 
     async def plan(self, target: int | None) -> list[Step]:
         """The steps that would run, without running anything."""
@@ -108,6 +111,7 @@ class Migrator:
                 for step in steps:
                     ms = await self._step(conn, node, step, actor)
                     done.append(step.as_json() | {"status": "done", "execution_ms": ms})
+                    self.last_seen = history.states(self.migrations, await history.read(conn))
                     logger.info(
                         "migration %s %d_%s by %s in %d ms",
                         step.direction, step.version, step.name, actor, ms,

@@ -299,3 +299,19 @@ def test_bad_file_names_stop_start_up(tmp_path: Path, files: list[str], fragment
     with pytest.raises(SettingsError) as caught:
         discover(tmp_path)
     assert fragment in str(caught.value)
+
+
+async def test_migration_version_and_pending_count_are_metrics(
+    api: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    _, client = api
+    await client.post("/v1/migrations/apply", json={"target": 2})
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families((await client.get("/metrics")).text)
+        for s in family.samples
+    }
+    assert samples["mirrorpool_migration_version"] == 2
+    assert samples["mirrorpool_migrations_pending"] == 1
