@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.types import Receive
+
+
+async def client_gone(receive: Receive) -> None:
+    """Return once the client has disconnected (call after the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def disconnected(request: Request) -> None:
-    """Return once the client has disconnected (after the body has been read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+    """client_gone() for a Starlette request."""
+    await client_gone(request.receive)

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api.auth import Keyring
+from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
 from app.api.query import QueryRequest, run_query
@@ -73,7 +74,7 @@ class FastQueryLane:
             self.keyring.enter(key)
             try:
                 return await run_query(
-                    request, self.engine, self.settings, partial(_disconnected, receive), key
+                    request, self.engine, self.settings, partial(client_gone, receive), key
                 )
             finally:
                 self.keyring.leave(key)
@@ -105,9 +106,3 @@ class FastQueryLane:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone (the body has been read by then)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -465,9 +465,3 @@ async def _rollback(conn: AsyncConnection[Any]) -> None:
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-def _loop_time(deadline: float) -> float:
-    """Convert a time.monotonic() deadline to the event loop's clock."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (deadline - time.monotonic())
