@@ -89,6 +89,11 @@ def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
 
 def build_cluster(settings: Settings) -> Cluster:
     """The cluster, its connections set up for the query engine."""
+    if settings.pgbouncer:
+        # PgBouncer refuses the `options` startup parameter, and a session behind a
+        # transaction pooler is not ours to set up: the engine sets what it relies on in
+        # every transaction instead (SET LOCAL, see Engine.own_sessions).
+        return Cluster(settings, configure=register_loaders)
     return Cluster(
         settings,
         session_options=session.startup_options(
