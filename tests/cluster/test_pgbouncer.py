@@ -36,10 +36,13 @@ ROUNDS = 16  # well beyond psycopg's prepare_threshold (5)
 @pytest.fixture(scope="module")
 def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
     """PgBouncer in front of the shared primary; a missing binary fails, it never skips."""
+    missing = None
     try:
         pgbouncer = LocalPgBouncer(pair, work_dir / "pgbouncer", pool_size=SERVER_CONNECTIONS)
     except PgBouncerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
     with pgbouncer:
         yield pgbouncer
 
