@@ -387,6 +387,17 @@ async def test_transaction_scoped_forms_run(
         assert after["rows"] in ([[None]], [[""]])  # the setting ended with the transaction
 
 
+async def test_statements_that_cannot_run_in_a_transaction_answer_400(
+    pair: LocalPair, bouncer: LocalPgBouncer, database: str
+) -> None:
+    async with serve(pair, bouncer, database) as (_, client):
+        await query(client, "CREATE TABLE t (id int)")
+        for sql in ("VACUUM t", "CREATE INDEX CONCURRENTLY t_id ON t (id)"):
+            response = await client.post("/v1/query", json={"sql": sql})
+            assert response.status_code == 400, response.text
+            assert response.json()["sqlstate"] == "25001"
+
+
 async def test_no_session_reset_reaches_shared_server_connections(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
