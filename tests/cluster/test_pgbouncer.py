@@ -98,6 +98,15 @@ async def test_health_and_both_parameter_styles(
         assert (read_only["rows"], read_only["node"]) == ([[1]], "primary")
 
 
+async def test_without_the_setting_health_names_what_pgbouncer_refused(
+    pair: LocalPair, bouncer: LocalPgBouncer, database: str
+) -> None:
+    async with serve(pair, bouncer, database, pgbouncer=False) as (_, client):
+        health = await client.get("/health")
+    assert health.status_code == 503
+    assert "unsupported startup parameter: options" in " ".join(health.json()["reasons"])
+
+
 async def test_pool_connections_share_fewer_server_connections(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
