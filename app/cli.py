@@ -110,9 +110,10 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     migrator = build_migrator(cluster, settings)
     await cluster.open()
     try:
-        await cluster.wait_for_writer(
-            settings.connect_timeout + settings.health_timeout * settings.health_threshold
-        )
+        if settings.migrations_dsn is None:  # else the run connects there, writer or not
+            await cluster.wait_for_writer(
+                settings.connect_timeout + settings.health_timeout * settings.health_threshold
+            )
         actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
         try:
             for line in await _migration_lines(migrator, args, actor):

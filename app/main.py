@@ -22,8 +22,10 @@ from app.api.inflight import InFlight, InFlightMiddleware
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
+from app.cluster.dsn import dsn_secrets, with_defaults
 from app.migrations.files import discover
 from app.migrations.runner import MigrationSettings, Migrator
+from app.redaction import redactor
 from app.settings import Settings, load_settings
 from app.sql import named as named_queries
 from app.sql import session
@@ -75,7 +77,13 @@ PROBLEM_400 = {
 
 
 def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
-    """The migration engine over the files in MIRRORPOOL_MIGRATIONS_DIR."""
+    """The migration engine over the files in MIRRORPOOL_MIGRATIONS_DIR, running on the
+    writer or on MIRRORPOOL_MIGRATIONS_DSN when that is set."""
+    direct = None
+    if settings.migrations_dsn is not None:
+        dsn = settings.migrations_dsn.get_secret_value()
+        redactor.add(*dsn_secrets(dsn))
+        direct = with_defaults(dsn, connect_timeout=settings.connect_timeout)
     return Migrator(
         cluster,
         discover(settings.migrations_dir),
@@ -84,11 +92,17 @@ def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
             lock_wait_s=settings.migration_lock_wait_s,
             statement_timeout_ms=settings.migration_statement_timeout_ms,
         ),
+        direct,
     )
 
 
 def build_cluster(settings: Settings) -> Cluster:
     """The cluster, its connections set up for the query engine."""
+    if settings.pgbouncer:
+        # PgBouncer refuses the `options` startup parameter, and a session behind a
+        # transaction pooler is not ours to set up: the engine sets what it relies on in
+        # every transaction instead (SET LOCAL, see Engine.own_sessions).
+        return Cluster(settings, configure=register_loaders)
     return Cluster(
         settings,
         session_options=session.startup_options(

@@ -62,6 +62,18 @@ class Settings(BaseSettings):
     mirror_dsn: SecretStr | None = Field(
         None, description="DSN of the mirror, or a comma-separated list of mirrors."
     )
+    pgbouncer: bool = Field(
+        False,
+        description="The DSNs lead to PgBouncer (or another pooler) in transaction mode: no "
+        "server-side prepared statements or startup options, every request in a transaction "
+        "that sets what it relies on, statements that change the session refused. Needs "
+        "MIRRORPOOL_MIGRATIONS_DSN.",
+    )
+    migrations_dsn: SecretStr | None = Field(
+        None,
+        description="DSN migrations use instead of the writer's: a direct connection to the "
+        "primary, which keeps the session advisory lock (required with MIRRORPOOL_PGBOUNCER).",
+    )
     pool_min_size: int = Field(2, ge=0, description="Connections each node's pool keeps open.")
     pool_max_size: int = Field(10, ge=1, description="Most connections a node's pool opens.")
     pool_timeout: float = Field(
@@ -185,9 +197,9 @@ class Settings(BaseSettings):
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("primary_dsn")
+    @field_validator("primary_dsn", "migrations_dsn")
     @classmethod
-    def _check_primary_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+    def _check_dsn(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             try:
                 parse_dsn(value.get_secret_value())
@@ -216,6 +228,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}POOL_MIN_SIZE ({self.pool_min_size}) is greater than "
                 f"{ENV_PREFIX}POOL_MAX_SIZE ({self.pool_max_size})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_migrations_dsn(self) -> Self:
+        # A session advisory lock taken through a transaction pooler stays on whichever
+        # server connection took it; the unlock may reach another one.
+        if self.pgbouncer and self.migrations_dsn is None:
+            raise ValueError(
+                f"{ENV_PREFIX}PGBOUNCER=true needs {ENV_PREFIX}MIGRATIONS_DSN: migrations hold "
+                "a session advisory lock, which transaction pooling does not keep; set it to a "
+                "direct DSN of the primary (not through PgBouncer)"
             )
         return self
 
@@ -274,7 +298,7 @@ class Settings(BaseSettings):
         return split_dsn_list(self.mirror_dsn.get_secret_value())
 
 
-_SECRET_FIELDS = {"primary_dsn", "mirror_dsn", "api_keys"}
+_SECRET_FIELDS = {"primary_dsn", "mirror_dsn", "migrations_dsn", "api_keys"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 

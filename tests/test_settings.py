@@ -91,7 +91,9 @@ def test_min_above_max_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-@pytest.mark.parametrize("variable", ["MIRRORPOOL_PRIMARY_DSN", "MIRRORPOOL_MIRROR_DSN"])
+@pytest.mark.parametrize(
+    "variable", ["MIRRORPOOL_PRIMARY_DSN", "MIRRORPOOL_MIRROR_DSN", "MIRRORPOOL_MIGRATIONS_DSN"]
+)
 def test_unparsable_dsn_is_refused_without_echoing_it(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
@@ -100,6 +102,20 @@ def test_unparsable_dsn_is_refused_without_echoing_it(
         load_settings()
     assert f"{variable}: is not a valid libpq connection string" in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+def test_pgbouncer_needs_a_migrations_dsn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIRRORPOOL_PGBOUNCER", "true")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "MIRRORPOOL_PGBOUNCER=true needs MIRRORPOOL_MIGRATIONS_DSN" in message
+    assert "\n" not in message
+    monkeypatch.setenv("MIRRORPOOL_MIGRATIONS_DSN", f"host=db1 password={SECRET}")
+    s = load_settings()
+    assert s.pgbouncer
+    assert s.migrations_dsn is not None
+    assert SECRET not in repr(s) and SECRET not in str(s.model_dump())
 
 
 def test_mirror_list_splits_on_commas_between_dsns_only() -> None:
@@ -162,4 +178,19 @@ def test_cli_bad_dsn_line_hides_the_password() -> None:
     result = run_cli("serve", env=env)
     assert result.returncode == 2
     assert "MIRRORPOOL_PRIMARY_DSN" in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate", "apply"]])
+def test_cli_exits_2_when_pgbouncer_has_no_migrations_dsn(command: list[str]) -> None:
+    env = base_env() | {
+        "MIRRORPOOL_PGBOUNCER": "true",
+        "MIRRORPOOL_PRIMARY_DSN": f"host=pgbouncer password={SECRET}",
+    }
+    result = run_cli(*command, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mirrorpool: invalid settings: MIRRORPOOL_PGBOUNCER=true needs ")
+    assert "MIRRORPOOL_MIGRATIONS_DSN" in lines[0]
     assert SECRET not in result.stderr + result.stdout

@@ -89,6 +89,12 @@ class Node:
             tcp_user_timeout=10_000,
         )
         self.state = NodeState()
+        kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": AsyncRawCursor}
+        if settings.pgbouncer:
+            # A prepared statement lives in one server session, and a transaction pooler
+            # may run the next transaction on another ("prepared statement _pg3_0 does not
+            # exist"): never prepare.
+            kwargs["prepare_threshold"] = None
         self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             self._dsn,
             open=False,
@@ -99,7 +105,7 @@ class Node:
             max_waiting=settings.pool_max_waiting,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
-            kwargs={"autocommit": True, "cursor_factory": AsyncRawCursor},
+            kwargs=kwargs,
             configure=configure,
         )
 

@@ -1,7 +1,9 @@
 """Running migrations: status, plan, apply, rollback and repair, on the writer only.
 
 Each run holds the migration lock (app/migrations/lock.py) and works on a connection of its
-own to the writer, never a pool connection, so no session setting leaks into traffic. A
+own to the writer, never a pool connection, so no session setting leaks into traffic. With
+MIRRORPOOL_MIGRATIONS_DSN both connections go there instead: behind PgBouncer in transaction
+mode the writer's DSN leads to the pooler, which does not keep a session advisory lock. A
 transactional step runs its file and writes its history row in one transaction, so a failure
 leaves nothing behind but the error. A no-transaction step (CREATE INDEX CONCURRENTLY) that
 fails is recorded as failed, and further runs are refused until it is repaired. Every DDL
@@ -28,9 +30,13 @@ from app.migrations.files import Migration
 from app.migrations.history import State, VersionState
 from app.migrations.lock import migration_lock
 from app.migrations.plan import Step, plan, refuse_drift
+from app.redaction import redactor
 from app.sql.errors import database_error
 
 logger = logging.getLogger("app.migrations")
+
+# The node name errors report for a run on MIRRORPOOL_MIGRATIONS_DSN.
+DIRECT_NODE = "migrations_dsn"
 
 
 @dataclass(frozen=True)
@@ -46,29 +52,52 @@ class Migrator:
     """The migration engine used by the HTTP endpoints and the CLI alike."""
 
     def __init__(
-        self, cluster: Cluster, migrations: list[Migration], settings: MigrationSettings
+        self,
+        cluster: Cluster,
+        migrations: list[Migration],
+        settings: MigrationSettings,
+        direct_dsn: str | None = None,
     ) -> None:
         self.cluster = cluster
         self.migrations = migrations
         self.settings = settings
+        # MIRRORPOOL_MIGRATIONS_DSN (a secret): runs go there rather than to the writer.
+        self.direct_dsn = direct_dsn
         # What the last status, plan or run saw, for /metrics (no query at scrape time).
         self.last_seen: list[VersionState] | None = None
 
     @asynccontextmanager
-    async def _writer(self) -> AsyncIterator[tuple[str, psycopg.AsyncConnection[Any]]]:
-        """A dedicated connection to the writer, checked to be out of recovery."""
-        writer = self.cluster.writer
-        if writer is None:
-            raise NoWriterError("migrations run on the writer, and no writable node is reachable")
-        conn = await psycopg.AsyncConnection.connect(
-            writer.dsn, autocommit=True, application_name="mirrorpool-migrate"
-        )
+    async def _writer(
+        self, *, locked: bool = False
+    ) -> AsyncIterator[tuple[str, psycopg.AsyncConnection[Any]]]:
+        """A dedicated connection to the writer (or to MIRRORPOOL_MIGRATIONS_DSN), checked to
+        be out of recovery; with `locked`, the migration lock is held on the same server."""
+        if self.direct_dsn is not None:
+            name, dsn = DIRECT_NODE, self.direct_dsn
+        else:
+            writer = self.cluster.writer
+            if writer is None:
+                raise NoWriterError(
+                    "migrations run on the writer, and no writable node is reachable"
+                )
+            name, dsn = writer.name, writer.dsn
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, application_name="mirrorpool-migrate"
+            )
+        except psycopg.OperationalError as exc:
+            first = redactor.scrub(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
+            raise NoWriterError(f"migrations cannot connect to {name}: {first}") from None
         try:
             cur = await conn.execute("SELECT pg_is_in_recovery()")
             row = await cur.fetchone()
             if row and row[0]:
-                raise NoWriterError(f"{writer.name} is in recovery; migrations need the writer")
-            yield writer.name, conn
+                raise NoWriterError(f"{name} is in recovery; migrations need the writer")
+            if not locked:
+                yield name, conn
+                return
+            async with migration_lock(dsn, self.settings.lock_wait_s):
+                yield name, conn
         finally:
             await conn.close()
 
@@ -94,29 +123,27 @@ class Migrator:
     async def _run(
         self, target: int | None, *, dry_run: bool, actor: str, direction: str
     ) -> list[dict[str, Any]]:
-        async with self._writer() as (node, conn):
-            dsn = self.cluster.writer.dsn if self.cluster.writer else ""
-            async with migration_lock(dsn, self.settings.lock_wait_s):
-                await conn.execute(history.CREATE_SQL)
-                versions = history.states(self.migrations, await history.read(conn))
-                refuse_drift(versions)
-                steps = plan(versions, target)
-                if direction == "up" and any(s.direction == "down" for s in steps):
-                    steps = []
-                if direction == "down" and any(s.direction == "up" for s in steps):
-                    steps = []
-                if dry_run:
-                    return [s.as_json() | {"status": "planned"} for s in steps]
-                done = []
-                for step in steps:
-                    ms = await self._step(conn, node, step, actor)
-                    done.append(step.as_json() | {"status": "done", "execution_ms": ms})
-                    self.last_seen = history.states(self.migrations, await history.read(conn))
-                    logger.info(
-                        "migration %s %d_%s by %s in %d ms",
-                        step.direction, step.version, step.name, actor, ms,
-                    )  # fmt: skip
-                return done
+        async with self._writer(locked=True) as (node, conn):
+            await conn.execute(history.CREATE_SQL)
+            versions = history.states(self.migrations, await history.read(conn))
+            refuse_drift(versions)
+            steps = plan(versions, target)
+            if direction == "up" and any(s.direction == "down" for s in steps):
+                steps = []
+            if direction == "down" and any(s.direction == "up" for s in steps):
+                steps = []
+            if dry_run:
+                return [s.as_json() | {"status": "planned"} for s in steps]
+            done = []
+            for step in steps:
+                ms = await self._step(conn, node, step, actor)
+                done.append(step.as_json() | {"status": "done", "execution_ms": ms})
+                self.last_seen = history.states(self.migrations, await history.read(conn))
+                logger.info(
+                    "migration %s %d_%s by %s in %d ms",
+                    step.direction, step.version, step.name, actor, ms,
+                )  # fmt: skip
+            return done
 
     async def _step(
         self, conn: psycopg.AsyncConnection[Any], node: str, step: Step, actor: str
@@ -177,29 +204,27 @@ class Migrator:
 
     async def repair(self, version: int | None, *, actor: str) -> list[dict[str, Any]]:
         """Forget failed entries and re-record checksums of edited files."""
-        async with self._writer() as (_, conn):
-            dsn = self.cluster.writer.dsn if self.cluster.writer else ""
-            async with migration_lock(dsn, self.settings.lock_wait_s):
-                versions = history.states(self.migrations, await history.read(conn))
-                repaired = []
-                for v in versions:
-                    if version is not None and v.version != version:
-                        continue
-                    if v.state is State.FAILED:
-                        await conn.execute(
-                            f"DELETE FROM {history.TABLE} WHERE version = %s", [v.version]
-                        )
-                        repaired.append({"version": v.version, "action": "cleared failed entry"})
-                    elif v.state is State.MODIFIED and v.migration:
-                        await conn.execute(
-                            f"UPDATE {history.TABLE} SET checksum = %s WHERE version = %s",
-                            [v.migration.up.checksum, v.version],
-                        )
-                        repaired.append({"version": v.version, "action": "re-recorded checksum"})
-                    elif v.state is State.MISSING:
-                        await conn.execute(
-                            f"DELETE FROM {history.TABLE} WHERE version = %s", [v.version]
-                        )
-                        repaired.append({"version": v.version, "action": "forgot missing file"})
-                logger.warning("migration repair by %s: %s", actor, repaired or "nothing to do")
-                return repaired
+        async with self._writer(locked=True) as (_, conn):
+            versions = history.states(self.migrations, await history.read(conn))
+            repaired = []
+            for v in versions:
+                if version is not None and v.version != version:
+                    continue
+                if v.state is State.FAILED:
+                    await conn.execute(
+                        f"DELETE FROM {history.TABLE} WHERE version = %s", [v.version]
+                    )
+                    repaired.append({"version": v.version, "action": "cleared failed entry"})
+                elif v.state is State.MODIFIED and v.migration:
+                    await conn.execute(
+                        f"UPDATE {history.TABLE} SET checksum = %s WHERE version = %s",
+                        [v.migration.up.checksum, v.version],
+                    )
+                    repaired.append({"version": v.version, "action": "re-recorded checksum"})
+                elif v.state is State.MISSING:
+                    await conn.execute(
+                        f"DELETE FROM {history.TABLE} WHERE version = %s", [v.version]
+                    )
+                    repaired.append({"version": v.version, "action": "forgot missing file"})
+            logger.warning("migration repair by %s: %s", actor, repaired or "nothing to do")
+            return repaired

@@ -30,6 +30,7 @@ from app.sql.guard import Guard
 from app.sql.lexer import first_keyword
 from app.sql.placeholders import BoundSQL
 from app.sql.session import Isolation
+from app.sql.types import SESSION_SETTINGS
 
 T = TypeVar("T")
 RowFormat = Literal["array", "object"]
@@ -91,6 +92,12 @@ class Engine:
         self.cluster = cluster
         self.settings = settings
         self.types = TypeNames()
+        # False behind a transaction pooler (MIRRORPOOL_PGBOUNCER): a pooled connection is
+        # then no server session of our own. Nothing it carries can be relied on (no plain
+        # fast path: every request is a transaction that SETs LOCAL what it needs), and
+        # nothing may be reset in it (the reset would reach another client's session).
+        self.own_sessions = not settings.pgbouncer
+        self._local_settings = None if self.own_sessions else SESSION_SETTINGS
         self._background: set[asyncio.Future[Any]] = set()
         self._inflight: dict[str, set[Guard]] = {n.name: set() for n in cluster.nodes}
         cluster.on_node_lost.append(self._sever)
@@ -117,7 +124,11 @@ class Engine:
             try:
                 yield node.name, conn, mark_dirty
             finally:
-                if (dirty or session.snapshot(conn) != before) and not conn.closed:
+                if (
+                    self.own_sessions
+                    and (dirty or session.snapshot(conn) != before)
+                    and not conn.closed
+                ):
                     await session.reset(conn)
 
     def _guard(self, timeout_ms: int, abort: Abort | None) -> Guard:
@@ -131,7 +142,8 @@ class Engine:
         """
         intent: Intent = "read" if limits.read_only else "write"
         plain = (
-            not limits.read_only
+            self.own_sessions
+            and not limits.read_only
             and limits.role is None
             and limits.timeout_ms == self.settings.statement_timeout_ms
         )
@@ -192,7 +204,11 @@ class Engine:
             inflight.discard(guard)
             guard.use(None)
             try:
-                if (dirty or session.snapshot(conn) != before) and not conn.closed:
+                if (
+                    self.own_sessions
+                    and (dirty or session.snapshot(conn) != before)
+                    and not conn.closed
+                ):
                     await session.reset(conn)
             finally:
                 await node.pool.putconn(conn)
@@ -346,6 +362,7 @@ class Engine:
             timeout_ms=timeout_ms,
             lock_timeout_ms=self.settings.lock_timeout_ms,
             role=role,
+            local_settings=self._local_settings,
         )
 
     async def _statement(

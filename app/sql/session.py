@@ -11,6 +11,7 @@ connection is reset before anyone else gets it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -83,8 +84,10 @@ def begin_sql(
     timeout_ms: int,
     lock_timeout_ms: int,
     role: str | None = None,
+    local_settings: Mapping[str, str] | None = None,
 ) -> sql.Composed:
-    """BEGIN with the transaction's mode and its local timeouts, as one simple query."""
+    """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
+    sessions that do not carry them: behind a transaction pooler), as one simple query."""
     mode = []
     if isolation:
         mode.append(sql.SQL("ISOLATION LEVEL " + isolation.replace("_", " ").upper()))
@@ -96,6 +99,9 @@ def begin_sql(
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
     ]
+    for name, value in (local_settings or {}).items():
+        # Names are mirrorpool's own constants (SESSION_SETTINGS), never a request's.
+        parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
     if role is not None:
         parts.append(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
     return sql.SQL("; ").join(parts)

@@ -6,6 +6,7 @@ from typing import Any
 
 from app.errors import Forbidden, InvalidSQL, LimitExceeded
 from app.settings import Settings
+from app.sql import transaction_pooling
 from app.sql.lexer import code_words
 from app.sql.placeholders import BoundSQL, bind
 from app.sql.types import to_param
@@ -18,7 +19,8 @@ def prepare(
     role: str | None = None,
 ) -> BoundSQL:
     """Check the limits, bind `:name` or `$n` parameters, and adapt the values. With a role,
-    refuse statements that would leave it (SET/RESET ROLE, SESSION AUTHORIZATION, ...)."""
+    refuse statements that would leave it (SET/RESET ROLE, SESSION AUTHORIZATION, ...);
+    behind PgBouncer, statements that would change the shared server session."""
     if len(sql) > settings.max_sql_length:
         raise LimitExceeded(
             f"the SQL is {len(sql)} characters long; the limit is {settings.max_sql_length}"
@@ -37,6 +39,8 @@ def prepare(
             "session's settings (SET/RESET ROLE, SESSION AUTHORIZATION, RESET ALL, DISCARD, "
             "set_config) are refused"
         )
+    if settings.pgbouncer and (why := transaction_pooling.refusal(bound.sql)) is not None:
+        raise InvalidSQL(why)
     return BoundSQL(bound.sql, [to_param(v) for v in bound.params], bound.names)
 
 

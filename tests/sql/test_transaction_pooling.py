@@ -1,0 +1,70 @@
+"""Which statements pgbouncer mode refuses: those that change the shared server session."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.sql.transaction_pooling import refusal
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("SET search_path = app", "SET without LOCAL"),
+        ("set session statement_timeout = 0", "SET without LOCAL"),
+        ("SET ROLE reporting", "SET without LOCAL"),
+        ("SET SESSION AUTHORIZATION bob", "SET without LOCAL"),
+        ("RESET ALL", "RESET"),
+        ("DISCARD ALL", "DISCARD"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("LISTEN jobs", "LISTEN"),
+        ("SELECT set_config('app.user', 'ada', false)", "set_config(..., false)"),
+        ("SELECT pg_catalog.set_config('app.user', $1, $2)", "set_config(..., false)"),
+        ("SELECT pg_advisory_lock(42)", "pg_advisory_lock()"),
+        ("SELECT pg_try_advisory_lock_shared(1, 2)", "pg_try_advisory_lock_shared()"),
+        ("SELECT pg_advisory_unlock_all()", "pg_advisory_unlock_all()"),
+        ("CREATE TEMP TABLE scratch (id int)", "a temporary object"),
+        ("create global temporary table scratch (id int)", "a temporary object"),
+        ("CREATE TABLE IF NOT EXISTS pg_temp.scratch (id int)", "a temporary object"),
+        ("SELECT 1 AS id INTO TEMP scratch", "a temporary object"),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE ... WITH HOLD"),
+        ("BEGIN", "a transaction control statement"),
+        ("START TRANSACTION", "a transaction control statement"),
+        ("COMMIT", "a transaction control statement"),
+        ("ROLLBACK", "a transaction control statement"),
+        ("END", "a transaction control statement"),
+    ],
+)
+def test_session_changes_are_refused_with_the_alternative(sql: str, what: str) -> None:
+    why = refusal(sql)
+    assert why is not None
+    assert why.startswith(f"MIRRORPOOL_PGBOUNCER=true refuses {what}")
+    assert "; " in why  # says what to do instead
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "SET LOCAL statement_timeout = 100",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET CONSTRAINTS ALL DEFERRED",
+        "SELECT set_config('app.user', 'ada', true)",
+        "SELECT set_config(concat('app.', 'user'), 'ada', 'on')",
+        "SELECT pg_advisory_xact_lock(42)",
+        "CREATE TEMP TABLE scratch (id int) ON COMMIT DROP",
+        "DECLARE c CURSOR FOR SELECT 1",
+        "SAVEPOINT a",
+        "ROLLBACK TO SAVEPOINT a",
+        "NOTIFY jobs, 'x'",
+        # Words inside literals, quoted identifiers and comments, and ordinary names.
+        "SELECT 'SET x = 1; pg_advisory_lock(1)' AS s -- set_config(a, b, false)",
+        'SELECT "temp", hold, temporary FROM weather',
+        "INSERT INTO temp (hold) VALUES (1)",
+        "ALTER TABLE t SET (fillfactor = 50)",
+        "ALTER ROLE app SET work_mem = '64MB'",
+        "UPDATE settings SET value = 'x' WHERE name = 'reset'",
+    ],
+)
+def test_transaction_scoped_statements_pass(sql: str) -> None:
+    assert refusal(sql) is None
