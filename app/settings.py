@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     fast_path: bool = Field(
         True, description="Serve POST /v1/query without FastAPI's per-request machinery."
     )
+    multiplex: bool = Field(
+        True,
+        description="Pipeline concurrent quick plain statements on shared pool connections, "
+        "each committed on its own (off behind PgBouncer).",
+    )
     allow_raw_sql: bool = Field(
         True, description="false: only named queries run; /v1/query and friends answer 403."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.responses import Response
@@ -20,7 +21,8 @@ from app.api.auth import Keyring
 from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
-from app.api.query import QueryRequest, run_query
+from app.api.query import NODE_HEADER as NODE
+from app.api.query import QueryRequest, result_body, run_query
 from app.api.request_id import HEADER, assign_request_id
 from app.errors import ClientGone, MirrorpoolError, PayloadTooLarge
 from app.settings import Settings
@@ -29,6 +31,11 @@ from app.sql.engine import Engine
 logger = logging.getLogger(__name__)
 
 PATH = "/v1/query"
+NODE_HEADER = NODE.lower().encode()
+
+
+def _parts(response: Response) -> tuple[int, list[Any], bytes]:
+    return response.status_code, list(response.raw_headers), bytes(response.body)
 
 
 def is_query(scope: Scope) -> bool:
@@ -51,42 +58,44 @@ class FastQueryLane:
         rid = assign_request_id(scope)
         self.inflight.enter()
         try:
-            response = await self._answer(scope, receive)
+            status, headers, body = await self._answer(scope, receive)
         finally:
             self.inflight.leave()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [*response.raw_headers, (HEADER, rid.encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        headers.append((HEADER, rid.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _answer(self, scope: Scope, receive: Receive) -> Response:
+    async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, list[Any], bytes]:
         try:
             key = self.keyring.identify(scope)
             body = await self._body(scope, receive)
             try:
                 request = QueryRequest.model_validate_json(body)
             except ValidationError as exc:
-                return validation_problem(scope, exc.errors(include_input=False))
+                return _parts(validation_problem(scope, exc.errors(include_input=False)))
             self.keyring.enter(key)
             try:
-                return await run_query(
+                outcome = await run_query(
                     request, self.engine, self.settings, partial(client_gone, receive), key
                 )
             finally:
                 self.keyring.leave(key)
+            answer = result_body(outcome, self.settings.max_response_bytes)
         except MirrorpoolError as exc:
-            return error_response(scope, exc)
+            return _parts(error_response(scope, exc))
         except Exception:
             logger.exception("unexpected error in POST %s", PATH)
-            return problem_response(
+            return _parts(problem_response(
                 scope, 500, "internal", "Internal error",
                 "an unexpected error occurred; the service log has the details under this "
                 "request id",
-            )  # fmt: skip
+            ))  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(answer)).encode()),
+            (NODE_HEADER, outcome.node.encode()),
+        ]
+        return 200, headers, answer
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes

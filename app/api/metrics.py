@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -149,6 +150,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._instruments: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,9 +170,16 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or scope.get("mirrorpool_route", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            key = (template, scope["method"], status)
+            instruments = self._instruments.get(key)
+            if instruments is None:
+                # Route templates, methods and statuses are few: look each label set up once.
+                instruments = self._instruments[key] = (
+                    self.metrics.requests.labels(template, key[1], str(status)),
+                    self.metrics.latency.labels(template, key[1]),
+                )
+            instruments[0].inc()
+            instruments[1].observe(time.perf_counter() - started)
 
 
 @router.get(

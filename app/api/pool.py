@@ -10,13 +10,23 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from app.api.auth import Keyring, require
-from app.api.deps import ClusterDep, SettingsDep
+from app.api.deps import ClusterDep, EngineDep, SettingsDep
 from app.api.errors import problem_responses
 from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
 from app.cluster.node import Node, Role
+from app.sql.engine import Engine
 
 router = APIRouter(tags=["probes"])
+
+
+class LaneStatsOut(BaseModel):
+    """Quick plain statements sent pipelined on shared connections (app/sql/multiplex.py)."""
+
+    statements: int = Field(description="Statements sent through the lane.")
+    batches: int = Field(description="Pipelines sent; statements / batches is the sharing.")
+    mean_batch: float
+    largest_batch: int
 
 
 class NodeStats(BaseModel):
@@ -40,6 +50,9 @@ class NodeStats(BaseModel):
         "usage_ms, returns_bad, connections_num, connections_ms, connections_errors, "
         "connections_lost."
     )
+    multiplexing: LaneStatsOut | None = Field(
+        None, description="Absent when MIRRORPOOL_MULTIPLEX is off or behind PgBouncer."
+    )
 
 
 class EventOut(BaseModel):
@@ -60,8 +73,9 @@ class PoolStats(BaseModel):
     event_counts: dict[EventKind, int] = Field(description="Events of each kind since start.")
 
 
-def _node_stats(node: Node) -> NodeStats:
+def _node_stats(node: Node, engine: Engine) -> NodeStats:
     s = node.state
+    lane = engine.mux.lanes.get(node.name) if engine.mux is not None else None
     return NodeStats(
         name=node.name,
         target=node.target,
@@ -76,6 +90,7 @@ def _node_stats(node: Node) -> NodeStats:
         consecutive_failures=s.consecutive_failures,
         error=s.error,
         pool=node.pool_stats(),
+        multiplexing=LaneStatsOut(**lane.stats.as_json()) if lane is not None else None,
     )
 
 
@@ -100,20 +115,21 @@ async def _stats_reader(request: Request, settings: SettingsDep) -> None:
 )
 async def pool_stats(
     cluster: ClusterDep,
+    engine: EngineDep,
     format: Literal["json", "text"] = "json",
 ) -> PoolStats | Response:
     """Per node: psycopg_pool's figures, observed role, reachability and last check.
     `?format=text` gives the same at a glance, for a terminal."""
-    stats = _stats(cluster)
+    stats = _stats(cluster, engine)
     if format == "text":
         return Response(_as_text(stats), media_type="text/plain; charset=utf-8")
     return stats
 
 
-def _stats(cluster: Cluster) -> PoolStats:
+def _stats(cluster: Cluster, engine: Engine) -> PoolStats:
     return PoolStats(
         writer=cluster.writer.name if cluster.writer else None,
-        nodes=[_node_stats(n) for n in cluster.nodes],
+        nodes=[_node_stats(n, engine) for n in cluster.nodes],
         events=[
             EventOut(time=e.time, kind=e.kind, node=e.node, reason=e.reason)
             for e in cluster.events.recent()

@@ -19,7 +19,8 @@ from app.api.errors import error_response, problem_responses
 from app.errors import Forbidden, LimitExceeded, MirrorpoolError
 from app.settings import Settings
 from app.sql.columns import Column
-from app.sql.engine import Abort, Engine, Limits, Outcome, StatementResult
+from app.sql.engine import Abort, Engine, Limits, Outcome
+from app.sql.results import StatementResult
 from app.sql.statement import prepare
 
 router = APIRouter(tags=["query"])
@@ -157,15 +158,24 @@ def check_raw_sql(settings: Settings) -> None:
         )
 
 
-def result_response(outcome: Outcome, max_bytes: int) -> Response:
-    """The JSON answer of a single-statement request, rows cut to fit `max_bytes`."""
+def result_body(outcome: Outcome, max_bytes: int) -> bytes:
+    """The JSON body of a single-statement answer, rows cut to fit `max_bytes`."""
     payload = outcome.results[0].as_json()
     payload["node"] = outcome.node
     payload["duration_ms"] = outcome.duration_ms
     body = orjson.dumps(payload)
     if len(body) > max_bytes:
         body = _fit(payload, outcome.results[0], len(body), max_bytes)
-    return Response(body, media_type="application/json", headers={NODE_HEADER: outcome.node})
+    return body
+
+
+def result_response(outcome: Outcome, max_bytes: int) -> Response:
+    """The JSON answer of a single-statement request, rows cut to fit `max_bytes`."""
+    return Response(
+        result_body(outcome, max_bytes),
+        media_type="application/json",
+        headers={NODE_HEADER: outcome.node},
+    )
 
 
 def _fit(payload: dict[str, Any], result: StatementResult, size: int, max_bytes: int) -> bytes:
@@ -201,12 +211,13 @@ async def query(
     Needs the `read` scope (the statement then runs READ ONLY, enforced by PostgreSQL) or
     `write`.
     """
-    return await run_query(body, engine, settings, partial(disconnected, request), key)
+    outcome = await run_query(body, engine, settings, partial(disconnected, request), key)
+    return result_response(outcome, settings.max_response_bytes)
 
 
 async def run_query(
     body: QueryRequest, engine: Engine, settings: Settings, abort: Abort, key: ApiKey
-) -> Response:
+) -> Outcome:
     """/v1/query, whichever way the request arrived (app/api/fast_lane.py or FastAPI)."""
     require(key, "read", "write")
     check_raw_sql(settings)
@@ -219,8 +230,7 @@ async def run_query(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    outcome = await engine.run(bound, limits, abort)
-    return result_response(outcome, settings.max_response_bytes)
+    return await engine.run(bound, limits, abort)
 
 
 @router.post(

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
@@ -24,16 +24,16 @@ from app.cluster.node import Node
 from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
 from app.settings import Settings
 from app.sql import session
-from app.sql.columns import Column, TypeNames
+from app.sql.columns import TypeNames
 from app.sql.errors import database_error
 from app.sql.guard import Guard
-from app.sql.lexer import first_keyword
+from app.sql.multiplex import Multiplexer
 from app.sql.placeholders import BoundSQL
+from app.sql.results import RowFormat, StatementResult, affected, statement_result, streamed_tag
 from app.sql.session import Isolation
 from app.sql.types import SESSION_SETTINGS
 
 T = TypeVar("T")
-RowFormat = Literal["array", "object"]
 # Returns once the HTTP client has gone; called only if the request lasts (app/sql/guard.py).
 Abort = Callable[[], Awaitable[Any]]
 
@@ -51,28 +51,6 @@ class Limits:
     read_only: bool = False
     row_format: RowFormat = "array"
     role: str | None = None
-
-
-@dataclass(slots=True)
-class StatementResult:
-    """What one statement returned."""
-
-    columns: list[Column]
-    rows: list[Any]
-    command: str | None
-    rows_affected: int | None
-    truncated: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        """The result as the API reports it (rows stay as fetched)."""
-        return {
-            "columns": [c.as_json() for c in self.columns],
-            "rows": self.rows,
-            "row_count": len(self.rows),
-            "rows_affected": self.rows_affected,
-            "command": self.command,
-            "truncated": self.truncated,
-        }
 
 
 @dataclass(slots=True)
@@ -98,6 +76,12 @@ class Engine:
         # nothing may be reset in it (the reset would reach another client's session).
         self.own_sessions = not settings.pgbouncer
         self._local_settings = None if self.own_sessions else SESSION_SETTINGS
+        # Quick plain statements share connections, pipelined (app/sql/multiplex.py).
+        self.mux = (
+            Multiplexer(cluster, settings, self.types)
+            if settings.multiplex and self.own_sessions
+            else None
+        )
         self._background: set[asyncio.Future[Any]] = set()
         self._inflight: dict[str, set[Guard]] = {n.name: set() for n in cluster.nodes}
         cluster.on_node_lost.append(self._sever)
@@ -106,6 +90,8 @@ class Engine:
         """The node is down or fenced: fail its in-flight requests now (reads retry)."""
         for guard in list(self._inflight.get(node.name, ())):
             guard.sever()
+        if self.mux is not None:
+            self.mux.sever(node, psycopg.OperationalError(f"{node.name} was lost"))
 
     @asynccontextmanager
     async def _session(
@@ -169,6 +155,8 @@ class Engine:
     ) -> tuple[str, StatementResult]:
         # The hot path: no context-manager machinery, one round trip for a plain request.
         node = self.cluster.pick(intent, avoid)
+        if plain and self.mux is not None and self.mux.known.quick(bound.sql):
+            return node.name, await self._multiplexed(node, bound, limits)
         inflight = self._inflight[node.name]
         inflight.add(guard)
         try:
@@ -190,7 +178,13 @@ class Engine:
         guard.use(conn)
         try:
             if plain:
+                started = time.perf_counter()
                 result = await self._statement(conn, node.name, bound, limits, mark_dirty)
+                if self.mux is not None:
+                    if dirty:
+                        self.mux.known.forget(bound.sql)
+                    else:
+                        self.mux.known.observe(bound.sql, time.perf_counter() - started)
             else:
                 await conn.execute(
                     self._begin(limits.read_only, None, limits.timeout_ms, limits.role)
@@ -214,10 +208,21 @@ class Engine:
                 await node.pool.putconn(conn)
         return node.name, result
 
+    async def _multiplexed(self, node: Node, bound: BoundSQL, limits: Limits) -> StatementResult:
+        """Run a quick plain statement through the node's lane. Its deadline and its
+        client's leaving are the guard's: this request stops waiting, the batch goes on."""
+        assert self.mux is not None
+        try:
+            return await self.mux.run(
+                node, bound.sql, bound.params, limits.max_rows, limits.row_format
+            )
+        except psycopg.Error as exc:
+            raise await self._failure(exc, None, node.name, "write") from None
+
     async def _failure(
         self,
         exc: psycopg.Error,
-        conn: AsyncConnection[Any],
+        conn: AsyncConnection[Any] | None,
         node: str,
         intent: Intent,
         index: int | None = None,
@@ -225,7 +230,9 @@ class Engine:
         """The error to raise for `exc`. A sign that the node failed, or was turned into a
         standby under us (25006 on a write), makes the monitor look at it at once."""
         error = database_error(exc, node, statement_index=index)
-        demoted = intent == "write" and exc.sqlstate == "25006" and await _in_recovery(conn)
+        demoted = (
+            intent == "write" and exc.sqlstate == "25006" and await self._in_recovery(node, conn)
+        )
         if isinstance(error, NodeFailed) or demoted:
             target = self.cluster.node(node)
             if target is not None:
@@ -235,6 +242,19 @@ class Engine:
                 f"{node} no longer accepts writes (it is a standby); retry shortly"
             )
         return error
+
+    async def _in_recovery(self, node: str, conn: AsyncConnection[Any] | None) -> bool:
+        """pg_is_in_recovery() on this connection, or on one of the node's pool."""
+        if conn is not None:
+            return await _in_recovery(conn)
+        target = self.cluster.node(node)
+        if target is None:
+            return False
+        try:
+            async with target.pool.connection(timeout=self.settings.pool_timeout) as other:
+                return await _in_recovery(other)
+        except Exception:
+            return False
 
     async def transaction(
         self,
@@ -348,8 +368,10 @@ class Engine:
                     raise await self._failure(exc, conn, node, intent) from None
                 if session.may_dirty(bound.sql, cur.statusmessage):
                     mark_dirty()
-            command = cur.statusmessage or _streamed_tag(bound.sql, count)
-            await queue.put(("end", StatementResult([], [], command, _affected_by(command, count))))
+            command = cur.statusmessage or streamed_tag(bound.sql, count)
+            await queue.put(
+                ("end", StatementResult([], [], command, affected(command, None, count)))
+            )
         except Exception as exc:  # handed to the consumer, which raises it
             await queue.put(("error", exc))
 
@@ -375,20 +397,15 @@ class Engine:
     ) -> StatementResult:
         cur = conn.cursor()
         await cur.execute(bound.sql, bound.params)
-        if session.may_dirty(bound.sql, cur.statusmessage):
+        command = cur.statusmessage
+        if session.may_dirty(bound.sql, command):
             mark_dirty()
         if cur.description is None:
-            return StatementResult([], [], cur.statusmessage, _affected(cur, 0))
+            return StatementResult([], [], command, affected(command, cur.rowcount, 0))
         rows = await cur.fetchmany(limits.max_rows + 1)
-        truncated = len(rows) > limits.max_rows
-        if truncated:
-            del rows[limits.max_rows :]
         columns = await self.types.of_result(conn, node, cur.pgresult)
-        if limits.row_format == "object":
-            names = [c.name for c in columns]
-            rows = [dict(zip(names, row, strict=True)) for row in rows]
-        return StatementResult(
-            columns, rows, cur.statusmessage, _affected(cur, len(rows)), truncated
+        return statement_result(
+            columns, rows, command, cur.rowcount, limits.max_rows, limits.row_format
         )
 
     async def with_deadline(
@@ -431,31 +448,6 @@ class Engine:
         self._background.discard(task)
         if not task.cancelled():
             task.exception()
-
-
-_DML = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
-
-
-def _affected(cur: Any, fetched: int) -> int | None:
-    """rows_affected for DML (INSERT/UPDATE/DELETE/MERGE/COPY), None otherwise."""
-    tag = (cur.statusmessage or "").split(" ", 1)[0]
-    if tag in _DML:
-        return int(cur.rowcount) if cur.rowcount >= 0 else fetched
-    return None
-
-
-def _affected_by(command: str, count: int) -> int | None:
-    return count if command.split(" ", 1)[0] in _DML else None
-
-
-def _streamed_tag(sql: str, count: int) -> str:
-    """The status tag of a streamed statement (psycopg keeps only the last chunk's result)."""
-    keyword = first_keyword(sql) or "SELECT"
-    if keyword == "INSERT":
-        return f"INSERT 0 {count}"
-    if keyword in _DML:
-        return f"{keyword} {count}"
-    return f"SELECT {count}"
 
 
 async def _in_recovery(conn: AsyncConnection[Any]) -> bool:

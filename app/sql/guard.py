@@ -105,7 +105,7 @@ class Guard:
         the node's connections (the request is not expired and may be retried)."""
         if self._conn is not None:
             if not self._conn.closed:
-                _shut(self._conn)
+                shut(self._conn)
         elif self._task is not None:
             self.severed = True
             self._task.cancel()
@@ -122,7 +122,7 @@ class Guard:
         self._expired = True
         conn = self._conn
         if conn is not None and not conn.closed:
-            _shut(conn)
+            shut(conn)
             return
         if self._task is not None:
             self._task.cancel()
@@ -138,7 +138,7 @@ class Guard:
             self._task.cancel()
 
 
-def _shut(conn: AsyncConnection[Any]) -> None:
+def shut(conn: AsyncConnection[Any]) -> None:
     """EOF on the connection's socket: psycopg raises at once instead of asking a server
     that may never answer to cancel. The pool drops the broken connection."""
     with contextlib.suppress(OSError):

@@ -1,0 +1,73 @@
+"""What a statement returned, as the API reports it, whichever way it ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.sql.columns import Column
+from app.sql.lexer import first_keyword
+
+RowFormat = Literal["array", "object"]
+
+_DML = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+
+
+@dataclass(slots=True)
+class StatementResult:
+    """What one statement returned."""
+
+    columns: list[Column]
+    rows: list[Any]
+    command: str | None
+    rows_affected: int | None
+    truncated: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as the API reports it (rows stay as fetched)."""
+        return {
+            "columns": [c.as_json() for c in self.columns],
+            "rows": self.rows,
+            "row_count": len(self.rows),
+            "rows_affected": self.rows_affected,
+            "command": self.command,
+            "truncated": self.truncated,
+        }
+
+
+def statement_result(
+    columns: list[Column],
+    rows: list[Any],
+    command: str | None,
+    rowcount: int | None,
+    max_rows: int,
+    row_format: RowFormat,
+) -> StatementResult:
+    """A result from up to max_rows + 1 fetched rows (one more says it was truncated)."""
+    truncated = len(rows) > max_rows
+    if truncated:
+        del rows[max_rows:]
+    if row_format == "object":
+        names = [c.name for c in columns]
+        rows = [dict(zip(names, row, strict=True)) for row in rows]
+    return StatementResult(
+        columns, rows, command, affected(command, rowcount, len(rows)), truncated
+    )
+
+
+def affected(command: str | None, rowcount: int | None, fetched: int) -> int | None:
+    """rows_affected for DML (INSERT/UPDATE/DELETE/MERGE/COPY), None otherwise."""
+    tag = (command or "").split(" ", 1)[0]
+    if tag in _DML:
+        return rowcount if rowcount is not None and rowcount >= 0 else fetched
+    return None
+
+
+def streamed_tag(sql: str, count: int) -> str:
+    """The status tag of a streamed statement (psycopg keeps only the last chunk's result)."""
+    keyword = first_keyword(sql) or "SELECT"
+    if keyword == "INSERT":
+        return f"INSERT 0 {count}"
+    if keyword in _DML:
+        return f"{keyword} {count}"
+    return f"SELECT {count}"

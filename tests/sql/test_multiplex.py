@@ -1,0 +1,218 @@
+"""Multiplexing: quick plain statements share pooled connections, pipelined, each on its own.
+
+Every test runs many requests at once against a small pool, so statements really do queue
+and share round trips (checked in /pool/stats), and checks what each caller got back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.devdb import LocalPair
+from tests.conftest import PairFactory, serving_ready, settings_for
+
+
+@pytest.fixture
+async def api(pair: LocalPair) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    settings = settings_for(pair, pool_max_size=2, pool_max_waiting=1000)
+    async with serving_ready(settings) as served:
+        yield served
+
+
+@pytest.fixture
+async def client(api: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
+    return api[1]
+
+
+async def q(client: httpx.AsyncClient, sql: str, params: Any = None, **extra: Any) -> Any:
+    return await client.post("/v1/query", json={"sql": sql, "params": params, **extra})
+
+
+async def lane(client: httpx.AsyncClient) -> dict[str, Any]:
+    stats = (await client.get("/pool/stats")).json()
+    primary = next(n for n in stats["nodes"] if n["name"] == "primary")
+    assert primary["multiplexing"] is not None
+    result: dict[str, Any] = primary["multiplexing"]
+    return result
+
+
+async def fresh_table(client: httpx.AsyncClient, columns: str) -> str:
+    name = f"mux_{uuid.uuid4().hex[:12]}"
+    created = await q(client, f"CREATE TABLE {name} ({columns})")
+    assert created.status_code == 200, created.text
+    return name
+
+
+async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_row(
+    client: httpx.AsyncClient,
+) -> None:
+    table = await fresh_table(client, "id int PRIMARY KEY, label text")
+    filled = await q(
+        client, f"INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, 300) g"
+    )
+    assert filled.status_code == 200
+    sql = f"SELECT id, label FROM {table} WHERE id = $1"
+    assert (await q(client, sql, [1])).status_code == 200  # seen once, and quick
+    before = await lane(client)
+
+    answers = await asyncio.gather(*(q(client, sql, [i]) for i in range(1, 301)))
+
+    for i, answer in enumerate(answers, start=1):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["rows"] == [[i, f"row {i}"]]
+        assert [c["type"] for c in body["columns"]] == ["int4", "text"]
+        assert body["command"] == "SELECT 1"
+    after = await lane(client)
+    statements = after["statements"] - before["statements"]
+    batches = after["batches"] - before["batches"]
+    assert statements == 300
+    # Two pool connections served 300 statements in far fewer round trips.
+    assert batches <= statements / 4, after
+    assert after["largest_batch"] > 4
+
+
+async def test_each_statement_commits_or_fails_on_its_own(client: httpx.AsyncClient) -> None:
+    # Pipelined statements sharing one implicit transaction would take the successful
+    # inserts down with a failing neighbour: each must stand alone, as in autocommit.
+    table = await fresh_table(client, "k int UNIQUE, at timestamptz DEFAULT now()")
+    sql = f"INSERT INTO {table} (k) VALUES ($1)"
+    assert (await q(client, sql, [-1])).status_code == 200
+    before = await lane(client)
+
+    answers = await asyncio.gather(*(q(client, sql, [i % 50]) for i in range(100)))
+
+    ok = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(ok) == 50
+    assert all(a.json()["rows_affected"] == 1 for a in ok)
+    assert all(a.json()["command"] == "INSERT 0 1" for a in ok)
+    assert len(refused) == 50
+    assert {(a.status_code, a.json()["sqlstate"]) for a in refused} == {(409, "23505")}
+    count = await q(client, f"SELECT count(*) AS n, count(DISTINCT k) AS k FROM {table}")
+    assert count.json()["rows"] == [["51", "51"]]
+    after = await lane(client)
+    assert after["batches"] - before["batches"] < after["statements"] - before["statements"]
+
+
+async def test_a_failing_statement_leaves_its_batch_neighbours_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    sql = "SELECT 100 / $1::int AS quotient"
+    assert (await q(client, sql, [1])).status_code == 200
+    before = await lane(client)
+
+    answers = await asyncio.gather(*(q(client, sql, [i % 5]) for i in range(100)))
+
+    for i, answer in enumerate(answers):
+        if i % 5 == 0:
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["sqlstate"] == "22012"
+        else:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["rows"] == [[100 // (i % 5)]]
+    after = await lane(client)
+    assert after["batches"] - before["batches"] < after["statements"] - before["statements"]
+
+
+async def test_row_limits_and_object_rows_hold_in_the_lane(client: httpx.AsyncClient) -> None:
+    sql = "SELECT g AS n FROM generate_series(1, $1::int) g"
+    assert (await q(client, sql, [2])).status_code == 200
+    before = await lane(client)
+
+    answers = await asyncio.gather(
+        *(q(client, sql, [10 + i], max_rows=3, row_format="object") for i in range(40))
+    )
+
+    for answer in answers:
+        body = answer.json()
+        assert body["rows"] == [{"n": 1}, {"n": 2}, {"n": 3}]
+        assert body["truncated"] is True
+        assert body["row_count"] == 3
+    assert (await lane(client))["statements"] - before["statements"] == 40
+
+
+async def test_slow_statements_and_session_changes_keep_a_connection_of_their_own(
+    client: httpx.AsyncClient,
+) -> None:
+    slow = "SELECT pg_sleep(0.02), $1::int AS n"
+    changes = "SELECT set_config('search_path', $1, false) AS path"
+    assert (await q(client, slow, [0])).status_code == 200
+    assert (await q(client, changes, ["pg_catalog"])).status_code == 200
+    before = await lane(client)
+
+    answers = await asyncio.gather(
+        *(q(client, slow, [i]) for i in range(8)),
+        *(q(client, changes, ["pg_catalog"]) for _ in range(8)),
+    )
+
+    assert [a.status_code for a in answers] == [200] * 16
+    assert (await lane(client))["statements"] == before["statements"]
+    # The session change did not outlive its request on any pooled connection.
+    shown = await asyncio.gather(*(q(client, "SHOW search_path") for _ in range(8)))
+    assert {a.json()["rows"][0][0] for a in shown} == {'"$user", public'}
+
+
+async def test_waiting_beyond_the_limit_is_refused_at_once(pair: LocalPair) -> None:
+    async with serving_ready(settings_for(pair, pool_max_size=1, pool_max_waiting=10)) as (
+        _,
+        client,
+    ):
+        sql = "SELECT $1::int AS n"
+        assert (await q(client, sql, [1])).status_code == 200
+
+        answers = await asyncio.gather(*(q(client, sql, [i]) for i in range(200)))
+
+        refused = [a for a in answers if a.status_code == 503]
+        assert refused, "200 requests at once, 10 may wait: some must be refused"
+        assert all(a.headers["retry-after"] == "1" for a in refused)
+        assert all("waiting" in a.json()["detail"] for a in refused)
+        served = [(i, a) for i, a in enumerate(answers) if a.status_code == 200]
+        assert len(served) + len(refused) == 200
+        assert all(a.json()["rows"] == [[i]] for i, a in served)
+
+
+async def test_prepared_statements_dropped_under_the_lane_are_prepared_again(
+    pair: LocalPair,
+) -> None:
+    # One connection: the DEALLOCATE ALL runs where the lane prepared its statements.
+    async with serving_ready(settings_for(pair, pool_max_size=1)) as (_, client):
+        sql = "SELECT $1::int * 2 AS doubled"
+        assert (await q(client, sql, [1])).status_code == 200
+        first = await asyncio.gather(*(q(client, sql, [i]) for i in range(20)))
+        assert [a.json()["rows"] for a in first] == [[[i * 2]] for i in range(20)]
+
+        assert (await q(client, "DEALLOCATE ALL")).status_code == 200
+
+        again = await asyncio.gather(*(q(client, sql, [i]) for i in range(20)))
+        assert [a.status_code for a in again] == [200] * 20
+        assert [a.json()["rows"] for a in again] == [[[i * 2]] for i in range(20)]
+
+
+async def test_a_frozen_server_cannot_hold_multiplexed_requests(make_pair: PairFactory) -> None:
+    own = make_pair(mirrors=0)
+    settings = settings_for(own, pool_max_size=2, statement_timeout_ms=500)
+    async with serving_ready(settings) as (_, client):
+        sql = "SELECT $1::int AS n"
+        assert (await q(client, sql, [1])).status_code == 200
+        assert [
+            a.status_code for a in await asyncio.gather(*(q(client, sql, [i]) for i in range(20)))
+        ] == [200] * 20
+        own.primary.freeze()
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(q(client, sql, [i]) for i in range(20)))
+            elapsed = time.monotonic() - started
+        finally:
+            own.primary.thaw()
+        # Each request's deadline is its timeout plus one second of grace.
+        assert elapsed < 3.0, elapsed
+        assert {a.status_code for a in answers} <= {503, 504}, [a.text for a in answers]
