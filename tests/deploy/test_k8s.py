@@ -251,9 +251,10 @@ def test_the_connection_budget_fits_the_cluster() -> None:
     hpa = one(folder, "HorizontalPodAutoscaler")["spec"]
     surge = one(folder, "Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
     pods = hpa["maxReplicas"] + surge  # a rollout at full scale runs one pod more
-    # Per pod and node: each worker's pool and its health probe, plus a migration's lock.
+    # Per pod, on the primary: each worker's pool and health probe, and while a migration runs
+    # its two connections of its own (the advisory lock's and the migration's).
     per_pod = int(settings["MIRRORPOOL_WORKERS"]) * (int(settings["MIRRORPOOL_POOL_MAX_SIZE"]) + 1)
-    used = pods * (per_pod + 1)
+    used = pods * (per_pod + 2)
     parameters = one(folder, "Cluster")["spec"]["postgresql"]["parameters"]
     available = int(parameters["max_connections"]) - int(
         parameters.get("superuser_reserved_connections", 3)
