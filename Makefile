@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test lint format clean bench bench-failover
+.PHONY: install run test lint format clean bench bench-failover lock
 
 # Installing twice is quick: pip runs again only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -42,6 +42,19 @@ bench: $(BENCH_STAMP)
 bench-failover: $(BENCH_STAMP)
 	@command -v pgpool >/dev/null || (apt-get update -qq && apt-get install -y -qq pgpool2)
 	$(BIN)/python -m tests.bench.failover
+
+# The image's dependencies (Dockerfile): pyproject.toml's runtime dependencies and the build
+# backend, pinned with every file's hash. Resolved against PyPI alone (local pip config and
+# wheel folders are set aside) so the hashes are PyPI's, for every platform the image builds on.
+LOCK_ENV := env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT \
+	PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock"
+LOCK_ARGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links --index-url https://pypi.org/simple
+
+lock: $(STAMP)
+	$(LOCK_ENV) $(BIN)/pip-compile $(LOCK_ARGS) --output-file requirements.lock pyproject.toml
+	$(LOCK_ENV) $(BIN)/pip-compile $(LOCK_ARGS) --only-build-deps --build-deps-for wheel \
+		--output-file requirements-build.lock pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix app tests

@@ -25,7 +25,7 @@ from app.cluster.cluster import Cluster
 from app.cluster.dsn import dsn_secrets, with_defaults
 from app.migrations.files import discover
 from app.migrations.runner import MigrationSettings, Migrator
-from app.redaction import redactor
+from app.redaction import configure_logging, redactor
 from app.settings import Settings, load_settings
 from app.sql import named as named_queries
 from app.sql import session
@@ -118,7 +118,12 @@ def build_cluster(settings: Settings) -> Cluster:
 
 def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     """Build the app. The cluster is created (and its pools opened) by the lifespan."""
-    settings = settings or load_settings()
+    if settings is None:
+        # A uvicorn worker (MIRRORPOOL_WORKERS > 1) builds its app from the environment in a
+        # process of its own, which `mirrorpool serve` never set up: without this its records
+        # would skip the redacting filter and the configured format (and INFO would be lost).
+        settings = load_settings()
+        configure_logging(settings.log_level.value, settings.log_format)
     # Built here, not in the lifespan, so a missing DSN fails before the server starts.
     cluster = build_cluster(settings)
     settings.check_auth()

@@ -10,7 +10,7 @@ import yaml
 from app.devdb import LocalPair
 from tests.conftest import serving_ready, settings_for
 
-DEPLOY = Path(__file__).parent.parent / "deploy" / "prometheus"
+DEPLOY = Path(__file__).parents[2] / "deploy" / "prometheus"
 
 
 async def test_alert_rules_use_only_exported_metrics(pair: LocalPair) -> None:
