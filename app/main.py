@@ -50,7 +50,7 @@ class MirrorpoolApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_lane is not None and is_query(scope):
             scope["app"] = self
-            scope["mirrorpool_route"] = "/v1/query"
+            scope["mirrorpool_route"] = scope["path"]
             await self.fast_lane(scope, receive, send)
             return
         await super().__call__(scope, receive, send)

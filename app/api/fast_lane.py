@@ -1,37 +1,64 @@
-"""The hot path: POST /v1/query served straight from ASGI.
+"""The hot paths: POST /v1/query and /v1/transaction served straight from ASGI.
 
 FastAPI's per-request machinery (middleware stack, routing, dependency solving) costs more
 CPU than the query itself. This lane reads the body, validates it with the same
 pydantic model (in pydantic-core, from the raw bytes), runs it through the same
-`run_query`, and sends the bytes back. Every other request, and /v1/query itself when
-MIRRORPOOL_FAST_PATH=false, goes through FastAPI, which also documents this route.
+`run_query` or `run_transaction`, and sends the bytes back. Every other request, and these
+two when MIRRORPOOL_FAST_PATH=false, go through FastAPI, which also documents them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.auth import Keyring
+from app.api.auth import ApiKey, Keyring
 from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
 from app.api.query import NODE_HEADER as NODE
-from app.api.query import QueryRequest, result_body, run_query
+from app.api.query import (
+    QueryRequest,
+    TransactionRequest,
+    result_body,
+    run_query,
+    run_transaction,
+    transaction_body,
+)
 from app.api.request_id import HEADER, assign_request_id
 from app.errors import ClientGone, MirrorpoolError, PayloadTooLarge
 from app.settings import Settings
-from app.sql.engine import Engine
+from app.sql.engine import Abort, Engine, Outcome
 
 logger = logging.getLogger(__name__)
 
-PATH = "/v1/query"
 NODE_HEADER = NODE.lower().encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """How the lane answers one path: the body's model, the work, the answer's encoding."""
+
+    model: type[BaseModel]
+    run: Callable[[Any, Engine, Settings, Abort, ApiKey], Awaitable[Outcome]]
+    encode: Callable[[Outcome, Settings], bytes]
+
+
+ROUTES = {
+    "/v1/query": _Route(
+        QueryRequest, run_query, lambda out, settings: result_body(out, settings.max_response_bytes)
+    ),
+    "/v1/transaction": _Route(
+        TransactionRequest, run_transaction, lambda out, settings: transaction_body(out)
+    ),
+}
 
 
 def _parts(response: Response) -> tuple[int, list[Any], bytes]:
@@ -40,11 +67,11 @@ def _parts(response: Response) -> tuple[int, list[Any], bytes]:
 
 def is_query(scope: Scope) -> bool:
     """True for the requests the lane answers."""
-    return bool(scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST")
+    return bool(scope["type"] == "http" and scope["path"] in ROUTES and scope["method"] == "POST")
 
 
 class FastQueryLane:
-    """Answers POST /v1/query straight from ASGI (see MirrorpoolApp in app/main.py)."""
+    """Answers POST /v1/query and /v1/transaction straight from ASGI (see app/main.py)."""
 
     def __init__(
         self, engine: Engine, settings: Settings, inflight: InFlight, keyring: Keyring
@@ -66,25 +93,26 @@ class FastQueryLane:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, list[Any], bytes]:
+        route = ROUTES[scope["path"]]
         try:
             key = self.keyring.identify(scope)
             body = await self._body(scope, receive)
             try:
-                request = QueryRequest.model_validate_json(body)
+                request = route.model.model_validate_json(body)
             except ValidationError as exc:
                 return _parts(validation_problem(scope, exc.errors(include_input=False)))
             self.keyring.enter(key)
             try:
-                outcome = await run_query(
+                outcome = await route.run(
                     request, self.engine, self.settings, partial(client_gone, receive), key
                 )
             finally:
                 self.keyring.leave(key)
-            answer = result_body(outcome, self.settings.max_response_bytes)
+            answer = route.encode(outcome, self.settings)
         except MirrorpoolError as exc:
             return _parts(error_response(scope, exc))
         except Exception:
-            logger.exception("unexpected error in POST %s", PATH)
+            logger.exception("unexpected error in POST %s", scope["path"])
             return _parts(problem_response(
                 scope, 500, "internal", "Internal error",
                 "an unexpected error occurred; the service log has the details under this "

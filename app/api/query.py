@@ -250,6 +250,18 @@ async def transaction(
 
     Serialization failures and deadlocks (40001, 40P01) answer 409 with `retryable: true`.
     """
+    outcome = await run_transaction(body, engine, settings, partial(disconnected, request), key)
+    return Response(
+        transaction_body(outcome),
+        media_type="application/json",
+        headers={NODE_HEADER: outcome.node},
+    )
+
+
+async def run_transaction(
+    body: TransactionRequest, engine: Engine, settings: Settings, abort: Abort, key: ApiKey
+) -> Outcome:
+    """/v1/transaction, whichever way the request arrived (app/api/fast_lane.py or FastAPI)."""
     require(key, "read", "write")
     check_raw_sql(settings)
     if len(body.statements) > settings.max_statements:
@@ -271,7 +283,7 @@ async def transaction(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    outcome = await engine.transaction(
+    return await engine.transaction(
         bound,
         isolation=body.isolation,
         read_only=limits.read_only,
@@ -279,15 +291,18 @@ async def transaction(
         timeout_ms=limits.timeout_ms,
         max_rows=limits.max_rows,
         row_format=body.row_format,
-        abort=partial(disconnected, request),
+        abort=abort,
     )
-    payload = {
-        "results": [r.as_json() for r in outcome.results],
-        "node": outcome.node,
-        "duration_ms": outcome.duration_ms,
-    }
-    return Response(
-        orjson.dumps(payload), media_type="application/json", headers={NODE_HEADER: outcome.node}
+
+
+def transaction_body(outcome: Outcome) -> bytes:
+    """The JSON body of a transaction's answer: one result per statement."""
+    return orjson.dumps(
+        {
+            "results": [r.as_json() for r in outcome.results],
+            "node": outcome.node,
+            "duration_ms": outcome.duration_ms,
+        }
     )
 
 

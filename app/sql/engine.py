@@ -23,11 +23,12 @@ from app.cluster.cluster import Cluster, Intent
 from app.cluster.node import Node
 from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
 from app.settings import Settings
-from app.sql import session
+from app.sql import pipeline, session
 from app.sql.columns import TypeNames
 from app.sql.errors import database_error
 from app.sql.guard import Guard
 from app.sql.multiplex import Multiplexer
+from app.sql.pipeline import Command
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult, affected, statement_result, streamed_tag
 from app.sql.session import Isolation
@@ -281,18 +282,85 @@ class Engine:
             inflight = self._inflight[node]
             inflight.add(guard)
             try:
-                await conn.execute(self._begin(read_only, isolation, timeout_ms, role))
-                for bound in statements:
-                    results.append(await self._statement(conn, node, bound, limits, dirty))
-                await conn.execute("COMMIT")
+                if self.own_sessions:
+                    results = await self._pipelined(
+                        conn, node, statements, limits, isolation, dirty
+                    )
+                else:
+                    await conn.execute(self._begin(read_only, isolation, timeout_ms, role))
+                    for bound in statements:
+                        results.append(await self._statement(conn, node, bound, limits, dirty))
+                    await conn.execute("COMMIT")
             except psycopg.Error as exc:
                 await _rollback(conn)
-                index = len(results) if len(results) < len(statements) else None
+                if isinstance(exc, _StatementFailed):
+                    index, exc = exc.index, exc.cause
+                elif self.own_sessions:  # the connection failed: no statement is to blame
+                    index = None
+                else:
+                    index = len(results) if len(results) < len(statements) else None
                 raise await self._failure(exc, conn, node, intent, index) from None
             finally:
                 inflight.discard(guard)
                 guard.use(None)
         return Outcome(results, node, _ms_since(started))
+
+    async def _pipelined(
+        self,
+        conn: AsyncConnection[Any],
+        node: str,
+        statements: list[BoundSQL],
+        limits: Limits,
+        isolation: Isolation,
+        mark_dirty: Callable[[], None],
+    ) -> list[StatementResult]:
+        """BEGIN, the limits, every statement and COMMIT in one round trip (pipeline mode:
+        the statements cannot use each other's results, so nothing waits for them)."""
+        limits_sql, values = (
+            session.LOCAL_LIMITS_SQL,
+            [
+                str(limits.timeout_ms),
+                str(self.settings.lock_timeout_ms),
+            ],
+        )
+        if limits.role is not None:
+            limits_sql, values = session.LOCAL_LIMITS_AS_ROLE_SQL, [*values, limits.role]
+        commands = [
+            Command(session.begin_statement(isolation, limits.read_only), prepare=False),
+            Command(limits_sql, values),
+            *(Command(b.sql, b.params) for b in statements),
+            Command("COMMIT", prepare=False),
+        ]
+        for attempt in (1, 2):
+            (replies,) = await pipeline.run_units(conn, [commands])
+            failed = next((i for i, r in enumerate(replies) if r.error is not None), None)
+            if failed is None:
+                break
+            error = replies[failed].error
+            assert error is not None
+            if error.sqlstate == "26000" and attempt == 1:
+                # Our prepared statements are gone (a DEALLOCATE ran here): nothing ran.
+                pipeline.forget_prepared(conn)
+                await _rollback(conn)
+                continue
+            index = failed - 2 if 2 <= failed < 2 + len(statements) else None
+            raise _StatementFailed(error, index)
+        results = []
+        for bound, reply in zip(statements, replies[2:-1], strict=True):
+            result = reply.result
+            assert result is not None
+            command = result.command_status.decode() if result.command_status else None
+            if session.may_dirty(bound.sql, command):
+                mark_dirty()
+            columns = await self.types.of_result(conn, node, result)
+            rows = pipeline.load_rows(conn, result, limits.max_rows + 1)
+            results.append(
+                statement_result(
+                    columns, rows, command, result.command_tuples, limits.max_rows,
+                    limits.row_format,
+                )
+            )  # fmt: skip
+        return results
 
     async def stream(
         self, bound: BoundSQL, limits: Limits, chunk_rows: int
@@ -470,6 +538,15 @@ async def _rollback(conn: AsyncConnection[Any]) -> None:
             await conn.execute("ROLLBACK")
         except psycopg.Error:
             await conn.close()
+
+
+class _StatementFailed(psycopg.Error):
+    """A pipelined transaction failed: the error, and which statement raised it (if one)."""
+
+    def __init__(self, cause: psycopg.Error, index: int | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.index = index
 
 
 def _ms_since(started: float) -> float:

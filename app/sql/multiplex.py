@@ -22,27 +22,22 @@ the lane; once sent, its statement runs and the answer is thrown away.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections import deque
-from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import psycopg
-from psycopg import AsyncConnection, abc, pq
-from psycopg.adapt import PyFormat, Transformer
-from psycopg.generators import fetch_many, send
-from psycopg.pq.abc import PGresult
+from psycopg import AsyncConnection
 
 from app.cluster.cluster import Cluster
 from app.cluster.node import Node
 from app.errors import MirrorpoolError, PoolExhausted
 from app.settings import Settings
-from app.sql import session
+from app.sql import pipeline, session
 from app.sql.columns import TypeNames
 from app.sql.guard import shut
+from app.sql.pipeline import Command
 from app.sql.results import RowFormat, StatementResult, statement_result
 
 logger = logging.getLogger(__name__)
@@ -51,18 +46,10 @@ logger = logging.getLogger(__name__)
 QUICK_S = 0.005
 # Statements sent in one pipeline at most.
 MAX_BATCH = 32
-# Statements prepared by name per connection at most; the rest run unnamed.
-MAX_PREPARED = 256
 # Statement texts whose speed is remembered at most.
 MAX_KNOWN = 4096
 # Seconds a batch may take beyond the statement timeout before its connection is shut.
 GRACE_S = 1.0
-
-_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
-_TUPLES = pq.ExecStatus.TUPLES_OK
-_SYNC = pq.ExecStatus.PIPELINE_SYNC
-_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
-_names = itertools.count()
 
 
 @dataclass(slots=True)
@@ -75,24 +62,6 @@ class Job:
     row_format: RowFormat
     future: asyncio.Future[StatementResult]
     retried: bool = False
-
-
-@dataclass(slots=True)
-class _Sent:
-    """A job in flight, with the name it prepares (when it does) and what came back."""
-
-    job: Job
-    prepares: bytes | None
-    key: tuple[str, Any]
-    results: list[PGresult] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _ConnState:
-    """What a lane keeps per connection: its transformer and its prepared statements."""
-
-    tx: abc.Transformer
-    prepared: dict[tuple[str, Any], bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +99,6 @@ class Lane:
         self._runners = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[AsyncConnection[Any]] = set()
-        self._conns: WeakKeyDictionary[AsyncConnection[Any], _ConnState] = WeakKeyDictionary()
 
     def submit(self, job: Job) -> None:
         """Queue a statement; start a runner while fewer run than the pool has connections."""
@@ -201,9 +169,6 @@ class Lane:
             raise
 
     async def _run_batch(self, conn: AsyncConnection[Any], jobs: list[Job]) -> None:
-        state = self._conns.get(conn)
-        if state is None:
-            state = self._conns[conn] = _ConnState(Transformer.from_context(conn))
         before = session.snapshot(conn)
         loop = asyncio.get_running_loop()
         deadline = self.settings.statement_timeout_ms / 1000 + GRACE_S
@@ -211,85 +176,28 @@ class Lane:
         self._busy.add(conn)
         started = loop.time()
         try:
-            sent = self._send(conn.pgconn, state, jobs)
-            if not sent:
-                return
-            groups = await conn.wait(_collect(conn.pgconn, len(sent)))
-            conn.pgconn.exit_pipeline_mode()
+            replies = await pipeline.run_units(conn, [[Command(j.sql, j.params)] for j in jobs])
         finally:
             timer.cancel()
             self._busy.discard(conn)
-        _distribute(sent, groups)
-        self.stats.statements += len(sent)
+        each_s = (loop.time() - started) / len(jobs)
+        self.stats.statements += len(jobs)
         self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, len(sent))
-        each_s = (loop.time() - started) / len(sent)
-        await self._finish(conn, state, sent, each_s, before)
-
-    def _send(self, pgconn: Any, state: _ConnState, jobs: list[Job]) -> list[_Sent]:
-        """Queue each statement and its Sync in libpq's buffer (one write sends them all)."""
-        tx = state.tx
-        sent: list[_Sent] = []
-        pgconn.enter_pipeline_mode()
-        for job in jobs:
-            try:
-                params = tx.dump_sequence(job.params, [PyFormat.AUTO] * len(job.params))
-            except psycopg.Error as exc:  # a value psycopg cannot send: this job only
-                _settle(job.future, error=exc)
-                continue
-            key = (job.sql, tx.types)
-            name = state.prepared.get(key)
-            prepares = None
-            if name is None and len(state.prepared) < MAX_PREPARED:
-                name = prepares = f"_mp_{next(_names)}".encode()
-                pgconn.send_prepare(name, job.sql.encode(), tx.types)
-            if name is None:
-                pgconn.send_query_params(job.sql.encode(), params, tx.types, tx.formats)
-            else:
-                pgconn.send_query_prepared(name, params, tx.formats)
-            pgconn.pipeline_sync()
-            sent.append(_Sent(job, prepares, key))
-        if not sent:
-            pgconn.exit_pipeline_mode()
-        return sent
-
-    async def _finish(
-        self,
-        conn: AsyncConnection[Any],
-        state: _ConnState,
-        sent: list[_Sent],
-        each_s: float,
-        before: tuple[bytes | None, ...],
-    ) -> None:
-        """Load rows and settle each job; reset the session if a statement changed it."""
-        tx = state.tx
-        encoding = conn.info.encoding
+        self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         dirty = session.snapshot(conn) != before
-        for item in sent:
-            job = item.job
-            results = item.results
-            if item.prepares is not None:
-                prepared, results = results[0], results[1:]
-                if prepared.status in _OK:
-                    state.prepared[item.key] = item.prepares
-                else:
-                    _settle(job.future, error=psycopg.errors.error_from_result(prepared, encoding))
-                    continue
-            result = results[0] if results else None
-            if result is None or result.status not in _OK:
-                error = _error_of(result, encoding)
-                if error.sqlstate == "26000" and item.prepares is None and not job.retried:
+        for job, (reply,) in zip(jobs, replies, strict=True):
+            if reply.error is not None:
+                if reply.error.sqlstate == "26000" and not job.retried:
                     # Our prepared statement is gone (a DEALLOCATE or DISCARD ran on this
-                    # connection): it never ran, so it can safely go again, unprepared.
-                    state.prepared.clear()
+                    # connection): the statement never ran, so it can safely go again.
+                    pipeline.forget_prepared(conn)
                     job.retried = True
-                    try:
-                        self.submit(job)
-                    except MirrorpoolError as exc:
-                        _settle(job.future, error=exc)
-                    continue
-                _settle(job.future, error=error)
+                    self._resubmit(job)
+                else:
+                    _settle(job.future, error=reply.error)
                 continue
+            result = reply.result
+            assert result is not None
             command = result.command_status.decode() if result.command_status else None
             if session.may_dirty(job.sql, command):
                 dirty = True
@@ -297,10 +205,7 @@ class Lane:
             else:
                 self.known.observe(job.sql, each_s)
             columns = await self.types.of_result(conn, self.node.name, result)
-            rows: list[Any] = []
-            if result.status == _TUPLES:
-                tx.set_pgresult(result)
-                rows = tx.load_rows(0, min(result.ntuples, job.max_rows + 1), tuple)
+            rows = pipeline.load_rows(conn, result, job.max_rows + 1)
             _settle(
                 job.future,
                 result=statement_result(
@@ -309,6 +214,12 @@ class Lane:
             )
         if dirty and not conn.closed:
             await session.reset(conn)
+
+    def _resubmit(self, job: Job) -> None:
+        try:
+            self.submit(job)
+        except MirrorpoolError as exc:
+            _settle(job.future, error=exc)
 
 
 class Known:
@@ -362,39 +273,6 @@ class Multiplexer:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per node: statements multiplexed, batches sent, mean and largest batch."""
         return {name: lane.stats.as_json() for name, lane in self.lanes.items()}
-
-
-def _collect(pgconn: Any, syncs: int) -> Generator[Any, Any, list[list[PGresult]]]:
-    """Flush the pipeline and read every result group up to the last of `syncs` Syncs."""
-    yield from send(pgconn)
-    groups: list[list[PGresult]] = []
-    while syncs:
-        results = yield from fetch_many(pgconn)
-        if not results:
-            raise psycopg.OperationalError("the pipeline ended before its last Sync")
-        if results[0].status == _SYNC:
-            syncs -= 1
-        groups.append(results)
-    return groups
-
-
-def _distribute(sent: list[_Sent], groups: list[list[PGresult]]) -> None:
-    """Hand each job the results that came back before its Sync."""
-    items = iter(sent)
-    item = next(items)
-    for results in groups:
-        if results[0].status == _SYNC:
-            item = next(items, item)
-            continue
-        item.results.extend(results)
-
-
-def _error_of(result: PGresult | None, encoding: str) -> psycopg.Error:
-    if result is None:
-        return psycopg.OperationalError("the server sent no result for the statement")
-    if result.status == _ABORTED:
-        return psycopg.errors.PipelineAborted("the statement was not run")
-    return psycopg.errors.error_from_result(result, encoding=encoding)
 
 
 def _settle(

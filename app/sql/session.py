@@ -105,3 +105,21 @@ def begin_sql(
     if role is not None:
         parts.append(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
     return sql.SQL("; ").join(parts)
+
+
+# The transaction's own limits, as one statement that pipeline mode can send (it takes one
+# statement per command, so not the `BEGIN; SET LOCAL ...` string above).
+LOCAL_LIMITS_SQL = (
+    "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)"
+)
+LOCAL_LIMITS_AS_ROLE_SQL = LOCAL_LIMITS_SQL + ", set_config('role', $3, true)"
+
+
+def begin_statement(isolation: Isolation | None, read_only: bool) -> str:
+    """BEGIN with the transaction's isolation level and access mode."""
+    mode = []
+    if isolation:
+        mode.append("ISOLATION LEVEL " + isolation.replace("_", " ").upper())
+    if read_only:
+        mode.append("READ ONLY")
+    return " ".join(["BEGIN", *mode])

@@ -184,3 +184,40 @@ async def test_deadlock_is_409_retryable(
     assert response.status_code == 409, response.text
     assert response.json()["sqlstate"] == "40P01"
     assert response.json()["retryable"] is True
+
+
+async def test_a_value_that_cannot_be_sent_names_its_statement(
+    client: httpx.AsyncClient, pair: LocalPair, table: str
+) -> None:
+    # A NUL byte cannot travel in a text parameter: psycopg refuses it before anything is
+    # sent, and the answer names the statement that carried it.
+    response = await tx(
+        client,
+        [
+            {"sql": f"INSERT INTO {table} VALUES (10, 'ten')"},
+            {"sql": f"INSERT INTO {table} VALUES (11, $1)", "params": ["nul\u0000byte"]},
+        ],
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["statement_index"] == 1
+    assert count(pair, table) == 2
+
+
+async def test_transactions_survive_their_prepared_statements_being_dropped(
+    pair: LocalPair, table: str
+) -> None:
+    # One connection, so the DEALLOCATE ALL lands where the transactions prepared theirs.
+    async with serving_ready(settings_for(pair, pool_max_size=1)) as (_, client):
+        statements: list[dict[str, Any]] = [
+            {"sql": f"UPDATE {table} SET v = $1 WHERE id = 1", "params": ["uno"]},
+            {"sql": f"SELECT v FROM {table} WHERE id = $1", "params": [1]},
+        ]
+        first = await tx(client, statements)
+        assert first.json()["results"][1]["rows"] == [["uno"]]
+        assert (await client.post("/v1/query", json={"sql": "DEALLOCATE ALL"})).status_code == 200
+
+        statements[0]["params"] = ["eins"]
+        again = await tx(client, statements)
+
+        assert again.status_code == 200, again.text
+        assert again.json()["results"][1]["rows"] == [["eins"]]
