@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, TypedDict
+from typing import IO, Any, Literal, TypedDict
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -138,6 +138,29 @@ def _die_with_parent() -> None:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def wait_until_answering(
+    connect: Callable[[], psycopg.Connection[Any]],
+    running: Callable[[], bool],
+    name: str,
+    log_tail: Callable[[], str],
+    timeout: float,
+) -> None:
+    """Poll a server (or a pooler) with `SELECT 1` until it answers; DevDBError with its log
+    tail when it exits or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not running():
+            raise DevDBError(f"{name} exited during start-up:\n{log_tail()}")
+        try:
+            with connect() as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise DevDBError(f"{name} not ready after {timeout:g} s:\n{log_tail()}") from None
+            time.sleep(0.02)
 
 
 def free_ports(count: int) -> list[int]:
@@ -263,20 +286,13 @@ class LocalNode:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the server answers a query; raise with its log tail if it dies."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.running:
-                raise DevDBError(f"{self.name} exited during start-up:\n{self.log_tail()}")
-            try:
-                with self.connect(timeout=2) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise DevDBError(
-                        f"{self.name} not ready after {timeout:g} s:\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.02)
+        wait_until_answering(
+            lambda: self.connect(timeout=2),
+            lambda: self.running,
+            self.name,
+            self.log_tail,
+            timeout,
+        )
 
     def stop(self, mode: StopMode = "fast", timeout: float = 30.0) -> None:
         """Shut the server down the way `pg_ctl stop -m MODE` does, and wait for it."""

@@ -12,14 +12,14 @@ import contextlib
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import IO
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from app.devdb import SUPERUSER, LocalPair, free_ports
+from app.devdb import SUPERUSER, LocalPair, free_ports, wait_until_answering
+from app.errors import DevDBError
 
 INSTALL_HINT = (
     "PgBouncer is needed by the PgBouncer tests and was not found on PATH or in /usr/sbin: "
@@ -123,20 +123,16 @@ server_round_robin = 0
         return path
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc is None or self._proc.poll() is not None:
-                raise PgBouncerFailed(f"pgbouncer exited during start-up:\n{self.log_tail()}")
-            try:
-                with psycopg.connect(self.dsn(), connect_timeout=2, autocommit=True) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise PgBouncerFailed(
-                        f"pgbouncer not ready after {timeout:g} s:\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.02)
+        try:
+            wait_until_answering(
+                lambda: psycopg.connect(self.dsn(), connect_timeout=2, autocommit=True),
+                lambda: self._proc is not None and self._proc.poll() is None,
+                "pgbouncer",
+                self.log_tail,
+                timeout,
+            )
+        except DevDBError as exc:
+            raise PgBouncerFailed(str(exc)) from None
 
     def admin(self, command: str) -> list[dict[str, object]]:
         """Run a command on PgBouncer's admin console (`SHOW SERVERS`, ...) as dicts."""
