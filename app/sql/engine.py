@@ -178,22 +178,12 @@ class Engine:
 
         guard.use(conn)
         try:
-            if plain:
-                started = time.perf_counter()
-                result = await self._statement(conn, node.name, bound, limits, mark_dirty)
-                if self.mux is not None:
-                    if dirty:
-                        self.mux.known.forget(bound.sql)
-                    else:
-                        self.mux.known.observe(bound.sql, time.perf_counter() - started)
-            else:
-                await conn.execute(
-                    self._begin(limits.read_only, None, limits.timeout_ms, limits.role)
-                )
-                result = await self._statement(conn, node.name, bound, limits, mark_dirty)
-                await conn.execute("COMMIT")
+            run = self._plain if plain else self._wrapped
+            result = await run(conn, node.name, bound, limits, mark_dirty)
         except psycopg.Error as exc:
             await _rollback(conn)
+            if isinstance(exc, _StatementFailed):
+                exc = exc.cause
             raise await self._failure(exc, conn, node.name, intent) from None
         finally:
             inflight.discard(guard)
@@ -208,6 +198,48 @@ class Engine:
             finally:
                 await node.pool.putconn(conn)
         return node.name, result
+
+    async def _plain(
+        self,
+        conn: AsyncConnection[Any],
+        node: str,
+        bound: BoundSQL,
+        limits: Limits,
+        mark_dirty: Callable[[], None],
+    ) -> StatementResult:
+        """One round trip in autocommit; how long it took tells the lanes if it is quick."""
+        dirtied = False
+
+        def mark() -> None:
+            nonlocal dirtied
+            dirtied = True
+            mark_dirty()
+
+        started = time.perf_counter()
+        result = await self._statement(conn, node, bound, limits, mark)
+        if self.mux is not None:
+            if dirtied:
+                self.mux.known.forget(bound.sql)
+            else:
+                self.mux.known.observe(bound.sql, time.perf_counter() - started)
+        return result
+
+    async def _wrapped(
+        self,
+        conn: AsyncConnection[Any],
+        node: str,
+        bound: BoundSQL,
+        limits: Limits,
+        mark_dirty: Callable[[], None],
+    ) -> StatementResult:
+        """Read-only, own timeout or role: the statement in a transaction of its own."""
+        if self.own_sessions:  # BEGIN, limits, statement, COMMIT in one round trip
+            (result,) = await self._pipelined(conn, node, [bound], limits, None, mark_dirty)
+            return result
+        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms, limits.role))
+        result = await self._statement(conn, node, bound, limits, mark_dirty)
+        await conn.execute("COMMIT")
+        return result
 
     async def _multiplexed(self, node: Node, bound: BoundSQL, limits: Limits) -> StatementResult:
         """Run a quick plain statement through the node's lane. Its deadline and its
@@ -311,7 +343,7 @@ class Engine:
         node: str,
         statements: list[BoundSQL],
         limits: Limits,
-        isolation: Isolation,
+        isolation: Isolation | None,
         mark_dirty: Callable[[], None],
     ) -> list[StatementResult]:
         """BEGIN, the limits, every statement and COMMIT in one round trip (pipeline mode:
