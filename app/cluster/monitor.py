@@ -117,7 +117,12 @@ class HealthMonitor:
         """Probe one node once and record what was seen."""
         started = time.monotonic()
         task = asyncio.create_task(self._query(node))
-        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            # stop(): the query must not outlive the monitor (nor leave its error unread).
+            self._abandon(node, task)
+            raise
         try:
             if not done:
                 self._abandon(node, task)
