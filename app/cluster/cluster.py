@@ -18,7 +18,7 @@ from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog
 from app.cluster.failover import elect, newest_timeline
 from app.cluster.monitor import HealthMonitor
-from app.cluster.node import ConnectionCallback, Node, Role
+from app.cluster.node import ConnectionCallback, Node, NodeState, Role
 from app.errors import (
     Conflict,
     NoReaderError,
@@ -188,15 +188,25 @@ class Cluster:
             return Health(HealthStatus.DOWN, reasons)
         return Health(HealthStatus.DEGRADED if reasons else HealthStatus.OK, reasons)
 
-    def _node_changed(self, node: Node, was_reachable: bool | None) -> None:
+    def _node_changed(self, node: Node, was: NodeState) -> None:
         state = node.state
-        if state.reachable and was_reachable is not True:
+        moved = bool(state.reachable and was.server is not None and state.server != was.server)
+        if moved:
+            # The DSN leads elsewhere now (a Service re-routed), or the server restarted:
+            # pooled connections made before may still reach the old server.
+            self.events.record(
+                EventKind.SERVER_CHANGED,
+                node.name,
+                f"now reaches {state.server} (was {was.server}); pool connections replaced",
+            )
+            self._spawn(node.pool.drain())
+        if state.reachable and was.reachable is not True:
             # The first sighting of a healthy node is news, not an alarm.
-            level = logging.INFO if was_reachable is None else logging.WARNING
+            level = logging.INFO if was.reachable is None else logging.WARNING
             self.events.record(
                 EventKind.NODE_UP, node.name, f"reachable at {node.target} as {node.role}", level
             )
-            if was_reachable is False:
+            if was.reachable is False and not moved:
                 # Connections the pool holds from before the outage are useless now.
                 self._spawn(node.pool.check())
         elif not state.reachable:
@@ -206,7 +216,7 @@ class Cluster:
                 f"unreachable at {node.target}: {state.error}; retrying in the background",
             )
             self._lost(node)
-        else:
+        elif state.in_recovery != was.in_recovery:
             self.events.record(EventKind.ROLE_CHANGED, node.name, f"now {node.role}")
         self._elect_writer()
 

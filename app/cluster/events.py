@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     UNFENCED = "unfenced"
     SPLIT_BRAIN = "split_brain"
     PROMOTED = "promoted"
+    SERVER_CHANGED = "server_changed"
 
 
 @dataclass(frozen=True)

@@ -7,19 +7,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from app.cluster.node import Node
+from app.cluster.node import Node, NodeState, ServerIdentity
 from app.redaction import redactor
 
 logger = logging.getLogger(__name__)
 
 # One round trip that works on a primary and on a standby. The primary's timeline comes
 # from its current WAL file name (pg_control_checkpoint() lags until the first checkpoint
-# after a promotion); a standby's from its WAL receiver, else its last restartpoint.
+# after a promotion); a standby's from its WAL receiver, else its last restartpoint. The
+# last four columns say which server answered (ServerIdentity), so that two nodes whose
+# DSNs lead to the same server are recognised as one. Its start time travels as an integer
+# of microseconds: a timestamptz's text follows the session's DateStyle and TimeZone,
+# which a database or role setting may make unreadable.
 PROBE_SQL = """
 SELECT r.rec,
        CASE WHEN r.rec
@@ -35,15 +40,19 @@ SELECT r.rec,
        END::float8,
        CASE WHEN r.rec
             THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
-       END::int8
+       END::int8,
+       (SELECT system_identifier FROM pg_control_system()),
+       (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8,
+       host(inet_server_addr()),
+       inet_server_port()
 FROM (SELECT pg_is_in_recovery() AS rec) AS r
 """
 
 # How soon a node that failed a probe, or a request, is probed again.
 RECHECK_S = 0.05
 
-# Called with the node and whether it was reachable before the change (None: never probed).
-Listener = Callable[[Node, bool | None], None]
+# Called with the node and a copy of its state from before the change.
+Listener = Callable[[Node, NodeState], None]
 
 
 class ProbeTimeout(Exception):
@@ -168,16 +177,21 @@ class HealthMonitor:
 
     def _record_success(self, node: Node, row: tuple[Any, ...], latency_ms: float) -> None:
         state = node.state
-        was_reachable, was_in_recovery = state.reachable, state.in_recovery
-        state.in_recovery, state.timeline, state.replay_lag_s, state.replay_lag_bytes = row
+        was = replace(state)
+        state.in_recovery, state.timeline, state.replay_lag_s, state.replay_lag_bytes = row[:4]
+        state.server = ServerIdentity.from_probe(*row[4:])
         state.latency_ms = round(latency_ms, 2)
         state.last_check = datetime.now(UTC)
         state.consecutive_failures = 0
         state.error = None
         state.reachable = True
-        if was_reachable is not True or was_in_recovery != state.in_recovery:
+        if (
+            was.reachable is not True
+            or was.in_recovery != state.in_recovery
+            or was.server != state.server
+        ):
             state.last_change = state.last_check
-            self._on_change(node, was_reachable)
+            self._on_change(node, was)
 
     def _record_failure(self, node: Node, exc: BaseException) -> None:
         state = node.state
@@ -186,6 +200,7 @@ class HealthMonitor:
         state.latency_ms = None
         state.error = redactor.scrub(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
         if state.consecutive_failures >= self.threshold and state.reachable is not False:
-            was_reachable, state.reachable = state.reachable, False
+            was = replace(state)
+            state.reachable = False
             state.last_change = state.last_check
-            self._on_change(node, was_reachable)
+            self._on_change(node, was)

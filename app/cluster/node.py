@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -36,6 +36,35 @@ class Role(StrEnum):
     UNKNOWN = "unknown"
 
 
+@dataclass(frozen=True)
+class ServerIdentity:
+    """Which PostgreSQL server a connection reached.
+
+    Two connections reached the same server when they report the same system identifier
+    (made by initdb; a primary and its physical replicas share it) and the same postmaster
+    start time (different for every server, and after every restart). The address and port
+    the server saw the connection arrive on are kept for people to read but not compared:
+    they are NULL over a Unix socket, and one server may listen on several addresses.
+    """
+
+    system_identifier: int
+    started: datetime
+    address: str | None = field(default=None, compare=False)
+    port: int | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_probe(
+        cls, system_identifier: int, started_us: int, address: str | None, port: int | None
+    ) -> ServerIdentity:
+        """From the probe's columns: the start time in microseconds since the Unix epoch."""
+        started = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=started_us)
+        return cls(system_identifier, started, address, port)
+
+    def __str__(self) -> str:
+        where = f" at {self.address}:{self.port}" if self.address else ""
+        return f"system {self.system_identifier} started {self.started.isoformat()}{where}"
+
+
 @dataclass
 class NodeState:
     """The monitor's latest view of a node."""
@@ -50,6 +79,8 @@ class NodeState:
     last_change: datetime | None = None
     consecutive_failures: int = 0
     error: str | None = None
+    # The server the last successful probe reached (kept while the node is down).
+    server: ServerIdentity | None = None
 
     @property
     def role(self) -> Role:
