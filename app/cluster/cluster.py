@@ -16,7 +16,7 @@ from psycopg_pool import PoolTimeout, TooManyRequests
 
 from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog
-from app.cluster.failover import elect, newest_timeline
+from app.cluster.failover import elect, find_aliases, newest_timeline
 from app.cluster.monitor import HealthMonitor
 from app.cluster.node import ConnectionCallback, Node, NodeState, Role
 from app.errors import (
@@ -84,6 +84,9 @@ class Cluster:
         self.events = EventLog()
         self.writer: Node | None = None
         self.fenced: dict[str, str] = {}
+        # Nodes that lead to the same server as another node (app/cluster/failover.py), by
+        # name, with the name of the node that stands for that server.
+        self.aliases: dict[str, str] = {}
         self.newest_timeline = 0
         self._tie_reported = False
         self._writer_found = asyncio.Event()
@@ -169,8 +172,13 @@ class Cluster:
 
     def readers(self) -> list[Node]:
         """Reachable unfenced nodes that can serve reads: the writer first, then mirrors;
-        a node whose last probe failed goes last until it is confirmed up or down."""
-        mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
+        a node whose last probe failed goes last until it is confirmed up or down. An alias
+        is not one: its server already serves through the node it is an alias of."""
+        mirrors = [
+            n
+            for n in self.nodes
+            if n.role is Role.MIRROR and n.name not in self.fenced and n.name not in self.aliases
+        ]
         nodes = ([self.writer] if self.writer else []) + mirrors
         return sorted(nodes, key=lambda n: n.state.consecutive_failures > 0)
 
@@ -182,6 +190,10 @@ class Cluster:
             if not n.state.reachable
         ]
         reasons += [f"{name} fenced: {why}" for name, why in self.fenced.items()]
+        reasons += [
+            f"{name} leads to the same server as {lead}: no second server behind it"
+            for name, lead in self.aliases.items()
+        ]
         if self.writer is None:
             reasons.insert(0, "no writable node")
         if not self.readers():
@@ -223,7 +235,9 @@ class Cluster:
     def _elect_writer(self) -> None:
         self.newest_timeline = newest_timeline(self.nodes, self.newest_timeline)
         self._unfence_rejoined()
-        election = elect(self.nodes, set(self.fenced), self.newest_timeline)
+        aliases = find_aliases(self.nodes)
+        self._note_aliases({name: lead.name for name, lead in aliases.items()})
+        election = elect(self.nodes, set(self.fenced), self.newest_timeline, aliases)
         for node in election.fence:
             reason = (
                 f"accepts writes on timeline {node.state.timeline}, older than "
@@ -264,6 +278,30 @@ class Cluster:
             self.events.record(
                 EventKind.WRITER_LOST, previous.name, "no reachable node accepts writes"
             )
+
+    def _note_aliases(self, aliases: dict[str, str]) -> None:
+        for name, lead in aliases.items():
+            if self.aliases.get(name) != lead:
+                node = self.node(lead)
+                server = node.state.server if node else None
+                self.events.record(
+                    EventKind.ALIAS,
+                    name,
+                    f"leads to the same server as {lead} ({server}): one server, not a "
+                    f"second writer; its traffic goes through {lead}",
+                )
+        for name, lead in self.aliases.items():
+            if aliases.get(name) != lead:
+                node = self.node(name)
+                now = (
+                    f"reaches {node.state.server}"
+                    if node is not None and node.state.reachable
+                    else "unreachable"
+                )
+                self.events.record(
+                    EventKind.UNALIASED, name, f"no longer an alias of {lead}: {now}"
+                )
+        self.aliases = aliases
 
     def _unfence_rejoined(self) -> None:
         # A fenced node that now follows the newest timeline as a mirror is safe again.
@@ -312,7 +350,11 @@ class Cluster:
             return
         if any(n.state.reachable and n.role is Role.PRIMARY for n in self.nodes):
             return  # a writer exists but is fenced or tied: not a lost primary
-        mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
+        mirrors = [
+            n
+            for n in self.nodes
+            if n.role is Role.MIRROR and n.name not in self.fenced and n.name not in self.aliases
+        ]
         if not mirrors:
             return
         best = min(
