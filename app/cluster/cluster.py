@@ -246,15 +246,22 @@ class Cluster:
             self.fenced[node.name] = reason
             self.events.record(EventKind.FENCED, node.name, reason)
             self._lost(node)
-        if election.tied and not self._tie_reported:
+        tied = {n.name for n in election.tied}
+        if tied and not self._tie_reported:
             names = ", ".join(n.name for n in election.tied)
             self.events.record(
                 EventKind.SPLIT_BRAIN,
                 None,
-                f"{names} all accept writes on timeline {election.tied[0].state.timeline}: "
-                "writes stop until only one does",
+                f"{names} all accept writes on timeline {election.tied[0].state.timeline} "
+                "on different servers: writes stop until only one does",
             )
-        self._tie_reported = bool(election.tied)
+            for node in election.tied:
+                self.monitor.probe_soon(node)
+        self._tie_reported = bool(tied)
+        # A connection the monitor keeps may reach a server its DSN no longer leads to: a
+        # Service re-routes new connections only. Tied nodes and aliases are probed on new
+        # connections, so a tie or an alias that only old connections made goes away.
+        self.monitor.fresh = set(self.aliases) | tied
         writer = election.writer
         if writer is not None:
             self._writer_found.set()

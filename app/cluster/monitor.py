@@ -65,6 +65,8 @@ class HealthMonitor:
     Each node has one dedicated connection, never a pool connection, so a busy pool is
     never mistaken for a dead node. A probe that overruns `timeout` is abandoned rather
     than awaited: a frozen server would otherwise hold the monitor as long as it likes.
+    The connection is kept while it works, except for the nodes named in `fresh`, which
+    are probed on a new connection every time (see Cluster).
     """
 
     def __init__(
@@ -85,6 +87,9 @@ class HealthMonitor:
         self._wake: dict[str, asyncio.Event] = {n.name: asyncio.Event() for n in nodes}
         self._loops: list[asyncio.Task[None]] = []
         self._abandoned: set[asyncio.Task[Any]] = set()
+        # Nodes whose kept connection may reach a server their DSN no longer leads to
+        # (a Service or proxy re-routes new connections only): probe them on new ones.
+        self.fresh: set[str] = set()
 
     def start(self) -> None:
         """Start one probing loop per node."""
@@ -145,6 +150,10 @@ class HealthMonitor:
     async def _query(self, node: Node) -> tuple[Any, ...]:
         conn = self._conns.get(node.name)
         try:
+            if conn is not None and node.name in self.fresh:
+                self._conns[node.name] = None
+                await conn.close()
+                conn = None
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(
                     node.dsn, autocommit=True, application_name="mirrorpool-monitor"
