@@ -204,23 +204,19 @@ class Cluster:
         state = node.state
         moved = bool(state.reachable and was.server is not None and state.server != was.server)
         if moved:
-            # The DSN leads elsewhere now (a Service re-routed), or the server restarted:
-            # pooled connections made before may still reach the old server.
             self.events.record(
                 EventKind.SERVER_CHANGED,
                 node.name,
                 f"now reaches {state.server} (was {was.server}); pool connections replaced",
             )
-            self._spawn(node.pool.drain())
+        if moved or (state.reachable and was.reachable is False):
+            self._spawn(self._refill(node, drain=moved))
         if state.reachable and was.reachable is not True:
             # The first sighting of a healthy node is news, not an alarm.
             level = logging.INFO if was.reachable is None else logging.WARNING
             self.events.record(
                 EventKind.NODE_UP, node.name, f"reachable at {node.target} as {node.role}", level
             )
-            if was.reachable is False and not moved:
-                # Connections the pool holds from before the outage are useless now.
-                self._spawn(node.pool.check())
         elif not state.reachable:
             self.events.record(
                 EventKind.NODE_DOWN,
@@ -285,6 +281,15 @@ class Cluster:
             self.events.record(
                 EventKind.WRITER_LOST, previous.name, "no reachable node accepts writes"
             )
+
+    async def _refill(self, node: Node, drain: bool) -> None:
+        # The node's DSN leads to another server now (a Service re-routed; or the server
+        # restarted): connections made before may reach the old one, so all are replaced.
+        if drain:
+            await node.pool.drain()
+        # Throws out connections that died with an outage, and opens one now if the pool
+        # gave up reconnecting on its own (POOL_RECONNECT_S).
+        await node.pool.check()
 
     def _note_aliases(self, aliases: dict[str, str]) -> None:
         for name, lead in aliases.items():

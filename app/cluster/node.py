@@ -27,6 +27,12 @@ POOL_STAT_NAMES = (
 
 ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
+# How long a pool keeps reconnecting on its own after losing its server. psycopg_pool's
+# default, 5 minutes with waits doubling from 1 s, would leave a pool idle for seconds (after
+# an 8 s outage, 7 s) once its server is back; beyond this, the health monitor decides, and
+# a node found up again has its pool refilled at once (Cluster).
+POOL_RECONNECT_S = 2.0
+
 
 class Role(StrEnum):
     """What a node is, as observed (not as configured)."""
@@ -136,6 +142,7 @@ class Node:
             max_waiting=settings.pool_max_waiting,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
+            reconnect_timeout=POOL_RECONNECT_S,
             kwargs=kwargs,
             configure=configure,
         )
