@@ -77,6 +77,11 @@ class ClusterCollector(Collector):
         )
         writer = GaugeMetricFamily("mirrorpool_node_writer", "1 for the writer.", labels=["node"])
         fenced = GaugeMetricFamily("mirrorpool_node_fenced", "1 when fenced.", labels=["node"])
+        alias = GaugeMetricFamily(
+            "mirrorpool_node_alias",
+            "1 when the node leads to the same server as another configured node.",
+            labels=["node"],
+        )
         lag_s = GaugeMetricFamily(
             "mirrorpool_node_replication_lag_seconds", "Replay lag of a mirror.", labels=["node"]
         )
@@ -111,6 +116,7 @@ class ClusterCollector(Collector):
                 role.add_metric([node.name, r.value], 1.0 if node.role is r else 0.0)
             writer.add_metric([node.name], 1.0 if node is self.cluster.writer else 0.0)
             fenced.add_metric([node.name], 1.0 if node.name in self.cluster.fenced else 0.0)
+            alias.add_metric([node.name], 1.0 if node.name in self.cluster.aliases else 0.0)
             if s.replay_lag_s is not None:
                 lag_s.add_metric([node.name], s.replay_lag_s)
             if s.replay_lag_bytes is not None:
@@ -122,7 +128,7 @@ class ClusterCollector(Collector):
             opened.add_metric([node.name], stats["connections_num"])
             lost.add_metric([node.name], stats["connections_lost"])
             refused.add_metric([node.name], stats["requests_errors"])
-        yield from (up, role, writer, fenced, lag_s, lag_b, size, available, waiting)
+        yield from (up, role, writer, fenced, alias, lag_s, lag_b, size, available, waiting)
         yield from (opened, lost, refused)
         events = CounterMetricFamily(
             "mirrorpool_cluster_events", "Cluster transitions by kind.", labels=["kind"]

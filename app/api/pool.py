@@ -29,6 +29,22 @@ class LaneStatsOut(BaseModel):
     largest_batch: int
 
 
+class ServerOut(BaseModel):
+    """The server a node's last successful probe reached. Two nodes showing the same
+    system identifier and start time lead to one server: one of them is an alias."""
+
+    system_identifier: str = Field(
+        description="pg_control_system(): made by initdb, shared "
+        "by a primary and its replicas (int8, as a string)."
+    )
+    started: datetime = Field(description="pg_postmaster_start_time().")
+    address: str | None = Field(
+        description="inet_server_addr(): where the server saw the "
+        "probe arrive (null over a Unix socket)."
+    )
+    port: int | None = Field(description="inet_server_port().")
+
+
 class NodeStats(BaseModel):
     """One node: its pool's counters and what the health monitor saw."""
 
@@ -44,6 +60,11 @@ class NodeStats(BaseModel):
     last_check: datetime | None
     consecutive_failures: int
     error: str | None = Field(description="Why the last probe failed (no credentials).")
+    server: ServerOut | None = Field(description="The server the node leads to.")
+    alias_of: str | None = Field(
+        description="The node this one leads to the same server as: an alias takes no "
+        "traffic of its own and never counts as a second writer."
+    )
     pool: dict[str, int] = Field(
         description="psycopg_pool get_stats(): pool_min, pool_max, pool_size, pool_available, "
         "requests_waiting, requests_num, requests_queued, requests_wait_ms, requests_errors, "
@@ -73,9 +94,19 @@ class PoolStats(BaseModel):
     event_counts: dict[EventKind, int] = Field(description="Events of each kind since start.")
 
 
-def _node_stats(node: Node, engine: Engine) -> NodeStats:
+def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
     s = node.state
     lane = engine.mux.lanes.get(node.name) if engine.mux is not None else None
+    server = (
+        ServerOut(
+            system_identifier=str(s.server.system_identifier),
+            started=s.server.started,
+            address=s.server.address,
+            port=s.server.port,
+        )
+        if s.server is not None
+        else None
+    )
     return NodeStats(
         name=node.name,
         target=node.target,
@@ -89,6 +120,8 @@ def _node_stats(node: Node, engine: Engine) -> NodeStats:
         last_check=s.last_check,
         consecutive_failures=s.consecutive_failures,
         error=s.error,
+        server=server,
+        alias_of=cluster.aliases.get(node.name),
         pool=node.pool_stats(),
         multiplexing=LaneStatsOut(**lane.stats.as_json()) if lane is not None else None,
     )
@@ -129,7 +162,7 @@ async def pool_stats(
 def _stats(cluster: Cluster, engine: Engine) -> PoolStats:
     return PoolStats(
         writer=cluster.writer.name if cluster.writer else None,
-        nodes=[_node_stats(n, engine) for n in cluster.nodes],
+        nodes=[_node_stats(n, cluster, engine) for n in cluster.nodes],
         events=[
             EventOut(time=e.time, kind=e.kind, node=e.node, reason=e.reason)
             for e in cluster.events.recent()
@@ -151,6 +184,8 @@ def _as_text(stats: PoolStats) -> str:
             f"{n.name:<10} {n.role.value:<8} {up:<4} {lag:>7} {used:>9} "
             f"{n.pool['requests_waiting']:>7}  {n.target}"
         )
+        if n.alias_of:
+            lines.append(f"{'':<10} alias of {n.alias_of}: the same server, no traffic of its own")
         if n.error:
             lines.append(f"{'':<10} last error: {n.error}")
     lines += ["", "recent events:"]

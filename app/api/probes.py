@@ -21,6 +21,9 @@ class NodeHealth(BaseModel):
     role: Role = Field(description="Observed role: primary, mirror, or unknown when unreachable.")
     reachable: bool | None = Field(description="null until the first probe has finished.")
     target: str = Field(description="host:port/dbname (no credentials).", examples=["db:5432/app"])
+    alias_of: str | None = Field(
+        None, description="Set when the node leads to the same server as the node named."
+    )
 
 
 class HealthReport(BaseModel):
@@ -65,7 +68,13 @@ async def health(cluster: ClusterDep, response: Response) -> HealthReport:
         writer=cluster.writer.name if cluster.writer else None,
         reasons=summary.reasons,
         nodes=[
-            NodeHealth(name=n.name, role=n.role, reachable=n.state.reachable, target=n.target)
+            NodeHealth(
+                name=n.name,
+                role=n.role,
+                reachable=n.state.reachable,
+                target=n.target,
+                alias_of=cluster.aliases.get(n.name),
+            )
             for n in cluster.nodes
         ],
     )

@@ -16,9 +16,9 @@ from psycopg_pool import PoolTimeout, TooManyRequests
 
 from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog
-from app.cluster.failover import elect, newest_timeline
+from app.cluster.failover import elect, find_aliases, newest_timeline
 from app.cluster.monitor import HealthMonitor
-from app.cluster.node import ConnectionCallback, Node, Role
+from app.cluster.node import ConnectionCallback, Node, NodeState, Role
 from app.errors import (
     Conflict,
     NoReaderError,
@@ -84,6 +84,9 @@ class Cluster:
         self.events = EventLog()
         self.writer: Node | None = None
         self.fenced: dict[str, str] = {}
+        # Nodes that lead to the same server as another node (app/cluster/failover.py), by
+        # name, with the name of the node that stands for that server.
+        self.aliases: dict[str, str] = {}
         self.newest_timeline = 0
         self._tie_reported = False
         self._writer_found = asyncio.Event()
@@ -169,8 +172,13 @@ class Cluster:
 
     def readers(self) -> list[Node]:
         """Reachable unfenced nodes that can serve reads: the writer first, then mirrors;
-        a node whose last probe failed goes last until it is confirmed up or down."""
-        mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
+        a node whose last probe failed goes last until it is confirmed up or down. An alias
+        is not one: its server already serves through the node it is an alias of."""
+        mirrors = [
+            n
+            for n in self.nodes
+            if n.role is Role.MIRROR and n.name not in self.fenced and n.name not in self.aliases
+        ]
         nodes = ([self.writer] if self.writer else []) + mirrors
         return sorted(nodes, key=lambda n: n.state.consecutive_failures > 0)
 
@@ -182,23 +190,33 @@ class Cluster:
             if not n.state.reachable
         ]
         reasons += [f"{name} fenced: {why}" for name, why in self.fenced.items()]
+        reasons += [
+            f"{name} leads to the same server as {lead}: no second server behind it"
+            for name, lead in self.aliases.items()
+        ]
         if self.writer is None:
             reasons.insert(0, "no writable node")
         if not self.readers():
             return Health(HealthStatus.DOWN, reasons)
         return Health(HealthStatus.DEGRADED if reasons else HealthStatus.OK, reasons)
 
-    def _node_changed(self, node: Node, was_reachable: bool | None) -> None:
+    def _node_changed(self, node: Node, was: NodeState) -> None:
         state = node.state
-        if state.reachable and was_reachable is not True:
+        moved = bool(state.reachable and was.server is not None and state.server != was.server)
+        if moved:
+            self.events.record(
+                EventKind.SERVER_CHANGED,
+                node.name,
+                f"now reaches {state.server} (was {was.server}); pool connections replaced",
+            )
+        if moved or (state.reachable and was.reachable is False):
+            self._spawn(self._refill(node, drain=moved))
+        if state.reachable and was.reachable is not True:
             # The first sighting of a healthy node is news, not an alarm.
-            level = logging.INFO if was_reachable is None else logging.WARNING
+            level = logging.INFO if was.reachable is None else logging.WARNING
             self.events.record(
                 EventKind.NODE_UP, node.name, f"reachable at {node.target} as {node.role}", level
             )
-            if was_reachable is False:
-                # Connections the pool holds from before the outage are useless now.
-                self._spawn(node.pool.check())
         elif not state.reachable:
             self.events.record(
                 EventKind.NODE_DOWN,
@@ -206,14 +224,16 @@ class Cluster:
                 f"unreachable at {node.target}: {state.error}; retrying in the background",
             )
             self._lost(node)
-        else:
+        elif state.in_recovery != was.in_recovery:
             self.events.record(EventKind.ROLE_CHANGED, node.name, f"now {node.role}")
         self._elect_writer()
 
     def _elect_writer(self) -> None:
         self.newest_timeline = newest_timeline(self.nodes, self.newest_timeline)
         self._unfence_rejoined()
-        election = elect(self.nodes, set(self.fenced), self.newest_timeline)
+        aliases = find_aliases(self.nodes)
+        self._note_aliases({name: lead.name for name, lead in aliases.items()})
+        election = elect(self.nodes, set(self.fenced), self.newest_timeline, aliases)
         for node in election.fence:
             reason = (
                 f"accepts writes on timeline {node.state.timeline}, older than "
@@ -222,15 +242,22 @@ class Cluster:
             self.fenced[node.name] = reason
             self.events.record(EventKind.FENCED, node.name, reason)
             self._lost(node)
-        if election.tied and not self._tie_reported:
+        tied = {n.name for n in election.tied}
+        if tied and not self._tie_reported:
             names = ", ".join(n.name for n in election.tied)
             self.events.record(
                 EventKind.SPLIT_BRAIN,
                 None,
-                f"{names} all accept writes on timeline {election.tied[0].state.timeline}: "
-                "writes stop until only one does",
+                f"{names} all accept writes on timeline {election.tied[0].state.timeline} "
+                "on different servers: writes stop until only one does",
             )
-        self._tie_reported = bool(election.tied)
+            for node in election.tied:
+                self.monitor.probe_soon(node)
+        self._tie_reported = bool(tied)
+        # A connection the monitor keeps may reach a server its DSN no longer leads to: a
+        # Service re-routes new connections only. Tied nodes and aliases are probed on new
+        # connections, so a tie or an alias that only old connections made goes away.
+        self.monitor.fresh = set(self.aliases) | tied
         writer = election.writer
         if writer is not None:
             self._writer_found.set()
@@ -254,6 +281,39 @@ class Cluster:
             self.events.record(
                 EventKind.WRITER_LOST, previous.name, "no reachable node accepts writes"
             )
+
+    async def _refill(self, node: Node, drain: bool) -> None:
+        # The node's DSN leads to another server now (a Service re-routed; or the server
+        # restarted): connections made before may reach the old one, so all are replaced.
+        if drain:
+            await node.pool.drain()
+        # Throws out connections that died with an outage, and opens one now if the pool
+        # gave up reconnecting on its own (POOL_RECONNECT_S).
+        await node.pool.check()
+
+    def _note_aliases(self, aliases: dict[str, str]) -> None:
+        for name, lead in aliases.items():
+            if self.aliases.get(name) != lead:
+                node = self.node(lead)
+                server = node.state.server if node else None
+                self.events.record(
+                    EventKind.ALIAS,
+                    name,
+                    f"leads to the same server as {lead} ({server}): one server, not a "
+                    f"second writer; its traffic goes through {lead}",
+                )
+        for name, lead in self.aliases.items():
+            if aliases.get(name) != lead:
+                node = self.node(name)
+                now = (
+                    f"reaches {node.state.server}"
+                    if node is not None and node.state.reachable
+                    else "unreachable"
+                )
+                self.events.record(
+                    EventKind.UNALIASED, name, f"no longer an alias of {lead}: {now}"
+                )
+        self.aliases = aliases
 
     def _unfence_rejoined(self) -> None:
         # A fenced node that now follows the newest timeline as a mirror is safe again.
@@ -302,7 +362,11 @@ class Cluster:
             return
         if any(n.state.reachable and n.role is Role.PRIMARY for n in self.nodes):
             return  # a writer exists but is fenced or tied: not a lost primary
-        mirrors = [n for n in self.nodes if n.role is Role.MIRROR and n.name not in self.fenced]
+        mirrors = [
+            n
+            for n in self.nodes
+            if n.role is Role.MIRROR and n.name not in self.fenced and n.name not in self.aliases
+        ]
         if not mirrors:
             return
         best = min(

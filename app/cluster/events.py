@@ -23,6 +23,9 @@ class EventKind(StrEnum):
     UNFENCED = "unfenced"
     SPLIT_BRAIN = "split_brain"
     PROMOTED = "promoted"
+    ALIAS = "alias"
+    UNALIASED = "unaliased"
+    SERVER_CHANGED = "server_changed"
 
 
 @dataclass(frozen=True)

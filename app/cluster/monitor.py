@@ -7,19 +7,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from app.cluster.node import Node
+from app.cluster.node import Node, NodeState, ServerIdentity
 from app.redaction import redactor
 
 logger = logging.getLogger(__name__)
 
 # One round trip that works on a primary and on a standby. The primary's timeline comes
 # from its current WAL file name (pg_control_checkpoint() lags until the first checkpoint
-# after a promotion); a standby's from its WAL receiver, else its last restartpoint.
+# after a promotion); a standby's from its WAL receiver, else its last restartpoint. The
+# last four columns say which server answered (ServerIdentity), so that two nodes whose
+# DSNs lead to the same server are recognised as one. Its start time travels as an integer
+# of microseconds: a timestamptz's text follows the session's DateStyle and TimeZone,
+# which a database or role setting may make unreadable.
 PROBE_SQL = """
 SELECT r.rec,
        CASE WHEN r.rec
@@ -35,15 +40,19 @@ SELECT r.rec,
        END::float8,
        CASE WHEN r.rec
             THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
-       END::int8
+       END::int8,
+       (SELECT system_identifier FROM pg_control_system()),
+       (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8,
+       host(inet_server_addr()),
+       inet_server_port()
 FROM (SELECT pg_is_in_recovery() AS rec) AS r
 """
 
 # How soon a node that failed a probe, or a request, is probed again.
 RECHECK_S = 0.05
 
-# Called with the node and whether it was reachable before the change (None: never probed).
-Listener = Callable[[Node, bool | None], None]
+# Called with the node and a copy of its state from before the change.
+Listener = Callable[[Node, NodeState], None]
 
 
 class ProbeTimeout(Exception):
@@ -56,6 +65,8 @@ class HealthMonitor:
     Each node has one dedicated connection, never a pool connection, so a busy pool is
     never mistaken for a dead node. A probe that overruns `timeout` is abandoned rather
     than awaited: a frozen server would otherwise hold the monitor as long as it likes.
+    The connection is kept while it works, except for the nodes named in `fresh`, which
+    are probed on a new connection every time (see Cluster).
     """
 
     def __init__(
@@ -76,6 +87,9 @@ class HealthMonitor:
         self._wake: dict[str, asyncio.Event] = {n.name: asyncio.Event() for n in nodes}
         self._loops: list[asyncio.Task[None]] = []
         self._abandoned: set[asyncio.Task[Any]] = set()
+        # Nodes whose kept connection may reach a server their DSN no longer leads to
+        # (a Service or proxy re-routes new connections only): probe them on new ones.
+        self.fresh: set[str] = set()
 
     def start(self) -> None:
         """Start one probing loop per node."""
@@ -117,7 +131,12 @@ class HealthMonitor:
         """Probe one node once and record what was seen."""
         started = time.monotonic()
         task = asyncio.create_task(self._query(node))
-        done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            # stop(): the query must not outlive the monitor (nor leave its error unread).
+            self._abandon(node, task)
+            raise
         try:
             if not done:
                 self._abandon(node, task)
@@ -131,6 +150,10 @@ class HealthMonitor:
     async def _query(self, node: Node) -> tuple[Any, ...]:
         conn = self._conns.get(node.name)
         try:
+            if conn is not None and node.name in self.fresh:
+                self._conns[node.name] = None
+                await conn.close()
+                conn = None
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(
                     node.dsn, autocommit=True, application_name="mirrorpool-monitor"
@@ -163,16 +186,21 @@ class HealthMonitor:
 
     def _record_success(self, node: Node, row: tuple[Any, ...], latency_ms: float) -> None:
         state = node.state
-        was_reachable, was_in_recovery = state.reachable, state.in_recovery
-        state.in_recovery, state.timeline, state.replay_lag_s, state.replay_lag_bytes = row
+        was = replace(state)
+        state.in_recovery, state.timeline, state.replay_lag_s, state.replay_lag_bytes = row[:4]
+        state.server = ServerIdentity.from_probe(*row[4:])
         state.latency_ms = round(latency_ms, 2)
         state.last_check = datetime.now(UTC)
         state.consecutive_failures = 0
         state.error = None
         state.reachable = True
-        if was_reachable is not True or was_in_recovery != state.in_recovery:
+        if (
+            was.reachable is not True
+            or was.in_recovery != state.in_recovery
+            or was.server != state.server
+        ):
             state.last_change = state.last_check
-            self._on_change(node, was_reachable)
+            self._on_change(node, was)
 
     def _record_failure(self, node: Node, exc: BaseException) -> None:
         state = node.state
@@ -181,6 +209,7 @@ class HealthMonitor:
         state.latency_ms = None
         state.error = redactor.scrub(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
         if state.consecutive_failures >= self.threshold and state.reachable is not False:
-            was_reachable, state.reachable = state.reachable, False
+            was = replace(state)
+            state.reachable = False
             state.last_change = state.last_check
-            self._on_change(node, was_reachable)
+            self._on_change(node, was)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -27,6 +27,12 @@ POOL_STAT_NAMES = (
 
 ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
 
+# How long a pool keeps reconnecting on its own after losing its server. psycopg_pool's
+# default, 5 minutes with waits doubling from 1 s, would leave a pool idle for seconds (after
+# an 8 s outage, 7 s) once its server is back; beyond this, the health monitor decides, and
+# a node found up again has its pool refilled at once (Cluster).
+POOL_RECONNECT_S = 2.0
+
 
 class Role(StrEnum):
     """What a node is, as observed (not as configured)."""
@@ -34,6 +40,35 @@ class Role(StrEnum):
     PRIMARY = "primary"
     MIRROR = "mirror"
     UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """Which PostgreSQL server a connection reached.
+
+    Two connections reached the same server when they report the same system identifier
+    (made by initdb; a primary and its physical replicas share it) and the same postmaster
+    start time (different for every server, and after every restart). The address and port
+    the server saw the connection arrive on are kept for people to read but not compared:
+    they are NULL over a Unix socket, and one server may listen on several addresses.
+    """
+
+    system_identifier: int
+    started: datetime
+    address: str | None = field(default=None, compare=False)
+    port: int | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_probe(
+        cls, system_identifier: int, started_us: int, address: str | None, port: int | None
+    ) -> ServerIdentity:
+        """From the probe's columns: the start time in microseconds since the Unix epoch."""
+        started = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=started_us)
+        return cls(system_identifier, started, address, port)
+
+    def __str__(self) -> str:
+        where = f" at {self.address}:{self.port}" if self.address else ""
+        return f"system {self.system_identifier} started {self.started.isoformat()}{where}"
 
 
 @dataclass
@@ -50,6 +85,8 @@ class NodeState:
     last_change: datetime | None = None
     consecutive_failures: int = 0
     error: str | None = None
+    # The server the last successful probe reached (kept while the node is down).
+    server: ServerIdentity | None = None
 
     @property
     def role(self) -> Role:
@@ -105,6 +142,7 @@ class Node:
             max_waiting=settings.pool_max_waiting,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
+            reconnect_timeout=POOL_RECONNECT_S,
             kwargs=kwargs,
             configure=configure,
         )
