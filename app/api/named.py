@@ -100,7 +100,6 @@ async def run_query(
         raise NotFound(f"no named query {name!r}; GET /v1/queries lists them")
     require(key, "read" if named.read_only else "write")
     body = body or RunNamedQuery()
-    bound = prepare(named.sql, body.params, settings, role=key.role)
     limits = limits_for(
         settings,
         key,
@@ -109,5 +108,6 @@ async def run_query(
         read_only=named.read_only,
         row_format=body.row_format,
     )
+    bound = prepare(named.sql, body.params, settings, role=key.role, read_only=limits.read_only)
     outcome = await engine.run(bound, limits, partial(disconnected, request))
     return result_response(outcome, settings.max_response_bytes)

@@ -221,7 +221,6 @@ async def run_query(
     """/v1/query, whichever way the request arrived (app/api/fast_lane.py or FastAPI)."""
     require(key, "read", "write")
     check_raw_sql(settings)
-    bound = prepare(body.sql, body.params, settings, role=key.role)
     limits = limits_for(
         settings,
         key,
@@ -230,6 +229,7 @@ async def run_query(
         read_only=body.read_only,
         row_format=body.row_format,
     )
+    bound = prepare(body.sql, body.params, settings, role=key.role, read_only=limits.read_only)
     return await engine.run(bound, limits, abort)
 
 
@@ -268,13 +268,6 @@ async def run_transaction(
         raise LimitExceeded(
             f"{len(body.statements)} statements were sent; the limit is {settings.max_statements}"
         )
-    bound = []
-    for index, statement in enumerate(body.statements):
-        try:
-            bound.append(prepare(statement.sql, statement.params, settings, role=key.role))
-        except MirrorpoolError as exc:
-            exc.extra["statement_index"] = index
-            raise
     limits = limits_for(
         settings,
         key,
@@ -283,6 +276,21 @@ async def run_transaction(
         read_only=body.read_only,
         row_format=body.row_format,
     )
+    bound = []
+    for index, statement in enumerate(body.statements):
+        try:
+            bound.append(
+                prepare(
+                    statement.sql,
+                    statement.params,
+                    settings,
+                    role=key.role,
+                    read_only=limits.read_only,
+                )
+            )
+        except MirrorpoolError as exc:
+            exc.extra["statement_index"] = index
+            raise
     return await engine.transaction(
         bound,
         isolation=body.isolation,
@@ -330,7 +338,6 @@ async def query_stream(
     """Rows come from the server in chunks, so memory stays flat whatever the result size."""
     require(key, "read", "write")
     check_raw_sql(settings)
-    bound = prepare(body.sql, body.params, settings, role=key.role)
     limits = limits_for(
         settings,
         key,
@@ -339,6 +346,7 @@ async def query_stream(
         read_only=body.read_only,
         row_format=body.row_format,
     )
+    bound = prepare(body.sql, body.params, settings, role=key.role, read_only=limits.read_only)
     events = engine.stream(bound, limits, settings.stream_chunk_rows)
     # The node and the columns come before the answer starts, so an error up to that point
     # is an ordinary problem+json answer with its own status.

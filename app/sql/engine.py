@@ -162,9 +162,9 @@ class Engine:
         inflight.add(guard)
         try:
             conn = await self.cluster.getconn(node, self.settings.pool_timeout)
-        except asyncio.CancelledError:
+        except BaseException as exc:
             inflight.discard(guard)
-            if guard.take_severance():
+            if isinstance(exc, asyncio.CancelledError) and guard.take_severance():
                 raise NodeFailed(
                     f"{node.name} was lost while waiting for it", node=node.name
                 ) from None
@@ -359,22 +359,23 @@ class Engine:
             limits_sql, values = session.LOCAL_LIMITS_AS_ROLE_SQL, [*values, limits.role]
         commands = [
             Command(session.begin_statement(isolation, limits.read_only), prepare=False),
-            Command(limits_sql, values),
+            Command(limits_sql, values, prepare=False),
             *(Command(b.sql, b.params) for b in statements),
             Command("COMMIT", prepare=False),
         ]
         for attempt in (1, 2):
-            (replies,) = await pipeline.run_units(conn, [commands])
+            (unit,) = await pipeline.run_units(conn, [commands])
+            replies = unit.replies
             failed = next((i for i, r in enumerate(replies) if r.error is not None), None)
             if failed is None:
                 break
-            error = replies[failed].error
-            assert error is not None
-            if error.sqlstate == "26000" and attempt == 1:
-                # Our prepared statements are gone (a DEALLOCATE ran here): nothing ran.
-                pipeline.forget_prepared(conn)
+            if unit.stale and attempt == 1:
+                # A prepared statement was gone or planned for an older schema: the
+                # transaction failed before it ran and is rolled back; run it once more.
                 await _rollback(conn)
                 continue
+            error = replies[failed].error
+            assert error is not None
             index = failed - 2 if 2 <= failed < 2 + len(statements) else None
             raise _StatementFailed(error, index)
         results = []

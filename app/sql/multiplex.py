@@ -1,17 +1,18 @@
-"""Multiplexing: concurrent quick statements share pooled connections, pipelined.
+"""Multiplexing: concurrent quick reads share pooled connections, pipelined.
 
 Under load most of a request's cost on our side is the round trip itself: taking a pooled
 connection, one write, waking up for one read, giving the connection back. Here a plain
-statement (autocommit, default timeout) that has run quickly before joins its node's lane;
-a runner holding a pooled connection sends every statement waiting in the lane at once, in
-libpq's pipeline mode, each followed by its own Sync. A Sync ends the implicit transaction,
-so each statement commits or fails on its own, exactly as it would in autocommit; only the
-round trips are shared. Npgsql's multiplexing works the same way.
+read (autocommit, default timeout) that has run quickly before joins its node's lane; a
+runner holding a pooled connection sends every statement waiting in the lane at once, in
+libpq's pipeline mode (app/sql/pipeline.py), each followed by its own Sync. A Sync ends the
+implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
+autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
 
-What stays out of the lanes: statements never seen before or seen to be slow (a slow one
-would hold up the rest of its batch), statements that may change the session, anything with
-its own timeout, role or transaction, and everything behind PgBouncer (the lanes prepare
-statements by name). Those take a pooled connection of their own, as before.
+What stays out of the lanes: writes and locking reads (a statement waiting on a row lock
+would hold up every statement behind it), statements never seen before or seen to be slow,
+statements that may change the session, anything with its own timeout, role or transaction,
+and everything behind PgBouncer (the lanes prepare statements by name). Those take a pooled
+connection of their own, as before.
 
 A runner takes one batch per pooled connection and gives the connection back before the
 next, so requests that need a connection of their own wait their turn in the pool's queue.
@@ -22,9 +23,12 @@ the lane; once sent, its statement runs and the answer is thrown away.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -37,6 +41,7 @@ from app.settings import Settings
 from app.sql import pipeline, session
 from app.sql.columns import TypeNames
 from app.sql.guard import shut
+from app.sql.lexer import code_words
 from app.sql.pipeline import Command
 from app.sql.results import RowFormat, StatementResult, statement_result
 
@@ -45,11 +50,26 @@ logger = logging.getLogger(__name__)
 # A statement joins a lane once it has run in under this long; one slow run takes it out.
 QUICK_S = 0.005
 # Statements sent in one pipeline at most.
-MAX_BATCH = 32
+MAX_BATCH = 8
 # Statement texts whose speed is remembered at most.
 MAX_KNOWN = 4096
-# Seconds a batch may take beyond the statement timeout before its connection is shut.
+# Seconds a batch may go without any answer, beyond the statement timeout, before its
+# connection is shut (each statement has its own statement_timeout on the server).
 GRACE_S = 1.0
+
+_READS = {"SELECT", "VALUES", "TABLE", "WITH"}
+_WRITES = {"INSERT", "UPDATE", "DELETE", "MERGE", "INTO", "COPY", "CALL"}
+_LOCKS = {("FOR", "UPDATE"), ("FOR", "SHARE"), ("FOR", "NO"), ("FOR", "KEY")}
+
+
+@lru_cache(maxsize=4096)
+def is_plain_read(sql: str) -> bool:
+    """A read that takes no row locks and writes nothing, by its own words (a function it
+    calls may still write or wait: the lane's timing takes a slow one out)."""
+    words = [w.upper() for w in code_words(sql) if w != "("]
+    if not words or words[0] not in _READS or _WRITES & set(words):
+        return False
+    return not any(pair in _LOCKS for pair in itertools.pairwise(words))
 
 
 @dataclass(slots=True)
@@ -61,6 +81,7 @@ class Job:
     max_rows: int
     row_format: RowFormat
     future: asyncio.Future[StatementResult]
+    queued: float = field(default_factory=time.monotonic)
     retried: bool = False
 
 
@@ -104,9 +125,11 @@ class Lane:
         """Queue a statement; start a runner while fewer run than the pool has connections."""
         waiting = self.settings.pool_max_waiting
         if waiting and len(self._pending) >= waiting:
-            raise PoolExhausted(
-                f"too many requests are waiting for a connection to {self.node.name}"
-            )
+            self._drop_abandoned()
+            if len(self._pending) >= waiting:
+                raise PoolExhausted(
+                    f"too many requests are waiting for a connection to {self.node.name}"
+                )
         self._pending.append(job)
         if self._runners < self.settings.pool_max_size:
             self._runners += 1
@@ -116,13 +139,13 @@ class Lane:
 
     def sever(self, error: BaseException) -> None:
         """The node is lost: fail what waits and shut the connections in flight."""
-        self._fail_pending(error)
+        while self._pending:
+            _settle(self._pending.popleft().future, error=error)
         for conn in list(self._busy):
             shut(conn)
 
-    def _fail_pending(self, error: BaseException) -> None:
-        while self._pending:
-            _settle(self._pending.popleft().future, error=error)
+    def _drop_abandoned(self) -> None:
+        self._pending = deque(j for j in self._pending if not j.future.done())
 
     async def _run(self) -> None:
         try:
@@ -130,17 +153,24 @@ class Lane:
                 try:
                     conn = await self.cluster.getconn(self.node, self.settings.pool_timeout)
                 except MirrorpoolError as exc:
-                    self._fail_pending(exc)
-                    return
+                    self._expire(exc)
+                    continue
                 try:
                     await self._batch(conn)
                 finally:
                     await self.node.pool.putconn(conn)
-        except Exception:  # a bug here must not leave requests waiting forever
+        except Exception as exc:  # a bug here must not leave requests waiting forever
             logger.exception("multiplexing runner for %s failed", self.node.name)
-            self._fail_pending(psycopg.InterfaceError("the multiplexing runner failed"))
+            while self._pending:
+                _settle(self._pending.popleft().future, error=_copy(exc))
         finally:
             self._runners -= 1
+
+    def _expire(self, error: MirrorpoolError) -> None:
+        """No connection came in time: fail the jobs that waited the pool timeout."""
+        oldest = time.monotonic() - self.settings.pool_timeout
+        while self._pending and self._pending[0].queued <= oldest:
+            _settle(self._pending.popleft().future, error=_copy(error))
 
     def _take(self) -> list[Job]:
         jobs: list[Job] = []
@@ -157,10 +187,10 @@ class Lane:
         try:
             await self._run_batch(conn, jobs)
         except (psycopg.Error, OSError) as exc:
-            # The connection broke (or was shut at the deadline): what was sent may or may
+            # The connection broke (or was shut by the watchdog): what was sent may or may
             # not have run. The pool drops the closed connection.
             for job in jobs:
-                _settle(job.future, error=exc)
+                _settle(job.future, error=_copy(exc))
             await conn.close()
         except BaseException as exc:
             for job in jobs:
@@ -170,74 +200,113 @@ class Lane:
 
     async def _run_batch(self, conn: AsyncConnection[Any], jobs: list[Job]) -> None:
         before = session.snapshot(conn)
-        loop = asyncio.get_running_loop()
-        deadline = self.settings.statement_timeout_ms / 1000 + GRACE_S
-        timer = loop.call_later(deadline, shut, conn)
+        watchdog = _Watchdog(conn, self.settings.statement_timeout_ms / 1000 + GRACE_S)
         self._busy.add(conn)
-        started = loop.time()
+        started = time.monotonic()
         try:
-            replies = await pipeline.run_units(conn, [[Command(j.sql, j.params)] for j in jobs])
+            units = await pipeline.run_units(
+                conn, [[Command(j.sql, j.params)] for j in jobs], watchdog.progress
+            )
         finally:
-            timer.cancel()
+            watchdog.stop()
             self._busy.discard(conn)
-        each_s = (loop.time() - started) / len(jobs)
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         dirty = session.snapshot(conn) != before
-        for job, (reply,) in zip(jobs, replies, strict=True):
-            if reply.error is not None:
-                if reply.error.sqlstate == "26000" and not job.retried:
-                    # Our prepared statement is gone (a DEALLOCATE or DISCARD ran on this
-                    # connection): the statement never ran, so it can safely go again.
-                    pipeline.forget_prepared(conn)
-                    job.retried = True
-                    self._resubmit(job)
-                else:
-                    _settle(job.future, error=reply.error)
-                continue
-            result = reply.result
-            assert result is not None
-            command = result.command_status.decode() if result.command_status else None
-            if session.may_dirty(job.sql, command):
-                dirty = True
-                self.known.forget(job.sql)
-            else:
-                self.known.observe(job.sql, each_s)
-            columns = await self.types.of_result(conn, self.node.name, result)
-            rows = pipeline.load_rows(conn, result, job.max_rows + 1)
-            _settle(
-                job.future,
-                result=statement_result(
-                    columns, rows, command, result.command_tuples, job.max_rows, job.row_format
-                ),
-            )
+        for job, unit in zip(jobs, units, strict=True):
+            # Each statement's own time: from the previous one's answer to its own.
+            seconds = unit.finished - started if unit.finished else 0.0
+            started = unit.finished or started
+            try:
+                dirty |= await self._settle_job(conn, job, unit, seconds)
+            except Exception as exc:  # this job's answer could not be made: its error only
+                _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
         if dirty and not conn.closed:
             await session.reset(conn)
 
-    def _resubmit(self, job: Job) -> None:
-        try:
-            self.submit(job)
-        except MirrorpoolError as exc:
-            _settle(job.future, error=exc)
+    async def _settle_job(
+        self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
+    ) -> bool:
+        """Answer one job; True when its statement changed the session."""
+        (reply,) = unit.replies
+        if reply.stale and not job.retried:
+            # Our prepared statement was gone or planned for an older schema: it did not
+            # run, so it can safely go again.
+            job.retried = True
+            try:
+                self.submit(job)
+            except MirrorpoolError as exc:
+                _settle(job.future, error=exc)
+            return False
+        self.known.observe(job.sql, seconds)
+        if reply.error is not None:
+            _settle(job.future, error=reply.error)
+            return False
+        result = reply.result
+        assert result is not None
+        command = result.command_status.decode() if result.command_status else None
+        dirty = session.may_dirty(job.sql, command)
+        if dirty:
+            self.known.forget(job.sql)
+        columns = await self.types.of_result(conn, self.node.name, result)
+        rows = pipeline.load_rows(conn, result, job.max_rows + 1)
+        _settle(
+            job.future,
+            result=statement_result(
+                columns, rows, command, result.command_tuples, job.max_rows, job.row_format
+            ),
+        )
+        return dirty
+
+
+class _Watchdog:
+    """Shuts a batch's connection when no answer has come for `limit_s` (a frozen server),
+    however long the batch as a whole takes."""
+
+    def __init__(self, conn: AsyncConnection[Any], limit_s: float) -> None:
+        self._conn = conn
+        self._limit_s = limit_s
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._handle = self._loop.call_later(limit_s, self._check)
+
+    def progress(self) -> None:
+        """An answer came back."""
+        self._last = self._loop.time()
+
+    def stop(self) -> None:
+        """The batch is over."""
+        self._handle.cancel()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self._last
+        if idle >= self._limit_s:
+            shut(self._conn)
+        else:
+            self._handle = self._loop.call_later(self._limit_s - idle, self._check)
 
 
 class Known:
-    """How long statements took last, by SQL text: which ones are quick enough to share."""
+    """How long reads took last, by SQL text: which ones are quick enough to share."""
 
     def __init__(self) -> None:
         self._seconds: dict[str, float] = {}
 
     def quick(self, sql: str) -> bool:
-        """True when the statement ran quickly and left the session alone last time."""
+        """True when the statement is a plain read that ran quickly last time."""
         seconds = self._seconds.get(sql)
         return seconds is not None and seconds < QUICK_S
 
     def observe(self, sql: str, seconds: float) -> None:
-        """Remember a run: a slow one counts at once, quick ones bring the figure down."""
+        """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
+        figure down. Writes and locking reads are never remembered."""
         last = self._seconds.get(sql)
-        if last is None and len(self._seconds) >= MAX_KNOWN:
-            self._seconds.clear()
+        if last is None:
+            if not is_plain_read(sql):
+                return
+            if len(self._seconds) >= MAX_KNOWN:
+                self._seconds.clear()
         self._seconds[sql] = (
             seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
         )
@@ -270,9 +339,17 @@ class Multiplexer:
         if lane is not None:
             lane.sever(error)
 
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """Per node: statements multiplexed, batches sent, mean and largest batch."""
-        return {name: lane.stats.as_json() for name, lane in self.lanes.items()}
+
+def _copy(exc: BaseException) -> BaseException:
+    """A fresh exception like `exc` for each waiter (one shared instance would pile up
+    every waiter's traceback on it)."""
+    try:
+        fresh = type(exc)(*exc.args)
+    except Exception:
+        return exc
+    if isinstance(exc, MirrorpoolError) and isinstance(fresh, MirrorpoolError):
+        fresh.extra = dict(exc.extra)
+    return fresh
 
 
 def _settle(

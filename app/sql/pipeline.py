@@ -6,14 +6,20 @@ followed by one Sync: the commands of a unit share an implicit transaction (or t
 one they open), and a Sync ends it, so separate units commit or fail on their own. After an
 error the server skips the rest of its unit; each command reports its own result either way.
 
-Used by the multiplexing lanes (one unit per request) and by /v1/transaction (one unit:
-BEGIN, the statements, COMMIT, in one round trip).
+Used by the multiplexing lanes (one unit per request) and by /v1/transaction and other
+wrapped statements (one unit: BEGIN, the limits, the statements, COMMIT, in one round trip).
+
+A statement text is prepared by name on a connection the second time it runs there (one-off
+texts stay unnamed), up to MAX_PREPARED names per connection. A named statement the server
+no longer has (26000), or whose result type a schema change altered (0A000), is dropped and
+reported `stale`: it did not run, and the caller may send it again.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Generator, Sequence
+import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -22,22 +28,29 @@ import psycopg
 from psycopg import AsyncConnection, abc, pq
 from psycopg.adapt import PyFormat, Transformer
 from psycopg.generators import fetch_many, send
-from psycopg.pq.abc import PGresult
+from psycopg.pq.abc import PGconn, PGresult
 
 # Statements prepared by name per connection at most; the rest run unnamed.
 MAX_PREPARED = 256
+# Texts whose uses are counted per connection at most (to prepare on the second use).
+MAX_SEEN = 1024
 
 OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 TUPLES = pq.ExecStatus.TUPLES_OK
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _ABORTED = pq.ExecStatus.PIPELINE_ABORTED
-_names = itertools.count()
+_COPY = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
+# A named statement that did not run: gone from the server, or planned for another schema.
+_STALE = ("26000", "0A000")
 _NOT_RUN = "not run: an earlier statement failed"
+_names = itertools.count()
+
+Key = tuple[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """One statement and its parameters; `prepare=False` for one-off texts (BEGIN...)."""
+    """One statement and its parameters; `prepare=False` for texts sent once (BEGIN...)."""
 
     sql: str
     params: Sequence[Any] = ()
@@ -50,23 +63,41 @@ class Reply:
 
     result: PGresult | None = None
     error: psycopg.Error | None = None
+    stale: bool = False
+
+
+@dataclass(slots=True)
+class UnitReply:
+    """A unit's replies, one per command, and when its Sync came back (monotonic s)."""
+
+    replies: list[Reply]
+    finished: float = 0.0
+
+    @property
+    def stale(self) -> bool:
+        """True when a named statement of the unit was stale: nothing of it ran."""
+        return any(r.stale for r in self.replies)
 
 
 @dataclass(slots=True)
 class _Slot:
-    """A command in flight: the name it prepares, if it does, and its results."""
+    """A command in flight: the name it runs under, whether it prepares it, its results."""
 
-    prepares: bytes | None
-    key: tuple[str, Any]
+    key: Key
+    name: bytes | None
+    prepares: bool
     results: list[PGresult] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class ConnState:
-    """What a connection carries for pipelines: its transformer and prepared statements."""
+    """What a connection carries for pipelines: a transformer and its prepared names."""
 
+    # Built from the connection's adapters, not the connection: the state must not keep
+    # its connection alive (the WeakKeyDictionary below would never let go of it).
     tx: abc.Transformer
-    prepared: dict[tuple[str, Any], bytes] = field(default_factory=dict)
+    prepared: dict[Key, bytes] = field(default_factory=dict)
+    seen: dict[Key, int] = field(default_factory=dict)
 
 
 _states: WeakKeyDictionary[AsyncConnection[Any], ConnState] = WeakKeyDictionary()
@@ -76,24 +107,27 @@ def state_of(conn: AsyncConnection[Any]) -> ConnState:
     """The connection's pipeline state, made on first use."""
     state = _states.get(conn)
     if state is None:
-        state = _states[conn] = ConnState(Transformer.from_context(conn))
+        state = _states[conn] = ConnState(Transformer(conn.adapters))
     return state
 
 
 async def run_units(
-    conn: AsyncConnection[Any], units: Sequence[Sequence[Command]]
-) -> list[list[Reply]]:
+    conn: AsyncConnection[Any],
+    units: Sequence[Sequence[Command]],
+    progress: Callable[[], None] | None = None,
+) -> list[UnitReply]:
     """Send every unit at once, each closed by a Sync, and return each command's reply.
 
-    A command whose parameters cannot be sent gets a Reply with that error, its unit is not
-    sent at all, and the unit's other commands get empty Replies. A broken connection
-    raises (psycopg.Error or OSError), and so does cancellation; the connection is then
-    closed, its state being unknown.
+    `progress` is called as each unit's Sync comes back. A command whose parameters cannot
+    be sent gets a Reply with that error, its unit is not sent at all, and the unit's other
+    commands get empty Replies. A broken connection raises (psycopg.Error or OSError), and
+    so does cancellation; the connection is then closed, its state being unknown.
     """
     state = state_of(conn)
     pgconn = conn.pgconn
-    replies: list[list[Reply]] = [[] for _ in units]
+    out = [UnitReply([]) for _ in units]
     sent: list[tuple[int, list[_Slot]]] = []
+    naming: dict[Key, bytes] = {}  # names prepared by this run, shared by its later units
     pgconn.enter_pipeline_mode()
     try:
         for index, unit in enumerate(units):
@@ -101,32 +135,42 @@ async def run_units(
             if isinstance(dumped, tuple):
                 failed, error = dumped
                 # Nothing of this unit is sent: only the culprit reports anything.
-                replies[index] = [
+                out[index].replies = [
                     Reply(error=error if i == failed else None) for i in range(len(unit))
                 ]
                 continue
-            sent.append(
-                (index, [_send(pgconn, state, c, p) for c, p in zip(unit, dumped, strict=True)])
-            )
+            slots = [_send(pgconn, state, naming, c, d) for c, d in zip(unit, dumped, strict=True)]
             pgconn.pipeline_sync()
+            sent.append((index, slots))
         if sent:
-            groups = await conn.wait(_collect(pgconn, len(sent)))
+            groups, times = await conn.wait(_collect(pgconn, len(sent), progress))
             _distribute([slots for _, slots in sent], groups)
+            for (index, _), finished in zip(sent, times, strict=True):
+                out[index].finished = finished
         pgconn.exit_pipeline_mode()
     except BaseException:
         await conn.close()
         raise
     encoding = conn.info.encoding
+    stale: list[bytes] = []
     for index, slots in sent:
-        replies[index] = [_reply(state, slot, encoding) for slot in slots]
-    return replies
+        out[index].replies = [_reply(state, slot, encoding, stale) for slot in slots]
+    for name in stale:
+        if not conn.closed:  # still planned for the old schema: drop it on the server
+            await conn.execute(f"DEALLOCATE {name.decode()}", prepare=False)
+    return out
 
 
-def forget_prepared(conn: AsyncConnection[Any]) -> None:
-    """The server dropped our prepared statements (DEALLOCATE, DISCARD): prepare anew."""
-    state = _states.get(conn)
-    if state is not None:
-        state.prepared.clear()
+def load_rows(conn: AsyncConnection[Any], result: PGresult, limit: int) -> list[Any]:
+    """Up to `limit` rows of a result, as tuples of JSON-ready values."""
+    if result.status != TUPLES:
+        return []
+    tx = state_of(conn).tx
+    tx.set_pgresult(result)
+    try:
+        return tx.load_rows(0, min(result.ntuples, limit), tuple)
+    finally:
+        tx.set_pgresult(None)
 
 
 def _dump(state: ConnState, unit: Sequence[Command]) -> list[Any] | tuple[int, psycopg.Error]:
@@ -138,37 +182,63 @@ def _dump(state: ConnState, unit: Sequence[Command]) -> list[Any] | tuple[int, p
             params = tx.dump_sequence(command.params, [PyFormat.AUTO] * len(command.params))
         except psycopg.Error as exc:  # a value psycopg cannot send (a NUL byte, ...)
             return index, exc
+        except Exception as exc:  # a dumper's own failure: this request's, not the batch's
+            return index, psycopg.DataError(f"a parameter cannot be sent: {exc}")
         dumped.append((params, tx.types, tx.formats))
     return dumped
 
 
-def _send(pgconn: Any, state: ConnState, command: Command, dumped: Any) -> _Slot:
+def _send(
+    pgconn: PGconn, state: ConnState, naming: dict[Key, bytes], command: Command, dumped: Any
+) -> _Slot:
     params, types, formats = dumped
     key = (command.sql, types)
-    name = state.prepared.get(key) if command.prepare else None
-    prepares = None
-    if name is None and command.prepare and len(state.prepared) < MAX_PREPARED:
-        name = prepares = f"_mp_{next(_names)}".encode()
+    name = state.prepared.get(key) or naming.get(key) if command.prepare else None
+    prepares = False
+    if name is None and command.prepare and _second_use(state, key):
+        name = naming[key] = f"_mp_{next(_names)}".encode()
+        prepares = True
         pgconn.send_prepare(name, command.sql.encode(), types)
     if name is None:
         pgconn.send_query_params(command.sql.encode(), params, types, formats)
     else:
         pgconn.send_query_prepared(name, params, formats)
-    return _Slot(prepares, key)
+    return _Slot(key, name, prepares)
 
 
-def _collect(pgconn: Any, syncs: int) -> Generator[Any, Any, list[list[PGresult]]]:
-    """Flush the pipeline and read every result group up to the last of `syncs` Syncs."""
+def _second_use(state: ConnState, key: Key) -> bool:
+    if len(state.prepared) >= MAX_PREPARED:
+        return False
+    uses = state.seen.get(key, 0) + 1
+    if uses == 1 and len(state.seen) >= MAX_SEEN:
+        state.seen.clear()
+    state.seen[key] = uses
+    return uses >= 2
+
+
+def _collect(
+    pgconn: PGconn, syncs: int, progress: Callable[[], None] | None
+) -> Generator[Any, Any, tuple[list[list[PGresult]], list[float]]]:
+    """Flush the pipeline and read every result group up to the last of `syncs` Syncs,
+    noting when each Sync came back."""
     yield from send(pgconn)
     groups: list[list[PGresult]] = []
+    times: list[float] = []
     while syncs:
         results = yield from fetch_many(pgconn)
         if not results:
             raise psycopg.OperationalError("the pipeline ended before its last Sync")
-        if results[0].status == _SYNC:
+        status = results[0].status
+        if status in _COPY:
+            # libpq would hand back the same COPY result forever: give the connection up.
+            raise psycopg.NotSupportedError("COPY to or from the client cannot be pipelined")
+        if status == _SYNC:
             syncs -= 1
+            times.append(time.monotonic())
+            if progress is not None:
+                progress()
         groups.append(results)
-    return groups
+    return groups, times
 
 
 def _distribute(units: list[list[_Slot]], groups: list[list[PGresult]]) -> None:
@@ -182,21 +252,27 @@ def _distribute(units: list[list[_Slot]], groups: list[list[PGresult]]) -> None:
             continue
         if not expecting:
             slot = next(slots)
-            expecting = [slot, slot] if slot.prepares is not None else [slot]
-        expecting.pop(0).results.extend(results)
+            expecting = [slot, slot] if slot.prepares else [slot]
+        expecting.pop().results.extend(results)
 
 
-def _reply(state: ConnState, slot: _Slot, encoding: str) -> Reply:
+def _reply(state: ConnState, slot: _Slot, encoding: str, stale: list[bytes]) -> Reply:
     results = slot.results
-    if slot.prepares is not None:
+    if slot.prepares:
         prepared, results = results[0], results[1:]
         if prepared.status not in OK:
             return Reply(error=_error_of(prepared, encoding))
-        state.prepared[slot.key] = slot.prepares
+        assert slot.name is not None
+        state.prepared[slot.key] = slot.name
     result = results[0] if results else None
-    if result is None or result.status not in OK:
-        return Reply(error=_error_of(result, encoding))
-    return Reply(result=result)
+    if result is not None and result.status in OK:
+        return Reply(result=result)
+    error = _error_of(result, encoding)
+    if slot.name is not None and not slot.prepares and error.sqlstate in _STALE:
+        if state.prepared.pop(slot.key, None) is not None and error.sqlstate == "0A000":
+            stale.append(slot.name)
+        return Reply(error=error, stale=True)
+    return Reply(error=error)
 
 
 def _error_of(result: PGresult | None, encoding: str) -> psycopg.Error:
@@ -205,12 +281,3 @@ def _error_of(result: PGresult | None, encoding: str) -> psycopg.Error:
     if result.status == _ABORTED:
         return psycopg.errors.PipelineAborted(_NOT_RUN)
     return psycopg.errors.error_from_result(result, encoding=encoding)
-
-
-def load_rows(conn: AsyncConnection[Any], result: PGresult, limit: int) -> list[Any]:
-    """Up to `limit` rows of a result, as tuples of JSON-ready values."""
-    if result.status != TUPLES:
-        return []
-    tx = state_of(conn).tx
-    tx.set_pgresult(result)
-    return tx.load_rows(0, min(result.ntuples, limit), tuple)

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.errors import Forbidden, InvalidSQL, LimitExceeded
 from app.settings import Settings
-from app.sql import transaction_pooling
+from app.sql import refusals, transaction_pooling
 from app.sql.lexer import code_words
 from app.sql.placeholders import BoundSQL, bind
 from app.sql.types import to_param
@@ -17,10 +17,12 @@ def prepare(
     params: list[Any] | dict[str, Any] | None,
     settings: Settings,
     role: str | None = None,
+    read_only: bool = False,
 ) -> BoundSQL:
-    """Check the limits, bind `:name` or `$n` parameters, and adapt the values. With a role,
-    refuse statements that would leave it (SET/RESET ROLE, SESSION AUTHORIZATION, ...);
-    behind PgBouncer, statements that would change the shared server session."""
+    """Check the limits, bind `:name` or `$n` parameters, and adapt the values. Refuse what
+    no request may run (app/sql/refusals.py); with a role, statements that would leave it
+    (SET/RESET ROLE, SESSION AUTHORIZATION, ...); behind PgBouncer, statements that would
+    change the shared server session."""
     if len(sql) > settings.max_sql_length:
         raise LimitExceeded(
             f"the SQL is {len(sql)} characters long; the limit is {settings.max_sql_length}"
@@ -40,6 +42,8 @@ def prepare(
             "set_config) are refused"
         )
     if settings.pgbouncer and (why := transaction_pooling.refusal(bound.sql)) is not None:
+        raise InvalidSQL(why)
+    if (why := refusals.refusal(bound.sql, read_only)) is not None:
         raise InvalidSQL(why)
     return BoundSQL(bound.sql, [to_param(v) for v in bound.params], bound.names)
 

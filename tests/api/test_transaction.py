@@ -206,7 +206,8 @@ async def test_a_value_that_cannot_be_sent_names_its_statement(
 async def test_transactions_survive_their_prepared_statements_being_dropped(
     pair: LocalPair, table: str
 ) -> None:
-    # One connection, so the DEALLOCATE ALL lands where the transactions prepared theirs.
+    # One connection, so the DEALLOCATE ALL (from a DO block: sent directly it is refused)
+    # lands where the transactions prepared theirs.
     async with serving_ready(settings_for(pair, pool_max_size=1)) as (_, client):
         statements: list[dict[str, Any]] = [
             {"sql": f"UPDATE {table} SET v = $1 WHERE id = 1", "params": ["uno"]},
@@ -214,7 +215,10 @@ async def test_transactions_survive_their_prepared_statements_being_dropped(
         ]
         first = await tx(client, statements)
         assert first.json()["results"][1]["rows"] == [["uno"]]
-        assert (await client.post("/v1/query", json={"sql": "DEALLOCATE ALL"})).status_code == 200
+        dropped = await client.post(
+            "/v1/query", json={"sql": "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"}
+        )
+        assert dropped.status_code == 200
 
         statements[0]["params"] = ["eins"]
         again = await tx(client, statements)
