@@ -190,8 +190,8 @@ class Settings(BaseSettings):
     )
     multiplex: bool = Field(
         True,
-        description="Pipeline concurrent quick plain statements on shared pool connections, "
-        "each committed on its own (off behind PgBouncer).",
+        description="Pipeline concurrent quick plain reads on shared pool connections, "
+        "each on its own (off behind PgBouncer).",
     )
     allow_raw_sql: bool = Field(
         True, description="false: only named queries run; /v1/query and friends answer 403."

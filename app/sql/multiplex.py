@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 # A statement joins a lane once it has run in under this long; one slow run takes it out.
 QUICK_S = 0.005
 # Statements sent in one pipeline at most.
-MAX_BATCH = 8
+MAX_BATCH = 16
 # Statement texts whose speed is remembered at most.
 MAX_KNOWN = 4096
 # Seconds a batch may go without any answer, beyond the statement timeout, before its
