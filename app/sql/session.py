@@ -88,14 +88,8 @@ def begin_sql(
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query."""
-    mode = []
-    if isolation:
-        mode.append(sql.SQL("ISOLATION LEVEL " + isolation.replace("_", " ").upper()))
-    if read_only:
-        mode.append(sql.SQL("READ ONLY"))
-    begin = sql.SQL("BEGIN {}").format(sql.SQL(" ").join(mode)) if mode else sql.SQL("BEGIN")
     parts = [
-        begin,
+        sql.SQL(begin_statement(isolation, read_only)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
     ]
