@@ -348,13 +348,8 @@ class Engine:
     ) -> list[StatementResult]:
         """BEGIN, the limits, every statement and COMMIT in one round trip (pipeline mode:
         the statements cannot use each other's results, so nothing waits for them)."""
-        limits_sql, values = (
-            session.LOCAL_LIMITS_SQL,
-            [
-                str(limits.timeout_ms),
-                str(self.settings.lock_timeout_ms),
-            ],
-        )
+        limits_sql = session.LOCAL_LIMITS_SQL
+        values = [str(limits.timeout_ms), str(self.settings.lock_timeout_ms)]
         if limits.role is not None:
             limits_sql, values = session.LOCAL_LIMITS_AS_ROLE_SQL, [*values, limits.role]
         commands = [
@@ -380,19 +375,13 @@ class Engine:
             raise _StatementFailed(error, index)
         results = []
         for bound, reply in zip(statements, replies[2:-1], strict=True):
-            result = reply.result
-            assert result is not None
-            command = result.command_status.decode() if result.command_status else None
-            if session.may_dirty(bound.sql, command):
+            assert reply.result is not None
+            answer = await pipeline.answer(
+                conn, node, self.types, reply.result, limits.max_rows, limits.row_format
+            )
+            if session.may_dirty(bound.sql, answer.command):
                 mark_dirty()
-            columns = await self.types.of_result(conn, node, result)
-            rows = pipeline.load_rows(conn, result, limits.max_rows + 1)
-            results.append(
-                statement_result(
-                    columns, rows, command, result.command_tuples, limits.max_rows,
-                    limits.row_format,
-                )
-            )  # fmt: skip
+            results.append(answer)
         return results
 
     async def stream(

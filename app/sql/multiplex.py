@@ -43,7 +43,7 @@ from app.sql.columns import TypeNames
 from app.sql.guard import shut
 from app.sql.lexer import code_words
 from app.sql.pipeline import Command
-from app.sql.results import RowFormat, StatementResult, statement_result
+from app.sql.results import RowFormat, StatementResult
 
 logger = logging.getLogger(__name__)
 
@@ -243,20 +243,14 @@ class Lane:
         if reply.error is not None:
             _settle(job.future, error=reply.error)
             return False
-        result = reply.result
-        assert result is not None
-        command = result.command_status.decode() if result.command_status else None
-        dirty = session.may_dirty(job.sql, command)
+        assert reply.result is not None
+        answer = await pipeline.answer(
+            conn, self.node.name, self.types, reply.result, job.max_rows, job.row_format
+        )
+        dirty = session.may_dirty(job.sql, answer.command)
         if dirty:
             self.known.forget(job.sql)
-        columns = await self.types.of_result(conn, self.node.name, result)
-        rows = pipeline.load_rows(conn, result, job.max_rows + 1)
-        _settle(
-            job.future,
-            result=statement_result(
-                columns, rows, command, result.command_tuples, job.max_rows, job.row_format
-            ),
-        )
+        _settle(job.future, result=answer)
         return dirty
 
 

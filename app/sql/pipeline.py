@@ -30,6 +30,9 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.generators import fetch_many, send
 from psycopg.pq.abc import PGconn, PGresult
 
+from app.sql.columns import TypeNames
+from app.sql.results import RowFormat, StatementResult, statement_result
+
 # Statements prepared by name per connection at most; the rest run unnamed.
 MAX_PREPARED = 256
 # Texts whose uses are counted per connection at most (to prepare on the second use).
@@ -161,7 +164,23 @@ async def run_units(
     return out
 
 
-def load_rows(conn: AsyncConnection[Any], result: PGresult, limit: int) -> list[Any]:
+async def answer(
+    conn: AsyncConnection[Any],
+    node: str,
+    types: TypeNames,
+    result: PGresult,
+    max_rows: int,
+    row_format: RowFormat,
+) -> StatementResult:
+    """A statement's successful result as the API reports it: its columns, up to
+    `max_rows` rows (one more fetched says it was cut), its command tag."""
+    command = result.command_status.decode() if result.command_status else None
+    columns = await types.of_result(conn, node, result)
+    rows = _load_rows(conn, result, max_rows + 1)
+    return statement_result(columns, rows, command, result.command_tuples, max_rows, row_format)
+
+
+def _load_rows(conn: AsyncConnection[Any], result: PGresult, limit: int) -> list[Any]:
     """Up to `limit` rows of a result, as tuples of JSON-ready values."""
     if result.status != TUPLES:
         return []
