@@ -20,6 +20,7 @@ it cannot see into function bodies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from app.sql.lexer import code_words
@@ -41,11 +42,7 @@ def _why(sql: str, read_only: bool) -> str | None:
     if not words:
         return None
     first, rest = words[0], words[1:]
-    if (
-        (first == "PREPARE" and rest[:1] == ["TRANSACTION"])
-        or first in _CONTROL
-        or (first == "ROLLBACK" and rest[:1] != ["TO"])
-    ):
+    if ends_transaction(first, rest):
         return (
             f"{first} is refused: a request runs inside a transaction mirrorpool opens and "
             "closes itself (with its read-only mode, role and timeouts); send several "
@@ -74,6 +71,15 @@ def _escapes_read_only(words: list[str]) -> bool:
         or "DEFAULT_TRANSACTION_READ_ONLY" in text
         or "CHARACTERISTICS" in words
     )
+
+
+def ends_transaction(first: str | None, rest: Sequence[str | None]) -> bool:
+    """True for a statement, by its first words (upper-cased), that begins or ends a
+    transaction: BEGIN, START, COMMIT, END, ABORT, PREPARE TRANSACTION, and ROLLBACK but
+    not ROLLBACK [WORK | TRANSACTION] TO SAVEPOINT."""
+    if first == "ROLLBACK":
+        return "TO" not in rest[:2]
+    return first in _CONTROL or (first == "PREPARE" and rest[:1] == ["TRANSACTION"])
 
 
 _CACHEABLE_LENGTH = 8192

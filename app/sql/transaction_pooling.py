@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from app.sql.lexer import Kind, Token, significant
+from app.sql.refusals import ends_transaction
 
 # (what the statement does, why that breaks, what to use instead)
 Finding = tuple[str, str, str]
@@ -40,11 +41,6 @@ _FIRST_WORD: dict[str, Finding] = {
     "LISTEN": ("LISTEN", _OUTLIVES, "connect to the primary directly to listen"),
     "UNLISTEN": ("UNLISTEN", _OUTLIVES, "requests listen to nothing"),
     "LOAD": ("LOAD", _OUTLIVES, "preload the library in the server's configuration"),
-    "BEGIN": _TRANSACTION_CONTROL,
-    "START": _TRANSACTION_CONTROL,
-    "COMMIT": _TRANSACTION_CONTROL,
-    "END": _TRANSACTION_CONTROL,
-    "ABORT": _TRANSACTION_CONTROL,
 }
 # SET forms that last only until the end of the transaction.
 _SET_SCOPED = {"LOCAL", "TRANSACTION", "CONSTRAINTS"}
@@ -94,7 +90,7 @@ def _by_statement(first: str | None, rest: list[str | None]) -> Finding | None:
     found = _FIRST_WORD.get(first or "")
     creates_temp = first == "CREATE" and bool({*_TEMP, "PG_TEMP"} & set(rest[:6]))
     selects_into_temp = first == "SELECT" and any(_follows(rest, "INTO", t) for t in _TEMP)
-    if first == "ROLLBACK" and "TO" not in rest[:2]:
+    if ends_transaction(first, rest):
         found = _TRANSACTION_CONTROL
     elif first == "SET" and (not rest or rest[0] not in _SET_SCOPED):
         found = ("SET without LOCAL", _OUTLIVES, "use SET LOCAL, which lasts until its end")

@@ -90,7 +90,8 @@ async def test_statements_that_would_reach_other_requests_are_refused(
 async def test_savepoints_still_work_inside_a_transaction(client: httpx.AsyncClient) -> None:
     answer = await transaction(
         client, "write", "SAVEPOINT a", "SELECT 1",
-        "ROLLBACK TO SAVEPOINT a", "RELEASE SAVEPOINT a",
+        "ROLLBACK TO SAVEPOINT a", "SAVEPOINT b", "ROLLBACK WORK TO SAVEPOINT b",
+        "RELEASE SAVEPOINT a",
     )  # fmt: skip
     assert answer.status_code == 200, answer.text
 
