@@ -26,7 +26,7 @@ from app.settings import Settings
 from app.sql import pipeline, session
 from app.sql.columns import TypeNames
 from app.sql.errors import database_error
-from app.sql.guard import Guard
+from app.sql.guard import DEADLINE_GRACE_S, Guard
 from app.sql.multiplex import Multiplexer
 from app.sql.pipeline import Command
 from app.sql.placeholders import BoundSQL
@@ -37,10 +37,6 @@ from app.sql.types import SESSION_SETTINGS
 T = TypeVar("T")
 # Returns once the HTTP client has gone; called only if the request lasts (app/sql/guard.py).
 Abort = Callable[[], Awaitable[Any]]
-
-# Our own deadline is the statement timeout plus this much, so the server's timeout (a
-# clean 57014 with the connection intact) wins whenever the server is alive to enforce it.
-DEADLINE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,9 @@ from app.errors import ClientGone, QueryTimeout
 
 # Quick requests never pay for a watcher task.
 WATCH_AFTER_S = 0.05
+# Our own deadline is the statement timeout plus this much, so the server's timeout (a
+# clean 57014 with the connection intact) wins whenever the server is alive to enforce it.
+DEADLINE_GRACE_S = 1.0
 
 
 class Guard:

@@ -40,7 +40,7 @@ from app.errors import MirrorpoolError, PoolExhausted
 from app.settings import Settings
 from app.sql import pipeline, session
 from app.sql.columns import TypeNames
-from app.sql.guard import shut
+from app.sql.guard import DEADLINE_GRACE_S, shut
 from app.sql.lexer import code_words
 from app.sql.pipeline import Command
 from app.sql.results import RowFormat, StatementResult
@@ -53,9 +53,6 @@ QUICK_S = 0.005
 MAX_BATCH = 16
 # Statement texts whose speed is remembered at most.
 MAX_KNOWN = 4096
-# Seconds a batch may go without any answer, beyond the statement timeout, before its
-# connection is shut (each statement has its own statement_timeout on the server).
-GRACE_S = 1.0
 
 _READS = {"SELECT", "VALUES", "TABLE", "WITH"}
 _WRITES = {"INSERT", "UPDATE", "DELETE", "MERGE", "INTO", "COPY", "CALL"}
@@ -200,7 +197,9 @@ class Lane:
 
     async def _run_batch(self, conn: AsyncConnection[Any], jobs: list[Job]) -> None:
         before = session.snapshot(conn)
-        watchdog = _Watchdog(conn, self.settings.statement_timeout_ms / 1000 + GRACE_S)
+        # Each statement has its own statement_timeout on the server: a batch is only held
+        # to an answer coming within it (plus the same grace as a request's deadline).
+        watchdog = _Watchdog(conn, self.settings.statement_timeout_ms / 1000 + DEADLINE_GRACE_S)
         self._busy.add(conn)
         started = time.monotonic()
         try:
