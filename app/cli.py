@@ -41,11 +41,14 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
 
 def serve(settings: Settings) -> int:
     """Run the HTTP service until SIGINT/SIGTERM; in-flight requests finish first."""
-    from app.main import create_app  # noqa: PLC0415 - keeps `mirrorpool --help` quick
+    from app.main import check_startup_logins, create_app  # noqa: PLC0415 - a quick --help
 
+    # A superuser login, or a key's role that cannot log in, stops start-up here with one
+    # line (exit code 2), before any worker starts.
+    warnings = asyncio.run(check_startup_logins(settings))
     # Several workers each build their app from the environment; one gets it built here,
     # so a bad DSN or query file fails before the server starts.
-    app = create_app(settings) if settings.workers == 1 else "app.main:create_app"
+    app = create_app(settings, warnings) if settings.workers == 1 else "app.main:create_app"
     uvicorn.run(
         app,
         factory=settings.workers > 1,
@@ -65,7 +68,7 @@ def serve(settings: Settings) -> int:
 
 def dev(settings: Settings, mirrors: int) -> int:
     """Serve against the configured DSNs, or against a local pair under .devdb/."""
-    from app.devdb import LocalPair  # noqa: PLC0415
+    from app.devdb import OWNER, SERVICE, LocalPair  # noqa: PLC0415
 
     if settings.primary_dsn is not None:
         logger.info("MIRRORPOOL_PRIMARY_DSN is set: serving it, no local pair started")
@@ -82,21 +85,29 @@ def dev(settings: Settings, mirrors: int) -> int:
     pair = LocalPair(DEVDB_DIR, mirrors=mirrors)
     pair.start()
     try:
-        dsns = {n.name: n.dsn(password=False) for n in pair.nodes}
+        dsns = {n.name: n.dsn(password=False, user=SERVICE) for n in pair.nodes}
         width = max(len(name) for name in dsns)
-        lines = [f"local PostgreSQL pair in {DEVDB_DIR}/ (passwords in {DEVDB_DIR}/pgpass):"]
+        lines = [
+            f"local PostgreSQL pair in {DEVDB_DIR}/ (passwords in {DEVDB_DIR}/pgpass); the "
+            f"service logs in as {SERVICE}, migrations run as {OWNER}, the schema's owner:"
+        ]
         lines += [f"  {name:<{width}}  {dsn}" for name, dsn in dsns.items()]
+        owner = pair.primary.dsn(password=False, user=OWNER)
         lines += [
-            f'  psql:  PGPASSFILE={DEVDB_DIR}/pgpass psql "{pair.primary.dsn(password=False)}"',
+            f'  psql:  PGPASSFILE={DEVDB_DIR}/pgpass psql "{owner}"',
             f"  docs:  http://{settings.host}:{settings.port}/docs",
         ]
         if local_key:
             lines.append(f"  key:   {local_key}  (Authorization: Bearer <key>; valid for this run)")
         print("\n".join(lines), flush=True)
-        mirror_dsns = ",".join(m.dsn() for m in pair.mirrors) or None
+        mirror_dsns = ",".join(m.dsn(user=SERVICE) for m in pair.mirrors) or None
         # One worker: other workers would read the DSNs from the environment, which has none.
         local = load_settings(
-            primary_dsn=pair.primary.dsn(), mirror_dsn=mirror_dsns, workers=1, **keys
+            primary_dsn=pair.primary.dsn(user=SERVICE),
+            mirror_dsn=mirror_dsns,
+            migrations_dsn=pair.migrations_dsn(),
+            workers=1,
+            **keys,
         )
         return serve(local)
     finally:

@@ -30,12 +30,19 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypedDict
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from app.errors import DevDBError
 
 RUN_AS_WHEN_ROOT = "postgres"
+# The pair's logins, as production should have them (README: Access): the superuser runs
+# the servers' own business (replication, the harness) and nothing else; the owner of the
+# application's schema runs migrations; the service logs in as an unprivileged login that
+# may read and write the owner's tables (default privileges) and create nothing.
 SUPERUSER = "postgres"
+OWNER = "mirrorpool_owner"
+SERVICE = "mirrorpool"
 _BINARIES = ("initdb", "postgres", "pg_basebackup")
 _PR_SET_PDEATHSIG = 1
 
@@ -251,21 +258,26 @@ class LocalNode:
         """True while the postmaster process exists (frozen included)."""
         return self.pid is not None
 
-    def dsn(self, dbname: str = "postgres", *, password: bool = True) -> str:
-        """A libpq DSN for this server; `password=False` leaves the secret out."""
+    def dsn(self, dbname: str = "postgres", *, password: bool = True, user: str = SUPERUSER) -> str:
+        """A libpq DSN for this server as `user` (SUPERUSER, OWNER or SERVICE);
+        `password=False` leaves the secret out."""
         params: dict[str, str | int] = {
             "host": "127.0.0.1",
             "port": self.port,
-            "user": SUPERUSER,
+            "user": user,
             "dbname": dbname,
         }
         if password:
-            params["password"] = self.pair.password
+            params["password"] = self.pair.password_of(user)
         return make_conninfo("", **params)
 
-    def connect(self, dbname: str = "postgres", timeout: int = 5) -> psycopg.Connection:
-        """An autocommit connection to this server."""
-        return psycopg.connect(self.dsn(dbname), connect_timeout=timeout, autocommit=True)
+    def connect(
+        self, dbname: str = "postgres", timeout: int = 5, *, user: str = SUPERUSER
+    ) -> psycopg.Connection:
+        """An autocommit connection to this server as `user`."""
+        return psycopg.connect(
+            self.dsn(dbname, user=user), connect_timeout=timeout, autocommit=True
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server (if it is not running) and wait until it takes connections."""
@@ -401,6 +413,7 @@ class LocalPair:
         self.bindir = find_pg_bindir()
         self.run_as = RunAs.for_this_process()
         self.password = ""
+        self.passwords: dict[str, str] = {}
         self.nodes: list[LocalNode] = []
 
     def __enter__(self) -> LocalPair:
@@ -409,6 +422,23 @@ class LocalPair:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+    def migrations_dsn(self, dbname: str = "postgres") -> str:
+        """The owner's login on whichever node accepts writes (libpq tries each in turn):
+        what MIRRORPOOL_MIGRATIONS_DSN is set to, so migrations follow a promotion."""
+        return make_conninfo(
+            "",
+            host=",".join("127.0.0.1" for _ in self.nodes),
+            port=",".join(str(n.port) for n in self.nodes),
+            user=OWNER,
+            password=self.passwords[OWNER],
+            dbname=dbname,
+            target_session_attrs="read-write",
+        )
+
+    def password_of(self, user: str) -> str:
+        """The password of one of the pair's logins."""
+        return self.password if user == SUPERUSER else self.passwords[user]
 
     @property
     def primary(self) -> LocalNode:
@@ -465,6 +495,10 @@ class LocalPair:
                 "remove the folder to start over"
             )
         self.password = known.password if known else secrets.token_urlsafe(18)
+        self.passwords = {
+            login: (known.passwords.get(login) if known else None) or secrets.token_urlsafe(18)
+            for login in (OWNER, SERVICE)
+        }
         ports = known.ports if known else free_ports(len(names))
         if any(not _port_is_free(p) for p in ports):
             ports = free_ports(len(names))
@@ -477,9 +511,12 @@ class LocalPair:
                 self._configure()
                 for node in self.nodes:
                     node.start()
-            if all(m.in_recovery() for m in self.mirrors) and not self.primary.in_recovery():
-                wait_until(self.streaming, 30, "the mirrors to stream from the primary")
+            if not self.primary.in_recovery():
+                self._set_up_logins(self.primary)
+                if all(m.in_recovery() for m in self.mirrors):
+                    wait_until(self.streaming, 30, "the mirrors to stream from the primary")
             self._save_state()
+            self._write_passfile()
         except BaseException:
             self.stop("immediate")
             raise
@@ -538,8 +575,31 @@ class LocalPair:
             self.run_as.own(mirror.data_dir / "standby.signal")
             self._configure_node(mirror)
             mirror.start()
-        self.passfile.write_text(f"127.0.0.1:*:*:{SUPERUSER}:{self.password}\n")
+
+    def _write_passfile(self) -> None:
+        lines = [f"127.0.0.1:*:*:{SUPERUSER}:{self.password}"]
+        lines += [f"127.0.0.1:*:*:{login}:{pw}" for login, pw in self.passwords.items()]
+        self.passfile.write_text("\n".join(lines) + "\n")
         self.passfile.chmod(0o600)
+
+    def _set_up_logins(self, primary: LocalNode) -> None:
+        """Create (or bring up to date) the owner and service logins, and in `postgres` and
+        `template1` (so every database made later has them too) the owner's schema with the
+        service's privileges on what the owner creates there."""
+        with primary.connect() as conn:
+            for login in (OWNER, SERVICE):
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [login])
+                verb = "ALTER" if exists.fetchone() else "CREATE"
+                conn.execute(
+                    sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                        sql.SQL(verb), sql.Identifier(login), sql.Literal(self.passwords[login])
+                    )
+                )
+            # For POST /v1/admin/promote and MIRRORPOOL_PROMOTE_AFTER_S (refused to keys).
+            conn.execute(f"GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {SERVICE}")
+        for dbname in ("postgres", "template1"):
+            with primary.connect(dbname) as conn:
+                conn.execute(LOGINS_SQL)
 
     def _configure(self) -> None:
         for node in self.nodes:
@@ -613,12 +673,18 @@ class LocalPair:
                 names=[str(n) for n in raw["names"]],
                 ports=[int(p) for p in raw["ports"]],
                 password=str(raw["password"]),
+                passwords={str(k): str(v) for k, v in raw.get("passwords", {}).items()},
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def _save_state(self) -> None:
-        state = _State([n.name for n in self.nodes], [n.port for n in self.nodes], self.password)
+        state = _State(
+            [n.name for n in self.nodes],
+            [n.port for n in self.nodes],
+            self.password,
+            self.passwords,
+        )
         self.state_file.write_text(json.dumps(state.__dict__, indent=2))
         self.state_file.chmod(0o600)
 
@@ -627,8 +693,21 @@ class LocalPair:
         return [pid for node in self.nodes for pid in node.processes()]
 
 
+# Run as the superuser in each database: the owner owns the schema the application uses;
+# what it creates there, the service may use (and nothing else).
+LOGINS_SQL = f"""
+ALTER SCHEMA public OWNER TO {OWNER};
+GRANT USAGE ON SCHEMA public TO {SERVICE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
+    GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {SERVICE};
+ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public
+    GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {SERVICE};
+"""
+
+
 @dataclass
 class _State:
     names: list[str]
     ports: list[int]
     password: str
+    passwords: dict[str, str]

@@ -24,6 +24,7 @@ from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
 from app.cluster.dsn import dsn_secrets, with_defaults
+from app.cluster.logins import check_logins
 from app.migrations.files import discover
 from app.migrations.runner import MigrationSettings, Migrator
 from app.redaction import configure_logging, redactor
@@ -117,6 +118,14 @@ def build_cluster(settings: Settings) -> Cluster:
     )
 
 
+async def check_startup_logins(settings: Settings) -> list[str]:
+    """Check the logins the service would serve through (raises SettingsError when one must
+    not be used), on connections of their own; the warnings to show."""
+    cluster = build_cluster(settings)
+    roles = [(key.id, key.role) for key in settings.all_api_keys() if key.role]
+    return await check_logins(cluster.nodes, settings, roles)
+
+
 def freeze_startup_objects() -> None:
     """Keep what start-up built (it lives as long as the process) out of the collector's
     full passes, which otherwise stall every request in flight for tens of milliseconds
@@ -126,8 +135,11 @@ def freeze_startup_objects() -> None:
         gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> MirrorpoolApp:
-    """Build the app. The cluster is created (and its pools opened) by the lifespan."""
+def create_app(
+    settings: Settings | None = None, login_warnings: list[str] | None = None
+) -> MirrorpoolApp:
+    """Build the app. The cluster is created (and its pools opened) by the lifespan, after
+    the logins were checked (app/cluster/logins.py), unless `login_warnings` says they were."""
     if settings is None:
         # A uvicorn worker (MIRRORPOOL_WORKERS > 1) builds its app from the environment in a
         # process of its own, which `mirrorpool serve` never set up: without this its records
@@ -150,9 +162,13 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     migrator = build_migrator(cluster, settings)
     metrics = Metrics(cluster, migrator)
     inflight = InFlight()
+    key_roles = [(key.id, key.role) for key in settings.all_api_keys() if key.role]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.login_warnings is None:  # `mirrorpool serve` checked them already
+            app.state.login_warnings = await check_logins(cluster.nodes, settings, key_roles)
+        cluster.warnings = list(app.state.login_warnings)
         await cluster.open()
         freeze_startup_objects()
         logger.info(
@@ -190,6 +206,7 @@ def create_app(settings: Settings | None = None) -> MirrorpoolApp:
     app.state.metrics = metrics
     app.state.queries = queries
     app.state.migrator = migrator
+    app.state.login_warnings = login_warnings
     errors.install(app)
     # Added innermost first: the request id is given before anything can fail.
     app.add_middleware(InFlightMiddleware, inflight=inflight)

@@ -109,6 +109,19 @@ class Settings(BaseSettings):
         description='JSON list of {"id", "sha256", "scopes", "role"}; only key hashes.',
     )
     api_keys_file: Path | None = Field(None, description="A file holding the same JSON list.")
+    role_passwords: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='JSON object {"role": "password"} for the logins of keys with a role; a '
+        "role missing here logs in with libpq's password file (PGPASSFILE, ~/.pgpass).",
+    )
+    role_pool_max_size: int = Field(
+        4, ge=1, description="Most connections a node's pool for one key role opens."
+    )
+    allow_superuser: bool = Field(
+        False,
+        description="Serve through a login that is a superuser, may create roles, bypasses "
+        "row-level security or reads/writes server files and programs (refused otherwise).",
+    )
     max_inflight_per_key: int = Field(
         64, ge=1, description="Requests one key may have in flight (429 beyond)."
     )
@@ -303,7 +316,7 @@ class Settings(BaseSettings):
         return split_dsn_list(self.mirror_dsn.get_secret_value())
 
 
-_SECRET_FIELDS = {"primary_dsn", "mirror_dsn", "migrations_dsn", "api_keys"}
+_SECRET_FIELDS = {"primary_dsn", "mirror_dsn", "migrations_dsn", "api_keys", "role_passwords"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 

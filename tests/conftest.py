@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from psycopg import sql
 
-from app.devdb import LocalPair, free_ports
+from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.main import create_app
 from app.settings import Settings, load_settings
 from tests.waiting import eventually, eventually_sync
@@ -50,6 +52,28 @@ def database(pair: LocalPair) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def as_owner(pair: LocalPair, *statements: str, dbname: str = "postgres") -> None:
+    """Run statements as the schema's owner, as a migration would: the service's own login
+    creates nothing (app/devdb.py), and may use what the owner creates."""
+    with pair.primary.connect(dbname, user=OWNER) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def login_role(pair: LocalPair, prefix: str = "mp_role") -> tuple[str, str]:
+    """A new database role that may log in (and do nothing else yet): its name and password,
+    for a key's `role` and MIRRORPOOL_ROLE_PASSWORDS."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    password = secrets.token_urlsafe(12)
+    with pair.primary.connect() as conn:  # roles are the cluster's: the superuser makes them
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+    return name, password
+
+
 PairFactory = Callable[..., LocalPair]
 
 
@@ -70,11 +94,13 @@ def make_pair(work_dir: Path, request: pytest.FixtureRequest) -> Iterator[PairFa
         own.destroy()
 
 
-def settings_for(pair: LocalPair, **overrides: Any) -> Settings:
-    """Settings pointing at a pair, with a quick health monitor."""
+def settings_for(pair: LocalPair, dbname: str = "postgres", **overrides: Any) -> Settings:
+    """Settings pointing at a pair as production would (the service's unprivileged login,
+    migrations as the schema's owner), with a quick health monitor."""
     values: dict[str, Any] = {
-        "primary_dsn": pair.primary.dsn(),
-        "mirror_dsn": ",".join(m.dsn() for m in pair.mirrors) or None,
+        "primary_dsn": pair.primary.dsn(dbname, user=SERVICE),
+        "mirror_dsn": ",".join(m.dsn(dbname, user=SERVICE) for m in pair.mirrors) or None,
+        "migrations_dsn": pair.migrations_dsn(dbname),
         "health_interval": 0.1,
         "health_timeout": 1.0,
         "health_threshold": 1,
@@ -129,14 +155,15 @@ def start_server(pair: LocalPair, **env: str) -> LiveServer:
     port = free_ports(1)[0]
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
     variables = {
-        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(),
+        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(user=SERVICE),
+        "MIRRORPOOL_MIGRATIONS_DSN": pair.migrations_dsn(),
         "MIRRORPOOL_PORT": str(port),
         "MIRRORPOOL_HEALTH_INTERVAL": "0.2",
         "MIRRORPOOL_LOG_LEVEL": "warning",
         "MIRRORPOOL_AUTH": "disabled",
     }
     if pair.mirrors:
-        variables["MIRRORPOOL_MIRROR_DSN"] = ",".join(m.dsn() for m in pair.mirrors)
+        variables["MIRRORPOOL_MIRROR_DSN"] = ",".join(m.dsn(user=SERVICE) for m in pair.mirrors)
     variables.update(env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "serve"],

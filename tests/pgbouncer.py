@@ -18,7 +18,7 @@ from typing import IO
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from app.devdb import SUPERUSER, LocalPair, free_ports, wait_until_answering
+from app.devdb import SERVICE, SUPERUSER, LocalPair, free_ports, wait_until_answering
 from app.errors import DevDBError
 
 INSTALL_HINT = (
@@ -66,14 +66,14 @@ class LocalPgBouncer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def dsn(self, dbname: str = "postgres") -> str:
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
         """A DSN for a database through PgBouncer (it carries the password: a secret)."""
         return make_conninfo(
             "",
             host="127.0.0.1",
             port=self.port,
-            user=SUPERUSER,
-            password=self.pair.password,
+            user=user,
+            password=self.pair.password_of(user),
             dbname=dbname,
         )
 
@@ -81,7 +81,10 @@ class LocalPgBouncer:
         """Write the configuration, start PgBouncer and wait until it passes a query through."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_ports(1)[0]
-        auth_file = self._private("userlist.txt", f'"{SUPERUSER}" "{self.pair.password}"\n')
+        users = "".join(
+            f'"{user}" "{self.pair.password_of(user)}"\n' for user in (SUPERUSER, SERVICE)
+        )
+        auth_file = self._private("userlist.txt", users)
         config = self._private(
             "pgbouncer.ini",
             f"""\

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from app.devdb import LocalPair, alive, free_ports
+from app.devdb import SERVICE, LocalPair, alive, free_ports
 from tests.waiting import eventually_sync
 
 
@@ -54,8 +54,8 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(pair: LocalPair) -> None:
     proc = start(
         ["serve"],
         {
-            "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(),
-            "MIRRORPOOL_MIRROR_DSN": pair.mirrors[0].dsn(),
+            "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(user=SERVICE),
+            "MIRRORPOOL_MIRROR_DSN": pair.mirrors[0].dsn(user=SERVICE),
             "MIRRORPOOL_PORT": str(port),
             "MIRRORPOOL_APPLICATION_NAME": "mirrorpool-cli-test",
             "MIRRORPOOL_POOL_MIN_SIZE": "2",
@@ -96,8 +96,11 @@ def test_dev_starts_a_pair_serves_and_ctrl_c_leaves_nothing(work_dir: Path) -> N
     output = proc.stdout.read() if proc.stdout else ""
     assert f"http://127.0.0.1:{port}/docs" in output
     assert "PGPASSFILE=.devdb/pgpass" in output
-    password = (project / ".devdb" / "pgpass").read_text().strip().rsplit(":", 1)[1]
-    assert password not in output
+    passwords = [
+        line.rsplit(":", 1)[1] for line in (project / ".devdb" / "pgpass").read_text().split()
+    ]
+    assert len(passwords) == 3  # the superuser, the schema's owner, the service
+    assert not [p for p in passwords if p in output]
     eventually_sync(lambda: not any(alive(p) for p in pids), "the pair's servers to stop")
     assert ready_after < 60
     # The pair is kept for the next run, and its password file works for psql and friends.
@@ -111,7 +114,11 @@ def test_dev_starts_a_pair_serves_and_ctrl_c_leaves_nothing(work_dir: Path) -> N
         primary_line = next(line for line in lines if line.strip().startswith("primary"))
         dsn = primary_line.split(None, 1)[1].strip()
         with psycopg.connect(dsn, passfile=str(project / ".devdb" / "pgpass")) as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
+            # The service's own login, as production should have it: no superuser.
+            who = conn.execute(
+                "SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+            assert who.fetchone() == ("mirrorpool", False)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

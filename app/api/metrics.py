@@ -67,6 +67,23 @@ class ClusterCollector(Collector):
         self.cluster = cluster
         self.migrator = migrator
 
+    def _login_pools(self) -> Iterator[Metric]:
+        """The pools of the roles keys log in as (app/cluster/node.py Node.logins)."""
+        size = GaugeMetricFamily(
+            "mirrorpool_login_pool_size", "Open connections of a key role's pool.",
+            labels=["node", "login"],
+        )  # fmt: skip
+        waiting = GaugeMetricFamily(
+            "mirrorpool_login_pool_waiting_requests", "Requests waiting for a key role's pool.",
+            labels=["node", "login"],
+        )  # fmt: skip
+        for node in self.cluster.nodes:
+            for login in node.logins:
+                stats = node.pool_stats(login)
+                size.add_metric([node.name, login], stats["pool_size"])
+                waiting.add_metric([node.name, login], stats["requests_waiting"])
+        yield from (size, waiting)
+
     def collect(self) -> Iterator[Metric]:
         """Yield the node, pool and event metrics."""
         up = GaugeMetricFamily(
@@ -130,6 +147,7 @@ class ClusterCollector(Collector):
             refused.add_metric([node.name], stats["requests_errors"])
         yield from (up, role, writer, fenced, alias, lag_s, lag_b, size, available, waiting)
         yield from (opened, lost, refused)
+        yield from self._login_pools()
         events = CounterMetricFamily(
             "mirrorpool_cluster_events", "Cluster transitions by kind.", labels=["kind"]
         )

@@ -74,6 +74,11 @@ class NodeStats(BaseModel):
     multiplexing: LaneStatsOut | None = Field(
         None, description="Absent when MIRRORPOOL_MULTIPLEX is off or behind PgBouncer."
     )
+    logins: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="The pools of the database roles keys log in as (opened on first use, "
+        "up to MIRRORPOOL_ROLE_POOL_MAX_SIZE each), by role: the same counters as `pool`.",
+    )
 
 
 class EventOut(BaseModel):
@@ -124,6 +129,7 @@ def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
         alias_of=cluster.aliases.get(node.name),
         pool=node.pool_stats(),
         multiplexing=LaneStatsOut(**lane.stats.as_json()) if lane is not None else None,
+        logins={role: node.pool_stats(role) for role in node.logins},
     )
 
 

@@ -35,6 +35,11 @@ class HealthReport(BaseModel):
     )
     writer: str | None = Field(description="Name of the node that takes writes, if any.")
     reasons: list[str] = Field(description="Why the status is not ok.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What is allowed but unsafe, such as a superuser login permitted by "
+        "MIRRORPOOL_ALLOW_SUPERUSER=true.",
+    )
     nodes: list[NodeHealth]
 
 
@@ -67,6 +72,7 @@ async def health(cluster: ClusterDep, response: Response) -> HealthReport:
         status=summary.status,
         writer=cluster.writer.name if cluster.writer else None,
         reasons=summary.reasons,
+        warnings=cluster.warnings,
         nodes=[
             NodeHealth(
                 name=n.name,

@@ -229,7 +229,7 @@ async def run_query(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    bound = prepare(body.sql, body.params, settings, role=key.role, read_only=limits.read_only)
+    bound = prepare(body.sql, body.params, settings, read_only=limits.read_only)
     return await engine.run(bound, limits, abort)
 
 
@@ -284,7 +284,6 @@ async def run_transaction(
                     statement.sql,
                     statement.params,
                     settings,
-                    role=key.role,
                     read_only=limits.read_only,
                 )
             )
@@ -346,7 +345,7 @@ async def query_stream(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    bound = prepare(body.sql, body.params, settings, role=key.role, read_only=limits.read_only)
+    bound = prepare(body.sql, body.params, settings, read_only=limits.read_only)
     events = engine.stream(bound, limits, settings.stream_chunk_rows)
     # The node and the columns come before the answer starts, so an error up to that point
     # is an ordinary problem+json answer with its own status.

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -77,11 +76,14 @@ class Cluster:
         dsns = [settings.primary_dsn.get_secret_value(), *settings.mirror_dsns]
         for dsn in dsns:
             redactor.add(*dsn_secrets(dsn))
+        redactor.add(*(secret.get_secret_value() for secret in settings.role_passwords.values()))
         self.nodes = [
             Node(name, dsn, settings, session_options=session_options, configure=configure)
             for name, dsn in zip(node_names(len(dsns) - 1), dsns, strict=True)
         ]
         self.events = EventLog()
+        # What is allowed but unsafe, found at start-up (app/cluster/logins.py): on /health.
+        self.warnings: list[str] = []
         self.writer: Node | None = None
         self.fenced: dict[str, str] = {}
         # Nodes that lead to the same server as another node (app/cluster/failover.py), by
@@ -147,28 +149,20 @@ class Cluster:
         lag = node.state.replay_lag_s
         return lag is not None and lag * 1000 <= self.max_replica_lag_ms
 
-    async def getconn(self, node: Node, timeout: float | None) -> AsyncConnection[Any]:
-        """A connection from the node's pool (give it back with node.pool.putconn)."""
+    async def getconn(
+        self, node: Node, timeout: float | None, role: str | None = None
+    ) -> AsyncConnection[Any]:
+        """A connection from the node's pool for `role` (the service's own login for None;
+        give it back to the same pool)."""
+        pool = node.pool if role is None else await node.pool_for(role)
         try:
-            return await node.pool.getconn(timeout)
+            return await pool.getconn(timeout)
         except TooManyRequests:
             raise PoolExhausted(
                 f"too many requests are waiting for a connection to {node.name}"
             ) from None
         except PoolTimeout:
             raise PoolExhausted(f"no connection to {node.name} became free in time") from None
-
-    @asynccontextmanager
-    async def connection(
-        self, intent: Intent, timeout: float | None = None, avoid: Collection[str] = ()
-    ) -> AsyncIterator[tuple[Node, AsyncConnection[Any]]]:
-        """A pool connection on the node serving `intent`, given back to its pool after."""
-        node = self.pick(intent, avoid)
-        conn = await self.getconn(node, timeout)
-        try:
-            yield node, conn
-        finally:
-            await node.pool.putconn(conn)
 
     def readers(self) -> list[Node]:
         """Reachable unfenced nodes that can serve reads: the writer first, then mirrors;
@@ -286,10 +280,10 @@ class Cluster:
         # The node's DSN leads to another server now (a Service re-routed; or the server
         # restarted): connections made before may reach the old one, so all are replaced.
         if drain:
-            await node.pool.drain()
+            await node.drain()
         # Throws out connections that died with an outage, and opens one now if the pool
         # gave up reconnecting on its own (POOL_RECONNECT_S).
-        await node.pool.check()
+        await node.check()
 
     def _note_aliases(self, aliases: dict[str, str]) -> None:
         for name, lead in aliases.items():

@@ -85,3 +85,15 @@ def with_overrides(dsn: str, **overrides: str | int) -> str:
     params: dict[str, str | int] = dict(parse_dsn(dsn))
     params.update(overrides)
     return pg_conninfo.make_conninfo("", **params)
+
+
+def as_login(dsn: str, user: str, password: str | None = None) -> str:
+    """The DSN of the same server and database for another login: its user replaced, and
+    the DSN's own password dropped (the login's comes from `password`, or from libpq's
+    password file, PGPASSFILE or ~/.pgpass)."""
+    params: dict[str, str | int] = dict(parse_dsn(dsn))
+    params["user"] = user
+    params.pop("password", None)
+    if password is not None:
+        params["password"] = password
+    return pg_conninfo.make_conninfo("", **params)

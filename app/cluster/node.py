@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -10,9 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 from psycopg import AsyncConnection, AsyncRawCursor
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed
 
-from app.cluster.dsn import describe_dsn, parse_dsn, with_defaults, with_overrides
+from app.cluster.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -126,26 +127,67 @@ class Node:
             tcp_user_timeout=10_000,
         )
         self.state = NodeState()
-        kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": AsyncRawCursor}
-        if settings.pgbouncer:
-            # A prepared statement lives in one server session, and a transaction pooler
-            # may run the next transaction on another ("prepared statement _pg3_0 does not
-            # exist"): never prepare.
-            kwargs["prepare_threshold"] = None
-        self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            self._dsn,
+        self._settings = settings
+        self._configure = configure
+        self._passwords = {
+            role: secret.get_secret_value() for role, secret in settings.role_passwords.items()
+        }
+        self.pool = self._make_pool(self._dsn, name, settings.pool_min_size, settings.pool_max_size)
+        # One pool per database role a key logs in as (app/api/auth.py), opened on first use.
+        self.logins: dict[str, AsyncConnectionPool[AsyncConnection[Any]]] = {}
+        self._closed = False
+
+    def _make_pool(
+        self, dsn: str, name: str, min_size: int, max_size: int
+    ) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        settings = self._settings
+        # psycopg never prepares on its own: mirrorpool prepares by name itself (app/sql/
+        # pipeline.py), and forgets its names when a session is reset; two caches of names
+        # on one session would be one too many (psycopg's DEALLOCATE ALL after a ROLLBACK
+        # would drop ours). Behind PgBouncer nothing is prepared at all.
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "cursor_factory": AsyncRawCursor,
+            "prepare_threshold": None,
+        }
+        return AsyncConnectionPool(
+            dsn,
             open=False,
             name=name,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
+            min_size=min_size,
+            max_size=max_size,
             timeout=settings.pool_timeout,
             max_waiting=settings.pool_max_waiting,
             max_lifetime=settings.pool_max_lifetime,
             max_idle=settings.pool_max_idle,
             reconnect_timeout=POOL_RECONNECT_S,
             kwargs=kwargs,
-            configure=configure,
+            configure=self._configure,
         )
+
+    def login_dsn(self, role: str) -> str:
+        """The node's DSN for logging in as `role` (a secret like the DSN itself)."""
+        return as_login(self._dsn, role, self._passwords.get(role))
+
+    async def pool_for(self, role: str | None) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        """The pool of connections logged in as `role`, or the service's own for None."""
+        if role is None:
+            return self.pool
+        pool = self.logins.get(role)
+        if pool is None:
+            if self._closed:
+                raise PoolClosed(f"the pools of {self.name} are closed")
+            pool = self.logins[role] = self._make_pool(
+                self.login_dsn(role), f"{self.name}:{role}", 0, self._settings.role_pool_max_size
+            )
+        if pool.closed and not self._closed:
+            await pool.open(wait=False)
+        return pool
+
+    @property
+    def pools(self) -> list[AsyncConnectionPool[AsyncConnection[Any]]]:
+        """Every pool of the node: the service's own, then one per role in use."""
+        return [self.pool, *self.logins.values()]
 
     def __repr__(self) -> str:
         return f"<Node {self.name} {self.target}>"
@@ -165,11 +207,26 @@ class Node:
         await self.pool.open(wait=False)
 
     async def close(self, timeout: float) -> None:
-        """Close the pool, giving checked-out connections `timeout` seconds to come back."""
-        await self.pool.close(timeout=timeout)
+        """Close every pool, giving checked-out connections `timeout` seconds to come back."""
+        self._closed = True
+        await asyncio.gather(*(pool.close(timeout=timeout) for pool in self.pools))
 
-    def pool_stats(self) -> dict[str, int]:
-        """psycopg_pool's get_stats(), with every counter present."""
+    async def drain(self) -> None:
+        """Replace every pool's connections (the DSN now leads to another server)."""
+        for pool in self.pools:
+            if not pool.closed:
+                await pool.drain()
+
+    async def check(self) -> None:
+        """Throw out every pool's broken connections and open new ones where needed."""
+        for pool in self.pools:
+            if not pool.closed:
+                await pool.check()
+
+    def pool_stats(self, role: str | None = None) -> dict[str, int]:
+        """psycopg_pool's get_stats() of the service's pool (or a role's), every counter
+        present."""
+        pool = self.pool if role is None else self.logins[role]
         stats = dict.fromkeys(POOL_STAT_NAMES, 0)
-        stats.update(self.pool.get_stats())
+        stats.update(pool.get_stats())
         return stats

@@ -3,43 +3,48 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.errors import Conflict, InvalidSQL, NotFound
+from app.errors import Conflict, DatabaseError, InvalidSQL, NotFound
 from app.migrations.files import Migration, Script
 from app.migrations.history import State, VersionState, current_version
-from app.sql.lexer import code_words
+from app.sql.tree import Tree, option_is_on, parse_all, statement_starts
 
 Direction = Literal["up", "down"]
+# A table as a statement names it: (schema, or None when unqualified; name), as PostgreSQL
+# reads it (quotes removed, unquoted names folded to lower case).
+TableName = tuple[str | None, str]
 
-# Statements that lose data, rewrite or lock whole tables, or break running clients.
-_WARNINGS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\bDROP TABLE\b"), "DROP TABLE deletes a table and its data"),
-    (re.compile(r"\bDROP SCHEMA\b"), "DROP SCHEMA deletes a schema and everything in it"),
-    (re.compile(r"\bDROP COLUMN\b"), "DROP COLUMN deletes a column and its data"),
-    (re.compile(r"\bTRUNCATE\b"), "TRUNCATE deletes every row"),
-    (
-        re.compile(r"\bALTER COLUMN \S+ (SET DATA )?TYPE\b"),
-        "changing a column's type rewrites the table under an exclusive lock",
-    ),
-    (
-        re.compile(r"\bALTER COLUMN \S+ SET NOT NULL\b"),
-        "SET NOT NULL scans the whole table under an exclusive lock",
-    ),
-    (re.compile(r"\bRENAME\b"), "RENAME breaks clients that use the old name"),
-    (
-        re.compile(r"\bADD (CONSTRAINT \S+ )?(FOREIGN KEY|CHECK)\b(?!.*\bNOT VALID\b)"),
-        "a constraint added without NOT VALID scans the table while holding a lock",
-    ),
-    (re.compile(r"\bVACUUM FULL\b|\bCLUSTER\b"), "rewrites the table under an exclusive lock"),
-    (re.compile(r"\bLOCK TABLE\b"), "LOCK TABLE blocks traffic until the transaction ends"),
-    (re.compile(r"\bREINDEX\b(?! .*CONCURRENTLY)"), "REINDEX without CONCURRENTLY blocks writes"),
-]
-_CREATE_INDEX = re.compile(
-    r"\bCREATE (UNIQUE )?INDEX (?!CONCURRENTLY)(IF NOT EXISTS )?(\S+ )?ON (ONLY )?(?P<table>\S+)"
-)
-_CREATE_TABLE = re.compile(r"\bCREATE (UNLOGGED |TEMP |TEMPORARY )?TABLE (IF NOT EXISTS )?(\S+)")
+# Statements that lose data, rewrite or lock whole tables, or break running clients; a file's
+# warnings are listed in this order, each once.
+DROP_TABLE = "DROP TABLE deletes a table and its data"
+DROP_SCHEMA = "DROP SCHEMA deletes a schema and everything in it"
+DROP_COLUMN = "DROP COLUMN deletes a column and its data"
+TRUNCATE = "TRUNCATE deletes every row"
+TYPE_CHANGE = "changing a column's type rewrites the table under an exclusive lock"
+SET_NOT_NULL = "SET NOT NULL scans the whole table under an exclusive lock"
+RENAME = "RENAME breaks clients that use the old name"
+VALIDATED_CONSTRAINT = "a constraint added without NOT VALID scans the table while holding a lock"
+REWRITE = "rewrites the table under an exclusive lock"
+LOCK_TABLE = "LOCK TABLE blocks traffic until the transaction ends"
+REINDEX = "REINDEX without CONCURRENTLY blocks writes"
+_ORDER = (
+    DROP_TABLE, DROP_SCHEMA, DROP_COLUMN, TRUNCATE, TYPE_CHANGE, SET_NOT_NULL, RENAME,
+    VALIDATED_CONSTRAINT, REWRITE, LOCK_TABLE, REINDEX,
+)  # fmt: skip
+_DROPS = {"OBJECT_TABLE": DROP_TABLE, "OBJECT_SCHEMA": DROP_SCHEMA}
+_COLUMN_CHANGES = {
+    "AT_DropColumn": DROP_COLUMN,
+    "AT_AlterColumnType": TYPE_CHANGE,
+    "AT_SetNotNull": SET_NOT_NULL,
+}
+# Constraints PostgreSQL validates against every existing row when added (unless NOT VALID).
+_SCANNING_CONSTRAINTS = frozenset({"CONSTR_FOREIGN", "CONSTR_CHECK"})
+# What CREATE TABLE AS makes that a CREATE INDEX can then be built on.
+_CREATED_AS = frozenset({"OBJECT_TABLE", "OBJECT_MATVIEW"})
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 @dataclass(frozen=True)
@@ -66,26 +71,179 @@ class Step:
         }
 
 
-def warnings_for(script: Script, created_here: set[str]) -> list[str]:
-    """Dangerous statements in a script; a plain CREATE INDEX on a table made earlier in the
-    plan (or in this file) is harmless and not reported."""
-    text = " ".join(code_words(script.sql)).upper()
-    found = [message for pattern, message in _WARNINGS if pattern.search(text)]
-    created_here.update(m.group(3).strip().lower() for m in _CREATE_TABLE.finditer(text))
-    for match in _CREATE_INDEX.finditer(text):
-        if match["table"].lower() not in created_here:
-            found.append(
-                f"CREATE INDEX on {match['table'].lower()} without CONCURRENTLY blocks writes "
-                "to the table while it builds (use a no-transaction file with CONCURRENTLY)"
-            )
-    if not script.transactional and code_words(script.sql).count(";") > 0:
-        statements = [s for s in " ".join(code_words(script.sql)).split(";") if s.strip()]
-        if len(statements) > 1:
-            raise InvalidSQL(
-                f"{script.path.name} runs outside a transaction and must hold exactly one "
-                f"statement; it holds {len(statements)}"
-            )
+def warnings_for(script: Script, created_here: set[TableName]) -> list[str]:
+    """Dangerous statements in a script, read from PostgreSQL's parse tree of each statement
+    (never from words: comments, string literals and function bodies say nothing). A plain
+    CREATE INDEX on a table made earlier in the plan (`created_here`, which this adds the
+    file's new tables to) or earlier in this file is harmless and not reported.
+
+    InvalidSQL, naming the file, when the script cannot run as its header says: it does not
+    parse; it runs outside a transaction but holds more than one statement; or it runs inside
+    one but holds a statement PostgreSQL refuses there (CREATE INDEX CONCURRENTLY, VACUUM...).
+    Planning fails then, so an apply stops before its first file rather than half-way."""
+    trees = _parse(script)
+    name = script.path.name
+    if not script.transactional and len(trees) > 1:
+        raise InvalidSQL(
+            f"{name} runs outside a transaction and must hold exactly one statement; "
+            f"it holds {len(trees)}",
+            file=name,
+        )
+    refused = [i for i, tree in enumerate(trees) if tree.no_transaction]
+    if script.transactional and refused:
+        raise InvalidSQL(
+            f"{name}: {trees[refused[0]].no_transaction} cannot run inside a transaction "
+            "block; put it in a file of its own with `-- mirrorpool: no-transaction`",
+            sqlstate="25001",
+            file=name,
+            line=_line(script.sql, refused[0]),
+        )
+    found: set[str] = set()
+    indexes: list[str] = []
+    for tree in trees:
+        for kind, body, schema in _statements(tree.node, None):
+            found.update(_dangers(kind, body))
+            if kind == "IndexStmt" and not body.get("concurrent"):
+                table = _table(body.get("relation"), schema)
+                if table is not None and not _known(table, created_here):
+                    message = (
+                        f"CREATE INDEX on {_display(table)} without CONCURRENTLY blocks writes "
+                        "to the table while it builds (use a no-transaction file with CONCURRENTLY)"
+                    )
+                    if message not in indexes:
+                        indexes.append(message)
+            created = _created_table(kind, body, schema)
+            if created is not None:
+                created_here.add(created)
+    return [message for message in _ORDER if message in found] + indexes
+
+
+def _parse(script: Script) -> list[Tree]:
+    """The script's statements; a syntax error names the file and the line."""
+    try:
+        return parse_all(script.sql)
+    except (InvalidSQL, DatabaseError) as exc:
+        extra = dict(exc.extra)
+        if isinstance(exc, DatabaseError):
+            extra["sqlstate"] = exc.sqlstate
+        database = extra.get("database")
+        position = database.get("position") if isinstance(database, dict) else None
+        if isinstance(position, int):
+            extra["line"] = script.sql[: position - 1].count("\n") + 1
+        raise InvalidSQL(
+            f"{script.path.name}: {exc.detail}", file=script.path.name, **extra
+        ) from None
+
+
+def _line(sql: str, index: int) -> int | None:
+    """The line the script's statement number `index` (from 0) starts on."""
+    starts = statement_starts(sql)
+    if index >= len(starts):
+        return None
+    return sql.count("\n", 0, starts[index]) + 1
+
+
+def _statements(
+    node: dict[str, Any], schema: str | None
+) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+    """A statement as (node type, fields, the schema its unqualified names are created in),
+    then, for CREATE SCHEMA, each statement it runs inside the new schema."""
+    kind = next(iter(node), "")
+    body: dict[str, Any] = node.get(kind) or {}
+    yield kind, body, schema
+    if kind == "CreateSchemaStmt":
+        role = (body.get("authrole") or {}).get("RoleSpec", {}).get("rolename")
+        inner = body.get("schemaname") or role
+        for element in body.get("schemaElts") or ():
+            yield from _statements(element, inner)
+
+
+def _dangers(kind: str, body: dict[str, Any]) -> set[str]:
+    """The warnings one statement earns."""
+    if kind == "DropStmt":
+        return {_DROPS[body["removeType"]]} if body.get("removeType") in _DROPS else set()
+    if kind == "AlterTableStmt":
+        # ALTER TYPE's ADD/DROP/ALTER ATTRIBUTE are the same commands on a composite type,
+        # which holds no rows.
+        return set() if body.get("objtype") == "OBJECT_TYPE" else _table_changes(body)
+    if kind == "VacuumStmt":
+        full = body.get("is_vacuumcmd") and _option(body.get("options"), "full")
+        return {REWRITE} if full else set()
+    if kind == "ReindexStmt":
+        return set() if _option(body.get("params"), "concurrently") else {REINDEX}
+    if kind == "AlterEnumStmt":  # ALTER TYPE ... RENAME VALUE (ADD VALUE has no oldVal)
+        return {RENAME} if body.get("oldVal") else set()
+    fixed = {
+        "TruncateStmt": TRUNCATE,
+        "RenameStmt": RENAME,
+        "ClusterStmt": REWRITE,
+        "LockStmt": LOCK_TABLE,
+    }.get(kind)
+    return {fixed} if fixed else set()
+
+
+def _table_changes(body: dict[str, Any]) -> set[str]:
+    """The warnings of an ALTER TABLE's subcommands."""
+    found: set[str] = set()
+    for item in body.get("cmds") or ():
+        cmd = item.get("AlterTableCmd") or {}
+        subtype = cmd.get("subtype")
+        if subtype in _COLUMN_CHANGES:
+            found.add(_COLUMN_CHANGES[subtype])
+        elif subtype == "AT_AddConstraint":
+            constraint = (cmd.get("def") or {}).get("Constraint") or {}
+            # NOT VALID (and NOT ENFORCED) set skip_validation: no scan of existing rows.
+            if constraint.get("contype") in _SCANNING_CONSTRAINTS and not constraint.get(
+                "skip_validation"
+            ):
+                found.add(VALIDATED_CONSTRAINT)
     return found
+
+
+def _option(options: list[dict[str, Any]] | None, name: str) -> bool:
+    """Whether a parenthesised option (VACUUM (FULL), REINDEX (CONCURRENTLY)) is on."""
+    return any(
+        option.get("defname") == name and option_is_on(option)
+        for option in (item.get("DefElem") or {} for item in options or ())
+    )
+
+
+def _table(relation: dict[str, Any] | None, schema: str | None) -> TableName | None:
+    """The table a RangeVar names; `schema` qualifies it inside CREATE SCHEMA."""
+    if not relation or not relation.get("relname"):
+        return None
+    return relation.get("schemaname") or schema, str(relation["relname"])
+
+
+def _created_table(kind: str, body: dict[str, Any], schema: str | None) -> TableName | None:
+    """The table (or materialized view) a statement creates, if it creates one."""
+    if kind == "CreateStmt":
+        return _table(body.get("relation"), schema)
+    if kind == "CreateTableAsStmt" and body.get("objtype") in _CREATED_AS:
+        return _table((body.get("into") or {}).get("rel"), schema)
+    if kind == "SelectStmt" and body.get("intoClause"):  # SELECT ... INTO new_table
+        return _table(body["intoClause"].get("rel"), schema)
+    return None
+
+
+def _known(table: TableName, created: set[TableName]) -> bool:
+    """Whether `table` is one created earlier: the same name, in the same schema when both
+    name one (an unqualified name is taken to mean the table made under that name, wherever
+    the search path put it)."""
+    schema, name = table
+    return any(
+        name == other and (schema is None or other_schema is None or schema == other_schema)
+        for other_schema, other in created
+    )
+
+
+def _display(table: TableName) -> str:
+    """A table's name as it would be written in SQL (quoted where it has to be)."""
+    return ".".join(
+        part if _PLAIN_NAME.fullmatch(part) else '"' + part.replace('"', '""') + '"'
+        for part in table
+        if part is not None
+    )
 
 
 def refuse_drift(versions: list[VersionState]) -> None:
@@ -109,7 +267,7 @@ def plan(versions: list[VersionState], target: int | None) -> list[Step]:
     elif target != 0 and (target not in by_version or by_version[target].migration is None):
         raise NotFound(f"no migration file has version {target}")
     current = current_version(versions) or 0
-    created: set[str] = set()
+    created: set[TableName] = set()
     if target >= current:
         steps = []
         for v in versions:

@@ -2,9 +2,11 @@
 
 A plain request (default timeout, may write) is one round trip: the statement runs in
 autocommit on a pooled connection whose session already carries the default timeouts. A
-read-only request, or one with its own timeout, runs as BEGIN [READ ONLY] + SET LOCAL (one
-simple query), the statement, COMMIT. The deadline is enforced here too, not only by the
-server's statement_timeout: a frozen server cannot hold a request past it.
+read-only request, or one with its own timeout, runs as BEGIN [READ ONLY], the limits, the
+statement and its end (COMMIT; a read-only one is rolled back), pipelined in one round trip.
+Every request runs on a connection of its key's login (app/sql/checkout.py). The deadline is
+enforced here too, not only by the server's statement_timeout: a frozen server cannot hold
+a request past it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from app.cluster.cluster import Cluster, Intent
 from app.cluster.node import Node
 from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
 from app.settings import Settings
-from app.sql import pipeline, session
+from app.sql import checkout, pipeline, session
+from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
 from app.sql.errors import database_error
 from app.sql.guard import DEADLINE_GRACE_S, Guard
@@ -92,27 +95,18 @@ class Engine:
 
     @asynccontextmanager
     async def _session(
-        self, intent: Intent, avoid: Collection[str] = ()
-    ) -> AsyncIterator[tuple[str, AsyncConnection[Any], Callable[[], None]]]:
-        """A pooled connection, reset before it goes back if the request dirtied it."""
-        dirty = False
-
-        def mark_dirty() -> None:
-            nonlocal dirty
-            dirty = True
-
-        timeout = self.settings.pool_timeout
-        async with self.cluster.connection(intent, timeout, avoid) as (node, conn):
-            before = session.snapshot(conn)
-            try:
-                yield node.name, conn, mark_dirty
-            finally:
-                if (
-                    self.own_sessions
-                    and (dirty or session.snapshot(conn) != before)
-                    and not conn.closed
-                ):
-                    await session.reset(conn)
+        self, intent: Intent, role: str | None, avoid: Collection[str] = ()
+    ) -> AsyncIterator[Checkout]:
+        """A pooled connection of the key's login on the node serving `intent`, restored
+        before it goes back if the request may have changed its session."""
+        node = self.cluster.pick(intent, avoid)
+        held = await checkout.take(
+            self.cluster, node, role, self.settings.pool_timeout, self.own_sessions
+        )
+        try:
+            yield held
+        finally:
+            await held.give_back()
 
     def _guard(self, timeout_ms: int, abort: Abort | None) -> Guard:
         return Guard(timeout_ms / 1000 + DEADLINE_GRACE_S, timeout_ms, abort)
@@ -127,8 +121,8 @@ class Engine:
         plain = (
             self.own_sessions
             and not limits.read_only
-            and limits.role is None
             and limits.timeout_ms == self.settings.statement_timeout_ms
+            and not session.reads_sequence_state(bound.tree)
         )
         started = time.perf_counter()
         async with self._guard(limits.timeout_ms, abort) as guard:
@@ -152,12 +146,19 @@ class Engine:
     ) -> tuple[str, StatementResult]:
         # The hot path: no context-manager machinery, one round trip for a plain request.
         node = self.cluster.pick(intent, avoid)
-        if plain and self.mux is not None and self.mux.known.quick(bound.sql):
+        if (
+            plain
+            and limits.role is None
+            and self.mux is not None
+            and self.mux.known.quick(bound.sql)
+        ):
             return node.name, await self._multiplexed(node, bound, limits)
         inflight = self._inflight[node.name]
         inflight.add(guard)
         try:
-            conn = await self.cluster.getconn(node, self.settings.pool_timeout)
+            held = await checkout.take(
+                self.cluster, node, limits.role, self.settings.pool_timeout, self.own_sessions
+            )
         except BaseException as exc:
             inflight.discard(guard)
             if isinstance(exc, asyncio.CancelledError) and guard.take_severance():
@@ -165,17 +166,15 @@ class Engine:
                     f"{node.name} was lost while waiting for it", node=node.name
                 ) from None
             raise
-        before = session.snapshot(conn)
-        dirty = False
-
-        def mark_dirty() -> None:
-            nonlocal dirty
-            dirty = True
-
+        conn = held.conn
         guard.use(conn)
         try:
             run = self._plain if plain else self._wrapped
-            result = await run(conn, node.name, bound, limits, mark_dirty)
+            result = await run(held, bound, limits)
+        except OSError as exc:  # the socket broke under libpq (shut by a deadline, ...)
+            raise await self._failure(
+                psycopg.OperationalError(str(exc)), conn, node.name, intent
+            ) from None
         except psycopg.Error as exc:
             await _rollback(conn)
             if isinstance(exc, _StatementFailed):
@@ -184,57 +183,38 @@ class Engine:
         finally:
             inflight.discard(guard)
             guard.use(None)
-            try:
-                if (
-                    self.own_sessions
-                    and (dirty or session.snapshot(conn) != before)
-                    and not conn.closed
-                ):
-                    await session.reset(conn)
-            finally:
-                await node.pool.putconn(conn)
+            await held.give_back()
         return node.name, result
 
-    async def _plain(
-        self,
-        conn: AsyncConnection[Any],
-        node: str,
-        bound: BoundSQL,
-        limits: Limits,
-        mark_dirty: Callable[[], None],
-    ) -> StatementResult:
+    async def _plain(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
         """One round trip in autocommit; how long it took tells the lanes if it is quick."""
-        dirtied = False
-
-        def mark() -> None:
-            nonlocal dirtied
-            dirtied = True
-            mark_dirty()
-
         started = time.perf_counter()
-        result = await self._statement(conn, node, bound, limits, mark)
-        if self.mux is not None:
-            if dirtied:
-                self.mux.known.forget(bound.sql)
-            else:
-                self.mux.known.observe(bound.sql, time.perf_counter() - started)
+        held.mark(session.effect(bound.tree))
+        command = [Command(bound.sql, bound.params)]
+        (unit,) = await pipeline.run_units(held.conn, [command])
+        if unit.stale:  # our prepared statement was gone or planned for an older schema
+            (unit,) = await pipeline.run_units(held.conn, [command])
+        (reply,) = unit.replies
+        if reply.error is not None:
+            raise reply.error
+        assert reply.result is not None
+        result = await pipeline.answer(
+            held.conn, held.node.name, self.types, reply.result, limits.max_rows, limits.row_format
+        )
+        if self.mux is not None and limits.role is None:
+            self.mux.known.observe(bound.tree, bound.sql, time.perf_counter() - started)
         return result
 
-    async def _wrapped(
-        self,
-        conn: AsyncConnection[Any],
-        node: str,
-        bound: BoundSQL,
-        limits: Limits,
-        mark_dirty: Callable[[], None],
-    ) -> StatementResult:
-        """Read-only, own timeout or role: the statement in a transaction of its own."""
-        if self.own_sessions:  # BEGIN, limits, statement, COMMIT in one round trip
-            (result,) = await self._pipelined(conn, node, [bound], limits, None, mark_dirty)
+    async def _wrapped(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
+        """Read-only or own timeout: the statement in a transaction of its own."""
+        if self.own_sessions:  # BEGIN, limits, statement, end in one round trip
+            (result,) = await self._pipelined(held, [bound], limits, None)
             return result
-        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms, limits.role))
-        result = await self._statement(conn, node, bound, limits, mark_dirty)
-        await conn.execute("COMMIT")
+        conn = held.conn
+        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+        result = await self._statement(held, bound, limits)
+        for statement in session.closing(None, limits.read_only):
+            await conn.execute(statement)
         return result
 
     async def _multiplexed(self, node: Node, bound: BoundSQL, limits: Limits) -> StatementResult:
@@ -243,7 +223,7 @@ class Engine:
         assert self.mux is not None
         try:
             return await self.mux.run(
-                node, bound.sql, bound.params, limits.max_rows, limits.row_format
+                node, bound.sql, bound.tree, bound.params, limits.max_rows, limits.row_format
             )
         except psycopg.Error as exc:
             raise await self._failure(exc, None, node.name, "write") from None
@@ -304,21 +284,21 @@ class Engine:
         results: list[StatementResult] = []
         async with (
             self._guard(timeout_ms, abort) as guard,
-            self._session(intent) as (node, conn, dirty),
+            self._session(intent, role) as held,
         ):
+            conn, node = held.conn, held.node.name
             guard.use(conn)
             inflight = self._inflight[node]
             inflight.add(guard)
             try:
                 if self.own_sessions:
-                    results = await self._pipelined(
-                        conn, node, statements, limits, isolation, dirty
-                    )
+                    results = await self._pipelined(held, statements, limits, isolation)
                 else:
-                    await conn.execute(self._begin(read_only, isolation, timeout_ms, role))
+                    await conn.execute(self._begin(read_only, isolation, timeout_ms))
                     for bound in statements:
-                        results.append(await self._statement(conn, node, bound, limits, dirty))
-                    await conn.execute("COMMIT")
+                        results.append(await self._statement(held, bound, limits))
+                    for statement in session.closing(isolation, read_only):
+                        await conn.execute(statement)
             except psycopg.Error as exc:
                 await _rollback(conn)
                 if isinstance(exc, _StatementFailed):
@@ -335,24 +315,30 @@ class Engine:
 
     async def _pipelined(
         self,
-        conn: AsyncConnection[Any],
-        node: str,
+        held: Checkout,
         statements: list[BoundSQL],
         limits: Limits,
         isolation: Isolation | None,
-        mark_dirty: Callable[[], None],
     ) -> list[StatementResult]:
-        """BEGIN, the limits, every statement and COMMIT in one round trip (pipeline mode:
-        the statements cannot use each other's results, so nothing waits for them)."""
-        limits_sql = session.LOCAL_LIMITS_SQL
+        """BEGIN, the limits, every statement and the transaction's end in one round trip
+        (pipeline mode: the statements cannot use each other's results, so nothing waits for
+        them). A read-only transaction is rolled back, never committed (session.closing)."""
+        conn = held.conn
         values = [str(limits.timeout_ms), str(self.settings.lock_timeout_ms)]
-        if limits.role is not None:
-            limits_sql, values = session.LOCAL_LIMITS_AS_ROLE_SQL, [*values, limits.role]
+        opening = [
+            *(
+                [Command("DISCARD SEQUENCES", prepare=False)]
+                if any(session.reads_sequence_state(b.tree) for b in statements)
+                else []
+            ),
+            *(Command(sql, prepare=False) for sql in session.opening(isolation, limits.read_only)),
+            Command(session.LOCAL_LIMITS_SQL, values, prepare=False),
+        ]
+        first = len(opening)
         commands = [
-            Command(session.begin_statement(isolation, limits.read_only), prepare=False),
-            Command(limits_sql, values, prepare=False),
+            *opening,
             *(Command(b.sql, b.params) for b in statements),
-            Command("COMMIT", prepare=False),
+            *(Command(sql, prepare=False) for sql in session.closing(isolation, limits.read_only)),
         ]
         for attempt in (1, 2):
             (unit,) = await pipeline.run_units(conn, [commands])
@@ -367,16 +353,16 @@ class Engine:
                 continue
             error = replies[failed].error
             assert error is not None
-            index = failed - 2 if 2 <= failed < 2 + len(statements) else None
+            index = failed - first if first <= failed < first + len(statements) else None
             raise _StatementFailed(error, index)
         results = []
-        for bound, reply in zip(statements, replies[2:-1], strict=True):
+        node = held.node.name
+        for bound, reply in zip(statements, replies[first : first + len(statements)], strict=True):
             assert reply.result is not None
+            held.mark(session.effect(bound.tree))
             answer = await pipeline.answer(
                 conn, node, self.types, reply.result, limits.max_rows, limits.row_format
             )
-            if session.may_dirty(bound.sql, answer.command):
-                mark_dirty()
             results.append(answer)
         return results
 
@@ -422,12 +408,14 @@ class Engine:
     ) -> None:
         intent: Intent = "read" if limits.read_only else "write"
         try:
-            async with self._session(intent) as (node, conn, mark_dirty):
+            async with self._session(intent, limits.role) as held:
+                conn, node = held.conn, held.node.name
                 await queue.put(("node", node))
+                held.mark(session.effect(bound.tree))
                 try:
-                    await conn.execute(
-                        self._begin(limits.read_only, None, limits.timeout_ms, limits.role)
-                    )
+                    if self.own_sessions and session.reads_sequence_state(bound.tree):
+                        await conn.execute("DISCARD SEQUENCES")
+                    await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
                     cur = conn.cursor()
                     sent_columns = False
                     batch: list[Any] = []
@@ -448,44 +436,33 @@ class Engine:
                     count += len(batch)
                     if batch:
                         await queue.put(("rows", batch))
-                    await conn.execute("COMMIT")
+                    command = cur.statusmessage or streamed_tag(bound.tree, count)
+                    for statement in session.closing(None, limits.read_only):
+                        await conn.execute(statement)
                 except psycopg.Error as exc:
                     await _rollback(conn)
                     raise await self._failure(exc, conn, node, intent) from None
-                if session.may_dirty(bound.sql, cur.statusmessage):
-                    mark_dirty()
-            command = cur.statusmessage or streamed_tag(bound.sql, count)
             await queue.put(
                 ("end", StatementResult([], [], command, affected(command, None, count)))
             )
         except Exception as exc:  # handed to the consumer, which raises it
             await queue.put(("error", exc))
 
-    def _begin(
-        self, read_only: bool, isolation: Isolation | None, timeout_ms: int, role: str | None
-    ) -> Any:
+    def _begin(self, read_only: bool, isolation: Isolation | None, timeout_ms: int) -> Any:
         return session.begin_sql(
             read_only=read_only,
             isolation=isolation,
             timeout_ms=timeout_ms,
             lock_timeout_ms=self.settings.lock_timeout_ms,
-            role=role,
             local_settings=self._local_settings,
         )
 
-    async def _statement(
-        self,
-        conn: AsyncConnection[Any],
-        node: str,
-        bound: BoundSQL,
-        limits: Limits,
-        mark_dirty: Callable[[], None],
-    ) -> StatementResult:
+    async def _statement(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
+        conn, node = held.conn, held.node.name
+        held.mark(session.effect(bound.tree))
         cur = conn.cursor()
         await cur.execute(bound.sql, bound.params)
         command = cur.statusmessage
-        if session.may_dirty(bound.sql, command):
-            mark_dirty()
         if cur.description is None:
             return StatementResult([], [], command, affected(command, cur.rowcount, 0))
         rows = await cur.fetchmany(limits.max_rows + 1)

@@ -8,11 +8,13 @@ libpq's pipeline mode (app/sql/pipeline.py), each followed by its own Sync. A Sy
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
 autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
 
-What stays out of the lanes: writes and locking reads (a statement waiting on a row lock
-would hold up every statement behind it), statements never seen before or seen to be slow,
-statements that may change the session, anything with its own timeout, role or transaction,
-and everything behind PgBouncer (the lanes prepare statements by name). Those take a pooled
-connection of their own, as before.
+Only statements whose parse trees prove them pure reads take the lanes (app/sql/session.py
+pure_read: a query that writes nothing, locks no rows, and calls only vetted catalog
+functions, so it cannot change the session its neighbours run in). What stays out: writes
+and locking reads (a statement waiting on a row lock would hold up every statement behind
+it), statements never seen before or seen to be slow, anything with its own timeout, login
+or transaction, and everything behind PgBouncer (the lanes prepare statements by name).
+Those take a pooled connection of their own.
 
 A runner takes one batch per pooled connection and gives the connection back before the
 next, so requests that need a connection of their own wait their turn in the pool's queue.
@@ -23,12 +25,10 @@ the lane; once sent, its statement runs and the answer is thrown away.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -38,12 +38,13 @@ from app.cluster.cluster import Cluster
 from app.cluster.node import Node
 from app.errors import MirrorpoolError, PoolExhausted
 from app.settings import Settings
-from app.sql import pipeline, session
+from app.sql import checkout, pipeline, session
+from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
 from app.sql.guard import DEADLINE_GRACE_S, shut
-from app.sql.lexer import code_words
 from app.sql.pipeline import Command
 from app.sql.results import RowFormat, StatementResult
+from app.sql.tree import Tree
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +55,13 @@ MAX_BATCH = 16
 # Statement texts whose speed is remembered at most.
 MAX_KNOWN = 4096
 
-_READS = {"SELECT", "VALUES", "TABLE", "WITH"}
-_WRITES = {"INSERT", "UPDATE", "DELETE", "MERGE", "INTO", "COPY", "CALL"}
-_LOCKS = {("FOR", "UPDATE"), ("FOR", "SHARE"), ("FOR", "NO"), ("FOR", "KEY")}
-
-
-@lru_cache(maxsize=4096)
-def is_plain_read(sql: str) -> bool:
-    """A read that takes no row locks and writes nothing, by its own words (a function it
-    calls may still write or wait: the lane's timing takes a slow one out)."""
-    words = [w.upper() for w in code_words(sql) if w != "("]
-    if not words or words[0] not in _READS or _WRITES & set(words):
-        return False
-    return not any(pair in _LOCKS for pair in itertools.pairwise(words))
-
 
 @dataclass(slots=True)
 class Job:
     """One statement waiting in a lane, and the future its request awaits."""
 
     sql: str
+    tree: Tree
     params: list[Any]
     max_rows: int
     row_format: RowFormat
@@ -148,14 +136,16 @@ class Lane:
         try:
             while self._pending:
                 try:
-                    conn = await self.cluster.getconn(self.node, self.settings.pool_timeout)
+                    held = await checkout.take(
+                        self.cluster, self.node, None, self.settings.pool_timeout, True
+                    )
                 except MirrorpoolError as exc:
                     self._expire(exc)
                     continue
                 try:
-                    await self._batch(conn)
+                    await self._batch(held)
                 finally:
-                    await self.node.pool.putconn(conn)
+                    await held.give_back()
         except Exception as exc:  # a bug here must not leave requests waiting forever
             logger.exception("multiplexing runner for %s failed", self.node.name)
             while self._pending:
@@ -177,12 +167,13 @@ class Lane:
                 jobs.append(job)
         return jobs
 
-    async def _batch(self, conn: AsyncConnection[Any]) -> None:
+    async def _batch(self, held: Checkout) -> None:
         jobs = self._take()
         if not jobs:
             return
+        conn = held.conn
         try:
-            await self._run_batch(conn, jobs)
+            await self._run_batch(held, jobs)
         except (psycopg.Error, OSError) as exc:
             # The connection broke (or was shut by the watchdog): what was sent may or may
             # not have run. The pool drops the closed connection.
@@ -195,8 +186,8 @@ class Lane:
             await conn.close()
             raise
 
-    async def _run_batch(self, conn: AsyncConnection[Any], jobs: list[Job]) -> None:
-        before = session.snapshot(conn)
+    async def _run_batch(self, held: Checkout, jobs: list[Job]) -> None:
+        conn = held.conn
         # Each statement has its own statement_timeout on the server: a batch is only held
         # to an answer coming within it (plus the same grace as a request's deadline).
         watchdog = _Watchdog(conn, self.settings.statement_timeout_ms / 1000 + DEADLINE_GRACE_S)
@@ -212,22 +203,22 @@ class Lane:
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        dirty = session.snapshot(conn) != before
         for job, unit in zip(jobs, units, strict=True):
             # Each statement's own time: from the previous one's answer to its own.
             seconds = unit.finished - started if unit.finished else 0.0
             started = unit.finished or started
+            # Only pure reads join a lane; should one have changed the session all the same
+            # (a reported parameter moved), the checkout resets it before reuse.
+            held.mark(session.effect(job.tree))
             try:
-                dirty |= await self._settle_job(conn, job, unit, seconds)
+                await self._settle_job(conn, job, unit, seconds)
             except Exception as exc:  # this job's answer could not be made: its error only
                 _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
-        if dirty and not conn.closed:
-            await session.reset(conn)
 
     async def _settle_job(
         self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
-    ) -> bool:
-        """Answer one job; True when its statement changed the session."""
+    ) -> None:
+        """Answer one job."""
         (reply,) = unit.replies
         if reply.stale and not job.retried:
             # Our prepared statement was gone or planned for an older schema: it did not
@@ -237,20 +228,16 @@ class Lane:
                 self.submit(job)
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
-            return False
-        self.known.observe(job.sql, seconds)
+            return
+        self.known.observe(job.tree, job.sql, seconds)
         if reply.error is not None:
             _settle(job.future, error=reply.error)
-            return False
+            return
         assert reply.result is not None
         answer = await pipeline.answer(
             conn, self.node.name, self.types, reply.result, job.max_rows, job.row_format
         )
-        dirty = session.may_dirty(job.sql, answer.command)
-        if dirty:
-            self.known.forget(job.sql)
         _settle(job.future, result=answer)
-        return dirty
 
 
 class _Watchdog:
@@ -291,22 +278,18 @@ class Known:
         seconds = self._seconds.get(sql)
         return seconds is not None and seconds < QUICK_S
 
-    def observe(self, sql: str, seconds: float) -> None:
+    def observe(self, tree: Tree, sql: str, seconds: float) -> None:
         """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
-        figure down. Writes and locking reads are never remembered."""
+        figure down. Only pure reads (session.pure_read) are ever remembered."""
         last = self._seconds.get(sql)
         if last is None:
-            if not is_plain_read(sql):
+            if not session.pure_read(tree):
                 return
             if len(self._seconds) >= MAX_KNOWN:
                 self._seconds.clear()
         self._seconds[sql] = (
             seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
         )
-
-    def forget(self, sql: str) -> None:
-        """The statement changed its session: it never shares a connection again."""
-        self._seconds[sql] = float("inf")
 
 
 class Multiplexer:
@@ -319,11 +302,17 @@ class Multiplexer:
         }
 
     async def run(
-        self, node: Node, sql: str, params: list[Any], max_rows: int, row_format: RowFormat
+        self,
+        node: Node,
+        sql: str,
+        tree: Tree,
+        params: list[Any],
+        max_rows: int,
+        row_format: RowFormat,
     ) -> StatementResult:
         """Run one statement through the node's lane; raises what psycopg raised for it."""
         future: asyncio.Future[StatementResult] = asyncio.get_running_loop().create_future()
-        self.lanes[node.name].submit(Job(sql, params, max_rows, row_format, future))
+        self.lanes[node.name].submit(Job(sql, tree, params, max_rows, row_format, future))
         return await future
 
     def sever(self, node: Node, error: BaseException) -> None:

@@ -114,6 +114,14 @@ def state_of(conn: AsyncConnection[Any]) -> ConnState:
     return state
 
 
+def forget_prepared(conn: AsyncConnection[Any]) -> None:
+    """The session was reset (DISCARD ALL): none of the names prepared on it exist now."""
+    state = _states.get(conn)
+    if state is not None:
+        state.prepared.clear()
+        state.seen.clear()
+
+
 async def run_units(
     conn: AsyncConnection[Any],
     units: Sequence[Sequence[Command]],

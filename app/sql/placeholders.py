@@ -1,58 +1,46 @@
-"""From a request's SQL and parameters to `$n` SQL and a list of values, or a clear 400.
+"""From a request's SQL and parameters to `$n` SQL, its parse tree and a list of values, or a
+clear 400.
 
 `$1`, `$2`, ... take an array of parameters; `:name` placeholders take an object and are
-rewritten to `$n` (a name used twice gets one number). Placeholders inside literals,
-quoted identifiers, dollar quotes and comments are text, not placeholders; `::` is a cast.
-Exactly one statement is allowed; trailing semicolons are dropped.
+rewritten to `$n` (a name used twice gets one number). Placeholders are found by
+PostgreSQL's own scanner (pglast), so text inside literals, quoted identifiers, dollar quotes
+and comments is never one; `::` is a cast and `:=` a named argument. Exactly one statement is
+allowed (the parser counts them); trailing semicolons are dropped.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from app.errors import InvalidParameters, InvalidSQL
-from app.sql.lexer import Kind, Token, tokens
+from pglast import parser as pg_parser
+
+from app.errors import InvalidParameters
+from app.sql import tree as trees
+from app.sql.tree import Tree
+
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+_SEMICOLON = "ASCII_59"
+_COLON = "ASCII_58"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BoundSQL:
-    """SQL with `$n` placeholders only, and the values in `$n` order."""
+    """SQL with `$n` placeholders only, the values in `$n` order, and its parse tree."""
 
     sql: str
     params: list[Any]
     names: list[str]
-
-
-def _one_statement(sql: str) -> list[Token]:
-    """The tokens of the single statement, without trailing semicolons and what follows."""
-    toks = list(tokens(sql))
-    end = len(toks)
-    for i, token in enumerate(toks):
-        if token.kind is Kind.SEMICOLON:
-            end = i
-            rest = [t for t in toks[i + 1 :] if t.kind not in _BLANK]
-            if any(t.kind is not Kind.SEMICOLON for t in rest):
-                raise InvalidSQL(
-                    "the SQL holds more than one statement; send one per request "
-                    "(or use /v1/transaction)"
-                )
-            break
-    body = toks[:end]
-    if all(t.kind in _BLANK for t in body):
-        raise InvalidSQL("the SQL is empty")
-    return body
-
-
-_BLANK = {Kind.WHITESPACE, Kind.LINE_COMMENT, Kind.BLOCK_COMMENT}
+    tree: Tree
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Shape:
     """What bind() needs to know of a SQL text; the same text always has the same shape."""
 
@@ -60,25 +48,49 @@ class _Shape:
     positional: frozenset[int]
     named: tuple[str, ...]
     rewritten: str
+    tree: Tree
 
 
 def _shape(sql: str) -> _Shape:
-    body = _one_statement(sql)
-    positional = frozenset(int(t.text[1:]) for t in body if t.kind is Kind.POSITIONAL)
-    named = tuple(dict.fromkeys(t.text[1:] for t in body if t.kind is Kind.NAMED))
+    try:
+        tokens = pg_parser.scan(sql)
+    except pg_parser.ParseError as exc:
+        raise trees.syntax_error(exc) from None
+    end = len(sql)
+    last = max(
+        (i for i, t in enumerate(tokens) if t.name not in _COMMENTS | {_SEMICOLON}), default=-1
+    )
+    trailing = next((t for t in tokens[last + 1 :] if t.name == _SEMICOLON), None)
+    if trailing is not None:
+        end = trailing.start
+        tokens = tokens[: last + 1]
+    text = sql[:end]
+    positional = frozenset(int(sql[t.start + 1 : t.end + 1]) for t in tokens if t.name == "PARAM")
+    spans: list[tuple[int, int, str]] = []  # (start, end, name) of each :name
+    for colon, word in itertools.pairwise(tokens):
+        if colon.name == _COLON and word.start == colon.end + 1:
+            name = sql[word.start : word.end + 1]
+            quoted = name.startswith('"') or name[:2].lower() == "u&"
+            if (word.name == "IDENT" or word.kind != "NO_KEYWORD") and not quoted:
+                spans.append((colon.start, word.end + 1, name))
+    named = tuple(dict.fromkeys(name for _, _, name in spans))
     number = {name: i for i, name in enumerate(named, start=1)}
-    rewritten = "".join(f"${number[t.text[1:]]}" if t.kind is Kind.NAMED else t.text for t in body)
-    return _Shape("".join(t.text for t in body), positional, named, rewritten)
+    pieces = []
+    at = 0
+    for start, stop, name in spans:
+        pieces += [text[at:start], f"${number[name]}"]
+        at = stop
+    rewritten = "".join([*pieces, text[at:]])
+    return _Shape(text, positional, named, rewritten, trees.parse(rewritten))
 
 
-# Services send the same statements again and again: tokenise each text once.
-_cached_shape = lru_cache(maxsize=1024)(_shape)
-_CACHEABLE_LENGTH = 8192
+# Services send the same statements again and again: scan and parse each text once.
+_cached_shape = lru_cache(maxsize=trees.CACHE_SIZE)(_shape)
 
 
 def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
     """Check the placeholders against the parameters and return what psycopg runs."""
-    shape = _cached_shape(sql) if len(sql) <= _CACHEABLE_LENGTH else _shape(sql)
+    shape = _cached_shape(sql) if len(sql) <= trees.CACHEABLE_LENGTH else _shape(sql)
     if shape.positional and shape.named:
         raise InvalidParameters("the SQL mixes $n and :name placeholders; use one kind")
     if isinstance(params, dict):
@@ -111,7 +123,7 @@ def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
             missing=[f"${n}" for n in missing],
             extra=[f"${n}" for n in extra],
         )
-    return BoundSQL(shape.text, values, [])
+    return BoundSQL(shape.text, values, [], shape.tree)
 
 
 def _bind_named(shape: _Shape, params: dict[str, Any]) -> BoundSQL:
@@ -128,4 +140,6 @@ def _bind_named(shape: _Shape, params: dict[str, Any]) -> BoundSQL:
             missing=[":" + n for n in missing],
             extra=[":" + n for n in extra],
         )
-    return BoundSQL(shape.rewritten, [params[n] for n in shape.named], list(shape.named))
+    return BoundSQL(
+        shape.rewritten, [params[n] for n in shape.named], list(shape.named), shape.tree
+    )

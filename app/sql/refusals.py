@@ -1,85 +1,187 @@
-"""Statements no request may send through mirrorpool's shared sessions, in any mode.
+"""What no request may run through mirrorpool's shared sessions, and what a read-only request
+may not reach, decided from the statement's parse tree (app/sql/tree.py).
 
-Pooled connections are shared by every key, one request at a time, and mirrorpool runs
-each request inside limits it sets itself. So these are refused before they run:
+Pooled connections are shared by every key, one request at a time, and mirrorpool runs each
+request inside limits it sets itself. Refused for every request:
 
 - PREPARE, EXECUTE, DEALLOCATE, DISCARD: mirrorpool prepares statements by name on pooled
   connections itself; a request that could replace or drop them could make another key's
-  next request run its SQL.
-- transaction control (BEGIN, COMMIT, ROLLBACK, END, ABORT, START, PREPARE TRANSACTION):
-  it would end the transaction that carries the request's READ ONLY mode, role and
-  timeouts, and with it /v1/transaction's all-or-nothing promise. SAVEPOINT and
-  ROLLBACK TO SAVEPOINT stay allowed.
+  next request run its SQL. For the same reason pg_prepared_statements (which lists them,
+  with the other keys' SQL) is not readable.
+- transaction control (BEGIN, COMMIT, ROLLBACK, PREPARE TRANSACTION, COMMIT PREPARED, ...):
+  it would end the transaction that carries the request's READ ONLY mode and timeouts, and
+  with it /v1/transaction's all-or-nothing promise. SAVEPOINT, RELEASE and ROLLBACK TO stay.
 - COPY to or from the client (STDIN, STDOUT): the HTTP API has no copy channel.
-- in a read-only request, anything that would switch the transaction to read-write
-  (SET TRANSACTION READ WRITE, SET SESSION CHARACTERISTICS, transaction_read_only).
+- what reaches other keys or every later session: pg_terminate_backend, pg_cancel_backend,
+  pg_promote; ALTER ROLE / USER (a login may change its own password and defaults), ALTER
+  DATABASE ... SET, ALTER SYSTEM.
 
-The check reads the statement's own words (literals and comments skipped, app/sql/lexer.py);
-it cannot see into function bodies.
+Refused in a read-only request (a read key's, or one sent with read_only), on top of the
+READ ONLY transaction PostgreSQL enforces: DO blocks and CALL (code the tree cannot read),
+LISTEN, UNLISTEN, NOTIFY, COPY, LOAD, CHECKPOINT; SET without LOCAL; whatever would switch
+the transaction to read-write; set_config() unless provably local; cursors WITH HOLD; and the
+functions whose effects escape a READ ONLY transaction (app/sql/catalog.py: large objects,
+advisory locks, notifications, other backends, server files, configuration, WAL,
+statistics, dblink).
+The read-only transaction is also rolled back, never committed (app/sql/engine.py), so what
+a function the tree cannot see into did inside it is undone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
-from app.sql.lexer import code_words
+from app.sql import catalog
+from app.sql.tree import Tree
 
-_PREPARED = {"PREPARE", "EXECUTE", "DEALLOCATE", "DISCARD"}
-_CONTROL = {"BEGIN", "START", "COMMIT", "END", "ABORT"}
+_PREPARED = {
+    "PrepareStmt": "PREPARE",
+    "ExecuteStmt": "EXECUTE",
+    "DeallocateStmt": "DEALLOCATE",
+    "DiscardStmt": "DISCARD",
+}
+# Savepoints live and die inside the request's own transaction.
+_SAVEPOINTS = frozenset({"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"})
+_SHARED = {
+    "AlterRoleStmt": "ALTER ROLE",
+    "AlterRoleSetStmt": "ALTER ROLE ... SET",
+    "AlterDatabaseSetStmt": "ALTER DATABASE ... SET",
+    "AlterSystemStmt": "ALTER SYSTEM",
+}
+# Statements a read-only request may not send: code the tree cannot read (DO, a procedure),
+# notifications, files and programs, libraries. (Writes and DDL PostgreSQL refuses itself,
+# with SQLSTATE 25006, in the READ ONLY transaction.)
+_READ_ONLY_REFUSED_KINDS = {
+    "DoStmt": "DO",
+    "CallStmt": "CALL",
+    "ListenStmt": "LISTEN",
+    "UnlistenStmt": "UNLISTEN",
+    "NotifyStmt": "NOTIFY",
+    "LoadStmt": "LOAD",
+    "CopyStmt": "COPY",
+    "CheckPointStmt": "CHECKPOINT",
+}
+# Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).
+RESERVED_SAVEPOINTS = "mirrorpool"
+_READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
+_TRANSACTION_CONTROL = (
+    "is refused: a request runs inside a transaction mirrorpool opens and closes itself "
+    "(with its read-only mode and timeouts); send several statements to /v1/transaction, "
+    "and use SAVEPOINT / ROLLBACK TO SAVEPOINT inside it"
+)
 
 
-def refusal(sql: str, read_only: bool) -> str | None:
-    """Why `sql` may not run here, or None when it may."""
-    return (
-        _why(sql, read_only) if len(sql) <= _CACHEABLE_LENGTH else _why.__wrapped__(sql, read_only)
-    )
+def ends_transaction(tree: Tree) -> bool:
+    """True for a statement that begins or ends a transaction (BEGIN, COMMIT, ROLLBACK,
+    PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED), not for savepoints."""
+    return tree.transaction is not None and tree.transaction not in _SAVEPOINTS
 
 
-@lru_cache(maxsize=1024)
-def _why(sql: str, read_only: bool) -> str | None:
-    words = [w.upper() for w in code_words(sql) if w != "("]
-    if not words:
-        return None
-    first, rest = words[0], words[1:]
-    if ends_transaction(first, rest):
+@lru_cache(maxsize=4096)
+def refusal(tree: Tree, read_only: bool) -> str | None:
+    """Why the statement may not run here, or None when it may."""
+    return _always(tree) or (_read_only(tree) if read_only else None)
+
+
+def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
+    if ends_transaction(tree):
+        return f"{_verb(tree)} {_TRANSACTION_CONTROL}"
+    if tree.savepoint is not None and tree.savepoint.startswith(RESERVED_SAVEPOINTS):
         return (
-            f"{first} is refused: a request runs inside a transaction mirrorpool opens and "
-            "closes itself (with its read-only mode, role and timeouts); send several "
-            "statements to /v1/transaction, and use SAVEPOINT / ROLLBACK TO SAVEPOINT inside it"
+            f"savepoint names starting with {RESERVED_SAVEPOINTS!r} are mirrorpool's own "
+            "(they carry the request's transaction); choose another name"
         )
-    if first in _PREPARED:
+    prepared = next((verb for kind, verb in _PREPARED.items() if kind in tree.kinds), None)
+    if prepared is not None:
         return (
-            f"{first} is refused: mirrorpool prepares statements on its pooled connections "
+            f"{prepared} is refused: mirrorpool prepares statements on its pooled connections "
             "itself; send the statement with its parameters"
         )
-    if first == "COPY" and ({"STDIN", "STDOUT"} & set(rest)):
+    if tree.copy == "client":
         return (
             "COPY to or from the client is refused: HTTP has no copy channel; use "
             "/v1/query/stream to read many rows, and INSERT ... SELECT unnest($1) to write them"
         )
-    if read_only and _escapes_read_only(words):
-        return "a read-only request cannot switch its transaction to read-write"
+    shared = next((what for kind, what in _SHARED.items() if kind in tree.kinds), None)
+    if shared is not None:
+        return (
+            f"{shared} is refused: it changes the login or the server for every later "
+            "session, other keys' included; run it as a migration or as an administrator"
+        )
+    reaching = sorted(tree.names & catalog.ALWAYS_REFUSED)
+    if reaching:
+        return (
+            f"{reaching[0]}() is refused: it reaches other sessions or the cluster's roles, "
+            "which keys sharing this service must not"
+        )
+    if any(name in catalog.ALWAYS_REFUSED_RELATIONS for _, name in tree.relations):
+        return (
+            "pg_prepared_statements is refused: it lists the statements mirrorpool prepared "
+            "on a shared connection, other keys' SQL among them"
+        )
     return None
 
 
-def _escapes_read_only(words: list[str]) -> bool:
-    text = " ".join(words)
-    return (
-        "READ WRITE" in text
-        or "TRANSACTION_READ_ONLY" in text
-        or "DEFAULT_TRANSACTION_READ_ONLY" in text
-        or "CHARACTERISTICS" in words
+def _read_only(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
+    refused = next((v for k, v in _READ_ONLY_REFUSED_KINDS.items() if k in tree.kinds), None)
+    if refused is not None:
+        return (
+            f"{refused} is refused in a read-only request: what it runs or leaves behind "
+            "reaches past a READ ONLY transaction"
+        )
+    for setting in tree.settings:
+        if setting.name == "session characteristics" or (
+            _READ_ONLY_SETTINGS & (setting.options | {setting.name or ""})
+        ):
+            return "a read-only request cannot change its transaction's access mode"
+        if not setting.local and setting.kind != "VAR_SET_MULTI":
+            return (
+                "a read-only request cannot change its session's settings: use SET LOCAL, "
+                "which lasts until the end of the request's transaction"
+            )
+    if tree.hold_cursor:
+        return "a read-only request cannot declare a cursor WITH HOLD (it outlives the request)"
+    for call in tree.set_configs:
+        if not call.local or call.name is None or call.name in _READ_ONLY_SETTINGS:
+            return (
+                "a read-only request may call set_config() only with a named setting and "
+                "true as its third argument (local to the request's transaction)"
+            )
+    functions = sorted(
+        n for n in tree.names if n != "set_config" and catalog.refused_for_read_only(n)
     )
+    if functions:
+        return (
+            f"{functions[0]}() is refused in a read-only request: its effects reach past a "
+            "READ ONLY transaction (large objects, locks, notifications, other sessions, "
+            "server files or settings)"
+        )
+    return None
 
 
-def ends_transaction(first: str | None, rest: Sequence[str | None]) -> bool:
-    """True for a statement, by its first words (upper-cased), that begins or ends a
-    transaction: BEGIN, START, COMMIT, END, ABORT, PREPARE TRANSACTION, and ROLLBACK but
-    not ROLLBACK [WORK | TRANSACTION] TO SAVEPOINT."""
-    if first == "ROLLBACK":
-        return "TO" not in rest[:2]
-    return first in _CONTROL or (first == "PREPARE" and rest[:1] == ["TRANSACTION"])
+def _verb(tree: Tree) -> str:
+    """How the statement is usually written: COMMIT, CREATE TABLE, ... (from its kind)."""
+    if tree.transaction is not None:
+        words = tree.transaction.removeprefix("TRANS_STMT_").replace("_", " ")
+        return {"PREPARE": "PREPARE TRANSACTION"}.get(words, words)
+    return _KIND_WORDS.get(tree.kind, tree.kind.removesuffix("Stmt") or "the statement")
 
 
-_CACHEABLE_LENGTH = 8192
+_KIND_WORDS = {
+    "InsertStmt": "INSERT",
+    "UpdateStmt": "UPDATE",
+    "DeleteStmt": "DELETE",
+    "MergeStmt": "MERGE",
+    "DoStmt": "DO",
+    "CallStmt": "CALL",
+    "CopyStmt": "COPY",
+    "ListenStmt": "LISTEN",
+    "UnlistenStmt": "UNLISTEN",
+    "NotifyStmt": "NOTIFY",
+    "LoadStmt": "LOAD",
+    "CreateStmt": "CREATE TABLE",
+    "CreateTableAsStmt": "CREATE TABLE AS",
+    "LockStmt": "LOCK",
+    "TruncateStmt": "TRUNCATE",
+    "VacuumStmt": "VACUUM / ANALYZE",
+}

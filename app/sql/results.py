@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.sql.columns import Column
-from app.sql.lexer import first_keyword
+from app.sql.tree import Tree
 
 RowFormat = Literal["array", "object"]
 
@@ -63,11 +63,18 @@ def affected(command: str | None, rowcount: int | None, fetched: int) -> int | N
     return None
 
 
-def streamed_tag(sql: str, count: int) -> str:
+def streamed_tag(tree: Tree, count: int) -> str:
     """The status tag of a streamed statement (psycopg keeps only the last chunk's result)."""
-    keyword = first_keyword(sql) or "SELECT"
+    keyword = _TAGS.get(tree.kind, "SELECT")
     if keyword == "INSERT":
         return f"INSERT 0 {count}"
-    if keyword in _DML:
-        return f"{keyword} {count}"
-    return f"SELECT {count}"
+    return f"{keyword} {count}"
+
+
+_TAGS = {
+    "InsertStmt": "INSERT",
+    "UpdateStmt": "UPDATE",
+    "DeleteStmt": "DELETE",
+    "MergeStmt": "MERGE",
+    "CopyStmt": "COPY",
+}

@@ -1,44 +1,105 @@
-"""Session hygiene: what every pooled connection starts with, and how it is put back clean.
+"""Session hygiene: what every pooled connection starts with, what a statement may leave behind
+in it, and how it is put back clean before anyone else gets it.
 
 Connections are shared by every caller, so what one request changes in its session must not
-leak into the next. Settings mirrorpool relies on (time zone, date and interval styles,
-default timeouts) are given as startup options, so `RESET ALL` restores them. Plain requests
-run in autocommit with no extra round trip; a request whose statement can leave session state
-behind (SET, temp tables, advisory locks, set_config, ...) marks its connection dirty and the
-connection is reset before anyone else gets it.
+reach the next. Settings mirrorpool relies on (time zone, date and interval styles, default
+timeouts) are startup options, so a reset restores them. Whether a statement may have changed
+its session is read from its parse tree (app/sql/tree.py): a statement is clean only when the
+tree proves it, that is when it sets nothing for the session, creates nothing temporary,
+takes no session lock, holds no cursor, listens to nothing and calls only vetted catalog
+functions (app/sql/catalog.py). Anything else (DO, CALL, a function of the database's own,
+SET, set_config, temporary tables, advisory locks, ...) has its connection reset with
+DISCARD ALL, or closed when even that could leave something behind, before reuse.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
+from enum import IntEnum
 from functools import lru_cache
 from typing import Any, Literal
 
+import psycopg
 from psycopg import AsyncConnection, sql
+
+from app.sql import catalog, pipeline
+from app.sql.tree import Setting, Tree
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
-# Everything DISCARD ALL does except DEALLOCATE ALL, which would drop the statements
-# psycopg prepared (its cache would then point at statements that no longer exist).
-RESET_SQL = (
-    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
-    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
-)
+# A read-only serializable transaction commits (its reads are only proven serializable by
+# its commit) after rolling back to this savepoint, which undoes what it did; the name is
+# reserved (app/sql/refusals.py).
+READ_ONLY_SAVEPOINT = "mirrorpool_read_only"
 
-# Status tags of statements that cannot leave anything behind in the session.
-_CLEAN_TAGS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "FETCH"})
 
-# Words whose presence means a statement may change the session: set_config(..., false),
-# advisory locks, temporary objects, holdable cursors, prepared statements, notifications.
-_RISKY_WORDS = re.compile(
-    r"set_config|advisory|\btemp(orary)?\b|\bhold\b|\bprepare\b|\blisten\b|\brole\b"
-    r"|\bauthorization\b|\bsearch_path\b",
-    re.IGNORECASE,
+class Effect(IntEnum):
+    """What a statement may leave in its session, and so what its connection needs after."""
+
+    NONE = 0  # provably nothing: the connection goes straight back
+    RESET = 1  # session state: DISCARD ALL (and mirrorpool's prepared names forgotten)
+    CLOSE = 2  # something DISCARD ALL does not undo (a loaded library, the random seed)
+
+
+# Statements that change the session by what they are.
+_SESSION_KINDS = frozenset(
+    {
+        "DoStmt",
+        "CallStmt",
+        "ListenStmt",
+        "UnlistenStmt",
+        "PrepareStmt",
+        "ExecuteStmt",
+        "DeallocateStmt",
+        "DiscardStmt",
+        "LoadStmt",
+    }
 )
+# A DO block's body is code the tree cannot read, sent by the caller itself; LOAD loads a
+# library into the backend for good.
+_CLOSE_KINDS = frozenset({"DoStmt", "LoadStmt"})
 
 # Parameters the server reports whenever they change: a change means the session was altered.
 _REPORTED = (b"TimeZone", b"DateStyle", b"IntervalStyle", b"is_superuser", b"session_authorization")
+
+
+@lru_cache(maxsize=4096)
+def effect(tree: Tree) -> Effect:
+    """What the statement may leave behind in its session."""
+    if tree.kinds & _CLOSE_KINDS or tree.names & catalog.SURVIVES_RESET:
+        return Effect.CLOSE
+    dirty = (
+        bool(tree.kinds & _SESSION_KINDS)
+        or tree.temp
+        or tree.hold_cursor
+        or any(_lasts(s) for s in tree.settings)
+        or any(not c.local for c in tree.set_configs)
+        or bool(tree.unvetted_calls)
+    )
+    return Effect.RESET if dirty else Effect.NONE
+
+
+def _lasts(setting: Setting) -> bool:
+    """True for a SET or RESET that outlives its transaction."""
+    if setting.kind == "VAR_SET_MULTI":  # SET TRANSACTION ..., SET SESSION CHARACTERISTICS
+        return setting.name == "session characteristics"
+    return not setting.local
+
+
+def pure_read(tree: Tree) -> bool:
+    """A query that writes nothing, locks no rows and is proven to leave its session as it
+    was: what may share a connection with other requests' statements (app/sql/multiplex.py)."""
+    return (
+        tree.kind == "SelectStmt"
+        and not (tree.writes or tree.locks or tree.temp)
+        and effect(tree) is Effect.NONE
+    )
+
+
+def reads_sequence_state(tree: Tree) -> bool:
+    """True when the statement reads values this session's earlier nextval() calls left
+    (currval, lastval): on a pooled connection they could be another key's."""
+    return not tree.names.isdisjoint(catalog.SESSION_SEQUENCE_READERS)
 
 
 def startup_options(settings: dict[str, str]) -> str:
@@ -56,25 +117,22 @@ def snapshot(conn: AsyncConnection[Any]) -> tuple[bytes | None, ...]:
     return tuple(status(p) for p in _REPORTED)
 
 
-def may_dirty(sql_text: str, command: str | None) -> bool:
-    """True when a statement may have left state behind in its session."""
-    tag = (command or "").split(" ", 1)[0]
-    if tag not in _CLEAN_TAGS:
-        return True
-    return _risky(sql_text) if len(sql_text) <= _CACHEABLE_LENGTH else _risky.__wrapped__(sql_text)
-
-
-@lru_cache(maxsize=1024)
-def _risky(sql_text: str) -> bool:
-    return _RISKY_WORDS.search(sql_text) is not None
-
-
-_CACHEABLE_LENGTH = 8192
-
-
-async def reset(conn: AsyncConnection[Any]) -> None:
-    """Put a session back as the pool made it."""
-    await conn.execute(RESET_SQL)
+async def restore(conn: AsyncConnection[Any], needed: Effect) -> None:
+    """Put a session back as the pool made it: DISCARD ALL (and forget the statements
+    mirrorpool had prepared on it), or close the connection (the pool replaces it) when a
+    reset is not enough or fails."""
+    if conn.closed or needed is Effect.NONE:
+        return
+    if needed is Effect.RESET:
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                await conn.execute("ROLLBACK")
+            await conn.execute("DISCARD ALL")
+            pipeline.forget_prepared(conn)
+            return
+        except psycopg.Error:
+            pass
+    await conn.close()
 
 
 def begin_sql(
@@ -83,21 +141,18 @@ def begin_sql(
     isolation: Isolation | None,
     timeout_ms: int,
     lock_timeout_ms: int,
-    role: str | None = None,
     local_settings: Mapping[str, str] | None = None,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query."""
     parts = [
-        sql.SQL(begin_statement(isolation, read_only)),
+        *(sql.SQL(statement) for statement in opening(isolation, read_only)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
     ]
     for name, value in (local_settings or {}).items():
         # Names are mirrorpool's own constants (SESSION_SETTINGS), never a request's.
         parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
-    if role is not None:
-        parts.append(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
     return sql.SQL("; ").join(parts)
 
 
@@ -106,7 +161,6 @@ def begin_sql(
 LOCAL_LIMITS_SQL = (
     "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)"
 )
-LOCAL_LIMITS_AS_ROLE_SQL = LOCAL_LIMITS_SQL + ", set_config('role', $3, true)"
 
 
 def begin_statement(isolation: Isolation | None, read_only: bool) -> str:
@@ -117,3 +171,26 @@ def begin_statement(isolation: Isolation | None, read_only: bool) -> str:
     if read_only:
         mode.append("READ ONLY")
     return " ".join(["BEGIN", *mode])
+
+
+def opening(isolation: Isolation | None, read_only: bool) -> list[str]:
+    """The statements that open a request's transaction, in order."""
+    begin = begin_statement(isolation, read_only)
+    if read_only and isolation == "serializable":
+        return [begin, f"SAVEPOINT {READ_ONLY_SAVEPOINT}"]
+    return [begin]
+
+
+def closing(isolation: Isolation | None, read_only: bool) -> list[str]:
+    """The statements that end a request's transaction once its statements succeeded.
+
+    A read-only transaction is rolled back, not committed: it had nothing to keep, and what
+    a function the parse tree cannot see into did all the same (a large object, a
+    notification, a setting) is undone with it. A serializable one first rolls back to its
+    savepoint, then commits, so that its reads are still proven serializable.
+    """
+    if not read_only:
+        return ["COMMIT"]
+    if isolation == "serializable":
+        return [f"ROLLBACK TO SAVEPOINT {READ_ONLY_SAVEPOINT}", "COMMIT"]
+    return ["ROLLBACK"]

@@ -1,4 +1,5 @@
-"""Statements that transaction pooling (MIRRORPOOL_PGBOUNCER) cannot run safely.
+"""Statements that transaction pooling (MIRRORPOOL_PGBOUNCER) cannot run safely, read from
+their parse trees (app/sql/tree.py).
 
 Behind PgBouncer in transaction mode a server session is shared by every client of the
 pooler, one transaction at a time. What a statement leaves in the session after its
@@ -8,17 +9,16 @@ of any client may get, and mirrorpool cannot reset it: its reset would run on wh
 server connection it is handed then. Nor can a request end mirrorpool's transaction
 (COMMIT, ROLLBACK): the settings it SETs LOCAL would end with it. So these statements are
 refused before they run, each with the transaction-scoped form that does the same job.
-
-The check reads the statement's own words (string literals, quoted identifiers and
-comments skipped); it cannot see into function bodies.
+What a function's or a DO block's body does is not in the tree, and not checked here.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from app.sql.lexer import Kind, Token, significant
+from app.sql import catalog
 from app.sql.refusals import ends_transaction
+from app.sql.tree import Tree
 
 # (what the statement does, why that breaks, what to use instead)
 Finding = tuple[str, str, str]
@@ -33,139 +33,71 @@ _TRANSACTION_CONTROL: Finding = (
     "send several statements to /v1/transaction, and use SAVEPOINT / ROLLBACK TO SAVEPOINT "
     "inside one",
 )
-_FIRST_WORD: dict[str, Finding] = {
-    "RESET": ("RESET", _OUTLIVES, "use SET LOCAL name TO DEFAULT"),
-    "DISCARD": ("DISCARD", _OUTLIVES, "requests keep no session state to discard"),
-    "PREPARE": ("PREPARE", _OUTLIVES, "send the statement itself with parameters"),
-    "DEALLOCATE": ("DEALLOCATE", _OUTLIVES, "requests prepare nothing"),
-    "LISTEN": ("LISTEN", _OUTLIVES, "connect to the primary directly to listen"),
-    "UNLISTEN": ("UNLISTEN", _OUTLIVES, "requests listen to nothing"),
-    "LOAD": ("LOAD", _OUTLIVES, "preload the library in the server's configuration"),
+_BY_KIND: dict[str, Finding] = {
+    "DiscardStmt": ("DISCARD", _OUTLIVES, "requests keep no session state to discard"),
+    "PrepareStmt": ("PREPARE", _OUTLIVES, "send the statement itself with parameters"),
+    "DeallocateStmt": ("DEALLOCATE", _OUTLIVES, "requests prepare nothing"),
+    "ListenStmt": ("LISTEN", _OUTLIVES, "connect to the primary directly to listen"),
+    "UnlistenStmt": ("UNLISTEN", _OUTLIVES, "requests listen to nothing"),
+    "LoadStmt": ("LOAD", _OUTLIVES, "preload the library in the server's configuration"),
 }
-# SET forms that last only until the end of the transaction.
-_SET_SCOPED = {"LOCAL", "TRANSACTION", "CONSTRAINTS"}
-_SESSION_LOCKS = {
-    "PG_ADVISORY_LOCK",
-    "PG_ADVISORY_LOCK_SHARED",
-    "PG_TRY_ADVISORY_LOCK",
-    "PG_TRY_ADVISORY_LOCK_SHARED",
-    "PG_ADVISORY_UNLOCK",
-    "PG_ADVISORY_UNLOCK_SHARED",
-    "PG_ADVISORY_UNLOCK_ALL",
-}
-_TEMP = {"TEMP", "TEMPORARY"}
+_TEMP: Finding = (
+    "a temporary object",
+    _OUTLIVES,
+    "create it with ON COMMIT DROP inside /v1/transaction, or use a real table",
+)
 
 
-def refusal(sql: str) -> str | None:
-    """Why `sql` cannot run behind a transaction pooler, with what to use instead; None
-    when it can."""
-    found = session_change(sql) if len(sql) <= _CACHEABLE_LENGTH else _scan(sql)
+def refusal(tree: Tree) -> str | None:
+    """Why the statement cannot run behind a transaction pooler, with what to use instead;
+    None when it can."""
+    found = session_change(tree)
     if found is None:
         return None
     what, why, instead = found
     return f"MIRRORPOOL_PGBOUNCER=true refuses {what}: {why}; {instead}"
 
 
-@lru_cache(maxsize=1024)
-def session_change(sql: str) -> Finding | None:
-    """What in `sql` changes the server session beyond its transaction, if anything."""
-    return _scan(sql)
-
-
-_CACHEABLE_LENGTH = 8192
-
-
-def _scan(sql: str) -> Finding | None:
-    toks = list(significant(sql))
-    words = [t.text.upper() if t.kind is Kind.WORD else None for t in toks]
-    at = 0
-    while at < len(toks) and toks[at].text == "(":
-        at += 1
-    first = words[at] if at < len(toks) else None
-    return _by_statement(first, words[at + 1 :]) or _by_function(words, toks)
-
-
-def _by_statement(first: str | None, rest: list[str | None]) -> Finding | None:
-    """What the statement itself, by its leading words, leaves in the session."""
-    found = _FIRST_WORD.get(first or "")
-    creates_temp = first == "CREATE" and bool({*_TEMP, "PG_TEMP"} & set(rest[:6]))
-    selects_into_temp = first == "SELECT" and any(_follows(rest, "INTO", t) for t in _TEMP)
-    if ends_transaction(first, rest):
-        found = _TRANSACTION_CONTROL
-    elif first == "SET" and (not rest or rest[0] not in _SET_SCOPED):
-        found = ("SET without LOCAL", _OUTLIVES, "use SET LOCAL, which lasts until its end")
-    elif first == "DECLARE" and _follows(rest, "WITH", "HOLD"):
-        found = ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
-    elif (creates_temp or selects_into_temp) and not _follows(rest, "ON", "COMMIT", "DROP"):
-        found = (
-            "a temporary object",
+@lru_cache(maxsize=4096)
+def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return per rule
+    """What in the statement changes the server session beyond its transaction, if anything."""
+    if ends_transaction(tree):
+        return _TRANSACTION_CONTROL
+    for kind, finding in _BY_KIND.items():
+        if kind in tree.kinds:
+            return finding
+    for setting in tree.settings:
+        if setting.kind == "VAR_SET_MULTI":
+            if setting.name == "session characteristics":
+                return (
+                    "SET SESSION CHARACTERISTICS",
+                    _OUTLIVES,
+                    "use SET TRANSACTION inside /v1/transaction",
+                )
+        elif setting.kind in ("VAR_RESET", "VAR_RESET_ALL"):
+            return ("RESET", _OUTLIVES, "use SET LOCAL name TO DEFAULT")
+        elif not setting.local:
+            return ("SET without LOCAL", _OUTLIVES, "use SET LOCAL, which lasts until its end")
+    if tree.hold_cursor:
+        return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
+    if tree.temp and not _dropped_on_commit(tree):
+        return _TEMP
+    locks = sorted(tree.names & catalog.SESSION_LOCKS)
+    if locks:
+        return (
+            f"{locks[0]}() (a session advisory lock)",
             _OUTLIVES,
-            "create it with ON COMMIT DROP inside /v1/transaction, or use a real table",
+            "use pg_advisory_xact_lock() or pg_try_advisory_xact_lock(), released at "
+            "the end of the transaction",
         )
-    return found
-
-
-def _by_function(words: list[str | None], toks: list[Token]) -> Finding | None:
-    """A function call anywhere in the statement that changes the session."""
-    for word in words:
-        if word in _SESSION_LOCKS:
-            return (
-                f"{word.lower()}() (a session advisory lock)",
-                _OUTLIVES,
-                "use pg_advisory_xact_lock() or pg_try_advisory_xact_lock(), released at "
-                "the end of the transaction",
-            )
-    if _sets_config_for_the_session(toks):
+    if any(not call.local for call in tree.set_configs):
         return ("set_config(..., false)", _OUTLIVES, "use set_config(name, value, true)")
     return None
 
 
-def _follows(words: list[str | None], *sequence: str) -> bool:
-    """True when `sequence` appears in `words`, one word right after the other."""
-    n = len(sequence)
-    return any(tuple(words[i : i + n]) == sequence for i in range(len(words) - n + 1))
-
-
-def _sets_config_for_the_session(toks: list[Token]) -> bool:
-    """True for a set_config() call whose third argument is not the literal true."""
-    for i, tok in enumerate(toks):
-        if tok.kind is not Kind.WORD or tok.text.upper() != "SET_CONFIG":
-            continue
-        args = _arguments(toks, i + 1)
-        if args is None or len(args) != 3 or not _is_true(args[2]):
-            return True
-    return False
-
-
-def _arguments(toks: list[Token], start: int) -> list[list[Token]] | None:
-    """The top-level arguments of the call whose `(` is at `start`; None if it is not one."""
-    if start >= len(toks) or toks[start].text != "(":
-        return None
-    args: list[list[Token]] = [[]]
-    depth = 0
-    for tok in toks[start:]:
-        if tok.text in ("(", "["):
-            depth += 1
-            if depth == 1:
-                continue
-        elif tok.text in (")", "]"):
-            depth -= 1
-            if depth == 0:
-                return args
-        elif tok.text == "," and depth == 1:
-            args.append([])
-            continue
-        args[-1].append(tok)
-    return None
-
-
-def _is_true(arg: list[Token]) -> bool:
-    """The literal true, as a word or a string (`true`, `'t'`, `'on'`, ...)."""
-    if len(arg) != 1:
-        return False
-    text = arg[0].text
-    if arg[0].kind is Kind.WORD:
-        return text.upper() == "TRUE"
-    if arg[0].kind is Kind.STRING:
-        return text[1:-1].strip().lower() in {"t", "true", "y", "yes", "on", "1"}
-    return False
+def _dropped_on_commit(tree: Tree) -> bool:
+    """True when the temporary table the statement creates goes at the end of the
+    transaction (ON COMMIT DROP)."""
+    body = tree.node.get(tree.kind, {})
+    into = body.get("into") or body.get("intoClause") or {}
+    return "ONCOMMIT_DROP" in (body.get("oncommit"), into.get("onCommit"))

@@ -10,7 +10,7 @@ import sys
 
 import httpx
 
-from app.devdb import LocalPair, free_ports
+from app.devdb import SERVICE, LocalPair, free_ports
 from tests.waiting import eventually_sync
 
 SECRET_PARAM = "do-not-log-this-value"
@@ -19,7 +19,7 @@ SECRET_PARAM = "do-not-log-this-value"
 def test_json_logs_one_line_per_request(pair: LocalPair) -> None:
     port = free_ports(1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")} | {
-        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(),
+        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(user=SERVICE),
         "MIRRORPOOL_PORT": str(port),
         "MIRRORPOOL_AUTH": "disabled",
         "MIRRORPOOL_LOG_FORMAT": "json",

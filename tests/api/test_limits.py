@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.devdb import LocalPair
+from app.devdb import OWNER, LocalPair
 from tests.conftest import PairFactory, serving_ready, settings_for
 from tests.waiting import eventually
 
@@ -72,7 +72,7 @@ async def test_response_size_cap_cuts_rows(pair: LocalPair) -> None:
 
 
 async def test_lock_timeout_fails_fast_with_409(pair: LocalPair) -> None:
-    with pair.primary.connect() as setup:
+    with pair.primary.connect(user=OWNER) as setup:
         setup.execute("CREATE TABLE IF NOT EXISTS locked_t (id int)")
     async with serving_ready(settings_for(pair, lock_timeout_ms=300)) as (_, client):
         with pair.primary.connect() as holder:

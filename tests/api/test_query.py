@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.devdb import LocalPair
-from tests.conftest import serving_ready, settings_for
+from tests.conftest import as_owner, serving_ready, settings_for
 
 
 @pytest.fixture
@@ -26,14 +26,10 @@ async def client(api: tuple[FastAPI, httpx.AsyncClient]) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def table(client: httpx.AsyncClient) -> str:
+def table(pair: LocalPair) -> str:
     """A fresh table of users with a unique email, for one test."""
     name = f"users_{uuid.uuid4().hex[:12]}"
-    response = await client.post(
-        "/v1/query",
-        json={"sql": f"CREATE TABLE {name} (id serial PRIMARY KEY, email text UNIQUE, n int8)"},
-    )
-    assert response.status_code == 200, response.text
+    as_owner(pair, f"CREATE TABLE {name} (id serial PRIMARY KEY, email text UNIQUE, n int8)")
     return name
 
 

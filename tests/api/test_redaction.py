@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from app.devdb import LocalPair
+from app.devdb import SERVICE, LocalPair
 from app.redaction import RedactingFilter, redactor
 from tests.conftest import serving_ready, settings_for
 from tests.waiting import eventually
@@ -20,7 +20,7 @@ async def test_passwords_stay_out_of_responses_and_logs(
     caplog.set_level(logging.DEBUG)
     caplog.handler.addFilter(RedactingFilter())
     # A mirror DSN with a wrong password: its failure is reported, its secret is not.
-    mirror_dsn = pair.mirrors[0].dsn().replace(pair.password, WRONG)
+    mirror_dsn = pair.mirrors[0].dsn(user=SERVICE).replace(pair.password_of(SERVICE), WRONG)
     settings = settings_for(pair, mirror_dsn=mirror_dsn)
     async with serving_ready(settings) as (app, client):
         await eventually(

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from app.api.auth import hash_key
-from app.devdb import LocalPair, free_ports
+from app.devdb import SERVICE, LocalPair, free_ports
 from tests.waiting import eventually_sync
 
 KEY = "secret-scan-key-5f1e9c"
@@ -24,8 +24,9 @@ def test_every_log_line_and_answer_of_a_full_run_is_clean(work_dir: Path) -> Non
         port = free_ports(1)[0]
         keys = [{"id": "scan", "sha256": hash_key(KEY), "scopes": ["read", "write", "admin"]}]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")} | {
-            "MIRRORPOOL_PRIMARY_DSN": own.primary.dsn(),
-            "MIRRORPOOL_MIRROR_DSN": own.mirrors[0].dsn(),
+            "MIRRORPOOL_PRIMARY_DSN": own.primary.dsn(user=SERVICE),
+            "MIRRORPOOL_MIRROR_DSN": own.mirrors[0].dsn(user=SERVICE),
+            "MIRRORPOOL_MIGRATIONS_DSN": own.migrations_dsn(),
             "MIRRORPOOL_PORT": str(port),
             "MIRRORPOOL_API_KEYS": json.dumps(keys),
             "MIRRORPOOL_LOG_LEVEL": "debug",

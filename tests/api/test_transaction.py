@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.devdb import LocalPair
+from app.devdb import OWNER, LocalPair
 from tests.conftest import serving_ready, settings_for
 from tests.waiting import eventually
 
@@ -25,7 +25,7 @@ async def client(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def table(pair: LocalPair) -> str:
     name = f"tx_{uuid.uuid4().hex[:12]}"
-    with pair.primary.connect() as conn:
+    with pair.primary.connect(user=OWNER) as conn:
         conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
         conn.execute(f"INSERT INTO {name} VALUES (1, 'one'), (2, 'two')")
     return name

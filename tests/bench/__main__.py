@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from app.devdb import LocalPair, free_ports
+from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.settings import load_settings
 from tests.bench.workloads import SETUP_SQL, WORKLOADS, Workload
 
@@ -229,17 +229,19 @@ def main() -> int:
     base.chmod(0o755)
     pair = None
     if settings.primary_dsn is not None:
-        dsn = settings.primary_dsn.get_secret_value()
+        dsn = owner = settings.primary_dsn.get_secret_value()
     else:
         started = time.monotonic()
         pair = LocalPair(base / "pair", mirrors=0)
         pair.start()
         pair_start_s = round(time.monotonic() - started, 2)
-        dsn = pair.primary.dsn()
+        # Every contender logs in as the service's unprivileged login; the tables are the
+        # schema owner's, as a migration would make them (README: Access).
+        dsn, owner = pair.primary.dsn(user=SERVICE), pair.primary.dsn(user=OWNER)
     try:
         import psycopg  # noqa: PLC0415
 
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(owner, autocommit=True) as conn:
             for sql in SETUP_SQL:
                 conn.execute(sql)
         cells = measure(dsn, workloads, levels, args.seconds)

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from app.devdb import LocalPair, free_ports
+from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from tests.bench.__main__ import RESULTS
 
 RUN_S = 7.0
@@ -174,7 +174,7 @@ async def load(make_client: Callable[[], Client], fault: Callable[[], None]) -> 
 def make_pair(base: Path, name: str) -> LocalPair:
     pair = LocalPair(base / name)
     pair.start()
-    with pair.primary.connect() as conn:
+    with pair.primary.connect(user=OWNER) as conn:  # as a migration would
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     return pair
 
@@ -190,8 +190,8 @@ def run_mirrorpool(base: Path, fault: str) -> Result:
     pair = make_pair(base, f"mp-{fault.replace(' ', '')}")
     port = free_ports(1)[0]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")} | {
-        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(),
-        "MIRRORPOOL_MIRROR_DSN": pair.mirrors[0].dsn(),
+        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(user=SERVICE),
+        "MIRRORPOOL_MIRROR_DSN": pair.mirrors[0].dsn(user=SERVICE),
         "MIRRORPOOL_PORT": str(port),
         "MIRRORPOOL_HEALTH_INTERVAL": "0.2",
         "MIRRORPOOL_HEALTH_TIMEOUT": "0.5",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.devdb import LocalPair
+from app.devdb import OWNER, LocalPair
 from tests.conftest import PairFactory, serving_ready, settings_for
 from tests.waiting import eventually
 
@@ -102,7 +102,7 @@ class Load:
 
 
 def prepare(pair: LocalPair) -> None:
-    with pair.primary.connect() as conn:
+    with pair.primary.connect(user=OWNER) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     mirror = pair.mirrors[0]
 

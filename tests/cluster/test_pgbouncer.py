@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 
-from app.devdb import LocalPair, free_ports
+from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.settings import Settings
-from tests.conftest import serving_ready, settings_for
+from tests.conftest import as_owner, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer, PgBouncerMissing
 from tests.waiting import eventually
 
@@ -50,10 +50,10 @@ def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
 def through(pair: LocalPair, bouncer: LocalPgBouncer, database: str, **overrides: Any) -> Settings:
     """Settings for mirrorpool behind PgBouncer, migrations on the primary directly."""
     values: dict[str, Any] = {
-        "primary_dsn": bouncer.dsn(database),
+        "primary_dsn": bouncer.dsn(database, user=SERVICE),
         "mirror_dsn": None,
         "pgbouncer": True,
-        "migrations_dsn": pair.primary.dsn(database),
+        "migrations_dsn": pair.primary.dsn(database, user=OWNER),
         "pool_min_size": 1,
         "pool_max_size": 4,
         "health_threshold": 3,
@@ -68,8 +68,9 @@ def serve(
 
 
 async def connect(bouncer: LocalPgBouncer, database: str) -> psycopg.AsyncConnection[Any]:
-    """Another client of PgBouncer, next to mirrorpool (psycopg's defaults: it prepares)."""
-    return await psycopg.AsyncConnection.connect(bouncer.dsn(database), autocommit=True)
+    """Another client of PgBouncer, next to mirrorpool, sharing its server connections (the
+    same database and login; psycopg's defaults: it prepares)."""
+    return await psycopg.AsyncConnection.connect(bouncer.dsn(database, SERVICE), autocommit=True)
 
 
 async def query(client: httpx.AsyncClient, sql: str, params: Any = None, **extra: Any) -> Any:
@@ -288,7 +289,9 @@ async def test_transactions_commit_and_roll_back(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
     async with serve(pair, bouncer, database) as (_, client):
-        await query(client, "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric)")
+        as_owner(
+            pair, "CREATE TABLE accounts (id int PRIMARY KEY, balance numeric)", dbname=database
+        )
         committed = await client.post(
             "/v1/transaction",
             json={
@@ -335,7 +338,7 @@ async def test_named_queries(
         "-- params: name\nINSERT INTO counters (name) VALUES (:name) RETURNING id"
     )
     async with serve(pair, bouncer, database, queries_dir=queries) as (_, client):
-        await query(client, "CREATE TABLE counters (id serial PRIMARY KEY, name text)")
+        as_owner(pair, "CREATE TABLE counters (id serial PRIMARY KEY, name text)", dbname=database)
         for i in range(ROUNDS):
             double = await client.post("/v1/queries/double", json={"params": {"n": i}})
             assert double.status_code == 200, double.text
@@ -399,8 +402,8 @@ async def test_transaction_scoped_forms_run(
 async def test_statements_that_cannot_run_in_a_transaction_answer_400(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
+    as_owner(pair, "CREATE TABLE t (id int)", dbname=database)
     async with serve(pair, bouncer, database) as (_, client):
-        await query(client, "CREATE TABLE t (id int)")
         for sql in ("VACUUM t", "CREATE INDEX CONCURRENTLY t_id ON t (id)"):
             response = await client.post("/v1/query", json={"sql": sql})
             assert response.status_code == 400, response.text
@@ -410,18 +413,18 @@ async def test_statements_that_cannot_run_in_a_transaction_answer_400(
 async def test_no_session_reset_reaches_shared_server_connections(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
-    """DDL would make mirrorpool reset its session (RESET ALL, pg_advisory_unlock_all(), ...)
-    on a connection of its own; through the pooler that would hit someone else's."""
+    """A DO block would make mirrorpool reset its session (DISCARD ALL), or close it, on a
+    connection of its own; through the pooler that would hit someone else's."""
     # A slow monitor, so no probe runs on the server connection after the statement.
     async with serve(pair, bouncer, database, health_interval=30) as (_, client):
-        await query(client, "CREATE TABLE t (id int)")
+        await query(client, "DO $$ BEGIN PERFORM 1; END $$")
         with pair.primary.connect(database) as conn:
             last = conn.execute(
                 "SELECT query FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).fetchall()
     assert last  # PgBouncer's server connections, each with the last statement it ran
-    assert not [q for (q,) in last if "RESET ALL" in q or "advisory_unlock" in q]
+    assert not [q for (q,) in last if "DISCARD" in q or "RESET ALL" in q]
 
 
 def write_migrations(folder: Path) -> None:
@@ -474,9 +477,9 @@ def test_cli_migrates_through_the_direct_dsn(
     folder = tmp_path / "migrations"
     write_migrations(folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")} | {
-        "MIRRORPOOL_PRIMARY_DSN": bouncer.dsn(database),
+        "MIRRORPOOL_PRIMARY_DSN": bouncer.dsn(database, user=SERVICE),
         "MIRRORPOOL_PGBOUNCER": "true",
-        "MIRRORPOOL_MIGRATIONS_DSN": pair.primary.dsn(database),
+        "MIRRORPOOL_MIGRATIONS_DSN": pair.primary.dsn(database, user=OWNER),
         "MIRRORPOOL_MIGRATIONS_DIR": str(folder),
         "MIRRORPOOL_LOG_LEVEL": "warning",
     }

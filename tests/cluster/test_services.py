@@ -16,10 +16,10 @@ from datetime import datetime
 import httpx
 import pytest
 
-from app.devdb import LocalNode, LocalPair
+from app.devdb import SERVICE, LocalNode, LocalPair
 from tests.cluster.tcp_proxy import TcpProxy
 from tests.cluster.test_failover import READ_TIMEOUT_MS, WRITE_TIMEOUT_MS, Load, prepare, steady
-from tests.conftest import PairFactory, serving_ready, settings_for
+from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
 from tests.waiting import eventually
 
 # Writes must flow again this soon after the Services switch to the promoted server (the
@@ -109,7 +109,8 @@ async def test_cloudnativepg_failover_through_rw_and_ro(
     primary, mirror = own.primary, own.mirrors[0]
     async with services(own) as (rw, ro):
         settings = settings_for(
-            own, primary_dsn=rw.dsn(primary.dsn()), mirror_dsn=ro.dsn(mirror.dsn()),
+            own, primary_dsn=rw.dsn(primary.dsn(user=SERVICE)),
+            mirror_dsn=ro.dsn(mirror.dsn(user=SERVICE)),
             health_interval=0.2, health_timeout=0.5, health_threshold=2, pool_max_size=8,
             pool_max_waiting=0,
         )  # fmt: skip
@@ -172,14 +173,14 @@ async def test_one_server_behind_both_dsns_is_one_writer_and_an_alias(
 ) -> None:
     async with TcpProxy(pair.primary.port) as rw, TcpProxy(pair.primary.port) as ro:
         settings = settings_for(
-            pair, primary_dsn=rw.dsn(pair.primary.dsn(database)),
-            mirror_dsn=ro.dsn(pair.mirrors[0].dsn(database)), read_from_mirror=True,
+            pair, primary_dsn=rw.dsn(pair.primary.dsn(database, user=SERVICE)),
+            mirror_dsn=ro.dsn(pair.mirrors[0].dsn(database, user=SERVICE)), read_from_mirror=True,
             max_replica_lag_ms=5000,
         )  # fmt: skip
         async with serving_ready(settings) as (app, client):
             cluster = app.state.cluster
             await eventually(lambda: cluster.aliases == {"mirror": "primary"}, "the alias")
-            assert (await query(client, "CREATE TABLE t (id int)")).status_code == 200
+            as_owner(pair, "CREATE TABLE t (id int)", dbname=database)
             write = await query(client, "INSERT INTO t VALUES (1) RETURNING id")
             assert (write.status_code, write.headers["x-mirrorpool-node"]) == (200, "primary")
             # An alias takes no traffic of its own, reads included: its server is the writer.
@@ -261,7 +262,9 @@ async def test_two_writable_servers_on_one_timeline_still_stop_writes(
     make_pair: PairFactory,
 ) -> None:
     one, two = await promoted_twins(make_pair)
-    settings = settings_for(one.pair, primary_dsn=one.dsn(), mirror_dsn=two.dsn())
+    settings = settings_for(
+        one.pair, primary_dsn=one.dsn(user=SERVICE), mirror_dsn=two.dsn(user=SERVICE)
+    )
     async with serving_ready(settings) as (app, client):
         cluster = app.state.cluster
         await eventually(lambda: cluster.events.counts["split_brain"] == 1, "the tie")
@@ -291,7 +294,8 @@ async def test_a_tie_made_by_an_old_connection_heals(make_pair: PairFactory) -> 
     one, two = await promoted_twins(make_pair)
     async with TcpProxy(one.port) as rw, TcpProxy(two.port) as ro:
         settings = settings_for(
-            one.pair, primary_dsn=rw.dsn(one.dsn()), mirror_dsn=ro.dsn(two.dsn()),
+            one.pair, primary_dsn=rw.dsn(one.dsn(user=SERVICE)),
+            mirror_dsn=ro.dsn(two.dsn(user=SERVICE)),
             health_interval=0.2, health_threshold=2,
         )  # fmt: skip
         async with serving_ready(settings) as (app, client):

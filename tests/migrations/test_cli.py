@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from app.devdb import LocalPair
+from app.devdb import SERVICE, LocalPair
 
 
 def env_for(pair: LocalPair, database: str, folder: Path) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
     return base | {
-        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(database),
-        "MIRRORPOOL_MIRROR_DSN": pair.mirrors[0].dsn(database),
+        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(database, user=SERVICE),
+        "MIRRORPOOL_MIRROR_DSN": pair.mirrors[0].dsn(database, user=SERVICE),
+        "MIRRORPOOL_MIGRATIONS_DSN": pair.migrations_dsn(database),
         "MIRRORPOOL_MIGRATIONS_DIR": str(folder),
         "MIRRORPOOL_HEALTH_INTERVAL": "0.1",
         "MIRRORPOOL_LOG_LEVEL": "warning",

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 
-from app.devdb import LocalPair
+from app.devdb import OWNER, SERVICE, LocalPair
 from app.errors import SettingsError
 from app.migrations.files import discover
 from app.migrations.lock import LOCK_KEY
@@ -46,8 +46,9 @@ async def api(
     write(folder, "0005_orders.down.sql", "DROP TABLE orders;")
     settings = settings_for(
         pair,
-        primary_dsn=pair.primary.dsn(database),
-        mirror_dsn=pair.mirrors[0].dsn(database),
+        primary_dsn=pair.primary.dsn(database, user=SERVICE),
+        mirror_dsn=pair.mirrors[0].dsn(database, user=SERVICE),
+        migrations_dsn=pair.migrations_dsn(database),
         migrations_dir=folder,
         migration_lock_wait_s=0.5,
     )
@@ -175,13 +176,15 @@ async def test_failing_file_in_the_middle_leaves_no_trace(
     write(
         folder,
         "0003_broken.up.sql",
-        "CREATE TABLE half_done (id int);\nINSERT INTO users VALUES (1, 'a');\nSELEC oops;\n",
+        # Parses (a syntax error would stop the plan, see below), fails only on the server.
+        "CREATE TABLE half_done (id int);\nINSERT INTO users VALUES (1, 'a');\n"
+        "SELECT no_such_column FROM users;\n",
     )
     app.state.migrator.migrations = discover(folder)
     response = await client.post("/v1/migrations/apply")
     assert response.status_code == 400
     problem = response.json()
-    assert problem["sqlstate"] == "42601"
+    assert problem["sqlstate"] == "42703"
     assert problem["file"] == "0003_broken.up.sql"
     assert problem["line"] == 3
     status = {
@@ -191,6 +194,50 @@ async def test_failing_file_in_the_middle_leaves_no_trace(
     assert "half_done" not in tables(pair, database)
     with pair.primary.connect(database) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("sql", "sqlstate", "says"),
+    [
+        (
+            "CREATE TABLE half_done (id int);\n\nSELEC oops;\n",
+            "42601",
+            'syntax error at or near "SELEC"',
+        ),
+        (
+            "CREATE TABLE half_done (id int);\n\nCREATE INDEX CONCURRENTLY u_e ON users (email);\n",
+            "25001",
+            "CREATE INDEX CONCURRENTLY cannot run inside a transaction block",
+        ),
+    ],
+)
+async def test_a_file_that_cannot_run_stops_the_plan_before_any_file_is_applied(
+    api: tuple[FastAPI, httpx.AsyncClient],
+    folder: Path,
+    pair: LocalPair,
+    database: str,
+    sql: str,
+    sqlstate: str,
+    says: str,
+) -> None:
+    app, client = api
+    write(folder, "0003_broken.up.sql", sql)
+    app.state.migrator.migrations = discover(folder)
+    for response in (
+        await client.get("/v1/migrations/plan"),
+        await client.post("/v1/migrations/apply"),
+    ):
+        assert response.status_code == 400
+        problem = response.json()
+        assert problem["sqlstate"] == sqlstate
+        assert problem["file"] == "0003_broken.up.sql"
+        assert problem["line"] == 3
+        assert problem["detail"].startswith(f"0003_broken.up.sql: {says}")
+    states = {
+        v["version"]: v["state"] for v in (await client.get("/v1/migrations")).json()["versions"]
+    }
+    assert set(states.values()) == {"pending"}  # not even versions 1 and 2 ran
+    assert tables(pair, database) <= {"mirrorpool_schema_history"}
 
 
 async def test_create_index_concurrently_in_a_no_transaction_file(
@@ -240,9 +287,7 @@ async def test_blocked_ddl_fails_by_lock_timeout_without_stalling_readers(
         "0002_alter.up.sql",
         "-- mirrorpool: lock_timeout=300ms\nALTER TABLE t ADD COLUMN x int;",
     )
-    settings = settings_for(
-        pair, primary_dsn=pair.primary.dsn(database), mirror_dsn=None, migrations_dir=folder
-    )
+    settings = settings_for(pair, database, mirror_dsn=None, migrations_dir=folder)
     async with serving_ready(settings) as (_, client):
         await client.post("/v1/migrations/apply", json={"target": 1})
         with psycopg.connect(pair.primary.dsn(database)) as holder:
@@ -265,7 +310,7 @@ async def test_lock_held_elsewhere_is_409_naming_the_holder(
     api: tuple[FastAPI, httpx.AsyncClient], pair: LocalPair, database: str
 ) -> None:
     _, client = api
-    with psycopg.connect(pair.primary.dsn(database), autocommit=True) as other:
+    with psycopg.connect(pair.primary.dsn(database, user=OWNER), autocommit=True) as other:
         other.execute("SET application_name = 'someone-else'")
         other.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
         response = await client.post("/v1/migrations/apply")
@@ -277,7 +322,12 @@ async def test_the_mirror_is_never_written(pair: LocalPair, database: str, folde
     write(folder, "0001_t.up.sql", "CREATE TABLE t (id int);")
     # Only the mirror is configured (as if the primary were lost): no writer, 503.
     settings = settings_for(
-        pair, primary_dsn=pair.mirrors[0].dsn(database), mirror_dsn=None, migrations_dir=folder
+        pair,
+        database,
+        primary_dsn=pair.mirrors[0].dsn(database, user=SERVICE),
+        mirror_dsn=None,
+        migrations_dsn=None,
+        migrations_dir=folder,
     )
     async with serving_ready(settings) as (_, client):
         response = await client.post("/v1/migrations/apply")

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.devdb import LocalPair
-from tests.conftest import PairFactory, serving_ready, settings_for
+from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
 
 
 @pytest.fixture
@@ -52,17 +52,16 @@ async def lane(client: httpx.AsyncClient) -> dict[str, Any]:
     return result
 
 
-async def fresh_table(client: httpx.AsyncClient, columns: str) -> str:
+def fresh_table(pair: LocalPair, columns: str) -> str:
     name = f"mux_{uuid.uuid4().hex[:12]}"
-    created = await q(client, f"CREATE TABLE {name} ({columns})")
-    assert created.status_code == 200, created.text
+    as_owner(pair, f"CREATE TABLE {name} ({columns})")
     return name
 
 
 async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_row(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, pair: LocalPair
 ) -> None:
-    table = await fresh_table(client, "id int PRIMARY KEY, label text")
+    table = fresh_table(pair, "id int PRIMARY KEY, label text")
     filled = await q(
         client, f"INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, 300) g"
     )
@@ -89,11 +88,11 @@ async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_row(
 
 
 async def test_writes_and_locking_reads_keep_a_connection_of_their_own(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, pair: LocalPair
 ) -> None:
     # A write or a locking read may wait on a row lock, which would hold up every statement
     # pipelined behind it: they never share. Each insert still stands alone.
-    table = await fresh_table(client, "k int UNIQUE, at timestamptz DEFAULT now()")
+    table = fresh_table(pair, "k int UNIQUE, at timestamptz DEFAULT now()")
     insert = f"INSERT INTO {table} (k) VALUES ($1)"
     locking = f"SELECT k FROM {table} WHERE k = $1 FOR UPDATE"
     assert (await q(client, insert, [-1])).status_code == 200
@@ -211,18 +210,18 @@ async def test_prepared_statements_dropped_under_the_lane_are_prepared_again(
 
 
 async def test_a_schema_change_reaches_statements_prepared_before_it(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, pair: LocalPair
 ) -> None:
     # A prepared `SELECT *` is planned for the table as it was; after ALTER TABLE the
     # server refuses to run it (0A000) and the lane prepares it anew.
-    table = await fresh_table(client, "id int PRIMARY KEY")
+    table = fresh_table(pair, "id int PRIMARY KEY")
     assert (await q(client, f"INSERT INTO {table} VALUES (1), (2)")).status_code == 200
     sql = f"SELECT * FROM {table} WHERE id = $1"
     await warm(client, sql, [1])
     for _ in range(3):  # prepared on every pooled connection
         await asyncio.gather(*(q(client, sql, [i % 2 + 1]) for i in range(20)))
 
-    assert (await q(client, f"ALTER TABLE {table} ADD COLUMN label text")).status_code == 200
+    as_owner(pair, f"ALTER TABLE {table} ADD COLUMN label text")
 
     answers = await asyncio.gather(*(q(client, sql, [1]) for _ in range(20)))
     assert [a.status_code for a in answers] == [200] * 20, answers[0].text

@@ -1,62 +1,38 @@
-"""The tokenizer and `:name` / `$n` binding: placeholders found only where they really are."""
+"""`:name` / `$n` binding: placeholders found (by PostgreSQL's scanner) only where they really
+are, and PostgreSQL's own errors for text it cannot read."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.errors import InvalidParameters, InvalidSQL
-from app.sql.lexer import Kind, code_words, first_keyword, tokens
+from app.errors import DatabaseError, InvalidParameters, InvalidSQL
 from app.sql.placeholders import bind
 
 
 @pytest.mark.parametrize(
-    ("sql", "kind", "text"),
+    ("sql", "message", "position"),
     [
-        ("'it''s'", Kind.STRING, "'it''s'"),
-        ("E'it\\'s'", Kind.ESCAPE_STRING, "E'it\\'s'"),
-        ("U&'d\\0061t'", Kind.STRING, "U&'d\\0061t'"),
-        ("$$ a ' b $$", Kind.DOLLAR_STRING, "$$ a ' b $$"),
-        ("$fn$ $x$ ;$fn$", Kind.DOLLAR_STRING, "$fn$ $x$ ;$fn$"),
-        ('"we""ird :x"', Kind.QUOTED_IDENT, '"we""ird :x"'),
-        ("-- c ; :x", Kind.LINE_COMMENT, "-- c ; :x"),
-        ("/* a /* b */ c */", Kind.BLOCK_COMMENT, "/* a /* b */ c */"),
-        ("$12", Kind.POSITIONAL, "$12"),
-        (":name_1", Kind.NAMED, ":name_1"),
-        ("foo$1", Kind.WORD, "foo$1"),
-        ("::", Kind.OTHER, "::"),
-        (";", Kind.SEMICOLON, ";"),
+        ("SELECT 'open", "unterminated quoted string", 8),
+        ('SELECT "open', "unterminated quoted identifier", 8),
+        ("SELECT $q$ open", "unterminated dollar-quoted string", 8),
+        ("SELECT /* /* */", "unterminated /* comment", 8),
+        ("SELECT E'\\'", "unterminated quoted string", 8),
+        ("SELECT 1 FROM WHERE", 'syntax error at or near "WHERE"', 15),
     ],
 )
-def test_token_kinds(sql: str, kind: Kind, text: str) -> None:
-    first = next(tokens(sql))
-    assert (first.kind, first.text, first.start) == (kind, text, 0)
-
-
-@pytest.mark.parametrize(
-    ("sql", "what"),
-    [
-        ("SELECT 'open", "string literal starting at character 8"),
-        ('SELECT "open', "quoted identifier starting at character 8"),
-        ("SELECT $q$ open", "dollar-quoted string starting at character 8"),
-        ("SELECT /* /* */", "/* comment starting at character 8"),
-        ("SELECT E'\\'", "string literal starting at character 8"),
-    ],
-)
-def test_unterminated_text_is_invalid_sql(sql: str, what: str) -> None:
-    with pytest.raises(InvalidSQL, match="unterminated " + what.replace("/*", r"/\*")):
-        list(tokens(sql))
-
-
-def test_first_keyword_and_code_words_skip_comments_and_literals() -> None:
-    assert first_keyword("  -- lead\n/* x */ ((select 1))") == "SELECT"
-    assert first_keyword("'x'") is None
-    assert code_words("ALTER /* DROP TABLE */ t ADD c text DEFAULT 'DROP TABLE x'") == [
-        "ALTER", "t", "ADD", "c", "text", "DEFAULT", "''",
-    ]  # fmt: skip
+def test_bad_text_answers_postgresqls_own_syntax_error(
+    sql: str, message: str, position: int
+) -> None:
+    with pytest.raises(DatabaseError, match=re.escape(message)) as caught:
+        bind(sql, None)
+    assert caught.value.sqlstate == "42601"
+    assert caught.value.extra["database"]["position"] == position
+    assert caught.value.extra["database"]["message"].startswith(message)
 
 
 def test_named_placeholders_only_outside_literals_comments_and_casts() -> None:
@@ -115,10 +91,17 @@ def test_wrong_shape_of_params(sql: str, params: Any, fragment: str) -> None:
         bind(sql, params)
 
 
-@pytest.mark.parametrize("sql", ["SELECT 1; SELECT 2", "SELECT 1;;DELETE FROM t", "/* */ ; x"])
+@pytest.mark.parametrize(
+    "sql", ["SELECT 1; SELECT 2", "SELECT 1;;DELETE FROM t", "/* ; */ SELECT 1; -- x\n SELECT 2"]
+)
 def test_more_than_one_statement(sql: str) -> None:
-    with pytest.raises(InvalidSQL, match=r"more than one statement|empty"):
+    with pytest.raises(InvalidSQL, match=r"more than one statement"):
         bind(sql, None)
+
+
+def test_one_statement_with_semicolons_inside_its_body() -> None:
+    sql = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END"
+    assert bind(sql, None).sql == sql
 
 
 @pytest.mark.parametrize("sql", ["", "   ", "-- only a comment", "/* x */ ;"])
@@ -129,13 +112,17 @@ def test_empty_sql(sql: str) -> None:
 
 @settings(max_examples=200)
 @given(st.text(max_size=200))
-def test_tokens_rebuild_any_text_exactly(text: str) -> None:
+def test_any_text_binds_or_fails_with_a_clear_error(text: str) -> None:
     try:
-        pieces = list(tokens(text))
-    except InvalidSQL:
+        bound = bind(text, None)
+    except (InvalidSQL, InvalidParameters, DatabaseError) as exc:
+        refused: Exception | None = exc
+    else:
+        refused = None
+    if refused is not None:
+        assert str(refused)
         return
-    assert "".join(t.text for t in pieces) == text
-    assert all(t.start == sum(len(p.text) for p in pieces[:i]) for i, t in enumerate(pieces))
+    assert text.startswith(bound.sql)
 
 
 _literal_body = st.text(
@@ -150,7 +137,7 @@ def test_literals_survive_binding_unchanged(bodies: list[str]) -> None:
     literals = ["'" + b.replace("'", "''") + "'" for b in bodies]
     comments = ["/* " + b.replace("*/", "") + " */" for b in bodies]
     sql = "SELECT " + ", ".join(
-        f"{lit} {com} :p{i}" for i, (lit, com) in enumerate(zip(literals, comments, strict=True))
+        f"{lit} {com}, :p{i}" for i, (lit, com) in enumerate(zip(literals, comments, strict=True))
     )
     params = {f"p{i}": i for i in range(len(bodies))}
     bound = bind(sql, params)

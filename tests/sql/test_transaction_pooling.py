@@ -1,10 +1,16 @@
-"""Which statements pgbouncer mode refuses: those that change the shared server session."""
+"""Which statements pgbouncer mode refuses: those that change the shared server session, in
+any spelling the parser reads as the same statement."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.sql.transaction_pooling import refusal
+from app.sql.transaction_pooling import refusal as refusal_of
+from app.sql.tree import parse
+
+
+def refusal(sql: str) -> str | None:
+    return refusal_of(parse(sql))
 
 
 @pytest.mark.parametrize(
@@ -13,6 +19,10 @@ from app.sql.transaction_pooling import refusal
         ("SET search_path = app", "SET without LOCAL"),
         ("set session statement_timeout = 0", "SET without LOCAL"),
         ("SET ROLE reporting", "SET without LOCAL"),
+        ('SET "search_path" = app', "SET without LOCAL"),
+        ('SET U&"search\\005fpath" = app', "SET without LOCAL"),
+        ("/* SET LOCAL */ SET -- LOCAL\n search_path = app", "SET without LOCAL"),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "SET SESSION CHARACTERISTICS"),
         ("SET SESSION AUTHORIZATION bob", "SET without LOCAL"),
         ("RESET ALL", "RESET"),
         ("DISCARD ALL", "DISCARD"),
@@ -21,6 +31,9 @@ from app.sql.transaction_pooling import refusal
         ("SELECT set_config('app.user', 'ada', false)", "set_config(..., false)"),
         ("SELECT pg_catalog.set_config('app.user', $1, $2)", "set_config(..., false)"),
         ("SELECT pg_advisory_lock(42)", "pg_advisory_lock()"),
+        ('SELECT "pg_catalog"."pg_advisory_lock"(42)', "pg_advisory_lock()"),
+        ('SELECT U&"pg_advisory\\005flock"(42)', "pg_advisory_lock()"),
+        ("SELECT U&\"set\\005fconfig\"('a.b', 'c', false)", "set_config(..., false)"),
         ("SELECT pg_try_advisory_lock_shared(1, 2)", "pg_try_advisory_lock_shared()"),
         ("SELECT pg_advisory_unlock_all()", "pg_advisory_unlock_all()"),
         ("CREATE TEMP TABLE scratch (id int)", "a temporary object"),

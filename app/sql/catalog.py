@@ -1,0 +1,195 @@
+"""Catalog functions by what they may do: the vetted ones that leave nothing behind in a
+session, and the ones a read-only request must not reach in any spelling.
+
+A statement that calls only vetted functions is provably free of session effects (as far as
+its tree goes: app/sql/tree.py). The vetted list is every pg_catalog function name whose
+overloads are all immutable or stable (PostgreSQL promises those change nothing; the list
+comes from PostgreSQL 15's catalog, `clean_functions.txt`, made by CLEAN_SQL below), less
+the few that run SQL handed to them as text, plus volatile ones known to change nothing
+(clocks, random values, sleeps, sizes, WAL positions). A newer server's new functions are
+simply not on it: calling one costs a session reset, never a leak. tests/sql/test_catalog.py
+checks the file against a live server's catalog.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+# How clean_functions.txt is made (run it as a superuser on the oldest supported server).
+CLEAN_SQL = """
+SELECT proname FROM pg_proc
+WHERE pronamespace = 'pg_catalog'::regnamespace
+GROUP BY proname
+HAVING bool_and(provolatile <> 'v' AND prokind IN ('f', 'a', 'w'))
+ORDER BY proname
+"""
+
+# Stable or immutable, yet they run a query given as text (or read a cursor of the session).
+RUNS_SQL_TEXT = frozenset(
+    {
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        "ts_stat",
+        "ts_rewrite",
+        "pg_cursor",
+    }
+)
+
+# Volatile, but they change nothing a later request could notice.
+HARMLESS_VOLATILE = frozenset(
+    {
+        "clock_timestamp",
+        "timeofday",
+        "random",
+        "gen_random_uuid",
+        "pg_sleep",
+        "pg_sleep_for",
+        "pg_sleep_until",
+        "pg_is_in_recovery",
+        "pg_last_wal_receive_lsn",
+        "pg_last_wal_replay_lsn",
+        "pg_last_xact_replay_timestamp",
+        "pg_current_wal_lsn",
+        "pg_current_wal_flush_lsn",
+        "pg_current_wal_insert_lsn",
+        "pg_is_wal_replay_paused",
+        "pg_get_wal_replay_pause_state",
+        "pg_relation_size",
+        "pg_table_size",
+        "pg_indexes_size",
+        "pg_total_relation_size",
+        "pg_database_size",
+        "pg_tablespace_size",
+        "pg_blocking_pids",
+        "pg_safe_snapshot_blocking_pids",
+        "pg_lock_status",
+        "pg_jit_available",
+        "pg_notification_queue_usage",
+        "pg_xact_status",
+        "txid_status",
+        "pg_xact_commit_timestamp",
+        "pg_xact_commit_timestamp_origin",
+        "pg_last_committed_xact",
+        "pg_partition_tree",
+        "pg_partition_ancestors",
+        "pg_control_checkpoint",
+        "pg_control_system",
+        "pg_control_init",
+        "pg_control_recovery",
+    }
+)
+
+
+def _load() -> frozenset[str]:
+    text = resources.files("app.sql").joinpath("clean_functions.txt").read_text()
+    names = {line.strip() for line in text.splitlines()}
+    return frozenset(n for n in names if n and not n.startswith("#"))
+
+
+STABLE_FUNCTIONS = _load()
+"""pg_catalog names whose every overload is immutable or stable (clean_functions.txt)."""
+
+CLEAN_FUNCTIONS = (STABLE_FUNCTIONS - RUNS_SQL_TEXT) | HARMLESS_VOLATILE
+"""Catalog functions that leave nothing behind in a session."""
+
+# Functions whose effects escape a READ ONLY transaction, or reach past the request: other
+# sessions, the server's files and programs, its configuration, WAL and statistics, other
+# databases. Matched by their own name whatever schema qualifies them.
+READ_ONLY_REFUSED = frozenset(
+    {
+        "pg_notify",
+        "set_config",
+        "setseed",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_rotate_logfile_old",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_promote",
+        "pg_wal_replay_pause",
+        "pg_wal_replay_resume",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_start_backup",
+        "pg_stop_backup",
+        "pg_log_backend_memory_contexts",
+        "pg_import_system_collations",
+        "pg_read_file",
+        "pg_read_file_old",
+        "pg_read_binary_file",
+        "pg_stat_file",
+        "pg_export_snapshot",
+        "pg_logical_emit_message",
+        "pg_drop_replication_slot",
+        "pg_replication_slot_advance",
+        "lo_creat",
+        "lo_create",
+        "lo_import",
+        "lo_export",
+        "lo_from_bytea",
+        "lo_put",
+        "lo_unlink",
+        "lo_open",
+        "lo_truncate",
+        "lo_truncate64",
+        "lowrite",
+        "nextval",
+        "setval",
+        *RUNS_SQL_TEXT,
+    }
+)
+# Name prefixes of the same kind: large objects, advisory locks, statistics resets, server
+# directories, replication slots and origins, logical decoding, adminpack, dblink.
+READ_ONLY_REFUSED_PREFIXES = (
+    "lo_",
+    "pg_advisory_",
+    "pg_try_advisory_",
+    "pg_stat_reset",
+    "pg_ls_",
+    "pg_create_",
+    "pg_copy_",
+    "pg_replication_origin_",
+    "pg_logical_slot_",
+    "pg_file_",
+    "dblink",
+)
+
+# Functions refused for every key: they reach other keys' sessions (cancel, terminate), the
+# statements mirrorpool prepared for other keys on a shared connection (and their SQL), or
+# change which server is the primary behind everyone's back.
+ALWAYS_REFUSED = frozenset(
+    {"pg_terminate_backend", "pg_cancel_backend", "pg_prepared_statement", "pg_promote"}
+)
+# Views of the same: the statements mirrorpool prepared on the shared connection.
+ALWAYS_REFUSED_RELATIONS = frozenset({"pg_prepared_statements"})
+
+# Advisory locks that last for the session (the _xact_ ones end with their transaction).
+SESSION_LOCKS = frozenset(
+    {
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_advisory_unlock",
+        "pg_advisory_unlock_shared",
+        "pg_advisory_unlock_all",
+    }
+)
+
+# They read the sequence values this session obtained before: on a pooled connection, an
+# earlier request's, maybe another key's. Requests that call them start with the session's
+# sequence state discarded.
+SESSION_SEQUENCE_READERS = frozenset({"currval", "lastval"})
+
+# What a reset (DISCARD ALL) leaves in place: the connection is closed instead.
+SURVIVES_RESET = frozenset({"setseed", "dblink_connect", "dblink_connect_u"})
+
+
+def refused_for_read_only(name: str) -> bool:
+    """True for a function a read-only request may not call, by its own name."""
+    return name in READ_ONLY_REFUSED or name.startswith(READ_ONLY_REFUSED_PREFIXES)

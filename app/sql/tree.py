@@ -1,0 +1,404 @@
+"""Statements as PostgreSQL's own parser reads them (pglast: libpg_query, the server's parser
+as a library), reduced to the facts mirrorpool decides from.
+
+Every security and session decision (app/sql/refusals.py, app/sql/session.py,
+app/sql/transaction_pooling.py, the multiplexing lanes, migration plans) reads a `Tree`, never
+the SQL's words: the parser has already decoded quoted and `U&` identifiers, dropped comments,
+told string literals from code and qualified names by schema, so no spelling of a statement
+reads as another. Each distinct text is parsed once (the cache below); services send the same
+texts again and again.
+
+What a tree cannot show is what runs out of sight: the body of a function or a `DO` block,
+dynamic SQL, a view's definition, a trigger. The rules built on these facts treat such
+statements as not provably harmless, and PostgreSQL itself (logins, grants, READ ONLY)
+enforces the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from pglast import ast as pg_ast
+from pglast import parser as pg_parser
+
+from app.errors import DatabaseError, InvalidSQL
+from app.sql.catalog import CLEAN_FUNCTIONS
+
+# DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
+CURSOR_OPT_HOLD = 0x0020
+# Statements whose parse trees are kept, and the longest text that is cached.
+CACHE_SIZE = 4096
+CACHEABLE_LENGTH = 16384
+
+Name = tuple[str, ...]
+# The data-changing statements, wherever they sit (a CTE, EXPLAIN ANALYZE, a rule).
+_WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+# Functions whose last argument says whether the setting lasts for the transaction only.
+_SET_CONFIG = "set_config"
+_VETTED = CLEAN_FUNCTIONS | {_SET_CONFIG}
+_TRUE_TEXTS = frozenset({"t", "true", "y", "yes", "on", "1"})
+_FALSE_TEXTS = frozenset({"f", "false", "n", "no", "off", "0"})
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfig:
+    """One set_config() call: the setting's name (None when computed) and whether it is
+    provably local to the transaction (its third argument the literal true)."""
+
+    name: str | None
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One SET / RESET statement: its kind (VAR_SET_VALUE, VAR_RESET_ALL, ...), the setting
+    it names (None for RESET ALL), whether it is LOCAL, and the names inside SET TRANSACTION
+    / SET SESSION CHARACTERISTICS (transaction_read_only, ...)."""
+
+    kind: str
+    name: str | None
+    local: bool
+    options: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Tree:
+    """The facts of one statement's parse tree that mirrorpool's rules read."""
+
+    # The statement's node type: "SelectStmt", "InsertStmt", "VariableSetStmt", ...
+    kind: str
+    # Every node type anywhere in the tree (a DELETE in a CTE, a SELECT inside EXPLAIN).
+    kinds: frozenset[str]
+    # Every function called by name, as written: ("lower",), ("pg_catalog", "lo_create").
+    calls: frozenset[Name]
+    # The called functions' own names, whatever schema qualifies them.
+    names: frozenset[str]
+    # Every table, view or sequence named: (schema or None, name).
+    relations: frozenset[tuple[str | None, str]]
+    set_configs: tuple[SetConfig, ...]
+    settings: tuple[Setting, ...]
+    # TransactionStmt kind: TRANS_STMT_BEGIN, TRANS_STMT_SAVEPOINT, ...
+    transaction: str | None
+    # The savepoint a SAVEPOINT, RELEASE or ROLLBACK TO names.
+    savepoint: str | None
+    # COPY: "client" (STDIN/STDOUT), "file" or "program"; None when not a COPY.
+    copy: str | None
+    # A temporary object is created (TEMP, or a name in pg_temp).
+    temp: bool
+    # A cursor is declared WITH HOLD (it outlives its transaction).
+    hold_cursor: bool
+    # Rows are locked (FOR UPDATE / SHARE ...).
+    locks: bool
+    # Data is changed or a table is created from a query (SELECT INTO, CREATE TABLE AS).
+    writes: bool
+    # Why the statement cannot run inside a transaction block, or None when it can.
+    no_transaction: str | None
+    # The raw tree (pglast's JSON form) for rules that need more (migration warnings).
+    node: dict[str, Any] = field(repr=False)
+
+    @property
+    def unvetted_calls(self) -> frozenset[Name]:
+        """Calls that are not to a vetted catalog function (app/sql/catalog.py): what they
+        run, and what it leaves behind, cannot be read from the tree. (set_config() is read
+        from the tree itself: `set_configs` says whether each call is local.)"""
+        return frozenset(c for c in self.calls if not is_catalog_call(c, _VETTED))
+
+
+def is_catalog_call(call: Name, names: frozenset[str]) -> bool:
+    """True when `call` reaches one of `names` in pg_catalog: unqualified (pg_catalog is
+    searched first unless a request moves it, which is a session change itself) or
+    qualified by pg_catalog (optionally after the database name)."""
+    if call[-1] not in names:
+        return False
+    return len(call) == 1 or call[-2] == "pg_catalog"
+
+
+def parse(sql: str) -> Tree:
+    """The tree of one statement; InvalidSQL carrying PostgreSQL's own message and position
+    when it does not parse, or when the text holds no statement or several."""
+    if len(sql) <= CACHEABLE_LENGTH:
+        return _cached(sql)
+    return _parse_one(sql)
+
+
+def parse_all(sql: str) -> list[Tree]:
+    """The trees of every statement in a script (a migration file), in order."""
+    return [_facts(stmt.get("stmt", {})) for stmt in _raw(sql)]
+
+
+def statement_starts(sql: str) -> list[int]:
+    """Where each statement of a script starts (a character offset), as the parser splits."""
+    try:
+        return [piece.start for piece in pg_parser.split(sql, only_slices=True)]
+    except pg_parser.ParseError as exc:
+        raise syntax_error(exc) from None
+
+
+def _parse_one(sql: str) -> Tree:
+    statements = _raw(sql)
+    if not statements:
+        raise InvalidSQL("the SQL is empty")
+    if len(statements) > 1:
+        raise InvalidSQL(
+            "the SQL holds more than one statement; send one per request (or use /v1/transaction)"
+        )
+    return _facts(statements[0].get("stmt", {}))
+
+
+_cached = lru_cache(maxsize=CACHE_SIZE)(_parse_one)
+
+
+def _raw(sql: str) -> list[dict[str, Any]]:
+    try:
+        parsed = orjson.loads(pg_parser.parse_sql_json(sql))
+    except pg_parser.ParseError as exc:
+        raise syntax_error(exc) from None
+    statements: list[dict[str, Any]] = parsed.get("stmts", [])
+    return statements
+
+
+def syntax_error(exc: pg_parser.ParseError) -> DatabaseError:
+    """PostgreSQL's syntax error, as the server itself would have answered it: its message,
+    SQLSTATE 42601 and the 1-based character position."""
+    message = str(exc.args[0]) if exc.args else str(exc)
+    location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+    database: dict[str, Any] = {"message": message}
+    if location is not None and location >= 0:
+        database["position"] = location + 1  # a character offset (pglast 8.8 and later)
+    return DatabaseError(message, "42601", database=database)
+
+
+def _typed_fields() -> dict[str, dict[str, str]]:
+    """For each node type, its fields that hold one node of a fixed concrete type.
+
+    pglast's JSON (libpg_query's) wraps a node in a one-key object naming its type only where
+    the field may hold any node (Node*, lists); a field of a fixed type (CreateStmt.relation
+    is a RangeVar*, CallStmt.funccall a FuncCall*) holds the bare fields. pglast's own AST
+    classes say which fields those are.
+    """
+    classes = {
+        name: cls
+        for name, cls in vars(pg_ast).items()
+        if isinstance(cls, type) and issubclass(cls, pg_ast.Node)
+    }
+    concrete = set(classes) - {"Node", "Expr"}
+    typed: dict[str, dict[str, str]] = {}
+    for name, cls in classes.items():
+        slots = getattr(cls, "__slots__", None)
+        if not isinstance(slots, dict):
+            continue
+        fields = {
+            field: info.c_type[:-1]
+            for field, info in slots.items()
+            if info.c_type.endswith("*") and info.c_type[:-1] in concrete
+        }
+        if fields:
+            typed[name] = fields
+    return typed
+
+
+_TYPED = _typed_fields()
+
+
+def _nodes(root: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every node of a tree as (type, fields), depth first."""
+    stack: list[tuple[str, dict[str, Any]]] = list(_wrapped(root))
+    while stack:
+        node_type, fields = stack.pop()
+        yield node_type, fields
+        typed = _TYPED.get(node_type, {})
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                bare = typed.get(key)
+                if bare is not None:
+                    stack.append((bare, value))
+                else:
+                    stack.extend(_wrapped(value))
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict):
+                        stack.extend(_wrapped(item))
+
+
+def _wrapped(value: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The node a `{"Type": {fields}}` object holds (none for a bare value)."""
+    for key, fields in value.items():
+        if key[:1].isupper() and isinstance(fields, dict):
+            yield key, fields
+
+
+def _strings(items: list[Any] | None) -> Name:
+    """A qualified name from a list of String nodes."""
+    return tuple(i["String"]["sval"] for i in items or () if "String" in i)
+
+
+def _const_text(node: dict[str, Any] | None) -> str | None:
+    """The text of a string constant (also under a cast), else None."""
+    if not node:
+        return None
+    if "TypeCast" in node:
+        return _const_text(node["TypeCast"].get("arg"))
+    const = node.get("A_Const")
+    if const is not None and "sval" in const:
+        return str(const["sval"].get("sval", ""))
+    return None
+
+
+def _is_true(node: dict[str, Any] | None) -> bool:
+    """The literal true: `true`, or a string PostgreSQL reads as true (`'on'`, `'t'`...)."""
+    if not node:
+        return False
+    const = node.get("A_Const")
+    if const is not None and "boolval" in const:
+        return bool(const["boolval"].get("boolval", False))
+    text = _const_text(node)
+    return text is not None and text.strip().lower() in _TRUE_TEXTS
+
+
+def option_is_on(option: dict[str, Any]) -> bool:
+    """A DefElem option's boolean value as PostgreSQL reads it (defGetBoolean): on when it has
+    no value, or one of true, on, yes, 1 (any case)."""
+    arg = option.get("arg")
+    if not arg:
+        return True
+    if "Integer" in arg:
+        return bool(arg["Integer"].get("ival", 0))
+    if "Boolean" in arg:
+        return bool(arg["Boolean"].get("boolval", False))
+    text = (arg.get("String") or {}).get("sval")
+    if text is None:
+        const = arg.get("A_Const") or {}
+        if "boolval" in const:
+            return bool(const["boolval"].get("boolval", False))
+        text = (const.get("sval") or {}).get("sval")
+    return str(text).lower() not in _FALSE_TEXTS
+
+
+def _is_temp_schema(name: str | None) -> bool:
+    return name is not None and name.startswith("pg_temp")
+
+
+@dataclass
+class _Collect:
+    top: dict[str, Any]
+    kinds: set[str]
+    calls: set[Name]
+    relations: set[tuple[str | None, str]]
+    set_configs: list[SetConfig]
+    settings: list[Setting]
+    temp: bool = False
+    hold_cursor: bool = False
+    locks: bool = False
+    writes: bool = False
+
+
+def _facts(stmt: dict[str, Any]) -> Tree:
+    kind = next(iter(stmt), "")
+    body = stmt.get(kind, {})
+    seen = _Collect(body, set(), set(), set(), [], [])
+    for node_type, fields in _nodes(stmt):
+        seen.kinds.add(node_type)
+        _note(node_type, fields, seen)
+    transaction = body.get("kind") if kind == "TransactionStmt" else None
+    savepoint = body.get("savepoint_name") if kind == "TransactionStmt" else None
+    copy = None
+    if kind == "CopyStmt":
+        copy = "program" if body.get("is_program") else "file" if body.get("filename") else "client"
+    return Tree(
+        kind=kind,
+        kinds=frozenset(seen.kinds),
+        calls=frozenset(seen.calls),
+        names=frozenset(call[-1] for call in seen.calls if call),
+        relations=frozenset(seen.relations),
+        set_configs=tuple(seen.set_configs),
+        settings=tuple(seen.settings),
+        transaction=transaction,
+        savepoint=savepoint,
+        copy=copy,
+        temp=seen.temp,
+        hold_cursor=seen.hold_cursor,
+        locks=seen.locks,
+        writes=seen.writes or bool(seen.kinds & _WRITES),
+        no_transaction=_no_transaction(kind, body),
+        node=stmt,
+    )
+
+
+def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
+    """Record what one node says."""
+    if node_type == "FuncCall":
+        name = _strings(fields.get("funcname"))
+        seen.calls.add(name)
+        if name and name[-1] == _SET_CONFIG:
+            args = fields.get("args") or []
+            setting = _const_text(args[0]) if args else None
+            local = len(args) == 3 and _is_true(args[2])
+            seen.set_configs.append(SetConfig(setting.lower() if setting else None, local))
+    elif node_type == "RangeVar":
+        schema = fields.get("schemaname")
+        seen.relations.add((schema, fields.get("relname", "")))
+        if fields.get("relpersistence") == "t" or _is_temp_schema(schema):
+            seen.temp = True
+    elif node_type == "LockingClause":
+        seen.locks = True
+    elif node_type == "IntoClause":
+        seen.writes = True
+    elif node_type == "VariableSetStmt" and fields is seen.top:
+        # (only the statement itself: one inside ALTER ROLE / SYSTEM / FUNCTION ... SET sets
+        # nothing for this session)
+        options = frozenset(
+            str(o["DefElem"].get("defname", "")) for o in fields.get("args") or () if "DefElem" in o
+        )
+        setting = fields.get("name")
+        seen.settings.append(
+            Setting(
+                fields.get("kind", ""),
+                str(setting).lower() if setting else None,
+                bool(fields.get("is_local")),
+                options,
+            )
+        )
+    elif node_type == "DeclareCursorStmt":
+        seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
+    elif node_type in ("CreateFunctionStmt", "DefineStmt"):
+        name = _strings(fields.get("funcname") or fields.get("defnames"))
+        if len(name) > 1 and _is_temp_schema(name[-2]):
+            seen.temp = True
+
+
+# Statements PostgreSQL never runs inside a transaction block, whatever their options.
+_NEVER_IN_TRANSACTION = {
+    "CreatedbStmt": "CREATE DATABASE",
+    "DropdbStmt": "DROP DATABASE",
+    "AlterSystemStmt": "ALTER SYSTEM",
+    "CreateTableSpaceStmt": "CREATE TABLESPACE",
+    "DropTableSpaceStmt": "DROP TABLESPACE",
+    # (only when they create or drop a replication slot, which is their default)
+    "CreateSubscriptionStmt": "CREATE SUBSCRIPTION",
+    "DropSubscriptionStmt": "DROP SUBSCRIPTION",
+}
+
+
+def _no_transaction(kind: str, body: dict[str, Any]) -> str | None:
+    """Why PostgreSQL refuses to run this statement inside a transaction block."""
+    concurrently = bool(body.get("concurrent")) or any(
+        option.get("defname") == "concurrently" and option_is_on(option)
+        for option in (o.get("DefElem", {}) for o in body.get("params") or ())
+    )
+    whole = body.get("kind") in ("REINDEX_OBJECT_SYSTEM", "REINDEX_OBJECT_DATABASE")
+    found = {
+        "IndexStmt": "CREATE INDEX CONCURRENTLY" if concurrently else None,
+        "DropStmt": "DROP INDEX CONCURRENTLY" if concurrently else None,
+        "ReindexStmt": "REINDEX CONCURRENTLY"
+        if concurrently
+        else "REINDEX SYSTEM / DATABASE"
+        if whole
+        else None,
+        "VacuumStmt": "VACUUM" if body.get("is_vacuumcmd") else None,
+        "ClusterStmt": None if body.get("relation") else "CLUSTER without a table",
+    }.get(kind)
+    return found or _NEVER_IN_TRANSACTION.get(kind)

@@ -1,0 +1,288 @@
+"""The parse tree's facts and the rules read from them: every spelling PostgreSQL reads as
+the same statement gets the same decision (quoted and U& identifiers, schema-qualified
+names, comments, nesting), and words in literals, comments or names decide nothing."""
+
+from __future__ import annotations
+
+import pglast.parser
+import pytest
+from pglast import visitors
+
+from app.errors import DatabaseError, InvalidSQL
+from app.sql import refusals, session
+from app.sql.session import Effect
+from app.sql.tree import parse, parse_all
+
+
+def refused(sql: str, read_only: bool = False) -> str | None:
+    return refusals.refusal(parse(sql), read_only)
+
+
+# Statements every request is refused, in several spellings each.
+ALWAYS_REFUSED = [
+    "DEALLOCATE ALL",
+    "deallocate prepare _mp_0",
+    "/* x */ PREPARE _mp_0 (int) AS SELECT $1",
+    "EXPLAIN EXECUTE _mp_0 (1)",
+    "DISCARD ALL",
+    "discard plans",
+    "COMMIT",
+    "end",
+    "ROLLBACK -- TO SAVEPOINT a",
+    "START TRANSACTION READ WRITE",
+    "PREPARE TRANSACTION 'x'",
+    "COMMIT PREPARED 'x'",
+    "COPY (SELECT 1) TO STDOUT",
+    "copy pg_class from stdin",
+    "SELECT pg_terminate_backend(1)",
+    'SELECT "pg_terminate_backend"(1)',
+    'SELECT U&"pg\\005fterminate\\005fbackend"(1)',
+    "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_stat_activity",
+    "SELECT * FROM pg_catalog.pg_terminate_backend(1)",
+    "SELECT pg_promote()",
+    "SELECT name, statement FROM pg_prepared_statements",
+    'SELECT * FROM "pg_catalog"."pg_prepared_statements"',
+    "SELECT * FROM pg_prepared_statement()",
+    "ALTER ROLE CURRENT_USER PASSWORD 'mine'",
+    "ALTER USER mirrorpool SET search_path = evil",
+    'alter role "mirrorpool" reset all',
+    "ALTER DATABASE app SET default_transaction_read_only = on",
+    "ALTER SYSTEM SET work_mem = '1GB'",
+    "SAVEPOINT mirrorpool_read_only",
+    'RELEASE SAVEPOINT "mirrorpool_read_only"',
+]
+
+
+@pytest.mark.parametrize("sql", ALWAYS_REFUSED)
+def test_statements_that_reach_other_keys_are_refused_in_every_spelling(sql: str) -> None:
+    assert refused(sql) is not None
+
+
+READ_ONLY_REFUSED = [
+    # large objects
+    "SELECT lo_from_bytea(0, 'x')",
+    'SELECT "lo_create"(0)',
+    "SELECT pg_catalog.lo_import('/etc/passwd')",
+    'SELECT U&"lo\\005fcreat"(-1)',
+    "SELECT * FROM lo_create(0)",
+    "SELECT (SELECT lo_unlink(1))",
+    # advisory locks, notifications
+    "SELECT pg_advisory_lock(1)",
+    'SELECT "pg_try_advisory_xact_lock"(1)',
+    "SELECT pg_notify('a', 'b')",
+    "NOTIFY a",
+    "LISTEN a",
+    "UNLISTEN *",
+    # server administration, files, programs
+    "SELECT pg_reload_conf()",
+    "SELECT pg_catalog.pg_switch_wal()",
+    "SELECT pg_create_restore_point('x')",
+    "SELECT pg_stat_reset()",
+    "SELECT pg_stat_reset_shared('bgwriter')",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT * FROM pg_ls_dir('.')",
+    "COPY (SELECT 1) TO PROGRAM 'id'",
+    "COPY pg_class TO '/tmp/x'",
+    "COPY t FROM PROGRAM 'id'",
+    "SELECT dblink_exec('host=x', 'DELETE FROM t')",
+    "SELECT * FROM public.dblink('host=x', 'SELECT 1') AS t(x int)",
+    "SELECT query_to_xml('SELECT lo_create(0)', true, true, '')",
+    "LOAD 'auto_explain'",
+    # code the tree cannot read
+    "DO $$ BEGIN PERFORM lo_create(0); END $$",
+    "do language plpgsql $x$ begin null; end $x$",
+    "/* SELECT */ DO $$ BEGIN END $$",
+    "CALL refresh_everything()",
+    # the session and the access mode
+    "SET statement_timeout = 0",
+    'SET "search_path" = evil',
+    "RESET ALL",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "SET TRANSACTION READ WRITE",
+    "SET LOCAL transaction_read_only = off",
+    'SET LOCAL "default_transaction_read_only" TO off',
+    "SELECT set_config('statement_timeout', '0', false)",
+    "SELECT U&\"set\\005fconfig\"('statement_timeout', '0', false)",
+    "SELECT pg_catalog.set_config('search_path', 'evil', 'off')",
+    "SELECT set_config('statement_timeout', '0', $1)",
+    "SELECT set_config('transaction_read_only', 'off', true)",
+    "SELECT set_config(current_setting('x'), '0', true)",
+    "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+    "SELECT setseed(0.5)",
+    "SELECT nextval('s')",
+]
+
+
+@pytest.mark.parametrize("sql", READ_ONLY_REFUSED)
+def test_what_escapes_a_read_only_transaction_is_refused_to_read_only_requests(
+    sql: str,
+) -> None:
+    assert refused(sql, read_only=True) is not None
+
+
+READ_ONLY_ALLOWED = [
+    "SELECT 1",
+    "SELECT lower(v), count(*) FROM pub GROUP BY 1",
+    "WITH a AS (SELECT 1) SELECT * FROM a",
+    "TABLE pub",
+    "VALUES (1), (2)",
+    "EXPLAIN SELECT 1",
+    "SHOW statement_timeout",
+    "SET LOCAL statement_timeout = 100",
+    "SELECT set_config('app.tenant', 'a', true)",
+    "SELECT set_config('app.tenant', $1, 'on')",
+    "SAVEPOINT a",
+    "ROLLBACK TO SAVEPOINT a",
+    "DECLARE c CURSOR FOR SELECT 1",
+    # The words are in literals, comments and names, not in the statement.
+    "SELECT 'lo_create(0); DO $$ $$' AS lo_create -- pg_advisory_lock(1)",
+    'SELECT "set_config" FROM (SELECT 1 AS "set_config") AS s',
+    "SELECT my_schema.lo_report FROM my_schema.reports",
+    # What PostgreSQL refuses itself in a READ ONLY transaction (SQLSTATE 25006).
+    "INSERT INTO pub VALUES (2, 'x')",
+    "CREATE TABLE sneaky (id int)",
+]
+
+
+@pytest.mark.parametrize("sql", READ_ONLY_ALLOWED)
+def test_queries_pass_read_only_requests(sql: str) -> None:
+    assert refused(sql, read_only=True) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "effect"),
+    [
+        ("SELECT v FROM pub WHERE id = $1", Effect.NONE),
+        ("SELECT now(), lower('A'), count(*), coalesce(NULL, 1) FROM pub", Effect.NONE),
+        ("SELECT extract(year FROM now()), 'x' AT TIME ZONE 'UTC', trim(' a ')", Effect.NONE),
+        ("INSERT INTO pub VALUES (1, 'x') RETURNING id", Effect.NONE),
+        ("SET LOCAL statement_timeout = 5", Effect.NONE),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Effect.NONE),
+        ("SELECT set_config('a.b', 'c', true)", Effect.NONE),
+        ("SELECT pg_advisory_xact_lock(1)", Effect.RESET),  # volatile, not vetted
+        ("SET statement_timeout = 0", Effect.RESET),
+        ('SET U&"statement\\005ftimeout" = 0', Effect.RESET),
+        ("RESET ALL", Effect.RESET),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", Effect.RESET),
+        ("SET ROLE someone", Effect.RESET),
+        ("SELECT set_config('statement_timeout', '0', false)", Effect.RESET),
+        ("SELECT pg_catalog.set_config('statement_timeout', '0', $1)", Effect.RESET),
+        ("SELECT pg_advisory_lock(7)", Effect.RESET),
+        ('SELECT "pg_catalog"."pg_try_advisory_lock"(7)', Effect.RESET),
+        ("CREATE TEMP TABLE pub (id int)", Effect.RESET),
+        ("CREATE TABLE pg_temp.pub (id int)", Effect.RESET),
+        ("SELECT 1 AS id INTO pg_temp.pub", Effect.RESET),
+        ("SELECT 1 AS id INTO TEMPORARY pub", Effect.RESET),
+        ("CREATE TEMP VIEW pub AS SELECT 1", Effect.RESET),
+        ("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'", Effect.RESET),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Effect.RESET),
+        ("LISTEN jobs", Effect.RESET),
+        ("SELECT run_sql('DEALLOCATE ALL')", Effect.RESET),
+        ("SELECT public.lower('x')", Effect.RESET),  # not the catalog's lower
+        ("CALL refresh()", Effect.RESET),
+        ("SELECT lo_create(0)", Effect.RESET),
+        ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Effect.CLOSE),
+        ("LOAD 'auto_explain'", Effect.CLOSE),
+        ("SELECT setseed(0.5)", Effect.CLOSE),
+    ],
+)
+def test_what_a_statement_may_leave_in_its_session(sql: str, effect: Effect) -> None:
+    assert session.effect(parse(sql)) is effect
+
+
+@pytest.mark.parametrize(
+    ("sql", "pure"),
+    [
+        ("SELECT v FROM pub WHERE id = $1", True),
+        ("SELECT count(*) FROM pub JOIN pub p2 USING (id)", True),
+        ("SELECT v FROM pub WHERE id = $1 FOR UPDATE", False),
+        ("SELECT v FROM pub FOR KEY SHARE SKIP LOCKED", False),
+        ("WITH d AS (DELETE FROM pub RETURNING *) SELECT * FROM d", False),
+        ("SELECT * INTO copy_of_pub FROM pub", False),
+        ("SELECT nextval('s')", False),
+        ("SELECT my_function()", False),
+        ("SELECT currval('s')", False),
+        ("INSERT INTO pub VALUES (1)", False),
+        ("EXPLAIN ANALYZE DELETE FROM pub", False),
+    ],
+)
+def test_only_pure_reads_may_share_a_connection(sql: str, pure: bool) -> None:
+    assert session.pure_read(parse(sql)) is pure
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        ("CREATE INDEX CONCURRENTLY i ON t (a)", "CREATE INDEX CONCURRENTLY"),
+        ("create unique index concurrently if not exists i on t (a)", "CREATE INDEX CONCURRENTLY"),
+        ("DROP INDEX CONCURRENTLY i", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX (CONCURRENTLY) TABLE t", "REINDEX CONCURRENTLY"),
+        ("REINDEX TABLE CONCURRENTLY t", "REINDEX CONCURRENTLY"),
+        ("VACUUM t", "VACUUM"),
+        ("VACUUM (ANALYZE) t", "VACUUM"),
+        ("CREATE DATABASE x", "CREATE DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '1MB'", "ALTER SYSTEM"),
+        ("CLUSTER", "CLUSTER without a table"),
+    ],
+)
+def test_statements_that_cannot_run_in_a_transaction_block(sql: str, why: str) -> None:
+    assert parse(sql).no_transaction == why
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE INDEX i ON t (a)",
+        "REINDEX (CONCURRENTLY false) TABLE t",
+        "REINDEX (CONCURRENTLY off) TABLE t",
+        "ANALYZE t",
+        "CLUSTER t USING i",
+        "SELECT 'VACUUM'",
+    ],
+)
+def test_statements_that_can_run_in_a_transaction_block(sql: str) -> None:
+    assert parse(sql).no_transaction is None
+
+
+def test_syntax_errors_carry_postgresqls_message_and_character_position() -> None:
+    with pytest.raises(DatabaseError) as caught:
+        parse("SELECT 'ééé', 1 FRM t WHERE")
+    assert caught.value.sqlstate == "42601"
+    assert caught.value.detail == 'syntax error at or near "t"'
+    assert caught.value.extra["database"]["position"] == 21
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1; SELECT 2", "DEALLOCATE ALL; SELECT 1"])
+def test_one_statement_only(sql: str) -> None:
+    with pytest.raises(InvalidSQL, match="more than one statement"):
+        parse(sql)
+    assert len(parse_all(sql)) == 2
+
+
+CORPUS = [
+    *ALWAYS_REFUSED,
+    *READ_ONLY_REFUSED,
+    *READ_ONLY_ALLOWED,
+    "CALL p(lo_create(0))",
+    "CREATE TABLE t AS SELECT lo_create(0) AS x",
+    "SELECT (SELECT f(1) UNION SELECT g(2)) FROM h() AS x(y)",
+    "INSERT INTO t SELECT * FROM json_populate_record(NULL::t, $1) ON CONFLICT DO NOTHING",
+    "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = lower(s.v)",
+    "ALTER ROLE x SET search_path = a",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x RETURN 1",
+    "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO x",
+    "SELECT a FROM t WINDOW w AS (PARTITION BY f(a)) ORDER BY g(a) OVER w",
+    "SELECT * FROM t TABLESAMPLE bernoulli(f(1))",
+    "SELECT xmlserialize(CONTENT f() AS text), json_object('a': g())",
+]
+
+
+@pytest.mark.parametrize("sql", CORPUS)
+def test_the_tree_sees_every_node_pglasts_own_ast_has(sql: str) -> None:
+    # The facts come from pglast's JSON tree, where a node is typed by its key or by its
+    # field; pglast's Python AST, walked by its own visitor, is the reference.
+    expected: set[str] = set()
+    for _, node in visitors.Visitor().iterate(pglast.parser.parse_sql(sql)):
+        expected.add(type(node).__name__)
+    found = parse(sql).kinds | {"RawStmt"}
+    assert expected - found == set()
