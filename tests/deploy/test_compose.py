@@ -1,8 +1,10 @@
 """deploy/compose.yaml: valid against the Compose specification, and wired the way the README
 says: a mirror cloned from the primary, migrations before the service, DSNs to the right
-hosts, settings mirrorpool accepts. There is no Docker engine here, so what can run without
-one runs for real: the mirror's healthcheck query on a real mirror, the migrate command on a
-real primary."""
+hosts and logins, settings mirrorpool accepts. There is no Docker engine here, so what can run
+without one runs for real: the mirror's healthcheck query on a real mirror; the primary's init
+script on a fresh primary, then the migrate command and mirrorpool itself with the services'
+own DSNs, to show the logins it made are the ones the README describes (the service's passes
+mirrorpool's check, uses the owner's tables without a GRANT, and creates nothing)."""
 
 from __future__ import annotations
 
@@ -10,20 +12,35 @@ import json
 import os
 import re
 import subprocess
-import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
+import httpx
 import jsonschema
+import psycopg
 import pytest
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
 
 from app.api.auth import hash_key
 from app.cluster.dsn import parse_dsn
-from app.devdb import LocalPair
+from app.devdb import SUPERUSER, LocalPair, free_ports
 from app.settings import load_settings
+from tests.conftest import start_server, stop_server
 from tests.deploy import REPO
+from tests.deploy.database import (
+    connect,
+    create_database,
+    fresh_server,
+    local_dsn,
+    mirrorpool,
+    owner_of_schema,
+    owner_of_table,
+    privileges,
+)
 from tests.deploy.dockerfile import read
 
 DEPLOY = REPO / "deploy"
@@ -62,6 +79,10 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
 COMPOSE = interpolate(RAW, USER_ENV)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 MIRRORPOOL_SERVICES = [n for n, s in SERVICES.items() if s.get("image") == "mirrorpool:local"]
+# The logins compose/primary-init.sh makes (README, "Docker Compose"): the schema's owner, as
+# whom migrations run, and the service's own.
+OWNER = "app_owner"
+SERVICE = "mirrorpool"
 
 
 def env_of(service: str) -> dict[str, str]:
@@ -113,9 +134,13 @@ def test_the_mirror_is_cloned_from_the_primary_and_streams_from_it() -> None:
     assert "--write-recovery-conf" in basebackup and "--slot=mirror" in basebackup
     assert "host=primary" in basebackup
     assert 'exec postgres "$@"' in script
-    init = mounted_file("primary", "/docker-entrypoint-initdb.d/10-replication.sh").read_text()
-    assert "pg_create_physical_replication_slot('mirror')" in init
-    assert "host replication replicator" in init
+    # What the primary's init script does for the mirror runs for real below.
+    assert primary_init_script().name == "primary-init.sh"
+
+
+def primary_init_script() -> Path:
+    """The script the primary runs on its first start."""
+    return mounted_file("primary", "/docker-entrypoint-initdb.d/10-primary-init.sh")
 
 
 def mounted_file(service: str, target: str) -> Path:
@@ -175,23 +200,195 @@ def test_migrations_run_once_before_the_service_starts() -> None:
         assert SERVICES[name]["volumes"] == migrate["volumes"]
 
 
-def test_the_migrate_command_applies_the_example_migrations(pair: LocalPair, database: str) -> None:
+@dataclass
+class Primary:
+    """A fresh primary after compose/primary-init.sh ran on it as the image runs it."""
+
+    pair: LocalPair
+    pgdata: Path  # the folder the script took for $PGDATA (it appends to pg_hba.conf)
+    down: int  # a port nothing listens on, for a host that is down
+
+    def ports(self, *, promoted: bool = False) -> dict[str, int]:
+        """Where the compose hosts are: `primary` here and `mirror` down; or, once the
+        mirror has been promoted and the primary is gone, the writer at `mirror`."""
+        here, down = self.pair.primary.port, self.down
+        if promoted:
+            return {"primary": down, "mirror": here}
+        return {"primary": here, "mirror": down}
+
+    def env(self, service: str, *, promoted: bool = False) -> dict[str, str]:
+        """A service's MIRRORPOOL_* settings, its DSNs pointed here."""
+        env = {k: v for k, v in env_of(service).items() if k.startswith("MIRRORPOOL_")}
+        for key in ("MIRRORPOOL_PRIMARY_DSN", "MIRRORPOOL_MIRROR_DSN", "MIRRORPOOL_MIGRATIONS_DSN"):
+            env[key] = local_dsn(env[key], self.ports(promoted=promoted))
+        return env
+
+    def dsn(self, service: str, variable: str) -> str:
+        """One of a service's DSNs, pointed here."""
+        return self.env(service)[variable]
+
+
+@pytest.fixture(scope="module")
+def primary(work_dir: Path) -> Iterator[Primary]:
+    """A primary as the image has it before its init scripts (the superuser and the database
+    POSTGRES_DB, nothing else), then compose/primary-init.sh run on it as the image does:
+    executed, with the service's environment, psql reaching the server as POSTGRES_USER."""
+    with fresh_server(work_dir / "compose-primary") as pair:
+        primary_env = env_of("primary")
+        create_database(pair, primary_env["POSTGRES_DB"])
+        pgdata = work_dir / "compose-pgdata"
+        pgdata.mkdir()
+        (pgdata / "pg_hba.conf").write_text("")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | primary_env
+        env |= {
+            # The harness's superuser stands for the image's (POSTGRES_USER), reached over TCP
+            # with its password rather than on the image's trusted Unix socket.
+            "POSTGRES_USER": SUPERUSER,
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(pair.primary.port),
+            "PGPASSWORD": pair.password,
+            "PGDATA": str(pgdata),
+            "PATH": f"{pair.bindir}{os.pathsep}{os.environ['PATH']}",
+        }
+        script = primary_init_script()
+        result = subprocess.run(
+            [str(script)], env=env, capture_output=True, text=True, check=False, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        yield Primary(pair, pgdata, free_ports(1)[0])
+
+
+def test_the_init_script_lets_the_mirror_stream(primary: Primary) -> None:
+    hba = (primary.pgdata / "pg_hba.conf").read_text().splitlines()
+    assert hba == ["host replication replicator all scram-sha-256"]
+    with primary.pair.primary.connect(env_of("primary")["POSTGRES_DB"]) as conn:
+        slots = conn.execute("SELECT slot_name, slot_type FROM pg_replication_slots").fetchall()
+        assert slots == [("mirror", "physical")]  # the slot mirror-entrypoint.sh streams from
+        role = conn.execute(
+            "SELECT rolreplication, rolcanlogin FROM pg_roles WHERE rolname = 'replicator'"
+        ).fetchone()
+        assert role == (True, True)
+
+
+@pytest.mark.parametrize("service", MIRRORPOOL_SERVICES)
+async def test_each_service_logs_in_as_a_login_mirrorpool_accepts(
+    primary: Primary, service: str
+) -> None:
+    # mirrorpool's own start-up check, on the login the service's DSNs name (the PgBouncer
+    # service's primary DSN names the same login, through PgBouncer: checked directly here).
+    for variable in ("MIRRORPOOL_PRIMARY_DSN", "MIRRORPOOL_MIRROR_DSN"):
+        ports = primary.ports(promoted=variable == "MIRRORPOOL_MIRROR_DSN")
+        dsn = local_dsn(env_of(service)[variable], ports | {"pgbouncer": ports["primary"]})
+        found = await privileges(dsn)
+        assert found.user == SERVICE
+        assert found.dangers() == []
+        assert not found.superuser
+        assert found.creates_in == ()  # nowhere to create a function another key would reach
+    # What the DSNs named before: the image's superuser, which mirrorpool refuses.
+    superuser = await privileges(primary.pair.primary.dsn(env_of("primary")["POSTGRES_DB"]))
+    assert "is a superuser" in superuser.dangers()
+
+
+def test_the_owner_owns_the_schema_and_is_no_administrator(primary: Primary) -> None:
+    owner_dsn = primary.dsn("migrate", "MIRRORPOOL_MIGRATIONS_DSN")
+    with connect(owner_dsn) as conn:
+        assert owner_of_schema(conn) == OWNER
+        row = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolbypassrls, rolcreatedb FROM pg_roles"
+            " WHERE rolname = current_user"
+        ).fetchone()
+        assert row == (False, False, False, False)  # an owner, not an administrator
+
+
+def test_the_service_login_creates_nothing(primary: Primary) -> None:
+    with connect(primary.dsn("mirrorpool", "MIRRORPOOL_PRIMARY_DSN")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE planted (id int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE SCHEMA planted")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE FUNCTION public.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        # It may promote the mirror, though: the README's walk-through may ask mirrorpool to
+        # (POST /v1/admin/promote), and nothing else here would.
+        promote = "SELECT has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE')"
+        assert conn.execute(promote).fetchone() == (True,)
+
+
+def run_the_migrate_job(primary: Primary, *, promoted: bool = False) -> CompletedProcess[str]:
+    """The migrate job's command, with its settings and the migrations it mounts."""
     (volume,) = SERVICES["migrate"]["volumes"]
     folder = (DEPLOY / volume.split(":")[0]).resolve()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
-    env |= {
-        "MIRRORPOOL_PRIMARY_DSN": pair.primary.dsn(database),
-        "MIRRORPOOL_MIGRATIONS_DIR": str(folder),
+    env = primary.env("migrate", promoted=promoted) | {"MIRRORPOOL_MIGRATIONS_DIR": str(folder)}
+    return mirrorpool(*SERVICES["migrate"]["command"], env=env)
+
+
+@pytest.fixture(scope="module")
+def migrated(primary: Primary) -> CompletedProcess[str]:
+    """The migrate job's first run on the fresh primary, the mirror down (as it may well be
+    then: the job waits for the primary only)."""
+    return run_the_migrate_job(primary)
+
+
+def test_the_migrate_job_applies_the_example_migrations_as_the_owner(
+    primary: Primary, migrated: CompletedProcess[str]
+) -> None:
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("done    up   0001_notes.up.sql")
+    with connect(primary.dsn("migrate", "MIRRORPOOL_MIGRATIONS_DSN")) as conn:
+        assert owner_of_table(conn, "notes") == OWNER
+        assert owner_of_table(conn, "mirrorpool_schema_history") == OWNER
+    # A second run, as a restarted stack does it, after a failover: the primary's host is gone
+    # and the promoted mirror takes writes. The owner's DSN finds it; nothing is left to do.
+    again = run_the_migrate_job(primary, promoted=True)
+    assert (again.returncode, again.stdout.strip()) == (0, "nothing to do"), again.stderr
+
+
+def test_the_service_uses_the_owners_tables_without_a_grant(
+    primary: Primary, migrated: CompletedProcess[str]
+) -> None:
+    assert migrated.returncode == 0, migrated.stderr
+    # Default privileges: nobody granted anything on notes after the migration made it.
+    with connect(primary.dsn("mirrorpool", "MIRRORPOOL_PRIMARY_DSN")) as conn:
+        row = conn.execute("INSERT INTO notes (body) VALUES ('hello') RETURNING id").fetchone()
+        assert row is not None
+        conn.execute("UPDATE notes SET body = 'hello again' WHERE id = %s", [row[0]])
+        assert conn.execute("SELECT body FROM notes WHERE id = %s", [row[0]]).fetchone() == (
+            "hello again",
+        )
+        conn.execute("DELETE FROM notes WHERE id = %s", [row[0]])
+        # /v1/migrations reads the history the owner wrote.
+        history = conn.execute("SELECT version FROM mirrorpool_schema_history").fetchall()
+        assert history == [(1,)]
+        # Still the owner's table: the service may not change or drop it.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("ALTER TABLE notes ADD COLUMN planted int")
+
+
+def test_mirrorpool_serves_through_the_compose_logins(
+    primary: Primary, migrated: CompletedProcess[str]
+) -> None:
+    assert migrated.returncode == 0, migrated.stderr
+    # The service's own settings (API keys included), as README's walk-through uses them.
+    server = start_server(primary.pair, **primary.env("mirrorpool"), MIRRORPOOL_AUTH="keys")
+    try:
+        health = httpx.get(server.url + "/health", timeout=5).json()
+        assert (health["writer"], health["warnings"]) == ("primary", [])
+        answer = httpx.post(
+            server.url + "/v1/query",
+            headers={"Authorization": "Bearer demo"},
+            json={"sql": "INSERT INTO notes (body) VALUES ($1) RETURNING id", "params": ["hi"]},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        stop_server(server)
+    # Through the image's superuser instead, mirrorpool stops at once, saying what to do.
+    env = primary.env("mirrorpool") | {
+        "MIRRORPOOL_PRIMARY_DSN": primary.pair.primary.dsn(env_of("primary")["POSTGRES_DB"])
     }
-    command = [str(Path(sys.executable).parent / "mirrorpool"), *SERVICES["migrate"]["command"]]
-    first = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("done    up   0001_notes.up.sql")
-    with pair.primary.connect(database) as conn:
-        assert conn.execute("SELECT to_regclass('notes') IS NOT NULL").fetchone() == (True,)
-    # A second run, as a restarted stack (or another replica) would do it, has nothing to do.
-    again = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    assert (again.returncode, again.stdout.strip()) == (0, "nothing to do")
+    refused = mirrorpool("serve", env=env)
+    assert refused.returncode == 2
+    assert "MIRRORPOOL_ALLOW_SUPERUSER=true" in refused.stderr
 
 
 def test_dsns_point_at_the_services_they_name() -> None:
@@ -201,17 +398,32 @@ def test_dsns_point_at_the_services_they_name() -> None:
         for variable in ("MIRRORPOOL_PRIMARY_DSN", "MIRRORPOOL_MIRROR_DSN"):
             dsn = parse_dsn(env[variable])
             assert dsn["dbname"] == primary_env["POSTGRES_DB"]
-            assert dsn["user"] == primary_env["POSTGRES_USER"]
-            assert dsn["password"] == primary_env["POSTGRES_PASSWORD"]
+            # The service's own login, with the password primary-init.sh gave it; never the
+            # image's superuser, which mirrorpool would refuse to serve through.
+            assert (dsn["user"], dsn["password"]) == (SERVICE, primary_env["SERVICE_PASSWORD"])
         assert parse_dsn(env["MIRRORPOOL_MIRROR_DSN"])["host"] == "mirror"
+        # Migrations as the schema's owner, straight to whichever of primary and mirror takes
+        # writes (never through PgBouncer: their session advisory lock needs a session).
+        migrations = parse_dsn(env["MIRRORPOOL_MIGRATIONS_DSN"])
+        assert migrations["dbname"] == primary_env["POSTGRES_DB"]
+        assert (migrations["user"], migrations["password"]) == (
+            OWNER,
+            primary_env["OWNER_PASSWORD"],
+        )
+        assert (migrations["host"], migrations["port"]) == ("primary,mirror", "5432,5432")
+        assert migrations["target_session_attrs"] == "read-write"
+    assert primary_env["POSTGRES_USER"] not in {SERVICE, OWNER}
     assert parse_dsn(env_of("mirrorpool")["MIRRORPOOL_PRIMARY_DSN"])["host"] == "primary"
     behind = env_of("mirrorpool-pgbouncer")
     assert parse_dsn(behind["MIRRORPOOL_PRIMARY_DSN"])["host"] == "pgbouncer"
     assert behind["MIRRORPOOL_PGBOUNCER"] == "true"
-    # Migrations bypass PgBouncer: their session advisory lock needs a session of its own.
-    assert parse_dsn(behind["MIRRORPOOL_MIGRATIONS_DSN"])["host"] == "primary"
-    assert env_of("pgbouncer")["DB_HOST"] == "primary"
-    assert env_of("pgbouncer")["POOL_MODE"] == "transaction"
+    bouncer = env_of("pgbouncer")
+    assert bouncer["DB_HOST"] == "primary"
+    assert bouncer["POOL_MODE"] == "transaction"
+    # The image writes DB_USER and DB_PASSWORD to its userlist.txt: the one login PgBouncer
+    # lets in and logs in as must be the one mirrorpool-pgbouncer connects with.
+    through = parse_dsn(behind["MIRRORPOOL_PRIMARY_DSN"])
+    assert (bouncer["DB_USER"], bouncer["DB_PASSWORD"]) == (through["user"], through["password"])
 
 
 @pytest.mark.parametrize("service", MIRRORPOOL_SERVICES)
@@ -227,6 +439,8 @@ def test_mirrorpool_accepts_each_services_settings(
             monkeypatch.setenv(key, value)
     settings = load_settings()
     assert settings.primary_dsn is not None and settings.mirror_dsns
+    # Migrations never fall back to the writer's DSN, the service's login that creates nothing.
+    assert settings.migrations_dsn is not None
     if service != "migrate":
         settings.check_auth()  # the keys are there, so binding 0.0.0.0 is allowed
 
