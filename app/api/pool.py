@@ -101,7 +101,7 @@ class PoolStats(BaseModel):
 
 def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
     s = node.state
-    lane = engine.mux.lanes.get(node.name) if engine.mux is not None else None
+    lane = engine.mux.stats(node.name) if engine.mux is not None else None
     server = (
         ServerOut(
             system_identifier=str(s.server.system_identifier),
@@ -128,7 +128,7 @@ def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
         server=server,
         alias_of=cluster.aliases.get(node.name),
         pool=node.pool_stats(),
-        multiplexing=LaneStatsOut(**lane.stats.as_json()) if lane is not None else None,
+        multiplexing=LaneStatsOut(**lane.as_json()) if lane is not None else None,
         logins={role: node.pool_stats(role) for role in node.logins},
     )
 

@@ -147,7 +147,7 @@ def limits_for(
     rows = settings.max_rows if max_rows is None else max_rows
     if rows > settings.max_rows_ceiling:
         raise LimitExceeded(f"max_rows {rows} is above the ceiling of {settings.max_rows_ceiling}")
-    return Limits(timeout, rows, read_only or not key.can("write"), row_format, key.role)
+    return Limits(timeout, rows, read_only or not key.can("write"), row_format, key.role, key.id)
 
 
 def check_raw_sql(settings: Settings) -> None:

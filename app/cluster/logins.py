@@ -4,7 +4,8 @@ The service's own login (each node's DSN) and every role a key logs in as must b
 logins: PostgreSQL enforces grants, row-level security and READ ONLY only on them. A
 superuser, or a login that may create roles, bypass row-level security, or run programs and
 read or write files on the server (membership of pg_execute_server_program,
-pg_read_server_files, pg_write_server_files), could go around all of that with one statement,
+pg_read_server_files, pg_write_server_files), or that may SET ROLE to a role that can do
+any of that, could go around all of that with one statement,
 so start-up stops on one unless MIRRORPOOL_ALLOW_SUPERUSER=true, which turns the refusal
 into a warning in the log and on /health. A key's role that cannot log in stops start-up
 too, naming the key. A node that does not answer at start-up is not checked then.
@@ -40,6 +41,10 @@ SELECT current_user,
              ORDER BY 1),
        ARRAY(SELECT n FROM unnest(current_schemas(false)) AS n
              WHERE has_schema_privilege(n, 'CREATE')
+             ORDER BY 1),
+       ARRAY(SELECT b.rolname::text FROM pg_roles b
+             WHERE b.oid <> r.oid AND (b.rolsuper OR b.rolcreaterole OR b.rolbypassrls)
+               AND pg_has_role(r.oid, b.oid, 'MEMBER')
              ORDER BY 1)
 FROM pg_roles r WHERE r.rolname = current_user
 """
@@ -64,6 +69,8 @@ class LoginPrivileges:
     bypass_rls: bool
     server_roles: tuple[str, ...]
     creates_in: tuple[str, ...]
+    # Privileged roles it may SET ROLE to (a member of them, however indirectly).
+    may_become: tuple[str, ...] = ()
 
     def dangers(self) -> list[str]:
         """What makes the login able to go around PostgreSQL's enforcement."""
@@ -75,6 +82,7 @@ class LoginPrivileges:
         if self.bypass_rls:
             found.append("bypasses row-level security (BYPASSRLS)")
         found += [f"is a member of {role}" for role in self.server_roles]
+        found += [f"may SET ROLE {role}, which is privileged" for role in self.may_become]
         return found
 
 
@@ -84,7 +92,7 @@ async def privileges_of(conn: AsyncConnection[Any]) -> LoginPrivileges:
     row = await cur.fetchone()
     if row is None:  # current_user is always in pg_roles
         raise psycopg.InterfaceError("the login's role was not found in pg_roles")
-    user, superuser, create_role, bypass_rls, server_roles, creates_in = row
+    user, superuser, create_role, bypass_rls, server_roles, creates_in, may_become = row
     return LoginPrivileges(
         str(user),
         bool(superuser),
@@ -92,6 +100,7 @@ async def privileges_of(conn: AsyncConnection[Any]) -> LoginPrivileges:
         bool(bypass_rls),
         tuple(server_roles),
         tuple(creates_in),
+        tuple(may_become),
     )
 
 

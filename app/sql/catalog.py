@@ -24,7 +24,9 @@ HAVING bool_and(provolatile <> 'v' AND prokind IN ('f', 'a', 'w'))
 ORDER BY proname
 """
 
-# Stable or immutable, yet they run a query given as text (or read a cursor of the session).
+# They run a query given as text, or read a relation or a whole schema named by a value the
+# tree cannot read (pg_prepared_statements among them), or a cursor of the session; some
+# are stable or immutable all the same. Refused to every key.
 RUNS_SQL_TEXT = frozenset(
     {
         "query_to_xml",
@@ -32,6 +34,15 @@ RUNS_SQL_TEXT = frozenset(
         "query_to_xml_and_xmlschema",
         "cursor_to_xml",
         "cursor_to_xmlschema",
+        "table_to_xml",
+        "table_to_xmlschema",
+        "table_to_xml_and_xmlschema",
+        "schema_to_xml",
+        "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xml",
+        "database_to_xmlschema",
+        "database_to_xml_and_xmlschema",
         "ts_stat",
         "ts_rewrite",
         "pg_cursor",
@@ -163,7 +174,13 @@ READ_ONLY_REFUSED_PREFIXES = (
 # statements mirrorpool prepared for other keys on a shared connection (and their SQL), or
 # change which server is the primary behind everyone's back.
 ALWAYS_REFUSED = frozenset(
-    {"pg_terminate_backend", "pg_cancel_backend", "pg_prepared_statement", "pg_promote"}
+    {
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_prepared_statement",
+        "pg_promote",
+        *RUNS_SQL_TEXT,
+    }
 )
 # Views of the same: the statements mirrorpool prepared on the shared connection.
 ALWAYS_REFUSED_RELATIONS = frozenset({"pg_prepared_statements"})
@@ -185,6 +202,23 @@ SESSION_LOCKS = frozenset(
 # earlier request's, maybe another key's. Requests that call them start with the session's
 # sequence state discarded.
 SESSION_SEQUENCE_READERS = frozenset({"currval", "lastval"})
+
+# Settings the service relies on, pinned for every session (startup options, or SET LOCAL
+# behind PgBouncer): the type encoding reads values in these formats, and the parse tree is
+# only PostgreSQL's reading of a text while standard_conforming_strings is on (with it off,
+# 'a\' -- ' is a string the server reads on past the quote, and the tree would not).
+# A request may not set them, in any scope.
+PINNED_SETTINGS = frozenset(
+    {
+        "datestyle",
+        "intervalstyle",
+        "bytea_output",
+        "client_encoding",
+        "extra_float_digits",
+        "standard_conforming_strings",
+        "backslash_quote",
+    }
+)
 
 # What a reset (DISCARD ALL) leaves in place: the connection is closed instead.
 SURVIVES_RESET = frozenset({"setseed", "dblink_connect", "dblink_connect_u"})

@@ -54,7 +54,12 @@ class Checkout:
                 needed = self.effect
                 if needed is Effect.NONE and session.snapshot(conn) != self._before:
                     needed = Effect.RESET
-                await session.restore(conn, needed)
+                try:
+                    await session.restore(conn, needed)
+                except BaseException:
+                    # Cancelled mid-reset: what the session holds is unknown, so it goes.
+                    conn.pgconn.finish()
+                    raise
         finally:
             await self._pool.putconn(conn)
 

@@ -51,6 +51,8 @@ class Limits:
     read_only: bool = False
     row_format: RowFormat = "array"
     role: str | None = None
+    # The key that sent the request: its quick reads share lanes with its own only.
+    key: str = ""
 
 
 @dataclass(slots=True)
@@ -150,7 +152,7 @@ class Engine:
             plain
             and limits.role is None
             and self.mux is not None
-            and self.mux.known.quick(bound.sql)
+            and self.mux.known.quick(limits.key, bound.sql)
         ):
             return node.name, await self._multiplexed(node, bound, limits)
         inflight = self._inflight[node.name]
@@ -202,7 +204,7 @@ class Engine:
             held.conn, held.node.name, self.types, reply.result, limits.max_rows, limits.row_format
         )
         if self.mux is not None and limits.role is None:
-            self.mux.known.observe(bound.tree, bound.sql, time.perf_counter() - started)
+            self.mux.known.observe(limits.key, bound.tree, bound.sql, time.perf_counter() - started)
         return result
 
     async def _wrapped(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
@@ -211,7 +213,7 @@ class Engine:
             (result,) = await self._pipelined(held, [bound], limits, None)
             return result
         conn = held.conn
-        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms, [bound]))
         result = await self._statement(held, bound, limits)
         for statement in session.closing(None, limits.read_only):
             await conn.execute(statement)
@@ -223,7 +225,13 @@ class Engine:
         assert self.mux is not None
         try:
             return await self.mux.run(
-                node, bound.sql, bound.tree, bound.params, limits.max_rows, limits.row_format
+                node,
+                limits.key,
+                bound.sql,
+                bound.tree,
+                bound.params,
+                limits.max_rows,
+                limits.row_format,
             )
         except psycopg.Error as exc:
             raise await self._failure(exc, None, node.name, "write") from None
@@ -294,7 +302,7 @@ class Engine:
                 if self.own_sessions:
                     results = await self._pipelined(held, statements, limits, isolation)
                 else:
-                    await conn.execute(self._begin(read_only, isolation, timeout_ms))
+                    await conn.execute(self._begin(read_only, isolation, timeout_ms, statements))
                     for bound in statements:
                         results.append(await self._statement(held, bound, limits))
                     for statement in session.closing(isolation, read_only):
@@ -324,6 +332,11 @@ class Engine:
         (pipeline mode: the statements cannot use each other's results, so nothing waits for
         them). A read-only transaction is rolled back, never committed (session.closing)."""
         conn = held.conn
+        # Marked before anything runs: a statement that fails, or whose answer cannot be
+        # made, may have changed the session all the same (a ROLLBACK does not undo a
+        # PREPARE, a session lock or the random seed).
+        for bound in statements:
+            held.mark(session.effect(bound.tree))
         values = [str(limits.timeout_ms), str(self.settings.lock_timeout_ms)]
         opening = [
             *(
@@ -357,9 +370,8 @@ class Engine:
             raise _StatementFailed(error, index)
         results = []
         node = held.node.name
-        for bound, reply in zip(statements, replies[first : first + len(statements)], strict=True):
+        for reply in replies[first : first + len(statements)]:
             assert reply.result is not None
-            held.mark(session.effect(bound.tree))
             answer = await pipeline.answer(
                 conn, node, self.types, reply.result, limits.max_rows, limits.row_format
             )
@@ -413,9 +425,9 @@ class Engine:
                 await queue.put(("node", node))
                 held.mark(session.effect(bound.tree))
                 try:
-                    if self.own_sessions and session.reads_sequence_state(bound.tree):
-                        await conn.execute("DISCARD SEQUENCES")
-                    await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms))
+                    await conn.execute(
+                        self._begin(limits.read_only, None, limits.timeout_ms, [bound])
+                    )
                     cur = conn.cursor()
                     sent_columns = False
                     batch: list[Any] = []
@@ -448,13 +460,20 @@ class Engine:
         except Exception as exc:  # handed to the consumer, which raises it
             await queue.put(("error", exc))
 
-    def _begin(self, read_only: bool, isolation: Isolation | None, timeout_ms: int) -> Any:
+    def _begin(
+        self,
+        read_only: bool,
+        isolation: Isolation | None,
+        timeout_ms: int,
+        statements: list[BoundSQL],
+    ) -> Any:
         return session.begin_sql(
             read_only=read_only,
             isolation=isolation,
             timeout_ms=timeout_ms,
             lock_timeout_ms=self.settings.lock_timeout_ms,
             local_settings=self._local_settings,
+            discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
         )
 
     async def _statement(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:

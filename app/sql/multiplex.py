@@ -16,8 +16,11 @@ it), statements never seen before or seen to be slow, anything with its own time
 or transaction, and everything behind PgBouncer (the lanes prepare statements by name).
 Those take a pooled connection of their own.
 
-A runner takes one batch per pooled connection and gives the connection back before the
-next, so requests that need a connection of their own wait their turn in the pool's queue.
+Each key has lanes of its own (one per node): a statement of one key never waits in a batch
+behind another key's, so a key that makes a "quick" text slow (`pg_sleep($1)`, a range it
+widens) delays only itself. A runner takes one batch per pooled connection and gives the
+connection back before the next, so requests that need a connection of their own wait their
+turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
 the lane; once sent, its statement runs and the answer is thrown away.
 """
@@ -93,9 +96,16 @@ class Lane:
     """The queue of one node's multiplexed statements and the runners that send them."""
 
     def __init__(
-        self, node: Node, cluster: Cluster, settings: Settings, types: TypeNames, known: Known
+        self,
+        node: Node,
+        key: str,
+        cluster: Cluster,
+        settings: Settings,
+        types: TypeNames,
+        known: Known,
     ) -> None:
         self.node = node
+        self.key = key
         self.cluster = cluster
         self.settings = settings
         self.types = types
@@ -229,7 +239,7 @@ class Lane:
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
             return
-        self.known.observe(job.tree, job.sql, seconds)
+        self.known.observe(self.key, job.tree, job.sql, seconds)
         if reply.error is not None:
             _settle(job.future, error=reply.error)
             return
@@ -268,58 +278,80 @@ class _Watchdog:
 
 
 class Known:
-    """How long reads took last, by SQL text: which ones are quick enough to share."""
+    """How long reads took last, by key and SQL text: which ones are quick enough to share
+    (one key's slow runs of a text take it out of that key's lanes only)."""
 
     def __init__(self) -> None:
-        self._seconds: dict[str, float] = {}
+        self._seconds: dict[tuple[str, str], float] = {}
 
-    def quick(self, sql: str) -> bool:
+    def quick(self, key: str, sql: str) -> bool:
         """True when the statement is a plain read that ran quickly last time."""
-        seconds = self._seconds.get(sql)
+        seconds = self._seconds.get((key, sql))
         return seconds is not None and seconds < QUICK_S
 
-    def observe(self, tree: Tree, sql: str, seconds: float) -> None:
+    def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
         """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
         figure down. Only pure reads (session.pure_read) are ever remembered."""
-        last = self._seconds.get(sql)
+        last = self._seconds.get((key, sql))
         if last is None:
             if not session.pure_read(tree):
                 return
             if len(self._seconds) >= MAX_KNOWN:
                 self._seconds.clear()
-        self._seconds[sql] = (
+        self._seconds[key, sql] = (
             seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
         )
 
 
 class Multiplexer:
-    """The lanes, one per node, and what decides which statements take them."""
+    """The lanes, one per node and key, and what decides which statements take them."""
 
     def __init__(self, cluster: Cluster, settings: Settings, types: TypeNames) -> None:
         self.known = Known()
-        self.lanes = {
-            node.name: Lane(node, cluster, settings, types, self.known) for node in cluster.nodes
-        }
+        self.lanes: dict[tuple[str, str], Lane] = {}
+        self._cluster = cluster
+        self._settings = settings
+        self._types = types
+
+    def lane(self, node: Node, key: str) -> Lane:
+        """The node's lane for `key`, made on first use (keys are the configured ones)."""
+        lane = self.lanes.get((node.name, key))
+        if lane is None:
+            lane = self.lanes[node.name, key] = Lane(
+                node, key, self._cluster, self._settings, self._types, self.known
+            )
+        return lane
 
     async def run(
         self,
         node: Node,
+        key: str,
         sql: str,
         tree: Tree,
         params: list[Any],
         max_rows: int,
         row_format: RowFormat,
     ) -> StatementResult:
-        """Run one statement through the node's lane; raises what psycopg raised for it."""
+        """Run one statement through the node's lane for `key`; raises what psycopg raised."""
         future: asyncio.Future[StatementResult] = asyncio.get_running_loop().create_future()
-        self.lanes[node.name].submit(Job(sql, tree, params, max_rows, row_format, future))
+        self.lane(node, key).submit(Job(sql, tree, params, max_rows, row_format, future))
         return await future
 
     def sever(self, node: Node, error: BaseException) -> None:
         """Fail the node's multiplexed statements now."""
-        lane = self.lanes.get(node.name)
-        if lane is not None:
-            lane.sever(error)
+        for (name, _), lane in list(self.lanes.items()):
+            if name == node.name:
+                lane.sever(error)
+
+    def stats(self, node: str) -> LaneStats:
+        """The node's lane figures, all keys together."""
+        total = LaneStats()
+        for (name, _), lane in self.lanes.items():
+            if name == node:
+                total.statements += lane.stats.statements
+                total.batches += lane.stats.batches
+                total.largest_batch = max(total.largest_batch, lane.stats.largest_batch)
+        return total
 
 
 def _copy(exc: BaseException) -> BaseException:

@@ -14,10 +14,17 @@ request inside limits it sets itself. Refused for every request:
 - COPY to or from the client (STDIN, STDOUT): the HTTP API has no copy channel.
 - what reaches other keys or every later session: pg_terminate_backend, pg_cancel_backend,
   pg_promote; ALTER ROLE / USER (a login may change its own password and defaults), ALTER
-  DATABASE ... SET, ALTER SYSTEM.
+  DATABASE ... SET, ALTER SYSTEM; and code the tree cannot read, which could do all of that
+  with the login's rights: DO blocks and temporary functions.
+- functions that run a query given as text, or read a relation named by a value (query_to_xml,
+  table_to_xml, ts_stat, ...: app/sql/catalog.py), and set_config() with a computed name.
+- setting what mirrorpool pins for every session (DateStyle, IntervalStyle, bytea_output,
+  client_encoding, extra_float_digits, standard_conforming_strings, backslash_quote): values
+  are encoded in those formats, and with standard_conforming_strings off the server would
+  read a string literal differently from the parse tree.
 
 Refused in a read-only request (a read key's, or one sent with read_only), on top of the
-READ ONLY transaction PostgreSQL enforces: DO blocks and CALL (code the tree cannot read),
+READ ONLY transaction PostgreSQL enforces: CALL (code the tree cannot read),
 LISTEN, UNLISTEN, NOTIFY, COPY, LOAD, CHECKPOINT; SET without LOCAL; whatever would switch
 the transaction to read-write; set_config() unless provably local; cursors WITH HOLD; and the
 functions whose effects escape a READ ONLY transaction (app/sql/catalog.py: large objects,
@@ -52,7 +59,6 @@ _SHARED = {
 # notifications, files and programs, libraries. (Writes and DDL PostgreSQL refuses itself,
 # with SQLSTATE 25006, in the READ ONLY transaction.)
 _READ_ONLY_REFUSED_KINDS = {
-    "DoStmt": "DO",
     "CallStmt": "CALL",
     "ListenStmt": "LISTEN",
     "UnlistenStmt": "UNLISTEN",
@@ -102,6 +108,21 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "COPY to or from the client is refused: HTTP has no copy channel; use "
             "/v1/query/stream to read many rows, and INSERT ... SELECT unnest($1) to write them"
         )
+    if "DoStmt" in tree.kinds or (tree.temp and "CreateFunctionStmt" in tree.kinds):
+        return (
+            "DO blocks and temporary functions are refused: their bodies are code the parse "
+            "tree cannot read, and they would run with the login's rights over every key's "
+            "sessions (its password and defaults, the others' backends); ask the schema's "
+            "owner for a function, created by a migration"
+        )
+    pinned = _pinned(tree)
+    if pinned is not None:
+        return (
+            f"{pinned} may not be set: mirrorpool pins it for every session (values are "
+            "encoded in its formats, and statements read as PostgreSQL reads them)"
+        )
+    if any(call.name is None for call in tree.set_configs):
+        return "set_config() needs the setting's name written out, not computed or a parameter"
     shared = next((what for kind, what in _SHARED.items() if kind in tree.kinds), None)
     if shared is not None:
         return (
@@ -119,6 +140,20 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "pg_prepared_statements is refused: it lists the statements mirrorpool prepared "
             "on a shared connection, other keys' SQL among them"
         )
+    return None
+
+
+def _pinned(tree: Tree) -> str | None:
+    """The pinned setting (app/sql/catalog.py) a statement would change, if any."""
+    for setting in tree.settings:
+        names = setting.options | {setting.name or ""}
+        if setting.kind in ("VAR_SET_VALUE", "VAR_SET_CURRENT") and (
+            found := names & catalog.PINNED_SETTINGS
+        ):
+            return min(found)
+    for call in tree.set_configs:
+        if call.name in catalog.PINNED_SETTINGS:
+            return call.name
     return None
 
 
@@ -142,7 +177,7 @@ def _read_only(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
     if tree.hold_cursor:
         return "a read-only request cannot declare a cursor WITH HOLD (it outlives the request)"
     for call in tree.set_configs:
-        if not call.local or call.name is None or call.name in _READ_ONLY_SETTINGS:
+        if not call.local or call.name in _READ_ONLY_SETTINGS:
             return (
                 "a read-only request may call set_config() only with a named setting and "
                 "true as its third argument (local to the request's transaction)"

@@ -41,26 +41,44 @@ class Effect(IntEnum):
     CLOSE = 2  # something DISCARD ALL does not undo (a loaded library, the random seed)
 
 
-# Statements that change the session by what they are.
-_SESSION_KINDS = frozenset(
+# The statements that, by what they are, leave nothing in the session (what they call is
+# judged apart). Any other statement (DDL, LISTEN, CALL, ...) has its session reset after:
+# what a kind of statement may leave behind is not worth guessing (a temporary type, a
+# conversion, an operator class in pg_temp all shadow the database's own for the session).
+_CLEAN_KINDS = frozenset(
     {
-        "DoStmt",
-        "CallStmt",
-        "ListenStmt",
-        "UnlistenStmt",
-        "PrepareStmt",
-        "ExecuteStmt",
-        "DeallocateStmt",
-        "DiscardStmt",
-        "LoadStmt",
+        "SelectStmt",
+        "InsertStmt",
+        "UpdateStmt",
+        "DeleteStmt",
+        "MergeStmt",
+        "ExplainStmt",
+        "VariableShowStmt",
+        "VariableSetStmt",  # judged by its scope below
+        "TransactionStmt",
+        "DeclareCursorStmt",  # judged by WITH HOLD below
+        "FetchStmt",
+        "ClosePortalStmt",
+        "ConstraintsSetStmt",
+        "LockStmt",
+        "NotifyStmt",
     }
 )
-# A DO block's body is code the tree cannot read, sent by the caller itself; LOAD loads a
+# A DO block's body is code the tree cannot read; LOAD and CREATE / ALTER EXTENSION load a
 # library into the backend for good.
-_CLOSE_KINDS = frozenset({"DoStmt", "LoadStmt"})
+_CLOSE_KINDS = frozenset({"DoStmt", "LoadStmt", "CreateExtensionStmt", "AlterExtensionStmt"})
 
 # Parameters the server reports whenever they change: a change means the session was altered.
-_REPORTED = (b"TimeZone", b"DateStyle", b"IntervalStyle", b"is_superuser", b"session_authorization")
+_REPORTED = (
+    b"TimeZone",
+    b"DateStyle",
+    b"IntervalStyle",
+    b"is_superuser",
+    b"session_authorization",
+    b"standard_conforming_strings",
+    b"client_encoding",
+    b"search_path",  # (reported by PostgreSQL 18 and later)
+)
 
 
 @lru_cache(maxsize=4096)
@@ -69,7 +87,7 @@ def effect(tree: Tree) -> Effect:
     if tree.kinds & _CLOSE_KINDS or tree.names & catalog.SURVIVES_RESET:
         return Effect.CLOSE
     dirty = (
-        bool(tree.kinds & _SESSION_KINDS)
+        any(kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds)
         or tree.temp
         or tree.hold_cursor
         or any(_lasts(s) for s in tree.settings)
@@ -142,9 +160,11 @@ def begin_sql(
     timeout_ms: int,
     lock_timeout_ms: int,
     local_settings: Mapping[str, str] | None = None,
+    discard_sequences: bool = False,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
-    sessions that do not carry them: behind a transaction pooler), as one simple query."""
+    sessions that do not carry them: behind a transaction pooler), as one simple query;
+    with `discard_sequences`, the session's sequence values (another client's) forgotten."""
     parts = [
         *(sql.SQL(statement) for statement in opening(isolation, read_only)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
@@ -153,6 +173,8 @@ def begin_sql(
     for name, value in (local_settings or {}).items():
         # Names are mirrorpool's own constants (SESSION_SETTINGS), never a request's.
         parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
+    if discard_sequences:
+        parts.append(sql.SQL("DISCARD SEQUENCES"))
     return sql.SQL("; ").join(parts)
 
 

@@ -66,18 +66,9 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
     for kind, finding in _BY_KIND.items():
         if kind in tree.kinds:
             return finding
-    for setting in tree.settings:
-        if setting.kind == "VAR_SET_MULTI":
-            if setting.name == "session characteristics":
-                return (
-                    "SET SESSION CHARACTERISTICS",
-                    _OUTLIVES,
-                    "use SET TRANSACTION inside /v1/transaction",
-                )
-        elif setting.kind in ("VAR_RESET", "VAR_RESET_ALL"):
-            return ("RESET", _OUTLIVES, "use SET LOCAL name TO DEFAULT")
-        elif not setting.local:
-            return ("SET without LOCAL", _OUTLIVES, "use SET LOCAL, which lasts until its end")
+    setting = _setting_change(tree)
+    if setting is not None:
+        return setting
     if tree.hold_cursor:
         return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
     if tree.temp and not _dropped_on_commit(tree):
@@ -92,6 +83,26 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
         )
     if any(not call.local for call in tree.set_configs):
         return ("set_config(..., false)", _OUTLIVES, "use set_config(name, value, true)")
+    survivors = sorted(tree.names & catalog.SURVIVES_RESET)
+    if survivors:
+        return (f"{survivors[0]}()", _OUTLIVES, "requests keep no state in the session")
+    return None
+
+
+def _setting_change(tree: Tree) -> Finding | None:
+    """A SET or RESET that outlives the transaction."""
+    for setting in tree.settings:
+        if setting.kind == "VAR_SET_MULTI":
+            if setting.name == "session characteristics":
+                return (
+                    "SET SESSION CHARACTERISTICS",
+                    _OUTLIVES,
+                    "use SET TRANSACTION inside /v1/transaction",
+                )
+        elif setting.kind in ("VAR_RESET", "VAR_RESET_ALL"):
+            return ("RESET", _OUTLIVES, "use SET LOCAL name TO DEFAULT")
+        elif not setting.local:
+            return ("SET without LOCAL", _OUTLIVES, "use SET LOCAL, which lasts until its end")
     return None
 
 

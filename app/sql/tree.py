@@ -364,10 +364,25 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
         )
     elif node_type == "DeclareCursorStmt":
         seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
-    elif node_type in ("CreateFunctionStmt", "DefineStmt"):
-        name = _strings(fields.get("funcname") or fields.get("defnames"))
-        if len(name) > 1 and _is_temp_schema(name[-2]):
-            seen.temp = True
+    if not seen.temp and _names_temp(fields):
+        seen.temp = True
+
+
+def _names_temp(fields: dict[str, Any]) -> bool:
+    """True when a node names something in the session's temporary schema: a qualified name
+    (a list of String nodes: a domain, type, function, conversion, operator ...) or a target
+    schema (ALTER ... SET SCHEMA) in pg_temp. PostgreSQL looks relations and types up there
+    first, so whatever is created there shadows the database's own for this session."""
+    for key, value in fields.items():
+        if isinstance(value, list) and len(value) > 1:
+            name = [item["String"].get("sval") for item in value if "String" in item]
+            if len(name) == len(value) and any(_is_temp_schema(n) for n in name[:-1]):
+                return True
+        elif key in ("newschema", "schemaname") and _is_temp_schema(
+            value if isinstance(value, str) else None
+        ):
+            return True
+    return False
 
 
 # Statements PostgreSQL never runs inside a transaction block, whatever their options.

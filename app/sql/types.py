@@ -59,6 +59,8 @@ SESSION_SETTINGS: dict[str, str] = {
     "bytea_output": "hex",
     # The loaders decode UTF-8; with SQL_ASCII psycopg's TextLoader would even return bytes.
     "client_encoding": "UTF8",
+    # The parse tree (app/sql/tree.py) reads string literals as they are with this on.
+    "standard_conforming_strings": "on",
 }
 
 _NOT_FINITE = (

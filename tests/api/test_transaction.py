@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from app.devdb import OWNER, LocalPair
-from tests.conftest import serving_ready, settings_for
+from tests.conftest import as_owner, serving_ready, settings_for
 from tests.waiting import eventually
 
 
@@ -203,11 +203,19 @@ async def test_a_value_that_cannot_be_sent_names_its_statement(
     assert count(pair, table) == 2
 
 
+RUN_SQL = (
+    "CREATE OR REPLACE FUNCTION run_sql(q text) RETURNS int LANGUAGE plpgsql"
+    " AS $$ BEGIN EXECUTE q; RETURN 1; END $$"
+)
+
+
 async def test_transactions_survive_their_prepared_statements_being_dropped(
     pair: LocalPair, table: str
 ) -> None:
-    # One connection, so the DEALLOCATE ALL (from a DO block: sent directly it is refused)
-    # lands where the transactions prepared theirs.
+    # One connection, so the DEALLOCATE ALL (through a function of the schema's that runs
+    # the SQL it is handed: sent directly it is refused) lands where the transactions
+    # prepared theirs.
+    as_owner(pair, RUN_SQL)
     async with serving_ready(settings_for(pair, pool_max_size=1)) as (_, client):
         statements: list[dict[str, Any]] = [
             {"sql": f"UPDATE {table} SET v = $1 WHERE id = 1", "params": ["uno"]},
@@ -215,9 +223,7 @@ async def test_transactions_survive_their_prepared_statements_being_dropped(
         ]
         first = await tx(client, statements)
         assert first.json()["results"][1]["rows"] == [["uno"]]
-        dropped = await client.post(
-            "/v1/query", json={"sql": "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"}
-        )
+        dropped = await client.post("/v1/query", json={"sql": "SELECT run_sql('DEALLOCATE ALL')"})
         assert dropped.status_code == 200
 
         statements[0]["params"] = ["eins"]

@@ -413,11 +413,12 @@ async def test_statements_that_cannot_run_in_a_transaction_answer_400(
 async def test_no_session_reset_reaches_shared_server_connections(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
-    """A DO block would make mirrorpool reset its session (DISCARD ALL), or close it, on a
-    connection of its own; through the pooler that would hit someone else's."""
+    """A function of the database's own would make mirrorpool reset its session (DISCARD
+    ALL) on a connection of its own; through the pooler that would hit someone else's."""
+    as_owner(pair, "CREATE FUNCTION noop() RETURNS int LANGUAGE sql AS 'SELECT 1'", dbname=database)
     # A slow monitor, so no probe runs on the server connection after the statement.
     async with serve(pair, bouncer, database, health_interval=30) as (_, client):
-        await query(client, "DO $$ BEGIN PERFORM 1; END $$")
+        await query(client, "SELECT noop()")
         with pair.primary.connect(database) as conn:
             last = conn.execute(
                 "SELECT query FROM pg_stat_activity"

@@ -193,15 +193,21 @@ async def test_waiting_beyond_the_limit_is_refused_at_once(pair: LocalPair) -> N
 async def test_prepared_statements_dropped_under_the_lane_are_prepared_again(
     pair: LocalPair,
 ) -> None:
-    # One connection, so the DEALLOCATE ALL (from inside a DO block: sent directly, it is
-    # refused) lands where the lane prepared its statements.
+    # One connection, so the DEALLOCATE ALL (through a function of the schema's that runs
+    # the SQL it is handed: sent directly, it is refused) lands where the lane prepared its
+    # statements.
+    as_owner(
+        pair,
+        "CREATE OR REPLACE FUNCTION run_sql(q text) RETURNS int LANGUAGE plpgsql"
+        " AS $$ BEGIN EXECUTE q; RETURN 1; END $$",
+    )
     async with serving_ready(settings_for(pair, pool_max_size=1)) as (_, client):
         sql = "SELECT $1::int * 2 AS doubled"
         await warm(client, sql, [1])
         first = await asyncio.gather(*(q(client, sql, [i]) for i in range(20)))
         assert [a.json()["rows"] for a in first] == [[[i * 2]] for i in range(20)]
 
-        dropped = await q(client, "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+        dropped = await q(client, "SELECT run_sql('DEALLOCATE ALL')")
         assert dropped.status_code == 200, dropped.text
 
         again = await asyncio.gather(*(q(client, sql, [i]) for i in range(20)))

@@ -50,6 +50,28 @@ ALWAYS_REFUSED = [
     "ALTER SYSTEM SET work_mem = '1GB'",
     "SAVEPOINT mirrorpool_read_only",
     'RELEASE SAVEPOINT "mirrorpool_read_only"',
+    # code the tree cannot read, with the login's rights over every key's sessions
+    "DO $$ BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''x'''; END $$",
+    "do language plpgsql $x$ begin null; end $x$",
+    "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    'CREATE OR REPLACE PROCEDURE "pg_temp".p() LANGUAGE sql AS $$ SELECT 1 $$',
+    # a query, a relation or a schema named by a value the tree cannot read
+    "SELECT table_to_xml('pg_prepared_statements', true, false, '')",
+    "SELECT pg_catalog.table_to_xml_and_xmlschema($1::regclass, true, false, '')",
+    "SELECT schema_to_xml('pg_catalog', true, false, '')",
+    "SELECT query_to_xml('SELECT 1', true, true, '')",
+    "SELECT * FROM ts_stat('SELECT to_tsvector(statement) FROM pg_prepared_statements')",
+    # settings the service pins, in every scope and spelling
+    "SET LOCAL standard_conforming_strings = off",
+    'SET "standard_conforming_strings" TO off',
+    "SET LOCAL U&\"bytea\\005foutput\" = 'escape'",
+    "SET datestyle = 'German'",
+    "SET NAMES 'SQL_ASCII'",
+    "SELECT set_config('backslash_quote', 'on', true)",
+    "SELECT set_config('IntervalStyle', 'postgres', true)",
+    # set_config of a setting the tree cannot name
+    "SELECT set_config($1, 'off', true)",
+    "SELECT set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', true)",
 ]
 
 
@@ -182,6 +204,15 @@ def test_queries_pass_read_only_requests(sql: str) -> None:
         ("CALL refresh()", Effect.RESET),
         ("SELECT lo_create(0)", Effect.RESET),
         ("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$", Effect.CLOSE),
+        ("CREATE EXTENSION IF NOT EXISTS pg_trgm", Effect.CLOSE),
+        # types, conversions, operators in pg_temp shadow the database's own
+        ("CREATE DOMAIN pg_temp.text AS varchar(3)", Effect.RESET),
+        ('CREATE TYPE "pg_temp"."text" AS ENUM (\'pub\')', Effect.RESET),
+        ("CREATE TYPE pg_temp.text AS RANGE (subtype = int4)", Effect.RESET),
+        ("ALTER TYPE mood SET SCHEMA pg_temp", Effect.RESET),
+        # any other DDL too: what a kind of statement leaves behind is not guessed
+        ("CREATE TABLE t (id int)", Effect.RESET),
+        ("CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1", Effect.RESET),
         ("LOAD 'auto_explain'", Effect.CLOSE),
         ("SELECT setseed(0.5)", Effect.CLOSE),
     ],

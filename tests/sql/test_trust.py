@@ -384,3 +384,29 @@ async def test_server_files_and_programs_stay_out_of_reach(
     for key in ("read", "write", "role"):
         answer = await query(client, key, attack)
         assert answer.status_code in (400, 403), (key, answer.text)
+
+
+async def test_no_key_reads_the_sequence_values_another_key_drew(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    as_owner(pair, "CREATE TABLE IF NOT EXISTS orders_seq (id serial PRIMARY KEY, who text)")
+    drawn = await query(client, "write", "INSERT INTO orders_seq (who) VALUES ('a') RETURNING id")
+    assert drawn.status_code == 200
+    for key, sql in (
+        ("read", "SELECT currval('orders_seq_id_seq')"),
+        ("write", "SELECT lastval()"),
+        ("admin", "SELECT \"currval\"('orders_seq_id_seq')"),
+        ("write", "SELECT pg_catalog.currval('orders_seq_id_seq'::regclass)"),
+    ):
+        # On the same pooled session, the other key's value would still be there.
+        peek = await query(client, key, sql)
+        assert (peek.status_code, peek.json()["sqlstate"]) == (409, "55000"), (key, peek.text)
+    # Within one's own transaction, currval still says what this request drew.
+    own = await transaction(
+        client,
+        "write",
+        "INSERT INTO orders_seq (who) VALUES ('b') RETURNING id",
+        "SELECT currval('orders_seq_id_seq')",
+    )
+    results = own.json()["results"]
+    assert results[1]["rows"] == [[str(results[0]["rows"][0][0])]]

@@ -1,0 +1,83 @@
+"""Fixtures for the attack tests: the keys of tests/sql/test_trust.py (read, write, admin and
+two keys with a low-privilege role), every key sharing one pooled connection of the
+service's login (pool_max_size=1), so an attacker's session is exactly the victim's next."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.api.auth import hash_key
+from app.devdb import LocalPair
+from tests.conftest import as_owner, login_role, serving_ready, settings_for
+
+KEYS = {name: f"{name}-{uuid.uuid4().hex}" for name in ("read", "write", "admin", "role", "role2")}
+
+
+@pytest.fixture
+def world(pair: LocalPair) -> dict[str, str]:
+    role, password = login_role(pair, "lowpriv")
+    as_owner(
+        pair,
+        "CREATE TABLE IF NOT EXISTS pub (id int PRIMARY KEY, v text)",
+        "INSERT INTO pub VALUES (1, 'public') ON CONFLICT DO NOTHING",
+        "CREATE TABLE IF NOT EXISTS secret (x int)",
+        "INSERT INTO secret SELECT 42 WHERE NOT EXISTS (SELECT FROM secret)",
+        "CREATE SEQUENCE IF NOT EXISTS orders_id_seq",
+        f"GRANT SELECT ON pub TO {role}",
+    )
+    return {"role": role, "password": password}
+
+
+def keys_for(role: str) -> list[dict[str, Any]]:
+    return [
+        {"id": "reader", "sha256": hash_key(KEYS["read"]), "scopes": ["read"]},
+        {"id": "writer", "sha256": hash_key(KEYS["write"]), "scopes": ["write"]},
+        {"id": "admin", "sha256": hash_key(KEYS["admin"]), "scopes": ["write", "admin"]},
+        {"id": "limited", "sha256": hash_key(KEYS["role"]), "scopes": ["write"], "role": role},
+        {"id": "limited2", "sha256": hash_key(KEYS["role2"]), "scopes": ["read"], "role": role},
+    ]
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    """Settings a test module may change (pool sizes...)."""
+    return {}
+
+
+@pytest.fixture
+async def client(
+    pair: LocalPair, world: dict[str, str], overrides: dict[str, Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    role = world["role"]
+    values: dict[str, Any] = {
+        "auth": "keys",
+        "api_keys": keys_for(role),
+        "role_passwords": {role: world["password"]},
+        "pool_min_size": 1,
+        "pool_max_size": 1,
+        "role_pool_max_size": 1,
+    }
+    values.update(overrides)
+    settings = settings_for(pair, **values)
+    async with serving_ready(settings) as (_, c):
+        yield c
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[key]}"}
+
+
+async def query(client: httpx.AsyncClient, key: str, sql: str, **extra: Any) -> httpx.Response:
+    return await client.post("/v1/query", json={"sql": sql, **extra}, headers=headers(key))
+
+
+async def transaction(
+    client: httpx.AsyncClient, key: str, *sqls: str, **extra: Any
+) -> httpx.Response:
+    body = {"statements": [{"sql": sql} for sql in sqls], **extra}
+    return await client.post("/v1/transaction", json=body, headers=headers(key))
