@@ -15,12 +15,14 @@ for _info in builtin_types:
     if _info.array_oid:
         _BUILTIN.setdefault(_info.array_oid, f"{_info.name}[]")
 
+# Every name schema-qualified: it runs on a request's connection, where a temporary view or
+# type the request made (pg_temp is searched first for those) must not answer for pg_type.
 _LOOKUP_SQL = """
-SELECT t.oid::int8,
+SELECT t.oid::pg_catalog.int8,
        CASE WHEN t.typcategory = 'A' AND e.oid IS NOT NULL THEN e.typname || '[]'
             ELSE t.typname END
-FROM pg_type AS t LEFT JOIN pg_type AS e ON e.oid = t.typelem
-WHERE t.oid = ANY($1::oid[])
+FROM pg_catalog.pg_type AS t LEFT JOIN pg_catalog.pg_type AS e ON e.oid = t.typelem
+WHERE t.oid = ANY($1::pg_catalog.oid[])
 """
 
 

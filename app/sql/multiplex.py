@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 QUICK_S = 0.005
 # Statements sent in one pipeline at most.
 MAX_BATCH = 16
-# Statement texts whose speed is remembered at most.
+# Statement texts whose speed is remembered at most, per key.
 MAX_KNOWN = 4096
 
 
@@ -282,25 +282,25 @@ class Known:
     (one key's slow runs of a text take it out of that key's lanes only)."""
 
     def __init__(self) -> None:
-        self._seconds: dict[tuple[str, str], float] = {}
+        self._seconds: dict[str, dict[str, float]] = {}
 
     def quick(self, key: str, sql: str) -> bool:
         """True when the statement is a plain read that ran quickly last time."""
-        seconds = self._seconds.get((key, sql))
+        seconds = self._seconds.get(key, {}).get(sql)
         return seconds is not None and seconds < QUICK_S
 
     def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
         """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
-        figure down. Only pure reads (session.pure_read) are ever remembered."""
-        last = self._seconds.get((key, sql))
+        figure down. Only pure reads (session.pure_read) are ever remembered, at most
+        MAX_KNOWN texts per key (a key that sends too many forgets its own, no one else's)."""
+        known = self._seconds.setdefault(key, {})
+        last = known.get(sql)
         if last is None:
             if not session.pure_read(tree):
                 return
-            if len(self._seconds) >= MAX_KNOWN:
-                self._seconds.clear()
-        self._seconds[key, sql] = (
-            seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
-        )
+            if len(known) >= MAX_KNOWN:
+                known.clear()
+        known[sql] = seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
 
 
 class Multiplexer:

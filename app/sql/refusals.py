@@ -14,8 +14,10 @@ request inside limits it sets itself. Refused for every request:
 - COPY to or from the client (STDIN, STDOUT): the HTTP API has no copy channel.
 - what reaches other keys or every later session: pg_terminate_backend, pg_cancel_backend,
   pg_promote; ALTER ROLE / USER (a login may change its own password and defaults), ALTER
-  DATABASE ... SET, ALTER SYSTEM; and code the tree cannot read, which could do all of that
-  with the login's rights: DO blocks and temporary functions.
+  DATABASE ... SET, ALTER SYSTEM; writing to pg_settings (set_config in disguise); and code
+  the tree cannot read, which could do all of that with the login's rights: DO blocks,
+  temporary functions, and definitions that bind functions by name (operators, aggregates,
+  casts, conversions, operator classes, triggers, ...).
 - functions that run a query given as text, or read a relation named by a value (query_to_xml,
   table_to_xml, ts_stat, ...: app/sql/catalog.py), and set_config() with a computed name.
 - setting what mirrorpool pins for every session (DateStyle, IntervalStyle, bytea_output,
@@ -67,6 +69,27 @@ _READ_ONLY_REFUSED_KINDS = {
     "CopyStmt": "COPY",
     "CheckPointStmt": "CHECKPOINT",
 }
+# Definitions that bind existing functions by name (what they call, the tree does not see as a
+# call): refused to every key, like temporary functions.
+_BINDS_FUNCTIONS = {
+    "DefineStmt": "CREATE OPERATOR / AGGREGATE / TYPE",
+    "CreateCastStmt": "CREATE CAST",
+    "CreateConversionStmt": "CREATE CONVERSION",
+    "CreateTransformStmt": "CREATE TRANSFORM",
+    "CreateOpClassStmt": "CREATE OPERATOR CLASS",
+    "CreateOpFamilyStmt": "CREATE OPERATOR FAMILY",
+    "AlterOpFamilyStmt": "ALTER OPERATOR FAMILY",
+    "AlterOperatorStmt": "ALTER OPERATOR",
+    "AlterTypeStmt": "ALTER TYPE ... SET",
+    "CreateRangeStmt": "CREATE TYPE ... AS RANGE",
+    "CreatePLangStmt": "CREATE LANGUAGE",
+    "CreateFdwStmt": "CREATE FOREIGN DATA WRAPPER",
+    "AlterFdwStmt": "ALTER FOREIGN DATA WRAPPER",
+    "CreateTrigStmt": "CREATE TRIGGER",
+    "CreateEventTrigStmt": "CREATE EVENT TRIGGER",
+    "CreateAmStmt": "CREATE ACCESS METHOD",
+}
+
 # Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).
 RESERVED_SAVEPOINTS = "mirrorpool"
 _READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
@@ -107,6 +130,19 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
         return (
             "COPY to or from the client is refused: HTTP has no copy channel; use "
             "/v1/query/stream to read many rows, and INSERT ... SELECT unnest($1) to write them"
+        )
+    binding = next((what for kind, what in _BINDS_FUNCTIONS.items() if kind in tree.kinds), None)
+    if binding is not None:
+        return (
+            f"{binding} is refused: it calls functions named in its definition, which the "
+            "parse tree does not follow (an operator or an aggregate can be any function "
+            "under another name); define it in a migration"
+        )
+    if any(name == "pg_settings" and schema in (None, "pg_catalog")
+           for schema, name in tree.written):  # fmt: skip
+        return (
+            "writing to pg_settings is refused: it is set_config() for the session, other "
+            "keys' next requests included; use SET LOCAL"
         )
     if "DoStmt" in tree.kinds or (tree.temp and "CreateFunctionStmt" in tree.kinds):
         return (

@@ -181,7 +181,8 @@ def begin_sql(
 # The transaction's own limits, as one statement that pipeline mode can send (it takes one
 # statement per command, so not the `BEGIN; SET LOCAL ...` string above).
 LOCAL_LIMITS_SQL = (
-    "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)"
+    "SELECT pg_catalog.set_config('statement_timeout', $1, true),"
+    " pg_catalog.set_config('lock_timeout', $2, true)"
 )
 
 

@@ -25,7 +25,7 @@ import orjson
 from pglast import ast as pg_ast
 from pglast import parser as pg_parser
 
-from app.errors import DatabaseError, InvalidSQL
+from app.errors import DatabaseError, InvalidSQL, LimitExceeded
 from app.sql.catalog import CLEAN_FUNCTIONS
 
 # DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
@@ -79,6 +79,8 @@ class Tree:
     names: frozenset[str]
     # Every table, view or sequence named: (schema or None, name).
     relations: frozenset[tuple[str | None, str]]
+    # The relations an INSERT, UPDATE, DELETE or MERGE writes to, wherever it sits.
+    written: frozenset[tuple[str | None, str]]
     set_configs: tuple[SetConfig, ...]
     settings: tuple[Setting, ...]
     # TransactionStmt kind: TRANS_STMT_BEGIN, TRANS_STMT_SAVEPOINT, ...
@@ -157,6 +159,8 @@ def _raw(sql: str) -> list[dict[str, Any]]:
         parsed = orjson.loads(pg_parser.parse_sql_json(sql))
     except pg_parser.ParseError as exc:
         raise syntax_error(exc) from None
+    except orjson.JSONDecodeError:  # deeper than orjson reads (1024 levels)
+        raise LimitExceeded("the statement nests too deeply to be read") from None
     statements: list[dict[str, Any]] = parsed.get("stmts", [])
     return statements
 
@@ -288,6 +292,7 @@ class _Collect:
     kinds: set[str]
     calls: set[Name]
     relations: set[tuple[str | None, str]]
+    written: set[tuple[str | None, str]]
     set_configs: list[SetConfig]
     settings: list[Setting]
     temp: bool = False
@@ -299,7 +304,7 @@ class _Collect:
 def _facts(stmt: dict[str, Any]) -> Tree:
     kind = next(iter(stmt), "")
     body = stmt.get(kind, {})
-    seen = _Collect(body, set(), set(), set(), [], [])
+    seen = _Collect(body, set(), set(), set(), set(), [], [])
     for node_type, fields in _nodes(stmt):
         seen.kinds.add(node_type)
         _note(node_type, fields, seen)
@@ -314,6 +319,7 @@ def _facts(stmt: dict[str, Any]) -> Tree:
         calls=frozenset(seen.calls),
         names=frozenset(call[-1] for call in seen.calls if call),
         relations=frozenset(seen.relations),
+        written=frozenset(seen.written),
         set_configs=tuple(seen.set_configs),
         settings=tuple(seen.settings),
         transaction=transaction,
@@ -343,6 +349,9 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
         seen.relations.add((schema, fields.get("relname", "")))
         if fields.get("relpersistence") == "t" or _is_temp_schema(schema):
             seen.temp = True
+    elif node_type in _WRITES:
+        target = fields.get("relation") or {}
+        seen.written.add((target.get("schemaname"), target.get("relname", "")))
     elif node_type == "LockingClause":
         seen.locks = True
     elif node_type == "IntoClause":

@@ -1,6 +1,7 @@
-"""Fixtures for the attack tests: the keys of tests/sql/test_trust.py (read, write, admin and
-two keys with a low-privilege role), every key sharing one pooled connection of the
-service's login (pool_max_size=1), so an attacker's session is exactly the victim's next."""
+"""Fixtures for the attacks found in review: the keys of tests/sql/test_trust.py (read,
+write, admin and two keys with a low-privilege role), every key sharing one pooled
+connection of the service's login (pool_max_size=1), so an attacker's session is exactly
+the victim's next."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""A statement's session effect is only recorded once its whole pipelined transaction has
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+A statement's session effect is only recorded once its whole pipelined transaction has
 succeeded and been decoded (app/sql/engine.py _pipelined): when a later statement fails, or
 an answer cannot be decoded, the connection goes back to the pool without its reset, and
 what survives a ROLLBACK (prepared statements replaced from a DO block, a session advisory

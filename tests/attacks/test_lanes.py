@@ -1,4 +1,7 @@
-"""The lanes take a statement by its text once it ran in under 5 ms (app/sql/multiplex.py
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+The lanes take a statement by its text once it ran in under 5 ms (app/sql/multiplex.py
 Known.quick), whatever its parameters. A key warms a text whose cost its parameters decide,
 then sends it slow: every other key's quick read batched behind it on the same connection
 waits for it, although the pool has idle connections (the README promises that statements

@@ -1,4 +1,7 @@
-"""ALTER ROLE / ALTER USER are refused by their statement kind only (app/sql/refusals.py):
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+ALTER ROLE / ALTER USER are refused by their statement kind only (app/sql/refusals.py):
 a write key runs them all the same from a DO block (allowed to write keys, only closed
 after) or from a function it creates in pg_temp, and an ordinary login may change its own
 password and session defaults. The service's login then carries the attacker's defaults

@@ -1,4 +1,7 @@
-"""pg_terminate_backend and pg_cancel_backend are refused by name in the statement's tree
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+pg_terminate_backend and pg_cancel_backend are refused by name in the statement's tree
 (app/sql/refusals.py), yet a write key without a role runs them from a DO block, or from a
 function it creates in pg_temp: every key without a role shares the service's login, and
 PostgreSQL lets a login end its own backends. The other keys' requests in flight fail."""

@@ -1,4 +1,7 @@
-"""mirrorpool reads every statement with pglast, whose scanner always has
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+mirrorpool reads every statement with pglast, whose scanner always has
 standard_conforming_strings on; the server reads it with the session's setting. A request
 may turn the setting off for its own transaction (SET LOCAL, judged clean and allowed to
 read keys), and the server then reads the next statement differently: in

@@ -1,4 +1,7 @@
-"""Behind PgBouncer (MIRRORPOOL_PGBOUNCER=true) the server sessions are shared with every
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+Behind PgBouncer (MIRRORPOOL_PGBOUNCER=true) the server sessions are shared with every
 other request and never reset: what survives a transaction there reaches the next key on
 that server connection. Statements that read the session's sequence values (lastval,
 currval) start with DISCARD SEQUENCES only when mirrorpool owns its sessions

@@ -1,4 +1,7 @@
-"""pg_prepared_statements is refused by its name in the tree (app/sql/refusals.py: it lists
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+pg_prepared_statements is refused by its name in the tree (app/sql/refusals.py: it lists
 the statements mirrorpool prepared on a shared connection, other keys' SQL among them). The
 vetted table_to_xml / schema_to_xml (app/sql/catalog.py: stable, so "clean") run
 SELECT * FROM the relation named by their argument, a value the tree cannot read: a read

@@ -1,4 +1,7 @@
-"""The start-up check (app/cluster/logins.py) reads the login's own attributes and its
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+The start-up check (app/cluster/logins.py) reads the login's own attributes and its
 membership of the three server-file roles only. A login that is a member of a superuser
 role (or of one that may create roles or bypass row-level security) passes it, and any key
 then becomes that role with SET ROLE: a read key with SET LOCAL ROLE, which read-only

@@ -1,4 +1,7 @@
-"""Types created in pg_temp by CREATE DOMAIN and CREATE TYPE ... AS ENUM / AS RANGE are not
+"""An attack an attacker's review of the trust change found; it is now refused or undone,
+and this test keeps it so. As the review found it:
+
+Types created in pg_temp by CREATE DOMAIN and CREATE TYPE ... AS ENUM / AS RANGE are not
 read as temporary (app/sql/tree.py marks `temp` only for a RangeVar in pg_temp and for
 CREATE FUNCTION / DefineStmt names), so the statement is judged clean and its connection
 goes back without DISCARD ALL. PostgreSQL searches the session's temporary schema first for
@@ -28,7 +31,7 @@ async def test_a_temporary_type_shadows_text_for_other_keys(
     for _ in range(3):  # prepared on the shared connection
         assert (await query(client, "admin", victim, params=[1])).json()["rows"] == [["public"]]
     created = await query(client, "write", attack)
-    assert created.status_code == 200, created.text
+    assert created.status_code in (200, 400), created.text  # made (then reset), or refused
     for key in ("admin", "read"):
         answer = await query(client, key, victim, params=[1])
         assert answer.status_code == 200, (key, answer.text)

@@ -72,6 +72,18 @@ ALWAYS_REFUSED = [
     # set_config of a setting the tree cannot name
     "SELECT set_config($1, 'off', true)",
     "SELECT set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', true)",
+    # set_config() in disguise: the view's rule sets the setting for the session
+    "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+    'update "pg_catalog"."pg_settings" set setting = 0 where name = $1',
+    "WITH x AS (UPDATE pg_settings SET setting = '0' WHERE name = 'x' RETURNING 1) SELECT 1",
+    # definitions that call functions named in them, not as calls
+    "CREATE OPERATOR pg_temp.### (FUNCTION = pg_terminate_backend, LEFTARG = int, "
+    "RIGHTARG = bigint)",
+    "CREATE AGGREGATE pg_temp.stop(int) (SFUNC = int4larger, STYPE = int, "
+    "FINALFUNC = pg_cancel_backend)",
+    "CREATE CAST (int AS text) WITH FUNCTION f(int)",
+    "CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()",
+    "CREATE TYPE pg_temp.r AS RANGE (subtype = int4, subtype_diff = f)",
 ]
 
 
