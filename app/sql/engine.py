@@ -348,9 +348,10 @@ class Engine:
             Command(session.LOCAL_LIMITS_SQL, values, prepare=False),
         ]
         first = len(opening)
+        prepare = not any(session.sets_anything(b.tree) for b in statements)
         commands = [
             *opening,
-            *(Command(b.sql, b.params) for b in statements),
+            *(Command(b.sql, b.params, prepare=prepare) for b in statements),
             *(Command(sql, prepare=False) for sql in session.closing(isolation, limits.read_only)),
         ]
         for attempt in (1, 2):

@@ -16,8 +16,10 @@ request inside limits it sets itself. Refused for every request:
   pg_promote; ALTER ROLE / USER (a login may change its own password and defaults), ALTER
   DATABASE ... SET, ALTER SYSTEM; writing to pg_settings (set_config in disguise); and code
   the tree cannot read, which could do all of that with the login's rights: DO blocks,
-  temporary functions, and definitions that bind functions by name (operators, aggregates,
-  casts, conversions, operator classes, triggers, ...).
+  CREATE FUNCTION / PROCEDURE (the service creates nothing; with pg_temp first on the
+  search path even an unqualified one would be temporary) and calls into pg_temp, and
+  definitions that bind functions by name (operators, aggregates, casts, conversions,
+  operator classes, triggers, ...).
 - functions that run a query given as text, or read a relation named by a value (query_to_xml,
   table_to_xml, ts_stat, ...: app/sql/catalog.py), and set_config() with a computed name.
 - setting what mirrorpool pins for every session (DateStyle, IntervalStyle, bytea_output,
@@ -144,12 +146,13 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "writing to pg_settings is refused: it is set_config() for the session, other "
             "keys' next requests included; use SET LOCAL"
         )
-    if "DoStmt" in tree.kinds or (tree.temp and "CreateFunctionStmt" in tree.kinds):
+    temp_call = any(len(c) > 1 and c[-2].startswith("pg_temp") for c in tree.calls)
+    if tree.kinds & {"DoStmt", "CreateFunctionStmt"} or temp_call:
         return (
-            "DO blocks and temporary functions are refused: their bodies are code the parse "
-            "tree cannot read, and they would run with the login's rights over every key's "
-            "sessions (its password and defaults, the others' backends); ask the schema's "
-            "owner for a function, created by a migration"
+            "DO blocks, CREATE FUNCTION / PROCEDURE and calls into pg_temp are refused: "
+            "their bodies are code the parse tree cannot read, and they would run with the "
+            "login's rights over every key's sessions (its password and defaults, the "
+            "others' backends); ask the schema's owner for a function, made by a migration"
         )
     pinned = _pinned(tree)
     if pinned is not None:

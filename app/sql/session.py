@@ -84,7 +84,7 @@ _REPORTED = (
 @lru_cache(maxsize=4096)
 def effect(tree: Tree) -> Effect:
     """What the statement may leave behind in its session."""
-    if tree.kinds & _CLOSE_KINDS or tree.names & catalog.SURVIVES_RESET:
+    if tree.kinds & _CLOSE_KINDS or tree.names & catalog.SURVIVES_RESET or custom_settings(tree):
         return Effect.CLOSE
     dirty = (
         any(kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds)
@@ -95,6 +95,25 @@ def effect(tree: Tree) -> Effect:
         or bool(tree.unvetted_calls)
     )
     return Effect.RESET if dirty else Effect.NONE
+
+
+def custom_settings(tree: Tree) -> bool:
+    """True when the statement sets a custom setting (a dotted name such as app.tenant), in
+    any scope. PostgreSQL keeps such a placeholder defined in the session for good (DISCARD
+    ALL resets its value to '', not to undefined): on a pooled connection every later key's
+    current_setting('app.tenant', true) would say '' instead of NULL. The connection is
+    closed after instead."""
+    return any("." in (s.name or "") for s in tree.settings) or any(
+        "." in (c.name or "") for c in tree.set_configs
+    )
+
+
+def sets_anything(tree: Tree) -> bool:
+    """True when the statement changes a setting, in any scope. A statement prepared by name
+    after it, in the same transaction, would be read under that setting (a literal's time
+    zone, array_nulls...) and keep that reading for every later key: such a transaction
+    prepares nothing (app/sql/engine.py)."""
+    return bool(tree.settings or tree.set_configs)
 
 
 def _lasts(setting: Setting) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.errors import Forbidden, InvalidSQL, LimitExceeded
+from app.errors import Forbidden, InvalidParameters, InvalidSQL, LimitExceeded
 from app.settings import Settings
 from app.sql import refusals, transaction_pooling
 from app.sql.placeholders import BoundSQL, bind
@@ -40,7 +40,25 @@ def prepare(
         raise InvalidSQL(why)
     if read_only and (why := refusals.refusal(tree, True)) is not None:
         raise Forbidden(why)
+    for value in bound.params:
+        _check_text(value)
     return BoundSQL(bound.sql, [to_param(v) for v in bound.params], bound.names, tree)
+
+
+def _check_text(value: Any) -> None:
+    """400 for a string PostgreSQL cannot receive: JSON allows a lone UTF-16 surrogate
+    (`"\\ud800"`), which no UTF-8 text holds."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidParameters(
+                    "a parameter holds a lone surrogate (such as \\ud800), which is not text"
+                ) from None
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
 
 
 def _too_deep(value: Any, limit: int) -> bool:

@@ -69,6 +69,13 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
     setting = _setting_change(tree)
     if setting is not None:
         return setting
+    if _search_path_reaches_temp(tree):
+        return (
+            "a search_path that names pg_temp, or one given as a parameter",
+            "objects created with it would be temporary, and outlive the request's "
+            "transaction on a server connection other clients of the pooler get next",
+            "name the schemas literally, without pg_temp",
+        )
     if tree.hold_cursor:
         return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
     if tree.temp and not _dropped_on_commit(tree):
@@ -87,6 +94,13 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
     if survivors:
         return (f"{survivors[0]}()", _OUTLIVES, "requests keep no state in the session")
     return None
+
+
+def _search_path_reaches_temp(tree: Tree) -> bool:
+    """True for a search_path set (any scope) to a value naming pg_temp, or not literal."""
+    values = [v for s in tree.settings if s.name == "search_path" for v in s.values]
+    values += [c.value for c in tree.set_configs if c.name == "search_path"]
+    return any(v is None or "pg_temp" in v.lower() for v in values)
 
 
 def _setting_change(tree: Tree) -> Finding | None:

@@ -40,29 +40,51 @@ _WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 # Functions whose last argument says whether the setting lasts for the transaction only.
 _SET_CONFIG = "set_config"
 _VETTED = CLEAN_FUNCTIONS | {_SET_CONFIG}
+# Nodes that pglast's parser (PostgreSQL 18) makes of what older servers read as calls.
+_SQL_JSON_CALLS = {
+    "JsonParseExpr": "json",
+    "JsonScalarExpr": "json_scalar",
+    "JsonSerializeExpr": "json_serialize",
+    "JsonObjectConstructor": "json_object",
+    "JsonArrayConstructor": "json_array",
+    "JsonArrayQueryConstructor": "json_array",
+    "JsonObjectAgg": "json_objectagg",
+    "JsonArrayAgg": "json_arrayagg",
+    "JsonTable": "json_table",
+    "MergeSupportFunc": "merge_action",
+    "JsonFuncExpr": None,  # by its op
+}
+_JSON_FUNC_OPS = {
+    "JSON_EXISTS_OP": "json_exists",
+    "JSON_QUERY_OP": "json_query",
+    "JSON_VALUE_OP": "json_value",
+}
 _TRUE_TEXTS = frozenset({"t", "true", "y", "yes", "on", "1"})
 _FALSE_TEXTS = frozenset({"f", "false", "n", "no", "off", "0"})
 
 
 @dataclass(frozen=True, slots=True)
 class SetConfig:
-    """One set_config() call: the setting's name (None when computed) and whether it is
-    provably local to the transaction (its third argument the literal true)."""
+    """One set_config() call: the setting's name and value (None when computed) and whether
+    it is provably local to the transaction (its third argument the literal true)."""
 
     name: str | None
     local: bool
+    value: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One SET / RESET statement: its kind (VAR_SET_VALUE, VAR_RESET_ALL, ...), the setting
-    it names (None for RESET ALL), whether it is LOCAL, and the names inside SET TRANSACTION
-    / SET SESSION CHARACTERISTICS (transaction_read_only, ...)."""
+    it names (None for RESET ALL), whether it is LOCAL, the names inside SET TRANSACTION
+    / SET SESSION CHARACTERISTICS (transaction_read_only, ...), and its values as written
+    (None for one that is not a literal)."""
 
     kind: str
     name: str | None
     local: bool
     options: frozenset[str]
+    values: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -336,6 +358,11 @@ def _facts(stmt: dict[str, Any]) -> Tree:
 
 def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
     """Record what one node says."""
+    if node_type in _SQL_JSON_CALLS:
+        # SQL/JSON syntax of PostgreSQL 16 and later: a server of 15 reads the same text as a
+        # call, to whatever function of that name the search path finds.
+        op = fields.get("op", "")
+        seen.calls.add((_SQL_JSON_CALLS[node_type] or _JSON_FUNC_OPS.get(op, "json_value"),))
     if node_type == "FuncCall":
         name = _strings(fields.get("funcname"))
         seen.calls.add(name)
@@ -343,7 +370,8 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
             args = fields.get("args") or []
             setting = _const_text(args[0]) if args else None
             local = len(args) == 3 and _is_true(args[2])
-            seen.set_configs.append(SetConfig(setting.lower() if setting else None, local))
+            value = _const_text(args[1]) if len(args) > 1 else None
+            seen.set_configs.append(SetConfig(setting.lower() if setting else None, local, value))
     elif node_type == "RangeVar":
         schema = fields.get("schemaname")
         seen.relations.add((schema, fields.get("relname", "")))
@@ -363,12 +391,14 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
             str(o["DefElem"].get("defname", "")) for o in fields.get("args") or () if "DefElem" in o
         )
         setting = fields.get("name")
+        values = tuple(_const_text(a) for a in fields.get("args") or () if "DefElem" not in a)
         seen.settings.append(
             Setting(
                 fields.get("kind", ""),
                 str(setting).lower() if setting else None,
                 bool(fields.get("is_local")),
                 options,
+                values,
             )
         )
     elif node_type == "DeclareCursorStmt":

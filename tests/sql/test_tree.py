@@ -192,7 +192,11 @@ def test_queries_pass_read_only_requests(sql: str) -> None:
         ("INSERT INTO pub VALUES (1, 'x') RETURNING id", Effect.NONE),
         ("SET LOCAL statement_timeout = 5", Effect.NONE),
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Effect.NONE),
-        ("SELECT set_config('a.b', 'c', true)", Effect.NONE),
+        ("SELECT set_config('search_path', 'x', true)", Effect.NONE),
+        # A custom setting's placeholder outlives every reset: its connection is closed.
+        ("SELECT set_config('app.tenant', 'c', true)", Effect.CLOSE),
+        ("SET LOCAL app.tenant = 'c'", Effect.CLOSE),
+        ("SET LOCAL \"request.jwt.claims\" TO '{}'", Effect.CLOSE),
         ("SELECT pg_advisory_xact_lock(1)", Effect.RESET),  # volatile, not vetted
         ("SET statement_timeout = 0", Effect.RESET),
         ('SET U&"statement\\005ftimeout" = 0', Effect.RESET),
