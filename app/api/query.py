@@ -360,7 +360,9 @@ async def query_stream(
             head(), limits.timeout_ms, partial(disconnected, request)
         )
     except BaseException:
-        await events.aclose()
+        # Given up on: the task still inside the stream is being cancelled, and closes it.
+        if not getattr(events, "ag_running", False):
+            await events.aclose()
         raise
     names = [c.name for c in columns]
 

@@ -24,6 +24,9 @@ HAVING bool_and(provolatile <> 'v' AND prokind IN ('f', 'a', 'w'))
 ORDER BY proname
 """
 
+# How volatile_functions.txt is made: the complement.
+VOLATILE_SQL = CLEAN_SQL.replace("HAVING bool_and", "HAVING NOT bool_and")
+
 # They run a query given as text, or read a relation or a whole schema named by a value the
 # tree cannot read (pg_prepared_statements among them), or a cursor of the session; some
 # are stable or immutable all the same. Refused to every key.
@@ -94,14 +97,18 @@ HARMLESS_VOLATILE = frozenset(
 )
 
 
-def _load() -> frozenset[str]:
-    text = resources.files("app.sql").joinpath("clean_functions.txt").read_text()
+def _load(name: str) -> frozenset[str]:
+    text = resources.files("app.sql").joinpath(name).read_text()
     names = {line.strip() for line in text.splitlines()}
     return frozenset(n for n in names if n and not n.startswith("#"))
 
 
-STABLE_FUNCTIONS = _load()
+STABLE_FUNCTIONS = _load("clean_functions.txt")
 """pg_catalog names whose every overload is immutable or stable (clean_functions.txt)."""
+
+VOLATILE_FUNCTIONS = _load("volatile_functions.txt")
+"""The other pg_catalog names: a volatile overload, or a procedure (volatile_functions.txt,
+made by VOLATILE_SQL)."""
 
 CLEAN_FUNCTIONS = (STABLE_FUNCTIONS - RUNS_SQL_TEXT) | HARMLESS_VOLATILE
 """Catalog functions that leave nothing behind in a session."""
@@ -227,3 +234,10 @@ SURVIVES_RESET = frozenset({"setseed", "dblink_connect", "dblink_connect_u"})
 def refused_for_read_only(name: str) -> bool:
     """True for a function a read-only request may not call, by its own name."""
     return name in READ_ONLY_REFUSED or name.startswith(READ_ONLY_REFUSED_PREFIXES)
+
+
+def catalog_or_dblink(name: str) -> bool:
+    """True for a name a pg_catalog function has, or one of dblink's: what an attribute
+    (`(expr).f`, `alias.f`) must be named for the refusals to take it for a call (a column
+    of the schema's own named like `lo_total` is not one)."""
+    return name in STABLE_FUNCTIONS or name in VOLATILE_FUNCTIONS or name.startswith("dblink")

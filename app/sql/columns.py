@@ -30,7 +30,7 @@ _MAX_SHAPES = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class _Field:
+class Field:
     """The two things of a result field that columns() reads."""
 
     name: str
@@ -67,7 +67,7 @@ class TypeNames:
         ))  # fmt: skip
         cached = self._shapes.get(shape)
         if cached is None:
-            cursor_like = [_Field(name.decode(), oid) for name, oid in shape[1:]]
+            cursor_like = [Field(name.decode(), oid) for name, oid in shape[1:]]
             cached = await self.columns(conn, node, cursor_like)
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
@@ -81,15 +81,31 @@ class TypeNames:
         if not description:
             return []
         key = f"{node}/{conn.info.dbname}"
-        unknown = {
-            d.type_code
-            for d in description
-            if d.type_code not in _BUILTIN and (key, d.type_code) not in self._known
-        }
+        unknown = self._unknown(key, description)
         if unknown:
             cur = await conn.execute(_LOOKUP_SQL, [sorted(unknown)], prepare=False)
             for oid, name in await cur.fetchall():
                 self._known[(key, int(oid))] = str(name)
+        return self._describe(key, description)
+
+    def knows(self, conn: AsyncConnection[Any], node: str, description: list[Any] | None) -> bool:
+        """True when every column's type name is known without a query."""
+        return not description or not self._unknown(f"{node}/{conn.info.dbname}", description)
+
+    def as_known(
+        self, conn: AsyncConnection[Any], node: str, description: list[Any] | None
+    ) -> list[Column]:
+        """Describe a result from what is known, types not met yet named "unknown"."""
+        return self._describe(f"{node}/{conn.info.dbname}", description or [])
+
+    def _unknown(self, key: str, description: list[Any]) -> set[int]:
+        return {
+            d.type_code
+            for d in description
+            if d.type_code not in _BUILTIN and (key, d.type_code) not in self._known
+        }
+
+    def _describe(self, key: str, description: list[Any]) -> list[Column]:
         return [
             Column(
                 d.name,

@@ -27,7 +27,7 @@ from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, Q
 from app.settings import Settings
 from app.sql import checkout, pipeline, session
 from app.sql.checkout import Checkout
-from app.sql.columns import TypeNames
+from app.sql.columns import Field, TypeNames
 from app.sql.errors import database_error
 from app.sql.guard import DEADLINE_GRACE_S, Guard
 from app.sql.multiplex import Multiplexer
@@ -429,13 +429,17 @@ class Engine:
                     await conn.execute(
                         self._begin(limits.read_only, None, limits.timeout_ms, [bound])
                     )
+                    # The stream holds its connection until its last row: type names the
+                    # node has not met are looked up now, before it starts.
+                    fields = await pipeline.describe(conn, bound.sql, bound.params)
+                    await self.types.columns(conn, node, [Field(n, oid) for n, oid in fields])
                     cur = conn.cursor()
                     sent_columns = False
                     batch: list[Any] = []
                     count = 0
                     async for row in cur.stream(bound.sql, bound.params, size=chunk_rows):
                         if not sent_columns:
-                            columns = await self.types.columns(conn, node, cur.description)
+                            columns = self.types.as_known(conn, node, cur.description)
                             await queue.put(("columns", columns))
                             sent_columns = True
                         batch.append(row)

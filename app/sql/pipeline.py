@@ -172,6 +172,38 @@ async def run_units(
     return out
 
 
+async def describe(
+    conn: AsyncConnection[Any], sql: str, params: Sequence[Any]
+) -> list[tuple[str, int]]:
+    """The result columns (name, type OID) a statement would return, from the server's own
+    description of it (unnamed, so nothing stays prepared), in one round trip. Raises what
+    the server raised for it, as psycopg does."""
+    state = state_of(conn)
+    dumped = _dump(state, [Command(sql, params)])
+    if isinstance(dumped, tuple):
+        raise dumped[1]
+    _, types, _ = dumped[0]
+    pgconn = conn.pgconn
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_prepare(b"", sql.encode(), types)
+        pgconn.send_describe_prepared(b"")
+        pgconn.pipeline_sync()
+        groups, _ = await conn.wait(_collect(pgconn, 1, None))
+        pgconn.exit_pipeline_mode()
+    except BaseException:
+        await conn.close()
+        raise
+    results = [r for group in groups for r in group if r.status != _SYNC]
+    for result in results:
+        if result.status not in OK:
+            raise _error_of(result, conn.info.encoding)
+    described = results[-1]
+    return [
+        ((described.fname(i) or b"").decode(), described.ftype(i)) for i in range(described.nfields)
+    ]
+
+
 async def answer(
     conn: AsyncConnection[Any],
     node: str,

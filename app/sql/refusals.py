@@ -140,11 +140,13 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "parse tree does not follow (an operator or an aggregate can be any function "
             "under another name); define it in a migration"
         )
-    if any(name == "pg_settings" and schema in (None, "pg_catalog")
-           for schema, name in tree.written):  # fmt: skip
+    settings_view = {(None, "pg_settings"), ("pg_catalog", "pg_settings")}
+    reads_only = tree.kind == "SelectStmt" and not tree.writes
+    if tree.written & settings_view or (tree.relations & settings_view and not reads_only):
         return (
-            "writing to pg_settings is refused: it is set_config() for the session, other "
-            "keys' next requests included; use SET LOCAL"
+            "writing to pg_settings, or naming it in anything but a query, is refused: an "
+            "update of it is set_config() for the session (a view over it passes the update "
+            "on), other keys' next requests included; use SET LOCAL"
         )
     temp_call = any(len(c) > 1 and c[-2].startswith("pg_temp") for c in tree.calls)
     if tree.kinds & {"DoStmt", "CreateFunctionStmt"} or temp_call:
@@ -168,7 +170,7 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             f"{shared} is refused: it changes the login or the server for every later "
             "session, other keys' included; run it as a migration or as an administrator"
         )
-    reaching = sorted(tree.names & catalog.ALWAYS_REFUSED)
+    reaching = sorted(tree.maybe_called & catalog.ALWAYS_REFUSED)
     if reaching:
         return (
             f"{reaching[0]}() is refused: it reaches other sessions or the cluster's roles, "
@@ -222,7 +224,7 @@ def _read_only(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
                 "true as its third argument (local to the request's transaction)"
             )
     functions = sorted(
-        n for n in tree.names if n != "set_config" and catalog.refused_for_read_only(n)
+        n for n in tree.maybe_called if n != "set_config" and catalog.refused_for_read_only(n)
     )
     if functions:
         return (

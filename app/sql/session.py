@@ -68,6 +68,8 @@ _CLEAN_KINDS = frozenset(
 # library into the backend for good.
 _CLOSE_KINDS = frozenset({"DoStmt", "LoadStmt", "CreateExtensionStmt", "AlterExtensionStmt"})
 
+_UNVETTED_VOLATILE = catalog.VOLATILE_FUNCTIONS - catalog.HARMLESS_VOLATILE
+
 # Parameters the server reports whenever they change: a change means the session was altered.
 _REPORTED = (
     b"TimeZone",
@@ -84,10 +86,23 @@ _REPORTED = (
 @lru_cache(maxsize=4096)
 def effect(tree: Tree) -> Effect:
     """What the statement may leave behind in its session."""
-    if tree.kinds & _CLOSE_KINDS or tree.names & catalog.SURVIVES_RESET or custom_settings(tree):
+    if (
+        tree.kinds & _CLOSE_KINDS
+        or tree.maybe_called & catalog.SURVIVES_RESET
+        or custom_settings(tree)
+    ):
         return Effect.CLOSE
     dirty = (
         any(kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds)
+        # SELECT ... INTO creates a table: with pg_temp first on the search path, a
+        # temporary one that shadows the database's own.
+        or "IntoClause" in tree.kinds
+        # A search path of the request's own may put its schema's functions ahead of the
+        # catalog's (whatever pg_catalog function names the tree vetted).
+        or any(s.name == "search_path" for s in tree.settings)
+        or any(c.name == "search_path" for c in tree.set_configs)
+        # A volatile catalog function called in attribute notation, `(42).pg_advisory_lock`.
+        or bool(tree.attributes & _UNVETTED_VOLATILE)
         or tree.temp
         or tree.hold_cursor
         or any(_lasts(s) for s in tree.settings)
@@ -136,7 +151,7 @@ def pure_read(tree: Tree) -> bool:
 def reads_sequence_state(tree: Tree) -> bool:
     """True when the statement reads values this session's earlier nextval() calls left
     (currval, lastval): on a pooled connection they could be another key's."""
-    return not tree.names.isdisjoint(catalog.SESSION_SEQUENCE_READERS)
+    return not tree.maybe_called.isdisjoint(catalog.SESSION_SEQUENCE_READERS)
 
 
 def startup_options(settings: dict[str, str]) -> str:

@@ -80,7 +80,7 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
         return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
     if tree.temp and not _dropped_on_commit(tree):
         return _TEMP
-    locks = sorted(tree.names & catalog.SESSION_LOCKS)
+    locks = sorted(tree.maybe_called & catalog.SESSION_LOCKS)
     if locks:
         return (
             f"{locks[0]}() (a session advisory lock)",
@@ -90,7 +90,7 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
         )
     if any(not call.local for call in tree.set_configs):
         return ("set_config(..., false)", _OUTLIVES, "use set_config(name, value, true)")
-    survivors = sorted(tree.names & catalog.SURVIVES_RESET)
+    survivors = sorted(tree.maybe_called & catalog.SURVIVES_RESET)
     if survivors:
         return (f"{survivors[0]}()", _OUTLIVES, "requests keep no state in the session")
     return None

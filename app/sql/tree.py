@@ -26,7 +26,7 @@ from pglast import ast as pg_ast
 from pglast import parser as pg_parser
 
 from app.errors import DatabaseError, InvalidSQL, LimitExceeded
-from app.sql.catalog import CLEAN_FUNCTIONS
+from app.sql.catalog import CLEAN_FUNCTIONS, catalog_or_dblink
 
 # DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
 CURSOR_OPT_HOLD = 0x0020
@@ -97,8 +97,14 @@ class Tree:
     kinds: frozenset[str]
     # Every function called by name, as written: ("lower",), ("pg_catalog", "lo_create").
     calls: frozenset[Name]
-    # The called functions' own names, whatever schema qualifies them.
+    # The called functions' own names, whatever schema qualifies them, and the names that
+    # PostgreSQL may read as calls in attribute notation: `(expr).f` and `alias.f` are f(expr)
+    # and f(alias) when there is no such field or column.
     names: frozenset[str]
+    attributes: frozenset[str]
+    # Every name the statement may call a catalog function by: its calls, and its attributes
+    # named like one (app/sql/catalog.py catalog_or_dblink).
+    maybe_called: frozenset[str]
     # Every table, view or sequence named: (schema or None, name).
     relations: frozenset[tuple[str | None, str]]
     # The relations an INSERT, UPDATE, DELETE or MERGE writes to, wherever it sits.
@@ -313,6 +319,7 @@ class _Collect:
     top: dict[str, Any]
     kinds: set[str]
     calls: set[Name]
+    attributes: set[str]
     relations: set[tuple[str | None, str]]
     written: set[tuple[str | None, str]]
     set_configs: list[SetConfig]
@@ -326,7 +333,7 @@ class _Collect:
 def _facts(stmt: dict[str, Any]) -> Tree:
     kind = next(iter(stmt), "")
     body = stmt.get(kind, {})
-    seen = _Collect(body, set(), set(), set(), set(), [], [])
+    seen = _Collect(body, set(), set(), set(), set(), set(), [], [])
     for node_type, fields in _nodes(stmt):
         seen.kinds.add(node_type)
         _note(node_type, fields, seen)
@@ -340,6 +347,11 @@ def _facts(stmt: dict[str, Any]) -> Tree:
         kinds=frozenset(seen.kinds),
         calls=frozenset(seen.calls),
         names=frozenset(call[-1] for call in seen.calls if call),
+        attributes=frozenset(seen.attributes),
+        maybe_called=frozenset(
+            {call[-1] for call in seen.calls if call}
+            | {a for a in seen.attributes if catalog_or_dblink(a)}
+        ),
         relations=frozenset(seen.relations),
         written=frozenset(seen.written),
         set_configs=tuple(seen.set_configs),
@@ -364,19 +376,16 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
         op = fields.get("op", "")
         seen.calls.add((_SQL_JSON_CALLS[node_type] or _JSON_FUNC_OPS.get(op, "json_value"),))
     if node_type == "FuncCall":
-        name = _strings(fields.get("funcname"))
-        seen.calls.add(name)
-        if name and name[-1] == _SET_CONFIG:
-            args = fields.get("args") or []
-            setting = _const_text(args[0]) if args else None
-            local = len(args) == 3 and _is_true(args[2])
-            value = _const_text(args[1]) if len(args) > 1 else None
-            seen.set_configs.append(SetConfig(setting.lower() if setting else None, local, value))
+        _note_call(fields, seen)
     elif node_type == "RangeVar":
         schema = fields.get("schemaname")
         seen.relations.add((schema, fields.get("relname", "")))
         if fields.get("relpersistence") == "t" or _is_temp_schema(schema):
             seen.temp = True
+    elif node_type == "A_Indirection":
+        seen.attributes.update(_strings(fields.get("indirection")))
+    elif node_type == "ColumnRef":
+        seen.attributes.update(_strings(fields.get("fields"))[1:])
     elif node_type in _WRITES:
         target = fields.get("relation") or {}
         seen.written.add((target.get("schemaname"), target.get("relname", "")))
@@ -387,24 +396,35 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
     elif node_type == "VariableSetStmt" and fields is seen.top:
         # (only the statement itself: one inside ALTER ROLE / SYSTEM / FUNCTION ... SET sets
         # nothing for this session)
-        options = frozenset(
-            str(o["DefElem"].get("defname", "")) for o in fields.get("args") or () if "DefElem" in o
-        )
-        setting = fields.get("name")
-        values = tuple(_const_text(a) for a in fields.get("args") or () if "DefElem" not in a)
-        seen.settings.append(
-            Setting(
-                fields.get("kind", ""),
-                str(setting).lower() if setting else None,
-                bool(fields.get("is_local")),
-                options,
-                values,
-            )
-        )
+        seen.settings.append(_setting(fields))
     elif node_type == "DeclareCursorStmt":
         seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
     if not seen.temp and _names_temp(fields):
         seen.temp = True
+
+
+def _note_call(fields: dict[str, Any], seen: _Collect) -> None:
+    name = _strings(fields.get("funcname"))
+    seen.calls.add(name)
+    if name and name[-1] == _SET_CONFIG:
+        args = fields.get("args") or []
+        setting = _const_text(args[0]) if args else None
+        local = len(args) == 3 and _is_true(args[2])
+        value = _const_text(args[1]) if len(args) > 1 else None
+        seen.set_configs.append(SetConfig(setting.lower() if setting else None, local, value))
+
+
+def _setting(fields: dict[str, Any]) -> Setting:
+    args = fields.get("args") or ()
+    options = frozenset(str(o["DefElem"].get("defname", "")) for o in args if "DefElem" in o)
+    setting = fields.get("name")
+    return Setting(
+        fields.get("kind", ""),
+        str(setting).lower() if setting else None,
+        bool(fields.get("is_local")),
+        options,
+        tuple(_const_text(a) for a in args if "DefElem" not in a),
+    )
 
 
 def _names_temp(fields: dict[str, Any]) -> bool:

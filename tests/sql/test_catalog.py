@@ -27,6 +27,21 @@ def test_every_vetted_function_is_immutable_or_stable_on_the_server(pair: LocalP
     assert dangerous & catalog.CLEAN_FUNCTIONS == set()
 
 
+def test_every_catalog_function_name_is_on_one_list_or_the_other(pair: LocalPair) -> None:
+    with pair.primary.connect() as conn:
+        volatile = {name for (name,) in conn.execute(catalog.VOLATILE_SQL).fetchall()}
+        every = {
+            name
+            for (name,) in conn.execute(
+                "SELECT DISTINCT proname FROM pg_proc"
+                " WHERE pronamespace = 'pg_catalog'::regnamespace"
+            ).fetchall()
+        }
+    assert volatile == catalog.VOLATILE_FUNCTIONS
+    assert every == catalog.STABLE_FUNCTIONS | catalog.VOLATILE_FUNCTIONS
+    assert set() == catalog.STABLE_FUNCTIONS & catalog.VOLATILE_FUNCTIONS
+
+
 def test_what_a_read_only_request_may_not_call_exists_under_that_name(pair: LocalPair) -> None:
     with pair.primary.connect() as conn:
         names = {

@@ -84,6 +84,12 @@ ALWAYS_REFUSED = [
     "CREATE CAST (int AS text) WITH FUNCTION f(int)",
     "CREATE TRIGGER t BEFORE INSERT ON x FOR EACH ROW EXECUTE FUNCTION f()",
     "CREATE TYPE pg_temp.r AS RANGE (subtype = int4, subtype_diff = f)",
+    # attribute notation: (expr).f and alias.f are calls of f
+    "SELECT (pid).pg_terminate_backend FROM pg_stat_activity",
+    "SELECT a.pg_cancel_backend FROM (SELECT 1 AS x) AS a",
+    "SELECT ('SELECT 1'::text).ts_stat",
+    # naming pg_settings in anything but a query
+    "CREATE TEMP VIEW s AS SELECT name, setting FROM pg_catalog.pg_settings",
 ]
 
 
@@ -192,7 +198,8 @@ def test_queries_pass_read_only_requests(sql: str) -> None:
         ("INSERT INTO pub VALUES (1, 'x') RETURNING id", Effect.NONE),
         ("SET LOCAL statement_timeout = 5", Effect.NONE),
         ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Effect.NONE),
-        ("SELECT set_config('search_path', 'x', true)", Effect.NONE),
+        ("SELECT set_config('app_setting', 'x', true)", Effect.NONE),
+        ("SELECT set_config('search_path', 'x', true)", Effect.RESET),
         # A custom setting's placeholder outlives every reset: its connection is closed.
         ("SELECT set_config('app.tenant', 'c', true)", Effect.CLOSE),
         ("SET LOCAL app.tenant = 'c'", Effect.CLOSE),
@@ -231,6 +238,12 @@ def test_queries_pass_read_only_requests(sql: str) -> None:
         ("CREATE CONVERSION c FOR 'UTF8' TO 'LATIN1' FROM utf8_to_iso8859_1", Effect.RESET),
         ("LOAD 'auto_explain'", Effect.CLOSE),
         ("SELECT setseed(0.5)", Effect.CLOSE),
+        ("SELECT (0.25::float8).setseed", Effect.CLOSE),
+        ("SELECT (4242::bigint).pg_advisory_lock", Effect.RESET),
+        ("SELECT u.lower, u.id FROM pub AS u", Effect.NONE),
+        ("SELECT 1 AS id INTO pub", Effect.RESET),
+        ("SET LOCAL search_path = pg_temp", Effect.RESET),
+        ("SELECT set_config('search_path', $1, true)", Effect.RESET),
     ],
 )
 def test_what_a_statement_may_leave_in_its_session(sql: str, effect: Effect) -> None:
