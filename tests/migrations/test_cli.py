@@ -94,6 +94,6 @@ def test_two_processes_apply_each_version_exactly_once(
             "SELECT version, status FROM mirrorpool_schema_history ORDER BY 1"
         ).fetchall()
     assert runs == [(1, 1), (2, 1)]
-    assert history == [(1, "applied"), (2, "applied")]
+    assert history == [("1", "applied"), ("2", "applied")]
     done = [out for out, _ in outputs if "done" in out]
     assert len(done) == 1, outputs
