@@ -121,14 +121,18 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     from app.main import build_cluster, build_migrator  # noqa: PLC0415
 
     if not args.verbose:
-        # The cluster's events (nodes up, the writer found) are the service's story; a
-        # migrate command reports its own outcome.
-        logging.getLogger("app.cluster").setLevel(logging.ERROR)
+        # The cluster's events (nodes up, the writer found, probes cancelled at the end)
+        # are the service's story; a migrate command reports its own outcome.
+        for name in ("app.cluster", "psycopg"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     cluster = build_cluster(settings)
     migrator = build_migrator(cluster, settings)
-    await cluster.open()
+    # With MIRRORPOOL_MIGRATIONS_DSN every connection goes there: the cluster is not needed.
+    follow = settings.migrations_dsn is None
+    if follow:
+        await cluster.open()
     try:
-        if settings.migrations_dsn is None:  # else the run connects there, writer or not
+        if follow:
             await cluster.wait_for_writer(
                 settings.connect_timeout + settings.health_timeout * settings.health_threshold
             )
@@ -145,7 +149,8 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         return 0
     finally:
-        await cluster.close(timeout=settings.shutdown_timeout)
+        if follow:
+            await cluster.close(timeout=settings.shutdown_timeout)
 
 
 def _diagnostics(exc: Exception) -> list[str]:
@@ -228,9 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev_cmd.add_argument("--mirrors", type=int, default=1, help="number of mirrors (default 1)")
     migrate = commands.add_parser("migrate", help="schema migrations (same engine as the API)")
+    # -v is taken before or after the action; SUPPRESS keeps the action's parser from
+    # resetting what `migrate -v` set.
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument(
-        "-v", "--verbose", action="store_true", help="log the cluster's events too"
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log the cluster's events too",
     )
     migrate.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     actions = migrate.add_subparsers(dest="action", required=True)
