@@ -49,14 +49,19 @@ _CATALOG = {
 }
 
 
-def schema_of(pair: LocalPair, database: str) -> dict[str, list[tuple[Any, ...]]]:
+def schema_of(
+    pair: LocalPair, database: str, *, leaving_out: tuple[str, ...] = ()
+) -> dict[str, list[tuple[Any, ...]]]:
     """Every table, view, sequence, column, index, constraint, function, trigger and enum of
-    the public schema, with definitions and comments, each kind sorted."""
+    the public schema, with definitions and comments, each kind sorted; `leaving_out` tables
+    (another tool's history) with their indexes and constraints."""
+    schema = {}
     with pair.primary.connect(database) as conn:
-        return {
-            kind: sorted(conn.execute(query).fetchall(), key=repr)
-            for kind, query in _CATALOG.items()
-        }
+        for kind, query in _CATALOG.items():
+            rows = conn.execute(query).fetchall()
+            kept = [row for row in rows if not str(row[0]).startswith(leaving_out)]
+            schema[kind] = sorted(kept, key=repr)
+    return schema
 
 
 def psql(pair: LocalPair, database: str, *scripts: Path | str) -> None:
