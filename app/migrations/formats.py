@@ -182,7 +182,7 @@ def catalog(folder: Path, files: list[Found], unknown: list[str]) -> Catalog:
             repeatables.setdefault(named.name, []).append(found)
         else:
             (ups if named.role == "up" else downs).setdefault(named.version, []).append(found)
-    claims = [(f"version {v}", g) for v, g in [*ups.items(), *downs.items()]]
+    claims = [(f"version {v.canonical}", g) for v, g in [*ups.items(), *downs.items()]]
     claims += [(f"repeatable {name!r}", g) for name, g in repeatables.items()]
     problems += [
         f"{what} is claimed by {', '.join(f.scripts[0].file for f in group)}"

@@ -117,7 +117,7 @@ def _statements(script: Script) -> list[Statement]:
         raise InvalidSQL(f"{where}: {exc.detail}", file=script.file, **extra) from None
     if len(starts) != len(trees):  # both come from the same parser; never seen apart
         raise InvalidSQL(f"{script.file}: the parser split the file in two different ways")
-    ends = [*starts[1:], len(sql)]
+    ends = [*starts[1:], len(sql)] if starts else []
     return [
         Statement(tree, sql[start:end], start, script.line_of(start))
         for tree, start, end in zip(trees, starts, ends, strict=True)
