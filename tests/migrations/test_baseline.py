@@ -124,6 +124,9 @@ async def test_a_flyway_database_is_adopted_and_only_the_rest_runs(
         assert {v["state"] for v in status["versions"]} == {"applied"}
         assert status["versions"][0]["applied_by"].endswith("(baseline from flyway_schema_history)")
         assert (await client.post("/v1/migrations/apply")).json()["steps"] == []
+        metrics = (await client.get("/metrics")).text
+        assert "mirrorpool_migrations_pending 0.0" in metrics
+        assert "mirrorpool_migration_version " not in metrics  # 2023.01.02 is no number
     assert schema_of(pair, database, leaving_out=OTHER_TABLES) == full_schema(
         pair, "flyway", folder
     )
@@ -199,6 +202,32 @@ def test_a_golang_migrate_database_is_adopted_through_the_cli(
         pair, "golang-migrate", folder
     )
     assert migrate(env, "baseline").stdout.startswith("nothing to do")
+
+
+async def test_the_baseline_endpoint_records_without_running(
+    pair: LocalPair, database: str, tmp_path: Path
+) -> None:
+    folder = copy(tmp_path, "golang-migrate")
+    psql(pair, database, folder / "000001_init.up.sql")
+    as_owner(pair, GOLANG_MIGRATE_TABLE, "INSERT INTO schema_migrations VALUES (1, false)",
+             dbname=database)  # fmt: skip
+    settings = settings_for(pair, database, migrations_dir=folder)
+    async with serving_ready(settings) as (_, client):
+        adopted = await client.post("/v1/migrations/baseline")
+        assert adopted.status_code == 200, adopted.text
+        assert [(s["version"], s["direction"], s["status"], s["baseline_from"])
+                for s in adopted.json()["steps"]] == [
+            ("1", "baseline", "recorded", "schema_migrations")
+        ]  # fmt: skip
+        status = (await client.get("/v1/migrations")).json()
+        assert [(v["version"], v["state"]) for v in status["versions"]] == [
+            ("1", "applied"), ("2", "pending"), ("3", "pending"), ("4", "pending"),
+        ]  # fmt: skip
+        assert status["versions"][0]["applied_by"].startswith("http:")
+        again = await client.post("/v1/migrations/baseline")
+        assert again.json()["steps"] == []
+    with pair.primary.connect(database) as conn:  # recorded, not run: no second CREATE
+        assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (0,)
 
 
 def test_a_dirty_golang_migrate_version_is_refused_before_anything_runs(
