@@ -16,7 +16,7 @@ from app.devdb import OWNER, SERVICE, LocalPair
 from app.errors import SettingsError
 from app.migrations.folder import MigrationFolder
 from app.migrations.lock import LOCK_KEY
-from tests.conftest import serving_ready, settings_for
+from tests.conftest import as_owner, serving_ready, settings_for
 from tests.waiting import eventually
 
 
@@ -375,3 +375,42 @@ async def test_migration_version_and_pending_count_are_metrics(
     }
     assert samples["mirrorpool_migration_version"] == 2
     assert samples["mirrorpool_migrations_pending"] == 1
+
+
+async def test_a_history_table_of_an_older_mirrorpool_is_brought_up_to_date(
+    pair: LocalPair, database: str, folder: Path
+) -> None:
+    write(folder, "0001_t.up.sql", "CREATE TABLE t (id int);\n")
+    write(folder, "0002_u.up.sql", "CREATE TABLE u (id int);\n")
+    old = MigrationFolder(folder).read().migrations[0].up.checksum
+    as_owner(
+        pair,
+        # As mirrorpool made it before versions could be dotted.
+        "CREATE TABLE mirrorpool_schema_history (version bigint PRIMARY KEY, name text NOT NULL,"
+        " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), applied_by"
+        " text NOT NULL, execution_ms integer NOT NULL, status text NOT NULL CHECK (status IN"
+        " ('applied', 'failed')))",
+        "CREATE TABLE t (id int)",
+        f"INSERT INTO mirrorpool_schema_history VALUES (1, 't', '{old}', now(), 'cli:me', 3,"
+        " 'applied')",
+        dbname=database,
+    )
+    settings = settings_for(pair, database, mirror_dsn=None, migrations_dir=folder)
+    async with serving_ready(settings) as (_, client):
+        status = (await client.get("/v1/migrations")).json()  # read as it is
+        assert [(v["version"], v["state"]) for v in status["versions"]] == [
+            ("1", "applied"), ("2", "pending"),
+        ]  # fmt: skip
+        applied = await client.post("/v1/migrations/apply")
+        assert [s["file"] for s in applied.json()["steps"]] == ["0002_u.up.sql"]
+    with pair.primary.connect(database) as conn:
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'mirrorpool_schema_history'::regclass AND attname = 'version'"
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT version, applied_by FROM mirrorpool_schema_history ORDER BY 1"
+        ).fetchall()
+    assert kind == ("text",)
+    assert rows[0] == ("1", "cli:me")
+    assert rows[1][0] == "2"
