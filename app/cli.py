@@ -20,6 +20,7 @@ from app import __version__
 from app.api.auth import hash_key
 from app.errors import DevDBError, SettingsError
 from app.migrations.runner import Migrator
+from app.migrations.versions import Version
 from app.redaction import configure_logging
 from app.settings import Settings, load_settings
 
@@ -116,14 +117,22 @@ def dev(settings: Settings, mirrors: int) -> int:
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from app.errors import MirrorpoolError  # noqa: PLC0415
+    from app.errors import MigrationDrift, MirrorpoolError  # noqa: PLC0415
     from app.main import build_cluster, build_migrator  # noqa: PLC0415
 
+    if not args.verbose:
+        # The cluster's events (nodes up, the writer found, probes cancelled at the end)
+        # are the service's story; a migrate command reports its own outcome.
+        for name in ("app.cluster", "psycopg"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     cluster = build_cluster(settings)
     migrator = build_migrator(cluster, settings)
-    await cluster.open()
+    # With MIRRORPOOL_MIGRATIONS_DSN every connection goes there: the cluster is not needed.
+    follow = settings.migrations_dsn is None
+    if follow:
+        await cluster.open()
     try:
-        if settings.migrations_dsn is None:  # else the run connects there, writer or not
+        if follow:
             await cluster.wait_for_writer(
                 settings.connect_timeout + settings.health_timeout * settings.health_threshold
             )
@@ -132,33 +141,83 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
             for line in await _migration_lines(migrator, args, actor):
                 print(line)
         except MirrorpoolError as exc:
+            if isinstance(exc, MigrationDrift):
+                exc.detail += " (mirrorpool migrate repair)"
             print(f"mirrorpool migrate {args.action}: {exc.detail}", file=sys.stderr)
+            for line in _diagnostics(exc):
+                print(f"  {line}", file=sys.stderr)
             return 1
         return 0
     finally:
-        await cluster.close(timeout=settings.shutdown_timeout)
+        if follow:
+            await cluster.close(timeout=settings.shutdown_timeout)
+
+
+def _diagnostics(exc: Exception) -> list[str]:
+    """PostgreSQL's hint and context of a failed migration, a line each."""
+    from app.errors import MirrorpoolError  # noqa: PLC0415
+
+    if not isinstance(exc, MirrorpoolError):
+        return []
+    database = exc.extra.get("database") or {}
+    lines = [f"hint: {database['hint']}"] if database.get("hint") else []
+    context = exc.extra.get("context")
+    if context:
+        lines += [f"context: {line}" for line in str(context).splitlines()]
+    return lines
 
 
 async def _migration_lines(migrator: Migrator, args: argparse.Namespace, actor: str) -> list[str]:
     """Run one `migrate` action and say what happened, a line per version or step."""
     if args.action == "status":
-        return [f"{v.version:>6}  {v.state:<9} {v.name}" for v in await migrator.status()]
+        return [
+            f"{v.version if v.version is not None else 'R':>6}  {v.state:<9} {v.name}"
+            for v in await migrator.status()
+        ]
     if args.action == "plan":
         lines = []
         for step in await migrator.plan(args.target):
-            lines.append(f"{step.direction:<4} {step.version:>6} {step.script.path.name}")
+            version = step.version if step.version is not None else "R"
+            line = f"{step.direction:<4} {version:>6} {step.script.file}"
+            if step.source:
+                line += f"  (applied per {step.source}: recorded, not run)"
+            elif step.outside:
+                line += f"  (outside a transaction: {step.outside})"
+            lines.append(line)
             lines += [f"       warning: {w}" for w in step.warnings]
         return lines or ["nothing to do"]
     if args.action == "repair":
         repaired = await migrator.repair(args.version, actor=actor)
-        return [f"version {r['version']}: {r['action']}" for r in repaired] or ["nothing to do"]
-    run = migrator.apply if args.action == "apply" else migrator.rollback
-    steps = await run(args.target, dry_run=args.dry_run, actor=actor)
+        return [
+            f"{_label(r['version'], r['file'] or r['name'])}: {r['action']}" for r in repaired
+        ] or ["nothing to do"]
+    if args.action == "baseline":
+        adopted = await migrator.baseline(actor=actor)
+        return [
+            f"recorded {_label(s['version'], s['file'])} as applied (from {s['baseline_from']})"
+            for s in adopted
+        ] or ["nothing to do: no other tool's history lists a version mirrorpool has pending"]
+    if args.action == "apply":
+        steps = await migrator.apply(args.target, dry_run=args.dry_run, actor=actor)
+    else:
+        steps = await migrator.rollback(args.target, dry_run=args.dry_run, actor=actor)
     return [
         f"{s['status']:<7} {s['direction']:<4} {s['file']}"
         + (f" in {s['execution_ms']} ms" if s.get("execution_ms") is not None else "")
         for s in steps
     ] or ["nothing to do"]
+
+
+def _label(version: str | None, file: str) -> str:
+    return f"version {version}" if version is not None else file
+
+
+def _version(text: str) -> Version:
+    """A `--target` or repair version as the folder spells it (3, 1.2, 2023.01.02)."""
+    try:
+        return Version.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,18 +233,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev_cmd.add_argument("--mirrors", type=int, default=1, help="number of mirrors (default 1)")
     migrate = commands.add_parser("migrate", help="schema migrations (same engine as the API)")
+    # -v is taken before or after the action; SUPPRESS keeps the action's parser from
+    # resetting what `migrate -v` set.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log the cluster's events too",
+    )
+    migrate.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     actions = migrate.add_subparsers(dest="action", required=True)
-    actions.add_parser("status", help="every version and its state")
-    plan = actions.add_parser("plan", help="the steps to a target, without running them")
-    plan.add_argument("--target", type=int, default=None)
-    apply = actions.add_parser("apply", help="apply pending migrations")
-    apply.add_argument("--target", type=int, default=None)
+    actions.add_parser("status", parents=[verbose], help="every version and its state")
+    plan = actions.add_parser(
+        "plan", parents=[verbose], help="the steps to a target, without running them"
+    )
+    plan.add_argument("--target", type=_version, default=None, help="a version: 3, 1.2, ...")
+    apply = actions.add_parser("apply", parents=[verbose], help="apply pending migrations")
+    apply.add_argument("--target", type=_version, default=None, help="a version: 3, 1.2, ...")
     apply.add_argument("--dry-run", action="store_true")
-    rollback = actions.add_parser("rollback", help="run down files to a target version")
-    rollback.add_argument("--target", type=int, required=True)
+    rollback = actions.add_parser(
+        "rollback", parents=[verbose], help="run down files to a target version"
+    )
+    rollback.add_argument("--target", type=_version, required=True, help="a version, or 0")
     rollback.add_argument("--dry-run", action="store_true")
-    repair = actions.add_parser("repair", help="clear a failed entry or re-record a checksum")
-    repair.add_argument("version", type=int)
+    repair = actions.add_parser(
+        "repair",
+        parents=[verbose],
+        help="clear failed entries, forget missing files, re-record edited files' checksums "
+        "(of VERSION, or of everything that drifted); never asks",
+    )
+    repair.add_argument("version", type=_version, nargs="?", default=None)
+    actions.add_parser(
+        "baseline",
+        parents=[verbose],
+        help="record as applied what Flyway, golang-migrate or dbmate applied, running nothing",
+    )
     return parser
 
 

@@ -19,6 +19,11 @@ class SettingsError(MirrorpoolError):
     """A setting is missing or has a bad value; the message names the variable."""
 
 
+class MigrationFolderError(SettingsError):
+    """The migration folder cannot be read: a file name no format knows, formats mixed, two
+    files for one version, a dbmate file without its sections."""
+
+
 class DevDBError(MirrorpoolError):
     """The local PostgreSQL pair could not be set up or driven."""
 
@@ -64,6 +69,10 @@ class NotFound(RequestError):
 
 class Conflict(RequestError):
     """The request conflicts with the current state (e.g. a modified migration)."""
+
+
+class MigrationDrift(Conflict):
+    """Applied migrations differ from the files: edited, removed, or failed half-way."""
 
 
 # --- the cluster cannot serve ---------------------------------------------------------

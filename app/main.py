@@ -25,7 +25,7 @@ from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
 from app.cluster.dsn import dsn_secrets, with_defaults
 from app.cluster.logins import check_logins
-from app.migrations.files import discover
+from app.migrations.folder import MigrationFolder
 from app.migrations.runner import MigrationSettings, Migrator
 from app.redaction import configure_logging, redactor
 from app.settings import Settings, load_settings
@@ -79,16 +79,18 @@ PROBLEM_400 = {
 
 
 def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
-    """The migration engine over the files in MIRRORPOOL_MIGRATIONS_DIR, running on the
-    writer or on MIRRORPOOL_MIGRATIONS_DSN when that is set."""
+    """The migration engine over the files in MIRRORPOOL_MIGRATIONS_DIR (read live), running
+    on the writer or on MIRRORPOOL_MIGRATIONS_DSN when that is set."""
     direct = None
     if settings.migrations_dsn is not None:
         dsn = settings.migrations_dsn.get_secret_value()
         redactor.add(*dsn_secrets(dsn))
         direct = with_defaults(dsn, connect_timeout=settings.connect_timeout)
+    folder = MigrationFolder(settings.migrations_dir)
+    folder.read()  # a folder no format reads stops start-up; later calls read it again
     return Migrator(
         cluster,
-        discover(settings.migrations_dir),
+        folder,
         MigrationSettings(
             lock_timeout_ms=settings.migration_lock_timeout_ms,
             lock_wait_s=settings.migration_lock_wait_s,

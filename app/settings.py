@@ -187,7 +187,9 @@ class Settings(BaseSettings):
         Path("queries"), description="Folder of named queries (.sql files); may be absent."
     )
     migrations_dir: Path = Field(
-        Path("migrations"), description="Folder of NNNN_name.up.sql / .down.sql migrations."
+        Path("migrations"),
+        description="Folder of migrations, read live: mirrorpool's own (golang-migrate's) "
+        "NNNN_name.up.sql / .down.sql, Flyway's V/U/R files or dbmate's one-file format.",
     )
     migration_lock_timeout_ms: int = Field(
         2_000, ge=1, description="lock_timeout of each migration step, in milliseconds."

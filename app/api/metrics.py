@@ -157,11 +157,14 @@ class ClusterCollector(Collector):
         seen = self.migrator.last_seen
         if seen is not None:
             # As of the last migration status, plan or run (any replica's runs show on its
-            # next status call).
-            yield GaugeMetricFamily(
-                "mirrorpool_migration_version", "Highest applied migration version.",
-                value=float(current_version(seen) or 0),
-            )  # fmt: skip
+            # next status call). A dotted version (Flyway's 1.2) is no number: left out.
+            current = current_version(seen)
+            number = 0 if current is None else current.number
+            if number is not None:
+                yield GaugeMetricFamily(
+                    "mirrorpool_migration_version", "Highest applied migration version.",
+                    value=float(number),
+                )  # fmt: skip
             yield GaugeMetricFamily(
                 "mirrorpool_migrations_pending", "Migration files not applied yet.",
                 value=float(sum(1 for v in seen if v.state is State.PENDING)),

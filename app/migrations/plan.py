@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.errors import Conflict, DatabaseError, InvalidSQL, NotFound
+from app.errors import Conflict, MigrationDrift, NotFound
 from app.migrations.files import Migration, Script
 from app.migrations.history import State, VersionState, current_version
-from app.sql.tree import Tree, option_is_on, parse_all, statement_starts
+from app.migrations.statements import runnable
+from app.migrations.versions import ZERO, Version
+from app.sql.tree import option_is_on
 
-Direction = Literal["up", "down"]
+Direction = Literal["up", "down", "baseline"]
 # A table as a statement names it: (schema, or None when unqualified; name), as PostgreSQL
 # reads it (quotes removed, unquoted names folded to lower case).
 TableName = tuple[str | None, str]
@@ -49,24 +51,37 @@ _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
 
 @dataclass(frozen=True)
 class Step:
-    """Run one script of one version in one direction."""
+    """Run one script of one migration in one direction; or, for `baseline`, record a
+    migration another tool applied without running it."""
 
-    version: int
+    version: Version | None
     name: str
     direction: Direction
     script: Script
+    # Why the script runs outside a transaction (its directive, or its statement); None: inside.
+    outside: str | None = None
     warnings: list[str] = field(default_factory=list)
+    # For a baseline step: the other tool's history table that says it was applied.
+    source: str | None = None
+
+    @property
+    def migration(self) -> Migration:
+        """The version (or repeatable script) this step records or forgets."""
+        return Migration(self.version, self.name, self.script, None)
 
     def as_json(self) -> dict[str, Any]:
         """The step as the API reports it."""
         return {
-            "version": self.version,
+            "version": str(self.version) if self.version is not None else None,
             "name": self.name,
+            "repeatable": self.version is None,
             "direction": self.direction,
-            "file": self.script.path.name,
-            "transaction": self.script.transactional,
+            "file": self.script.file,
+            "transaction": self.outside is None,
+            "outside_transaction": self.outside,
             "lock_timeout_ms": self.script.lock_timeout_ms,
             "warnings": self.warnings,
+            "baseline_from": self.source,
             "sql": self.script.sql,
         }
 
@@ -77,38 +92,20 @@ def warnings_for(script: Script, created_here: set[TableName]) -> list[str]:
     CREATE INDEX on a table made earlier in the plan (`created_here`, which this adds the
     file's new tables to) or earlier in this file is harmless and not reported.
 
-    InvalidSQL, naming the file, when the script cannot run as its header says: it does not
-    parse; it runs outside a transaction but holds more than one statement; or it runs inside
-    one but holds a statement PostgreSQL refuses there (CREATE INDEX CONCURRENTLY, VACUUM...).
-    Planning fails then, so an apply stops before its first file rather than half-way."""
-    trees = _parse(script)
-    name = script.path.name
-    if not script.transactional and len(trees) > 1:
-        raise InvalidSQL(
-            f"{name} runs outside a transaction and must hold exactly one statement; "
-            f"it holds {len(trees)}",
-            file=name,
-        )
-    refused = [i for i, tree in enumerate(trees) if tree.no_transaction]
-    if script.transactional and refused:
-        raise InvalidSQL(
-            f"{name}: {trees[refused[0]].no_transaction} cannot run inside a transaction "
-            "block; put it in a file of its own with `-- mirrorpool: no-transaction`",
-            sqlstate="25001",
-            file=name,
-            line=_line(script.sql, refused[0]),
-        )
+    InvalidSQL, naming the file and the line, when the script cannot run as it is
+    (app/migrations/statements.py)."""
     found: set[str] = set()
     indexes: list[str] = []
-    for tree in trees:
-        for kind, body, schema in _statements(tree.node, None):
+    for statement in runnable(script).statements:
+        for kind, body, schema in _statements(statement.tree.node, None):
             found.update(_dangers(kind, body))
             if kind == "IndexStmt" and not body.get("concurrent"):
                 table = _table(body.get("relation"), schema)
                 if table is not None and not _known(table, created_here):
                     message = (
                         f"CREATE INDEX on {_display(table)} without CONCURRENTLY blocks writes "
-                        "to the table while it builds (use a no-transaction file with CONCURRENTLY)"
+                        "to the table while it builds (put CREATE INDEX CONCURRENTLY in a file "
+                        "of its own)"
                     )
                     if message not in indexes:
                         indexes.append(message)
@@ -116,31 +113,6 @@ def warnings_for(script: Script, created_here: set[TableName]) -> list[str]:
             if created is not None:
                 created_here.add(created)
     return [message for message in _ORDER if message in found] + indexes
-
-
-def _parse(script: Script) -> list[Tree]:
-    """The script's statements; a syntax error names the file and the line."""
-    try:
-        return parse_all(script.sql)
-    except (InvalidSQL, DatabaseError) as exc:
-        extra = dict(exc.extra)
-        if isinstance(exc, DatabaseError):
-            extra["sqlstate"] = exc.sqlstate
-        database = extra.get("database")
-        position = database.get("position") if isinstance(database, dict) else None
-        if isinstance(position, int):
-            extra["line"] = script.sql[: position - 1].count("\n") + 1
-        raise InvalidSQL(
-            f"{script.path.name}: {exc.detail}", file=script.path.name, **extra
-        ) from None
-
-
-def _line(sql: str, index: int) -> int | None:
-    """The line the script's statement number `index` (from 0) starts on."""
-    starts = statement_starts(sql)
-    if index >= len(starts):
-        return None
-    return sql.count("\n", 0, starts[index]) + 1
 
 
 def _statements(
@@ -247,50 +219,68 @@ def _display(table: TableName) -> str:
 
 
 def refuse_drift(versions: list[VersionState]) -> None:
-    """409 listing the files when an applied migration was edited, removed or failed."""
+    """MigrationDrift listing them when applied migrations were edited, removed or failed.
+    (The API and the CLI each add how to repair: an endpoint, a command.)"""
     drift = [v for v in versions if v.state in (State.MODIFIED, State.MISSING, State.FAILED)]
     if drift:
-        listed = ", ".join(f"{v.version} ({v.state})" for v in drift)
-        raise Conflict(
-            f"migrations differ from what was applied: {listed}; restore the files or "
-            "POST /v1/migrations/repair",
+        listed = ", ".join(f"{v.label} ({v.state})" for v in drift)
+        raise MigrationDrift(
+            f"migrations differ from what was applied: {listed}; restore the files, or "
+            "repair the history",
             versions=[v.as_json() for v in drift],
         )
 
 
-def plan(versions: list[VersionState], target: int | None) -> list[Step]:
-    """The steps from the current version to `target` (default: the newest file)."""
-    by_version = {v.version: v for v in versions}
-    latest = max((v.version for v in versions if v.migration), default=None)
+def plan(versions: list[VersionState], target: Version | None) -> list[Step]:
+    """The steps from the current version to `target` (default: the newest file): first
+    recording what another tool applied (baseline), then up steps (and, when no version is
+    left pending, the repeatable scripts that are new or changed) or down steps."""
+    steps = [
+        Step(v.version, v.name, "baseline", v.migration.up, source=v.source)
+        for v in versions
+        if v.state is State.BASELINE and v.migration
+    ]
+    versioned = {v.version: v for v in versions if v.version is not None}
+    latest = max((version for version, v in versioned.items() if v.migration), default=None)
     if target is None:
-        target = latest if latest is not None else 0
-    elif target != 0 and (target not in by_version or by_version[target].migration is None):
+        target = latest if latest is not None else ZERO
+    elif target != ZERO and (target not in versioned or versioned[target].migration is None):
         raise NotFound(f"no migration file has version {target}")
-    current = current_version(versions) or 0
+    current = current_version(versions) or ZERO
     created: set[TableName] = set()
     if target >= current:
-        steps = []
-        for v in versions:
-            if v.state is State.PENDING and v.version <= target and v.migration:
-                m = v.migration
-                steps.append(Step(m.version, m.name, "up", m.up, warnings_for(m.up, created)))
+        pending = [v for v in versioned.values() if v.state is State.PENDING and v.migration]
+        for v in pending:
+            if v.version is not None and v.version <= target:
+                steps.append(_step(v, "up", created))
+        if all(v.version is not None and v.version <= target for v in pending):
+            steps += [
+                _step(v, "up", created)
+                for v in versions
+                if v.version is None and v.state is State.PENDING and v.migration
+            ]
         return steps
-    down = [v for v in reversed(versions) if v.state is State.APPLIED and v.version > target]
+    done = (State.APPLIED, State.BASELINE)
+    down = [v for version, v in reversed(versioned.items()) if v.state in done and version > target]
     lacking = [v for v in down if not (v.migration and v.migration.down)]
     if lacking:
         raise Conflict(
-            "cannot roll back: no down file for version "
-            + ", ".join(str(v.version) for v in lacking),
-            versions=[v.version for v in lacking],
+            "cannot roll back: no down file for version " + ", ".join(v.label for v in lacking),
+            versions=[v.label for v in lacking],
         )
-    return [
-        Step(
-            v.version, v.name, "down", _down(v.migration), warnings_for(_down(v.migration), created)
-        )
-        for v in down
-    ]
+    return steps + [_step(v, "down", created) for v in down]
 
 
-def _down(migration: Migration | None) -> Script:
-    assert migration is not None and migration.down is not None
-    return migration.down
+def _step(v: VersionState, direction: Direction, created: set[TableName]) -> Step:
+    """The step running one of a migration's scripts, checked and warned about."""
+    assert v.migration is not None
+    script = v.migration.up if direction == "up" else v.migration.down
+    assert script is not None
+    return Step(
+        v.version,
+        v.name,
+        direction,
+        script,
+        runnable(script).outside,
+        warnings_for(script, created),
+    )

@@ -1,18 +1,23 @@
-"""Running migrations: status, plan, apply, rollback and repair, on the writer only.
+"""Running migrations: status, plan, apply, rollback, baseline and repair, on the writer only.
 
 Each run holds the migration lock (app/migrations/lock.py) and works on a connection of its
 own to the writer, never a pool connection, so no session setting leaks into traffic. With
 MIRRORPOOL_MIGRATIONS_DSN both connections go there instead: behind PgBouncer in transaction
-mode the writer's DSN leads to the pooler, which does not keep a session advisory lock. A
-transactional step runs its file and writes its history row in one transaction, so a failure
-leaves nothing behind but the error. A no-transaction step (CREATE INDEX CONCURRENTLY) that
-fails is recorded as failed, and further runs are refused until it is repaired. Every DDL
-step runs with a lock_timeout, so a blocked ALTER fails fast instead of queueing all traffic
-behind its lock request.
+mode the writer's DSN leads to the pooler, which does not keep a session advisory lock.
+
+Every call reads the folder as it is then (app/migrations/folder.py), and a step's file is
+read once more just before it runs. A step runs its statements one by one, so a failure names
+its statement's line. A transactional step runs them and writes its history row in one
+transaction, so a failure leaves nothing behind but the error. A step outside a transaction
+(one statement, such as CREATE INDEX CONCURRENTLY) that fails is recorded as failed, and
+further runs are refused until it is repaired. Every step runs with a lock_timeout, so a
+blocked ALTER fails fast instead of queueing all traffic behind its lock request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,12 +29,16 @@ import psycopg
 from psycopg import sql
 
 from app.cluster.cluster import Cluster
-from app.errors import DatabaseError, NoWriterError
-from app.migrations import history
-from app.migrations.files import Migration
+from app.errors import Conflict, NoWriterError
+from app.migrations import baseline, history
+from app.migrations.failures import failure
+from app.migrations.folder import MigrationFolder
+from app.migrations.formats import Catalog
 from app.migrations.history import State, VersionState
 from app.migrations.lock import migration_lock
 from app.migrations.plan import Step, plan, refuse_drift
+from app.migrations.statements import runnable
+from app.migrations.versions import Version
 from app.redaction import redactor
 from app.sql.errors import database_error
 
@@ -54,17 +63,19 @@ class Migrator:
     def __init__(
         self,
         cluster: Cluster,
-        migrations: list[Migration],
+        folder: MigrationFolder,
         settings: MigrationSettings,
         direct_dsn: str | None = None,
     ) -> None:
         self.cluster = cluster
-        self.migrations = migrations
+        self.folder = folder
         self.settings = settings
         # MIRRORPOOL_MIGRATIONS_DSN (a secret): runs go there rather than to the writer.
         self.direct_dsn = direct_dsn
         # What the last status, plan or run saw, for /metrics (no query at scrape time).
         self.last_seen: list[VersionState] | None = None
+        # The folder's format as last read (mirrorpool, flyway, dbmate; None when empty).
+        self.format: str | None = None
 
     @asynccontextmanager
     async def _writer(
@@ -101,58 +112,116 @@ class Migrator:
         finally:
             await conn.close()
 
+    async def _read(
+        self, conn: psycopg.AsyncConnection[Any], *, adopt: bool = True
+    ) -> tuple[Catalog, list[VersionState]]:
+        """The folder as it is now and each migration's state. With `adopt`, while
+        mirrorpool's history does not exist yet, what another tool's history table says was
+        applied counts (BASELINE)."""
+        catalog = await asyncio.to_thread(self.folder.read)
+        self.format = catalog.format
+        recorded = await history.read(conn)
+        adoption = None
+        if adopt and not recorded.exists:
+            adoption = await baseline.find(conn, flyway=catalog.format == "flyway")
+        self.last_seen = history.states(catalog.migrations, recorded, adoption)
+        return catalog, self.last_seen
+
     async def status(self) -> list[VersionState]:
-        """Every version and its state."""
+        """Every version and repeatable script, with its state."""
         async with self._writer() as (_, conn):
-            self.last_seen = history.states(self.migrations, await history.read(conn))
-            return self.last_seen
+            return (await self._read(conn))[1]
 
-    async def plan(self, target: int | None) -> list[Step]:
+    async def plan(self, target: Version | None) -> list[Step]:
         """The steps that would run, without running anything."""
-        versions = await self.status()
-        return plan(versions, target)
+        async with self._writer() as (_, conn):
+            _, versions = await self._read(conn)
+        return await asyncio.to_thread(plan, versions, target)
 
-    async def apply(self, target: int | None, *, dry_run: bool, actor: str) -> list[dict[str, Any]]:
-        """Apply pending versions up to `target`; refuse when applied files drifted."""
+    async def apply(
+        self, target: Version | None, *, dry_run: bool, actor: str
+    ) -> list[dict[str, Any]]:
+        """Apply pending versions up to `target` (then new or changed repeatable scripts);
+        refuse when applied files drifted."""
         return await self._run(target, dry_run=dry_run, actor=actor, direction="up")
 
-    async def rollback(self, target: int, *, dry_run: bool, actor: str) -> list[dict[str, Any]]:
+    async def rollback(self, target: Version, *, dry_run: bool, actor: str) -> list[dict[str, Any]]:
         """Run down files until `target` is the current version."""
         return await self._run(target, dry_run=dry_run, actor=actor, direction="down")
 
+    async def baseline(self, *, actor: str) -> list[dict[str, Any]]:
+        """Record as applied, without running them, the versions another tool's history
+        table says it applied (whether or not mirrorpool's own history exists yet)."""
+        async with self._writer(locked=True) as (_, conn):
+            catalog = await asyncio.to_thread(self.folder.read)
+            recorded = await history.read(conn)
+            adoption = await baseline.find(conn, flyway=catalog.format == "flyway")
+            versions = history.states(catalog.migrations, recorded, adoption)
+            steps = [
+                Step(v.version, v.name, "baseline", v.migration.up, source=v.source)
+                for v in versions
+                if v.state is State.BASELINE and v.migration
+            ]
+            await history.prepare(conn)
+            done = await self._adopt(conn, steps, actor)
+            self.last_seen = history.states(catalog.migrations, await history.read(conn))
+            return done
+
     async def _run(
-        self, target: int | None, *, dry_run: bool, actor: str, direction: str
+        self, target: Version | None, *, dry_run: bool, actor: str, direction: str
     ) -> list[dict[str, Any]]:
         async with self._writer(locked=True) as (node, conn):
-            await conn.execute(history.CREATE_SQL)
-            versions = history.states(self.migrations, await history.read(conn))
+            catalog, versions = await self._read(conn)
             refuse_drift(versions)
-            steps = plan(versions, target)
-            if direction == "up" and any(s.direction == "down" for s in steps):
-                steps = []
-            if direction == "down" and any(s.direction == "up" for s in steps):
-                steps = []
+            steps = await asyncio.to_thread(plan, versions, target)
+            # apply never rolls back, rollback never applies; both record a baseline first.
+            steps = [s for s in steps if s.direction in (direction, "baseline")]
             if dry_run:
                 return [s.as_json() | {"status": "planned"} for s in steps]
-            done = []
-            for step in steps:
-                ms = await self._step(conn, node, step, actor)
-                done.append(step.as_json() | {"status": "done", "execution_ms": ms})
-                self.last_seen = history.states(self.migrations, await history.read(conn))
-                logger.info(
-                    "migration %s %d_%s by %s in %d ms",
-                    step.direction, step.version, step.name, actor, ms,
-                )  # fmt: skip
+            await history.prepare(conn)
+            adopted = [s for s in steps if s.direction == "baseline"]
+            done = await self._adopt(conn, adopted, actor)
+            try:
+                for step in steps[len(adopted) :]:
+                    if not self.folder.unchanged(step.script):
+                        raise Conflict(
+                            f"{step.script.file} changed after this run read it; nothing of it "
+                            "ran: run again"
+                        )
+                    ms = await self._step(conn, node, step, actor)
+                    done.append(step.as_json() | {"status": "done", "execution_ms": ms})
+                    logger.info(
+                        "migration %s %s by %s in %d ms",
+                        step.direction, step.script.file, actor, ms,
+                    )  # fmt: skip
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    recorded = await history.read(conn)
+                    self.last_seen = history.states(catalog.migrations, recorded)
             return done
+
+    async def _adopt(
+        self, conn: psycopg.AsyncConnection[Any], steps: list[Step], actor: str
+    ) -> list[dict[str, Any]]:
+        """Record baseline steps as applied, all in one transaction."""
+        async with conn.transaction():
+            for step in steps:
+                who = f"{actor} (baseline from {step.source})"
+                await history.record(conn, step.migration, step.script.checksum, who, 0, "applied")
+        for step in steps:
+            logger.info("migration %s recorded from %s by %s", step.script.file, step.source, actor)
+        return [step.as_json() | {"status": "recorded"} for step in steps]
 
     async def _step(
         self, conn: psycopg.AsyncConnection[Any], node: str, step: Step, actor: str
     ) -> int:
         script = step.script
+        statements = runnable(script).statements
         lock_ms = script.lock_timeout_ms or self.settings.lock_timeout_ms
         started = time.perf_counter()
+        running: int | None = None  # the statement of the script being run
         try:
-            if script.transactional:
+            if step.outside is None:
                 async with conn.transaction():
                     await conn.execute(
                         sql.SQL(
@@ -161,7 +230,10 @@ class Migrator:
                             sql.Literal(lock_ms), sql.Literal(self.settings.statement_timeout_ms)
                         )
                     )
-                    await conn.execute(script.sql)
+                    for index, statement in enumerate(statements):
+                        running = index
+                        await conn.execute(statement.sql)
+                    running = None
                     ms = int((time.perf_counter() - started) * 1000)
                     await self._record(conn, step, actor, ms, "applied")
                 return ms
@@ -171,12 +243,19 @@ class Migrator:
                     sql.Literal(lock_ms)
                 )
             )
-            await conn.execute(script.sql)
+            for index, statement in enumerate(statements):
+                running = index
+                await conn.execute(statement.sql)
+            running = None
         except psycopg.Error as exc:
             ms = int((time.perf_counter() - started) * 1000)
-            if not script.transactional and step.direction == "up" and not conn.closed:
+            if step.outside is not None and step.direction == "up" and not conn.closed:
                 await self._record(conn, step, actor, ms, "failed")
-            raise self._failed(exc, node, step) from None
+            if running is None:
+                error = database_error(exc, node)
+                error.extra.update(file=script.file)
+                raise error from None
+            raise failure(exc, node, step, statements, running) from None
         ms = int((time.perf_counter() - started) * 1000)
         await self._record(conn, step, actor, ms, "applied")
         return ms
@@ -185,46 +264,39 @@ class Migrator:
         self, conn: psycopg.AsyncConnection[Any], step: Step, actor: str, ms: int, status: str
     ) -> None:
         if step.direction == "down":
-            await conn.execute(f"DELETE FROM {history.TABLE} WHERE version = %s", [step.version])
+            await history.forget(conn, step.version, step.name)
             return
-        await conn.execute(
-            history.RECORD_SQL, [step.version, step.name, step.script.checksum, actor, ms, status]
-        )
+        await history.record(conn, step.migration, step.script.checksum, actor, ms, status)
 
-    def _failed(self, exc: psycopg.Error, node: str, step: Step) -> Exception:
-        error = database_error(exc, node)
-        error.extra.update(file=step.script.path.name, version=step.version)
-        position = exc.diag.statement_position
-        if position is not None:
-            line = step.script.sql[: int(position) - 1].count("\n") + 1
-            error.extra["line"] = line
-        if isinstance(error, DatabaseError):
-            error.detail = f"{step.script.path.name}: {error.detail}"
-        return error
-
-    async def repair(self, version: int | None, *, actor: str) -> list[dict[str, Any]]:
-        """Forget failed entries and re-record checksums of edited files."""
+    async def repair(self, version: Version | None, *, actor: str) -> list[dict[str, Any]]:
+        """Forget failed entries and missing files, re-record checksums of edited files: for
+        one version, or (without `version`) everything that drifted."""
         async with self._writer(locked=True) as (_, conn):
-            versions = history.states(self.migrations, await history.read(conn))
+            catalog, versions = await self._read(conn, adopt=False)
+            await history.prepare(conn)
             repaired = []
             for v in versions:
                 if version is not None and v.version != version:
                     continue
                 if v.state is State.FAILED:
-                    await conn.execute(
-                        f"DELETE FROM {history.TABLE} WHERE version = %s", [v.version]
-                    )
-                    repaired.append({"version": v.version, "action": "cleared failed entry"})
-                elif v.state is State.MODIFIED and v.migration:
-                    await conn.execute(
-                        f"UPDATE {history.TABLE} SET checksum = %s WHERE version = %s",
-                        [v.migration.up.checksum, v.version],
-                    )
-                    repaired.append({"version": v.version, "action": "re-recorded checksum"})
+                    await history.forget(conn, v.version, v.name)
+                    action = "cleared failed entry"
+                elif v.state is State.MODIFIED and v.migration and v.version is not None:
+                    await history.set_checksum(conn, v.version, v.migration.up.checksum)
+                    action = "re-recorded checksum"
                 elif v.state is State.MISSING:
-                    await conn.execute(
-                        f"DELETE FROM {history.TABLE} WHERE version = %s", [v.version]
-                    )
-                    repaired.append({"version": v.version, "action": "forgot missing file"})
-            logger.warning("migration repair by %s: %s", actor, repaired or "nothing to do")
+                    await history.forget(conn, v.version, v.name)
+                    action = "forgot missing file"
+                else:
+                    continue
+                shown = v.as_json()
+                repaired.append(
+                    {k: shown[k] for k in ("version", "name", "file")} | {"action": action}
+                )
+            logger.warning(
+                "migration repair by %s: %s",
+                actor, [f"{r['file'] or r['name']}: {r['action']}" for r in repaired]
+                or "nothing to do",
+            )  # fmt: skip
+            self.last_seen = history.states(catalog.migrations, await history.read(conn))
             return repaired

@@ -116,7 +116,7 @@ def refusal(tree: Tree, read_only: bool) -> str | None:
 
 def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
     if ends_transaction(tree):
-        return f"{_verb(tree)} {_TRANSACTION_CONTROL}"
+        return f"{statement_verb(tree)} {_TRANSACTION_CONTROL}"
     if tree.savepoint is not None and tree.savepoint.startswith(RESERVED_SAVEPOINTS):
         return (
             f"savepoint names starting with {RESERVED_SAVEPOINTS!r} are mirrorpool's own "
@@ -235,11 +235,11 @@ def _read_only(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
     return None
 
 
-def _verb(tree: Tree) -> str:
+def statement_verb(tree: Tree) -> str:
     """How the statement is usually written: COMMIT, CREATE TABLE, ... (from its kind)."""
     if tree.transaction is not None:
         words = tree.transaction.removeprefix("TRANS_STMT_").replace("_", " ")
-        return {"PREPARE": "PREPARE TRANSACTION"}.get(words, words)
+        return {"PREPARE": "PREPARE TRANSACTION", "START": "START TRANSACTION"}.get(words, words)
     return _KIND_WORDS.get(tree.kind, tree.kind.removesuffix("Stmt") or "the statement")
 
 

@@ -119,6 +119,8 @@ async def test_open_routes_need_no_key(client: httpx.AsyncClient) -> None:
         ("migrate", "GET", "/v1/migrations/plan", None, True),
         ("write", "POST", "/v1/migrations/apply", {}, False),
         ("migrate", "POST", "/v1/migrations/apply", {}, True),
+        ("write", "POST", "/v1/migrations/baseline", None, False),
+        ("migrate", "POST", "/v1/migrations/baseline", None, True),
         ("read", "POST", "/v1/migrations/rollback", {"target": 0}, False),
         ("migrate", "POST", "/v1/migrations/rollback", {"target": 0}, True),
         ("write", "POST", "/v1/admin/promote", {"node": "primary"}, False),

@@ -447,7 +447,7 @@ async def test_migrations_run_on_the_direct_dsn_while_queries_go_through_pgbounc
         assert applied.status_code == 200, applied.text
         assert [s["status"] for s in applied.json()["steps"]] == ["done", "done"]
         status = (await client.get("/v1/migrations")).json()
-        assert (status["current_version"], status["pending"]) == (2, 0)
+        assert (status["current_version"], status["pending"]) == ("2", 0)
         inserted = await query(client, "INSERT INTO items VALUES ($1), ($2)", [1, 2])
         assert inserted["rows_affected"] == 2
         rolled = await client.post("/v1/migrations/rollback", json={"target": 1})
@@ -497,4 +497,4 @@ def test_cli_migrates_through_the_direct_dsn(
     assert "done    up   0002_items_id.up.sql" in applied.stdout
     with pair.primary.connect(database) as conn:
         versions = conn.execute("SELECT version FROM mirrorpool_schema_history ORDER BY 1")
-        assert versions.fetchall() == [(1,), (2,)]
+        assert versions.fetchall() == [("1",), ("2",)]

@@ -358,7 +358,7 @@ def test_the_service_uses_the_owners_tables_without_a_grant(
         conn.execute("DELETE FROM notes WHERE id = %s", [row[0]])
         # /v1/migrations reads the history the owner wrote.
         history = conn.execute("SELECT version FROM mirrorpool_schema_history").fetchall()
-        assert history == [(1,)]
+        assert history == [("1",)]
         # Still the owner's table: the service may not change or drop it.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("ALTER TABLE notes ADD COLUMN planted int")

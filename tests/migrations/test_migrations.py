@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from app.devdb import OWNER, SERVICE, LocalPair
 from app.errors import SettingsError
-from app.migrations.files import discover
+from app.migrations.folder import MigrationFolder
 from app.migrations.lock import LOCK_KEY
-from tests.conftest import serving_ready, settings_for
+from tests.conftest import as_owner, serving_ready, settings_for
 from tests.waiting import eventually
 
 
@@ -58,10 +58,11 @@ async def api(
 
 
 def tables(pair: LocalPair, database: str) -> set[str]:
+    """The database's tables and indexes, mirrorpool's history tables left out."""
     with pair.primary.connect(database) as conn:
         rows = conn.execute(
             "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-            " AND relkind IN ('r', 'i') AND relname <> 'mirrorpool_schema_history_pkey'"
+            " AND relkind IN ('r', 'i') AND relname NOT LIKE 'mirrorpool\\_%'"
         ).fetchall()
     return {r[0] for r in rows}
 
@@ -74,46 +75,43 @@ async def test_apply_and_roll_back_round_trip(
     assert status["current_version"] is None
     assert status["pending"] == 3
     plan = (await client.get("/v1/migrations/plan")).json()["steps"]
-    assert [(s["version"], s["direction"]) for s in plan] == [(1, "up"), (2, "up"), (5, "up")]
+    assert [(s["version"], s["direction"]) for s in plan] == [("1", "up"), ("2", "up"), ("5", "up")]
     assert tables(pair, database) == set()  # planning runs nothing
 
     applied = await client.post("/v1/migrations/apply", json={"target": 2})
     assert applied.status_code == 200, applied.text
-    assert [s["version"] for s in applied.json()["steps"]] == [1, 2]
+    assert [s["version"] for s in applied.json()["steps"]] == ["1", "2"]
     assert all(s["execution_ms"] >= 0 for s in applied.json()["steps"])
-    assert tables(pair, database) == {
-        "users", "users_pkey", "users_email", "mirrorpool_schema_history",
-    }  # fmt: skip
+    assert tables(pair, database) == {"users", "users_pkey", "users_email"}
     status = (await client.get("/v1/migrations")).json()
-    assert status["current_version"] == 2
+    assert status["current_version"] == "2"
     assert [(v["version"], v["state"]) for v in status["versions"]] == [
-        (1, "applied"), (2, "applied"), (5, "pending"),
+        ("1", "applied"), ("2", "applied"), ("5", "pending"),
     ]  # fmt: skip
     assert status["versions"][0]["applied_by"].startswith("http:")
 
-    assert (await client.post("/v1/migrations/apply")).json()["steps"][0]["version"] == 5
+    assert (await client.post("/v1/migrations/apply")).json()["steps"][0]["version"] == "5"
     assert "orders" in tables(pair, database)
     again = await client.post("/v1/migrations/apply")
     assert again.json()["steps"] == []
 
     rolled = await client.post("/v1/migrations/rollback", json={"target": 0})
     assert rolled.status_code == 200, rolled.text
-    assert [s["version"] for s in rolled.json()["steps"]] == [5, 2, 1]
-    assert tables(pair, database) == {"mirrorpool_schema_history"}
+    assert [s["version"] for s in rolled.json()["steps"]] == ["5", "2", "1"]
+    assert tables(pair, database) == set()
     assert (await client.get("/v1/migrations")).json()["pending"] == 3
 
 
 async def test_dangerous_statements_are_warned_about(
     api: tuple[FastAPI, httpx.AsyncClient], folder: Path
 ) -> None:
-    app, client = api
+    _, client = api
     await client.post("/v1/migrations/apply")
     write(
         folder,
         "0006_risky.up.sql",
         "ALTER TABLE users DROP COLUMN email;\nCREATE INDEX o_u ON orders (user_id);",
     )
-    app.state.migrator.migrations = discover(folder)
     steps = (await client.get("/v1/migrations/plan")).json()["steps"]
     assert len(steps) == 1
     warnings = " ".join(steps[0]["warnings"])
@@ -134,7 +132,10 @@ def test_line_endings_and_bom_do_not_change_the_checksum(tmp_path: Path) -> None
         folder = tmp_path / name
         folder.mkdir()
         write(folder, "0001_t.up.sql", data)
-    sums = {discover(tmp_path / n)[0].up.checksum for n in ("lf", "crlf", "bom")}
+    sums = {
+        MigrationFolder(tmp_path / n).read().migrations[0].up.checksum
+        for n in ("lf", "crlf", "bom")
+    }
     assert len(sums) == 1
     assert sums.pop().startswith("sha256:")
 
@@ -142,27 +143,29 @@ def test_line_endings_and_bom_do_not_change_the_checksum(tmp_path: Path) -> None
 async def test_edited_applied_file_is_modified_and_blocks_apply(
     api: tuple[FastAPI, httpx.AsyncClient], folder: Path
 ) -> None:
-    app, client = api
+    _, client = api
     await client.post("/v1/migrations/apply", json={"target": 1})
     write(folder, "0001_users.up.sql", "CREATE TABLE users (id bigint PRIMARY KEY, email text);\n")
-    app.state.migrator.migrations = discover(folder)
     status = (await client.get("/v1/migrations")).json()
     assert status["versions"][0]["state"] == "modified"
     refused = await client.post("/v1/migrations/apply")
     assert refused.status_code == 409
     assert "1 (modified)" in refused.json()["detail"]
+    assert refused.json()["detail"].endswith("(POST /v1/migrations/repair)")
     repaired = await client.post("/v1/migrations/repair", json={"version": 1})
-    assert repaired.json()["repaired"] == [{"version": 1, "action": "re-recorded checksum"}]
+    assert repaired.json()["repaired"] == [
+        {"version": "1", "name": "users", "file": "0001_users.up.sql",
+         "action": "re-recorded checksum"}
+    ]  # fmt: skip
     assert (await client.post("/v1/migrations/apply")).status_code == 200
 
 
 async def test_missing_down_file_blocks_rollback_before_any_change(
     api: tuple[FastAPI, httpx.AsyncClient], folder: Path, pair: LocalPair, database: str
 ) -> None:
-    app, client = api
+    _, client = api
     await client.post("/v1/migrations/apply")
     (folder / "0002_email_index.down.sql").unlink()
-    app.state.migrator.migrations = discover(folder)
     refused = await client.post("/v1/migrations/rollback", json={"target": 0})
     assert refused.status_code == 409
     assert "no down file for version 2" in refused.json()["detail"]
@@ -172,7 +175,7 @@ async def test_missing_down_file_blocks_rollback_before_any_change(
 async def test_failing_file_in_the_middle_leaves_no_trace(
     api: tuple[FastAPI, httpx.AsyncClient], folder: Path, pair: LocalPair, database: str
 ) -> None:
-    app, client = api
+    _, client = api
     write(
         folder,
         "0003_broken.up.sql",
@@ -180,7 +183,6 @@ async def test_failing_file_in_the_middle_leaves_no_trace(
         "CREATE TABLE half_done (id int);\nINSERT INTO users VALUES (1, 'a');\n"
         "SELECT no_such_column FROM users;\n",
     )
-    app.state.migrator.migrations = discover(folder)
     response = await client.post("/v1/migrations/apply")
     assert response.status_code == 400
     problem = response.json()
@@ -190,24 +192,33 @@ async def test_failing_file_in_the_middle_leaves_no_trace(
     status = {
         v["version"]: v["state"] for v in (await client.get("/v1/migrations")).json()["versions"]
     }
-    assert status == {1: "applied", 2: "applied", 3: "pending", 5: "pending"}
+    assert status == {"1": "applied", "2": "applied", "3": "pending", "5": "pending"}
     assert "half_done" not in tables(pair, database)
     with pair.primary.connect(database) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)
 
 
 @pytest.mark.parametrize(
-    ("sql", "sqlstate", "says"),
+    ("sql", "sqlstate", "line", "says"),
     [
         (
             "CREATE TABLE half_done (id int);\n\nSELEC oops;\n",
             "42601",
+            3,
             'syntax error at or near "SELEC"',
         ),
         (
             "CREATE TABLE half_done (id int);\n\nCREATE INDEX CONCURRENTLY u_e ON users (email);\n",
             "25001",
-            "CREATE INDEX CONCURRENTLY cannot run inside a transaction block",
+            3,
+            "CREATE INDEX CONCURRENTLY cannot run inside a transaction block, and this file",
+        ),
+        # The half-applied file: its COMMIT would have kept half_done with no history row.
+        (
+            "BEGIN;\nCREATE TABLE half_done (id int);\nCOMMIT;\nSELECT 1/0;\n",
+            None,
+            1,
+            "BEGIN is not allowed in a migration file: mirrorpool already runs each file",
         ),
     ],
 )
@@ -217,33 +228,33 @@ async def test_a_file_that_cannot_run_stops_the_plan_before_any_file_is_applied(
     pair: LocalPair,
     database: str,
     sql: str,
-    sqlstate: str,
+    sqlstate: str | None,
+    line: int,
     says: str,
 ) -> None:
-    app, client = api
+    _, client = api
     write(folder, "0003_broken.up.sql", sql)
-    app.state.migrator.migrations = discover(folder)
     for response in (
         await client.get("/v1/migrations/plan"),
         await client.post("/v1/migrations/apply"),
     ):
         assert response.status_code == 400
         problem = response.json()
-        assert problem["sqlstate"] == sqlstate
+        assert problem.get("sqlstate") == sqlstate
         assert problem["file"] == "0003_broken.up.sql"
-        assert problem["line"] == 3
-        assert problem["detail"].startswith(f"0003_broken.up.sql: {says}")
+        assert problem["line"] == line
+        assert problem["detail"].startswith(f"0003_broken.up.sql:{line}: {says}")
     states = {
         v["version"]: v["state"] for v in (await client.get("/v1/migrations")).json()["versions"]
     }
     assert set(states.values()) == {"pending"}  # not even versions 1 and 2 ran
-    assert tables(pair, database) <= {"mirrorpool_schema_history"}
+    assert tables(pair, database) == set()
 
 
 async def test_create_index_concurrently_in_a_no_transaction_file(
     api: tuple[FastAPI, httpx.AsyncClient], folder: Path, pair: LocalPair, database: str
 ) -> None:
-    app, client = api
+    _, client = api
     write(
         folder,
         "0006_concurrent.up.sql",
@@ -255,7 +266,6 @@ async def test_create_index_concurrently_in_a_no_transaction_file(
         "0007_bad_concurrent.up.sql",
         "-- mirrorpool: no-transaction\nCREATE INDEX CONCURRENTLY x ON nowhere (id);\n",
     )
-    app.state.migrator.migrations = discover(folder)
     plan = (await client.get("/v1/migrations/plan", params={"target": 6})).json()["steps"]
     assert plan[-1]["transaction"] is False
     assert plan[-1]["warnings"] == []
@@ -266,8 +276,8 @@ async def test_create_index_concurrently_in_a_no_transaction_file(
     states = {
         v["version"]: v["state"] for v in (await client.get("/v1/migrations")).json()["versions"]
     }
-    assert states[6] == "applied"
-    assert states[7] == "failed"
+    assert states["6"] == "applied"
+    assert states["7"] == "failed"
     blocked = await client.post("/v1/migrations/apply")
     assert blocked.status_code == 409
     assert "7 (failed)" in blocked.json()["detail"]
@@ -275,7 +285,7 @@ async def test_create_index_concurrently_in_a_no_transaction_file(
     states = {
         v["version"]: v["state"] for v in (await client.get("/v1/migrations")).json()["versions"]
     }
-    assert states[7] == "pending"
+    assert states["7"] == "pending"
 
 
 async def test_blocked_ddl_fails_by_lock_timeout_without_stalling_readers(
@@ -339,7 +349,7 @@ async def test_the_mirror_is_never_written(pair: LocalPair, database: str, folde
     ("files", "fragment"),
     [
         (["0001_a.up.sql", "1_b.up.sql"], "version 1 is claimed by 0001_a.up.sql, 1_b.up.sql"),
-        (["0001_a.up.sql", "create_users.sql"], "create_users.sql: not named NNNN_name"),
+        (["0001_a.up.sql", "create_users.sql"], "create_users.sql: not a migration file name"),
         (["0002_a.down.sql"], "0002_a.down.sql: a down file without its up file"),
     ],
 )
@@ -347,7 +357,7 @@ def test_bad_file_names_stop_start_up(tmp_path: Path, files: list[str], fragment
     for name in files:
         write(tmp_path, name, "SELECT 1;")
     with pytest.raises(SettingsError) as caught:
-        discover(tmp_path)
+        MigrationFolder(tmp_path).read()
     assert fragment in str(caught.value)
 
 
@@ -365,3 +375,42 @@ async def test_migration_version_and_pending_count_are_metrics(
     }
     assert samples["mirrorpool_migration_version"] == 2
     assert samples["mirrorpool_migrations_pending"] == 1
+
+
+async def test_a_history_table_of_an_older_mirrorpool_is_brought_up_to_date(
+    pair: LocalPair, database: str, folder: Path
+) -> None:
+    write(folder, "0001_t.up.sql", "CREATE TABLE t (id int);\n")
+    write(folder, "0002_u.up.sql", "CREATE TABLE u (id int);\n")
+    old = MigrationFolder(folder).read().migrations[0].up.checksum
+    as_owner(
+        pair,
+        # As mirrorpool made it before versions could be dotted.
+        "CREATE TABLE mirrorpool_schema_history (version bigint PRIMARY KEY, name text NOT NULL,"
+        " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), applied_by"
+        " text NOT NULL, execution_ms integer NOT NULL, status text NOT NULL CHECK (status IN"
+        " ('applied', 'failed')))",
+        "CREATE TABLE t (id int)",
+        f"INSERT INTO mirrorpool_schema_history VALUES (1, 't', '{old}', now(), 'cli:me', 3,"
+        " 'applied')",
+        dbname=database,
+    )
+    settings = settings_for(pair, database, mirror_dsn=None, migrations_dir=folder)
+    async with serving_ready(settings) as (_, client):
+        status = (await client.get("/v1/migrations")).json()  # read as it is
+        assert [(v["version"], v["state"]) for v in status["versions"]] == [
+            ("1", "applied"), ("2", "pending"),
+        ]  # fmt: skip
+        applied = await client.post("/v1/migrations/apply")
+        assert [s["file"] for s in applied.json()["steps"]] == ["0002_u.up.sql"]
+    with pair.primary.connect(database) as conn:
+        kind = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'mirrorpool_schema_history'::regclass AND attname = 'version'"
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT version, applied_by FROM mirrorpool_schema_history ORDER BY 1"
+        ).fetchall()
+    assert kind == ("text",)
+    assert rows[0] == ("1", "cli:me")
+    assert rows[1][0] == "2"

@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidSQL
-from app.migrations.files import Script, discover, read_script
-from app.migrations.history import Entry, states
+from app.migrations.files import Migration, Script
+from app.migrations.files import script as read_script
+from app.migrations.folder import MigrationFolder
+from app.migrations.history import Entry, History, states
 from app.migrations.plan import TableName, plan, warnings_for
+from app.migrations.statements import runnable
+from app.migrations.versions import Version
 
 DROP_TABLE = "DROP TABLE deletes a table and its data"
 DROP_SCHEMA = "DROP SCHEMA deletes a schema and everything in it"
@@ -32,15 +36,35 @@ REINDEX = "REINDEX without CONCURRENTLY blocks writes"
 def index_warning(table: str) -> str:
     return (
         f"CREATE INDEX on {table} without CONCURRENTLY blocks writes to the table while it "
-        "builds (use a no-transaction file with CONCURRENTLY)"
+        "builds (put CREATE INDEX CONCURRENTLY in a file of its own)"
     )
 
 
 def script(tmp_path: Path, sql: str, name: str = "0001_m.up.sql") -> Script:
     """A migration file as files.py reads it (its `-- mirrorpool:` header included)."""
-    path = tmp_path / name
-    path.write_text(sql, encoding="utf-8")
-    return read_script(path)
+    return read_script(tmp_path / name, name, sql)
+
+
+def discover(folder: Path) -> list[Migration]:
+    """The folder's migrations, as a run reads them."""
+    return MigrationFolder(folder).read().migrations
+
+
+NONE = History(exists=False)
+
+
+def v(text: str) -> Version:
+    return Version.parse(text)
+
+
+def applied(migration: Migration) -> History:
+    """A history in which `migration` is applied."""
+    assert migration.version is not None
+    entry = Entry(
+        migration.version, migration.name, migration.up.checksum, datetime.now(UTC), "cli:me", 1,
+        "applied",
+    )  # fmt: skip
+    return History(True, {migration.version: entry})
 
 
 def warnings(tmp_path: Path, sql: str, created: set[TableName] | None = None) -> list[str]:
@@ -215,11 +239,11 @@ def test_create_index_on_a_table_created_earlier_in_the_plan_does_not_warn(
         'CREATE INDEX ON "Users" (email);\nCREATE INDEX ON app.orders (user_id);\n'
         "CREATE INDEX ON legacy (id);\n"
     )
-    steps = plan(states(discover(folder), {}), None)
-    assert [(s.version, s.warnings) for s in steps] == [
-        (1, []),
-        (2, []),
-        (3, [index_warning("legacy")]),
+    steps = plan(states(discover(folder), NONE), None)
+    assert [(str(s.version), s.warnings) for s in steps] == [
+        ("1", []),
+        ("2", []),
+        ("3", [index_warning("legacy")]),
     ]
 
 
@@ -229,40 +253,107 @@ def test_create_index_on_a_table_of_an_applied_version_warns(tmp_path: Path) -> 
     (folder / "0001_users.up.sql").write_text("CREATE TABLE users (id int, email text);\n")
     (folder / "0002_index.up.sql").write_text("CREATE INDEX ON users (email);\n")
     migrations = discover(folder)
-    applied = Entry(
-        1, "users", migrations[0].up.checksum, datetime.now(UTC), "cli:me", 1, "applied"
-    )
-    steps = plan(states(migrations, {1: applied}), None)
-    assert [(s.version, s.warnings) for s in steps] == [(2, [index_warning("users")])]
+    steps = plan(states(migrations, applied(migrations[0])), None)
+    assert [(str(s.version), s.warnings) for s in steps] == [("2", [index_warning("users")])]
+
+
+@pytest.mark.parametrize(
+    ("sql", "statement"),
+    [
+        ("CREATE INDEX CONCURRENTLY i ON users (email);", "CREATE INDEX CONCURRENTLY"),
+        (
+            "-- the index, built without blocking writes\n"
+            "create unique index concurrently i on t (x);\n-- done\n",
+            "CREATE INDEX CONCURRENTLY",
+        ),
+        ("DROP INDEX CONCURRENTLY users_email;", "DROP INDEX CONCURRENTLY"),
+        ("REINDEX TABLE CONCURRENTLY users;", "REINDEX CONCURRENTLY"),
+        ("REINDEX (CONCURRENTLY) INDEX users_pkey;", "REINDEX CONCURRENTLY"),
+        ("VACUUM users;", "VACUUM"),
+        ("VACUUM (ANALYZE) users;", "VACUUM"),
+        ("CREATE DATABASE other;", "CREATE DATABASE"),
+        ("ALTER SYSTEM SET work_mem = '8MB';", "ALTER SYSTEM"),
+    ],
+)
+def test_a_lone_statement_that_cannot_run_in_a_transaction_runs_outside_one(
+    tmp_path: Path, sql: str, statement: str
+) -> None:
+    found = script(tmp_path, sql, "0003_idx.up.sql")
+    assert found.no_transaction is None  # no directive: the tree decides
+    assert runnable(found).outside == statement
+    assert not runnable(found).transactional
 
 
 @pytest.mark.parametrize(
     ("sql", "statement", "line"),
     [
-        ("CREATE INDEX CONCURRENTLY i ON users (email);", "CREATE INDEX CONCURRENTLY", 1),
         (
             "CREATE TABLE t (x int);\n-- then\ncreate unique index concurrently i on t (x);",
             "CREATE INDEX CONCURRENTLY",
             3,
         ),
         ("SELECT 1;\n\nDROP INDEX CONCURRENTLY users_email;", "DROP INDEX CONCURRENTLY", 3),
-        ("REINDEX TABLE CONCURRENTLY users;", "REINDEX CONCURRENTLY", 1),
-        ("VACUUM users;", "VACUUM", 1),
-        ("VACUUM FULL users;", "VACUUM", 1),
-        ("CREATE DATABASE other;", "CREATE DATABASE", 1),
+        ("REINDEX TABLE CONCURRENTLY users;\nANALYZE users;", "REINDEX CONCURRENTLY", 1),
+        ("CREATE TABLE t (x int);\nVACUUM t;", "VACUUM", 2),
+        ("CREATE DATABASE other;\nCREATE TABLE t (x int);", "CREATE DATABASE", 1),
+        ("SELECT 1;\nALTER SYSTEM SET work_mem = '8MB';", "ALTER SYSTEM", 2),
     ],
 )
-def test_a_transactional_file_with_a_statement_that_cannot_run_in_one_is_refused(
+def test_a_file_mixing_such_a_statement_with_others_is_refused(
     tmp_path: Path, sql: str, statement: str, line: int
 ) -> None:
     error = refusal(tmp_path, sql, "0003_idx.up.sql")
     assert error.detail == (
-        f"0003_idx.up.sql: {statement} cannot run inside a transaction block; put it in a "
-        "file of its own with `-- mirrorpool: no-transaction`"
+        f"0003_idx.up.sql:{line}: {statement} cannot run inside a transaction block, and this "
+        f"file holds other statements too; move the {statement} to a file of its own, which "
+        "then runs outside a transaction"
     )
     assert error.extra["file"] == "0003_idx.up.sql"
     assert error.extra["line"] == line
     assert error.extra["sqlstate"] == "25001"
+
+
+@pytest.mark.parametrize(
+    ("sql", "verb", "line"),
+    [
+        ("BEGIN;\nCREATE TABLE a ();\nCOMMIT;\nSELECT 1/0;", "BEGIN", 1),
+        ("CREATE TABLE a ();\nCOMMIT;\nSELECT 1/0;", "COMMIT", 2),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;", "START TRANSACTION", 1),
+        ("CREATE TABLE a ();\n\nEND;", "COMMIT", 3),  # END is COMMIT
+        ("CREATE TABLE a ();\nROLLBACK;", "ROLLBACK", 2),
+        ("CREATE TABLE a ();\nCOMMIT AND CHAIN;", "COMMIT", 2),
+        ("CREATE TABLE a ();\nPREPARE TRANSACTION 'x';", "PREPARE TRANSACTION", 2),
+        ("-- mirrorpool: no-transaction\nCOMMIT;", "COMMIT", 2),
+        ("begin work;\ncreate table a ();", "BEGIN", 1),
+    ],
+)
+def test_transaction_control_in_a_file_is_refused(
+    tmp_path: Path, sql: str, verb: str, line: int
+) -> None:
+    error = refusal(tmp_path, sql, "0004_tx.up.sql")
+    assert error.detail == (
+        f"0004_tx.up.sql:{line}: {verb} is not allowed in a migration file: mirrorpool already "
+        "runs each file in a transaction of its own, with its history row, so that a failure "
+        f"leaves nothing behind; remove the {verb}"
+    )
+    assert error.extra["line"] == line
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Savepoints stay inside the file's transaction.
+        "SAVEPOINT s;\nCREATE TABLE a ();\nROLLBACK TO SAVEPOINT s;\nRELEASE SAVEPOINT s;",
+        "SAVEPOINT s;\nROLLBACK WORK TO s;",
+        # The words, in comments, strings and bodies.
+        "-- BEGIN; ... COMMIT;\nCREATE TABLE a (note text DEFAULT 'COMMIT; ROLLBACK');",
+        "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ SELECT 1 $$;\n"
+        "DO $$ BEGIN PERFORM f(); END $$;",
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;",
+    ],
+)
+def test_savepoints_and_the_words_are_not_transaction_control(tmp_path: Path, sql: str) -> None:
+    assert runnable(script(tmp_path, sql)).transactional
 
 
 def test_the_same_statement_in_a_no_transaction_file_is_planned(tmp_path: Path) -> None:
@@ -271,58 +362,68 @@ def test_the_same_statement_in_a_no_transaction_file_is_planned(tmp_path: Path) 
     assert warnings(tmp_path, "-- mirrorpool: no-transaction\nVACUUM FULL users;") == [REWRITE]
 
 
+@pytest.mark.parametrize(
+    "directive",
+    ["-- mirrorpool: no-transaction", "-- morph:nontransactional", "--morph: nontransactional"],
+)
+def test_other_tools_no_transaction_directives_are_read(tmp_path: Path, directive: str) -> None:
+    found = script(tmp_path, f"{directive}\nCREATE INDEX i ON users (email);\n")
+    assert runnable(found).outside == directive.strip()
+
+
 def test_the_words_in_a_string_or_a_comment_are_not_refused(tmp_path: Path) -> None:
     sql = (
-        "-- once this table is big, CREATE INDEX CONCURRENTLY in a no-transaction file\n"
+        "-- once this table is big, CREATE INDEX CONCURRENTLY in a file of its own\n"
         "CREATE TABLE t (x int);\n"
         "COMMENT ON TABLE t IS 'VACUUM; CREATE INDEX CONCURRENTLY i ON t (x)';\n"
     )
     assert warnings(tmp_path, sql) == []
+    assert runnable(script(tmp_path, sql)).transactional
 
 
 def test_refusal_makes_the_plan_fail_before_any_step(tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "0001_users.up.sql").write_text("CREATE TABLE users (id int, email text);\n")
-    (folder / "0002_idx.up.sql").write_text("CREATE INDEX CONCURRENTLY e ON users (email);\n")
-    with pytest.raises(InvalidSQL, match=r"^0002_idx\.up\.sql: CREATE INDEX CONCURRENTLY cannot"):
-        plan(states(discover(folder), {}), None)
-    assert [s.version for s in plan(states(discover(folder), {}), 1)] == [1]
+    (folder / "0002_idx.up.sql").write_text(
+        "ALTER TABLE users ADD COLUMN name text;\nCREATE INDEX CONCURRENTLY e ON users (email);\n"
+    )
+    with pytest.raises(InvalidSQL, match=r"^0002_idx\.up\.sql:2: CREATE INDEX CONCURRENTLY cannot"):
+        plan(states(discover(folder), NONE), None)
+    assert [str(s.version) for s in plan(states(discover(folder), NONE), v("1"))] == ["1"]
 
 
-def test_a_rollback_plan_refuses_a_transactional_down_file_with_concurrently(
+def test_a_rollback_plan_runs_a_lone_drop_index_concurrently_outside_a_transaction(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
-    (folder / "0001_e.up.sql").write_text(
-        "-- mirrorpool: no-transaction\nCREATE INDEX CONCURRENTLY e ON users (email);\n"
-    )
+    (folder / "0001_e.up.sql").write_text("CREATE INDEX CONCURRENTLY e ON users (email);\n")
     (folder / "0001_e.down.sql").write_text("DROP INDEX CONCURRENTLY e;\n")
     migrations = discover(folder)
-    applied = Entry(1, "e", migrations[0].up.checksum, datetime.now(UTC), "cli:me", 1, "applied")
-    with pytest.raises(InvalidSQL) as caught:
-        plan(states(migrations, {1: applied}), 0)
-    assert caught.value.detail.startswith(
-        "0001_e.down.sql: DROP INDEX CONCURRENTLY cannot run inside a transaction block"
-    )
+    (step,) = plan(states(migrations, applied(migrations[0])), v("0"))
+    assert (step.direction, step.outside, step.as_json()["transaction"]) == (
+        "down", "DROP INDEX CONCURRENTLY", False,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("sql", "count"),
+    ("sql", "count", "line"),
     [
-        ("CREATE INDEX CONCURRENTLY a ON t (x);\nCREATE INDEX CONCURRENTLY b ON t (y);", 2),
-        ("CREATE INDEX CONCURRENTLY a ON t (x); SELECT 1; SELECT 2", 3),
+        ("CREATE INDEX CONCURRENTLY a ON t (x);\nCREATE INDEX CONCURRENTLY b ON t (y);", 2, 3),
+        ("CREATE INDEX CONCURRENTLY a ON t (x); SELECT 1; SELECT 2", 3, 2),
     ],
 )
 def test_a_no_transaction_file_with_several_statements_is_refused(
-    tmp_path: Path, sql: str, count: int
+    tmp_path: Path, sql: str, count: int, line: int
 ) -> None:
     error = refusal(tmp_path, "-- mirrorpool: no-transaction\n" + sql, "0004_two.up.sql")
     assert error.detail == (
-        "0004_two.up.sql runs outside a transaction and must hold exactly one statement; "
-        f"it holds {count}"
+        f"0004_two.up.sql:{line}: `-- mirrorpool: no-transaction` runs the file outside a "
+        f"transaction, so it must hold exactly one statement; it holds {count} (put each in a "
+        "file of its own)"
     )
+    assert error.extra["line"] == line  # where the second statement starts
 
 
 @pytest.mark.parametrize(
@@ -346,13 +447,14 @@ def test_a_no_transaction_file_counts_statements_not_semicolons(tmp_path: Path, 
         ("ALTER TABLE t\n  ADD CONSTRAINT CHECK (x > 0);", 'syntax error at or near "CHECK"', 2),
         ("CREATE TABLE t (id int,);", 'syntax error at or near ")"', 1),
         ("SELECT 'unterminated;\n", "unterminated quoted string at or near \"'unterminated;", 1),
+        ("SELECT 'é';\nSELECT 'ü';\nSELEC 1;", 'syntax error at or near "SELEC"', 3),
     ],
 )
 def test_a_syntax_error_is_invalid_sql_with_postgresqls_message(
     tmp_path: Path, sql: str, message: str, line: int
 ) -> None:
     error = refusal(tmp_path, sql, "0005_bad.up.sql")
-    assert error.detail.startswith(f"0005_bad.up.sql: {message}")
+    assert error.detail.startswith(f"0005_bad.up.sql:{line}: {message}")
     assert error.extra["sqlstate"] == "42601"
     assert error.extra["file"] == "0005_bad.up.sql"
     assert error.extra["line"] == line
@@ -363,5 +465,5 @@ def test_a_syntax_error_in_a_later_file_fails_the_whole_plan(tmp_path: Path) -> 
     folder.mkdir()
     (folder / "0001_users.up.sql").write_text("CREATE TABLE users (id int);\n")
     (folder / "0002_bad.up.sql").write_text("ALTER TABLE users ADD COLUMN;\n")
-    with pytest.raises(InvalidSQL, match=r'^0002_bad\.up\.sql: syntax error at or near ";"'):
-        plan(states(discover(folder), {}), None)
+    with pytest.raises(InvalidSQL, match=r'^0002_bad\.up\.sql:1: syntax error at or near ";"'):
+        plan(states(discover(folder), NONE), None)

@@ -1,0 +1,8 @@
+-- migrate:up
+CREATE TABLE tags (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL
+);
+
+-- migrate:down
+DROP TABLE tags;

@@ -1,0 +1,2 @@
+DROP VIEW IF EXISTS user_summary;
+DROP TABLE orders;

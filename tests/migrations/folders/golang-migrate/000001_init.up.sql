@@ -1,0 +1,4 @@
+CREATE TABLE accounts (
+    id serial PRIMARY KEY,
+    email text NOT NULL UNIQUE
+);

@@ -1,0 +1,1 @@
+CREATE INDEX CONCURRENTLY accounts_plan ON accounts (plan);
