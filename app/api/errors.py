@@ -44,7 +44,7 @@ _PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
     e.ClientGone: (499, "client-closed-request", "The client closed the request"),
     e.DatabaseError: (400, "database-error", "The database rejected the statement"),
     # The deployment's files, not the request, are wrong: a server-side error.
-    e.MigrationFolderError: (500, "migration-folder", "The migration folder cannot be read"),
+    e.MigrationFolderError: (409, "migration-folder", "The migration folder cannot be read"),
 }
 
 # SQLSTATE -> HTTP status: exact codes first, then two-character classes.
