@@ -224,6 +224,7 @@ PINNED_SETTINGS = frozenset(
         "extra_float_digits",
         "standard_conforming_strings",
         "backslash_quote",
+        "client_connection_check_interval",
     }
 )
 

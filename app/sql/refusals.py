@@ -188,9 +188,8 @@ def _pinned(tree: Tree) -> str | None:
     """The pinned setting (app/sql/catalog.py) a statement would change, if any."""
     for setting in tree.settings:
         names = setting.options | {setting.name or ""}
-        if setting.kind in ("VAR_SET_VALUE", "VAR_SET_CURRENT") and (
-            found := names & catalog.PINNED_SETTINGS
-        ):
+        # (TO DEFAULT and RESET too: behind PgBouncer they reach the server's own default)
+        if setting.kind != "VAR_RESET_ALL" and (found := names & catalog.PINNED_SETTINGS):
             return min(found)
     for call in tree.set_configs:
         if call.name in catalog.PINNED_SETTINGS:

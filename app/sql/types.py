@@ -61,6 +61,9 @@ SESSION_SETTINGS: dict[str, str] = {
     "client_encoding": "UTF8",
     # The parse tree (app/sql/tree.py) reads string literals as they are with this on.
     "standard_conforming_strings": "on",
+    # A backend whose client went away (mirrorpool shuts the socket of a request past its
+    # deadline) notices within a second and stops, instead of running on to its end.
+    "client_connection_check_interval": "1s",
 }
 
 _NOT_FINITE = (

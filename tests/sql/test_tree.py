@@ -69,6 +69,9 @@ ALWAYS_REFUSED = [
     "SET NAMES 'SQL_ASCII'",
     "SELECT set_config('backslash_quote', 'on', true)",
     "SELECT set_config('IntervalStyle', 'postgres', true)",
+    "SET LOCAL standard_conforming_strings TO DEFAULT",
+    "RESET bytea_output",
+    "SET LOCAL client_connection_check_interval = 0",
     # set_config of a setting the tree cannot name
     "SELECT set_config($1, 'off', true)",
     "SELECT set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', true)",
