@@ -6,14 +6,15 @@ the victim's next."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from psycopg import sql
 
 from app.api.auth import hash_key
-from app.devdb import LocalPair
+from app.devdb import SERVICE, LocalPair
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
 
 KEYS = {name: f"{name}-{uuid.uuid4().hex}" for name in ("read", "write", "admin", "role", "role2")}
@@ -82,3 +83,28 @@ async def transaction(
 ) -> httpx.Response:
     body = {"statements": [{"sql": sql} for sql in sqls], **extra}
     return await client.post("/v1/transaction", json=body, headers=headers(key))
+
+
+def advisory_locks(pair: LocalPair) -> int:
+    """Advisory locks held by any session of the service's login, from the harness."""
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND a.usename = %s",
+            [SERVICE],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def restore_login(pair: LocalPair) -> Iterator[None]:
+    """Put the shared login's defaults and password back after a test that tried them."""
+    yield
+    with pair.primary.connect() as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(SERVICE)))
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(SERVICE), sql.Literal(pair.password_of(SERVICE))
+            )
+        )

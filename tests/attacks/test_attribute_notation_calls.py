@@ -25,25 +25,14 @@ from typing import Any
 import httpx
 import pytest
 
-from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import query
+from app.devdb import LocalPair
+from tests.attacks.conftest import advisory_locks, query
 
 
 @pytest.fixture
 def overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
     # The victim's request and the attacker's side by side where the test needs it.
     return {"mirror_dsn": None, "pool_max_size": 2 if "another" in request.node.name else 1}
-
-
-def advisory_locks(pair: LocalPair) -> int:
-    with pair.primary.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND a.usename = %s",
-            [SERVICE],
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_a_read_key_leaves_no_session_advisory_lock(

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import httpx
 
-from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import query, transaction
+from app.devdb import LocalPair
+from tests.attacks.conftest import advisory_locks, query, transaction
 
 VICTIM = "SELECT v FROM pub WHERE id = $1"
 # Replaces every statement mirrorpool prepared on the session by one with the same
@@ -62,17 +62,6 @@ async def test_an_undecodable_answer_leaves_the_poison_of_a_committed_transactio
         client, "write", "SET LOCAL bytea_output = 'escape'", "SELECT 'xyz!'::bytea", POISON
     )
     await assert_victim_unharmed(client)
-
-
-def advisory_locks(pair: LocalPair) -> int:
-    with pair.primary.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-            " WHERE l.locktype = 'advisory' AND a.usename = %s",
-            [SERVICE],
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_a_failed_transaction_leaves_a_session_advisory_lock_held(

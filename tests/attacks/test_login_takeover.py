@@ -9,12 +9,9 @@ into every later session, every key's, or its password is the attacker's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import transaction
@@ -26,18 +23,6 @@ def temp_function(body: str) -> tuple[str, str]:
         f"$f$ BEGIN EXECUTE {body}; RETURN 1; END $f$",
         "SELECT pg_temp.f()",
     )
-
-
-@pytest.fixture
-def restore_login(pair: LocalPair) -> Iterator[None]:
-    yield
-    with pair.primary.connect() as conn:  # the harness puts the shared login back
-        conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(SERVICE)))
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(SERVICE), sql.Literal(pair.password_of(SERVICE))
-            )
-        )
 
 
 def rolconfig(pair: LocalPair) -> object:

@@ -13,13 +13,11 @@ other keys' backends, with the login's rights."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import query, transaction
@@ -43,18 +41,6 @@ def made_in_pg_temp(body: str) -> tuple[str, str]:
 def overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
     # The victim's request and the attacker's side by side where the test needs it.
     return {"mirror_dsn": None, "pool_max_size": 2 if "another" in request.node.name else 1}
-
-
-@pytest.fixture
-def restore_login(pair: LocalPair) -> Iterator[None]:
-    yield
-    with pair.primary.connect() as conn:  # the harness puts the shared login back
-        conn.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(sql.Identifier(SERVICE)))
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(SERVICE), sql.Literal(pair.password_of(SERVICE))
-            )
-        )
 
 
 @pytest.mark.parametrize("first", PG_TEMP_FIRST, ids=["set-local", "set-config"])
