@@ -80,6 +80,18 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
         return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
     if tree.temp and not _dropped_on_commit(tree):
         return _TEMP
+    if _sets_sequence_owner(tree):
+        # A serial column's sequence of an ON COMMIT DROP table is temporary and goes with the
+        # table; cut loose (OWNED BY NONE) it outlives the transaction, and so does a view
+        # PostgreSQL then makes temporary over it (pg_temp is searched first: it would answer
+        # for the schema's table of the same name).
+        return (
+            "ALTER SEQUENCE ... OWNED BY",
+            "a temporary sequence cut loose from its ON COMMIT DROP table would outlive the "
+            "request's transaction on a server connection that other clients of the pooler "
+            "get next",
+            "set sequence ownership in a migration",
+        )
     locks = sorted(tree.maybe_called & catalog.SESSION_LOCKS)
     if locks:
         return (
@@ -118,6 +130,15 @@ def _setting_change(tree: Tree) -> Finding | None:
         elif not setting.local:
             return ("SET without LOCAL", _OUTLIVES, "use SET LOCAL, which lasts until its end")
     return None
+
+
+def _sets_sequence_owner(tree: Tree) -> bool:
+    """True for ALTER SEQUENCE ... OWNED BY (NONE or another column)."""
+    body = tree.node.get("AlterSeqStmt")
+    if body is None:
+        return False
+    options = body.get("options") or []
+    return any(o.get("DefElem", {}).get("defname") == "owned_by" for o in options)
 
 
 def _dropped_on_commit(tree: Tree) -> bool:
