@@ -7,22 +7,29 @@ import asyncio
 import getpass
 import logging
 import math
+import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
-from app import __version__
+from app import __version__, workers
 from app.api.auth import hash_key
 from app.errors import DevDBError, SettingsError
 from app.migrations.runner import Migrator
 from app.migrations.versions import Version
 from app.redaction import configure_logging
 from app.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from app.main import MirrorpoolApp
 
 logger = logging.getLogger("app.cli")
 
@@ -50,6 +57,22 @@ def serve(settings: Settings) -> int:
     # Several workers each build their app from the environment; one gets it built here,
     # so a bad DSN or query file fails before the server starts.
     app = create_app(settings, warnings) if settings.workers == 1 else "app.main:create_app"
+    # Several workers share one folder for their figures (app/workers.py), set before any
+    # of them starts (prometheus-client reads it when a worker imports it).
+    shared = None
+    if settings.workers > 1 and workers.shared_dir() is None:
+        shared = tempfile.mkdtemp(prefix="mirrorpool-workers-")
+        os.environ[workers.SHARED_DIR_VARIABLE] = shared
+    try:
+        _run(app, settings)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+            del os.environ[workers.SHARED_DIR_VARIABLE]
+    return 0
+
+
+def _run(app: MirrorpoolApp | str, settings: Settings) -> None:
     uvicorn.run(
         app,
         factory=settings.workers > 1,
@@ -64,7 +87,6 @@ def serve(settings: Settings) -> int:
         # Nothing reads the client address; X-Forwarded-* parsing would cost every request.
         proxy_headers=False,
     )
-    return 0
 
 
 def dev(settings: Settings, mirrors: int) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import __version__
+from app import __version__, workers
 from app.api import admin, docs, errors, migrations, named, pool, probes, query
 from app.api import metrics as metrics_api
 from app.api.access_log import AccessLogMiddleware
@@ -137,6 +137,17 @@ def freeze_startup_objects() -> None:
         gc.freeze()
 
 
+def warn_if_open(keyring: Keyring, settings: Settings) -> None:
+    """Say loudly that anyone who reaches the service may run SQL, when that is so."""
+    if not keyring.enabled:
+        logger.warning(
+            "AUTHENTICATION IS DISABLED (MIRRORPOOL_AUTH=disabled): anyone who can reach "
+            "%s:%d can run any SQL",
+            settings.host,
+            settings.port,
+        )
+
+
 def create_app(
     settings: Settings | None = None, login_warnings: list[str] | None = None
 ) -> MirrorpoolApp:
@@ -153,13 +164,7 @@ def create_app(
     settings.check_auth()
     engine = Engine(cluster, settings)
     keyring = Keyring(settings)
-    if not keyring.enabled:
-        logger.warning(
-            "AUTHENTICATION IS DISABLED (MIRRORPOOL_AUTH=disabled): anyone who can reach "
-            "%s:%d can run any SQL",
-            settings.host,
-            settings.port,
-        )
+    warn_if_open(keyring, settings)
     queries = named_queries.load(settings.queries_dir)
     migrator = build_migrator(cluster, settings)
     metrics = Metrics(cluster, migrator)
@@ -179,7 +184,8 @@ def create_app(
             ", ".join(f"{n.name} ({n.target})" for n in cluster.nodes),
         )
         try:
-            yield
+            async with workers.publishing(cluster):
+                yield
         finally:
             if not await inflight.drain(settings.shutdown_timeout):
                 logger.warning(

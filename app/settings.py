@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     read_from_mirror: bool = Field(
         False, description="Send read-only requests to a mirror whose lag is under the limit."
     )
+    plain_reads_from_mirror: bool = Field(
+        True,
+        description="While no node takes writes, serve requests that the parser shows to be "
+        "pure reads from a mirror, read_only or not (false for clients that must read their "
+        "own writes: they get 503 no-writer instead).",
+    )
     max_replica_lag_ms: int = Field(
         1_000, ge=0, description="Most replay lag a mirror may have to serve reads."
     )

@@ -14,10 +14,12 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import workers
 from app.api.auth import require
 from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
@@ -53,11 +55,18 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
-        self.registry.register(ClusterCollector(cluster, migrator))
+        self.cluster_collector = ClusterCollector(cluster, migrator)
+        self.registry.register(self.cluster_collector)
 
     def render(self) -> bytes:
-        """The exposition text."""
-        return generate_latest(self.registry)
+        """The exposition text: of this process, or of every worker (app/workers.py)."""
+        directory = workers.shared_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+        registry.register(self.cluster_collector)
+        return generate_latest(registry)
 
 
 class ClusterCollector(Collector):
@@ -77,12 +86,21 @@ class ClusterCollector(Collector):
             "mirrorpool_login_pool_waiting_requests", "Requests waiting for a key role's pool.",
             labels=["node", "login"],
         )  # fmt: skip
+        shots = self._shots()
         for node in self.cluster.nodes:
-            for login in node.logins:
-                stats = node.pool_stats(login)
-                size.add_metric([node.name, login], stats["pool_size"])
-                waiting.add_metric([node.name, login], stats["requests_waiting"])
+            logins = {r for shot in shots for r in shot.logins.get(node.name, {})}
+            for login in sorted(logins):
+                figures = [s.logins[node.name][login] for s in workers.live(shots)
+                           if login in s.logins.get(node.name, {})]  # fmt: skip
+                size.add_metric([node.name, login], sum(f["pool_size"] for f in figures))
+                waiting.add_metric([node.name, login], sum(f["requests_waiting"] for f in figures))
         yield from (size, waiting)
+
+    def _shots(self) -> list[workers.Snapshot]:
+        """This process's figures, and every other worker's when there are several."""
+        own = workers.snapshot(self.cluster)
+        directory = workers.shared_dir()
+        return [own] if directory is None else workers.read_all(directory, own)
 
     def collect(self) -> Iterator[Metric]:
         """Yield the node, pool and event metrics."""
@@ -126,6 +144,7 @@ class ClusterCollector(Collector):
             "mirrorpool_pool_request_errors", "Pool requests that failed or timed out.",
             labels=["node"],
         )  # fmt: skip
+        shots = self._shots()
         for node in self.cluster.nodes:
             s = node.state
             up.add_metric([node.name], 1.0 if s.reachable else 0.0)
@@ -138,13 +157,16 @@ class ClusterCollector(Collector):
                 lag_s.add_metric([node.name], s.replay_lag_s)
             if s.replay_lag_bytes is not None:
                 lag_b.add_metric([node.name], float(s.replay_lag_bytes))
-            stats = node.pool_stats()
-            size.add_metric([node.name], stats["pool_size"])
-            available.add_metric([node.name], stats["pool_available"])
-            waiting.add_metric([node.name], stats["requests_waiting"])
-            opened.add_metric([node.name], stats["connections_num"])
-            lost.add_metric([node.name], stats["connections_lost"])
-            refused.add_metric([node.name], stats["requests_errors"])
+            # Pools are per worker: gauges add up over the workers running, counters over
+            # every worker that ran (app/workers.py).
+            now = [s.pools[node.name] for s in workers.live(shots) if node.name in s.pools]
+            ever = [s.pools[node.name] for s in shots if node.name in s.pools]
+            size.add_metric([node.name], sum(p["pool_size"] for p in now))
+            available.add_metric([node.name], sum(p["pool_available"] for p in now))
+            waiting.add_metric([node.name], sum(p["requests_waiting"] for p in now))
+            opened.add_metric([node.name], sum(p["connections_num"] for p in ever))
+            lost.add_metric([node.name], sum(p.get("connections_lost", 0) for p in ever))
+            refused.add_metric([node.name], sum(p.get("requests_errors", 0) for p in ever))
         yield from (up, role, writer, fenced, alias, lag_s, lag_b, size, available, waiting)
         yield from (opened, lost, refused)
         yield from self._login_pools()
@@ -152,7 +174,9 @@ class ClusterCollector(Collector):
             "mirrorpool_cluster_events", "Cluster transitions by kind.", labels=["kind"]
         )
         for kind in EventKind:
-            events.add_metric([kind.value], self.cluster.events.counts[kind])
+            # Every worker watches the cluster itself and sees the same transitions: the
+            # service saw as many as the worker that saw most.
+            events.add_metric([kind.value], max(s.events.get(kind.value, 0) for s in shots))
         yield events
         seen = self.migrator.last_seen
         if seen is not None:

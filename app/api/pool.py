@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import os
+from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from app import workers
 from app.api.auth import Keyring, require
 from app.api.deps import ClusterDep, EngineDep, SettingsDep
 from app.api.errors import problem_responses
@@ -90,6 +92,17 @@ class EventOut(BaseModel):
     reason: str
 
 
+class WorkerOut(BaseModel):
+    """One worker process's pools, as it last wrote them (every second)."""
+
+    pid: int
+    live: bool = Field(description="False once the worker has stopped.")
+    updated: datetime
+    pools: dict[str, dict[str, int]] = Field(
+        description="By node: the same figures as a node's `pool`, of this worker's pool."
+    )
+
+
 class PoolStats(BaseModel):
     """Every node's pool and state, the writer, and the recent events."""
 
@@ -97,6 +110,14 @@ class PoolStats(BaseModel):
     nodes: list[NodeStats]
     events: list[EventOut] = Field(description="Recent events, oldest first (bounded).")
     event_counts: dict[EventKind, int] = Field(description="Events of each kind since start.")
+    worker: int = Field(
+        description="Process id of the worker that answered: `nodes` shows its pools. With "
+        "MIRRORPOOL_WORKERS > 1 each worker has pools of its own: `workers` lists them all "
+        "(and /metrics adds them up)."
+    )
+    workers: list[WorkerOut] = Field(
+        default_factory=list, description="Every worker's pools; empty with one worker."
+    )
 
 
 def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
@@ -174,12 +195,27 @@ def _stats(cluster: Cluster, engine: Engine) -> PoolStats:
             for e in cluster.events.recent()
         ],
         event_counts=dict(cluster.events.counts),
+        worker=os.getpid(),
+        workers=_workers(cluster),
     )
+
+
+def _workers(cluster: Cluster) -> list[WorkerOut]:
+    directory = workers.shared_dir()
+    if directory is None:
+        return []
+    shots = workers.read_all(directory, workers.snapshot(cluster))
+    return [
+        WorkerOut(
+            pid=s.pid, live=s.live, updated=datetime.fromtimestamp(s.updated, UTC), pools=s.pools
+        )
+        for s in sorted(shots, key=lambda s: s.pid)
+    ]
 
 
 def _as_text(stats: PoolStats) -> str:
     """Nodes, roles, lag, pool use and recent events as aligned text."""
-    lines = [f"writer: {stats.writer or 'none'}", ""]
+    lines = [f"writer: {stats.writer or 'none'}", f"worker: {stats.worker}", ""]
     header = f"{'node':<10} {'role':<8} {'up':<4} {'lag s':>7} {'pool':>9} {'waiting':>7}  target"
     lines.append(header)
     for n in stats.nodes:
@@ -194,6 +230,16 @@ def _as_text(stats: PoolStats) -> str:
             lines.append(f"{'':<10} alias of {n.alias_of}: the same server, no traffic of its own")
         if n.error:
             lines.append(f"{'':<10} last error: {n.error}")
+    if stats.workers:
+        lines += ["", "workers (pool in use/size by node):"]
+        lines += [
+            f"  {w.pid:<8} {'live' if w.live else 'stopped':<8} "
+            + "  ".join(
+                f"{n} {p['pool_size'] - p['pool_available']}/{p['pool_size']}"
+                for n, p in w.pools.items()
+            )
+            for w in stats.workers
+        ]
     lines += ["", "recent events:"]
     lines += [
         f"  {e.time:%Y-%m-%d %H:%M:%S} {e.kind.value:<15} {e.node or '':<10} {e.reason}"

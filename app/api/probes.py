@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from fastapi import APIRouter, Response, status
@@ -66,6 +67,8 @@ class Readiness(BaseModel):
 async def health(cluster: ClusterDep, response: Response) -> HealthReport:
     """ok, degraded or down, with the reasons and every node's reachability and role."""
     summary = cluster.health()
+    # With several workers, each watches the cluster itself: this one answered.
+    response.headers["X-Mirrorpool-Worker"] = str(os.getpid())
     if summary.status is HealthStatus.DOWN:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthReport(

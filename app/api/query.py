@@ -117,6 +117,11 @@ class QueryResponse(ResultOut):
     """The result of /v1/query."""
 
     node: str = Field(description="The node that served the request.", examples=["primary"])
+    from_mirror: bool = Field(
+        False,
+        description="True when a node that was not the writer answered: a read_only request "
+        "sent to a mirror, or a pure read served while no node takes writes.",
+    )
     duration_ms: float
 
 
@@ -162,6 +167,7 @@ def result_body(outcome: Outcome, max_bytes: int) -> bytes:
     """The JSON body of a single-statement answer, rows cut to fit `max_bytes`."""
     payload = outcome.results[0].as_json()
     payload["node"] = outcome.node
+    payload["from_mirror"] = outcome.from_mirror
     payload["duration_ms"] = outcome.duration_ms
     body = orjson.dumps(payload)
     if len(body) > max_bytes:

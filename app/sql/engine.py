@@ -63,6 +63,8 @@ class Outcome:
     node: str
     duration_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Served by a node that was not the writer (a mirror, or any node while none takes writes).
+    from_mirror: bool = False
 
 
 class Engine:
@@ -120,6 +122,14 @@ class Engine:
         within the same deadline; a write never is (it may have committed).
         """
         intent: Intent = "read" if limits.read_only else "write"
+        # A statement the parser shows to be a pure read is served by a mirror while no node
+        # takes writes, and retried on another node like a read_only one: it changed nothing
+        # that a second run would repeat.
+        pure = limits.read_only or (
+            self.settings.plain_reads_from_mirror and session.pure_read(bound.tree)
+        )
+        if pure and self.cluster.writer is None:
+            intent = "read"
         plain = (
             self.own_sessions
             and not limits.read_only
@@ -131,11 +141,13 @@ class Engine:
             try:
                 node, result = await self._attempt(bound, limits, intent, plain, guard, ())
             except NodeFailed as exc:
-                if intent == "write" or guard.expired:
+                if not pure or guard.expired:
                     raise
                 avoid = [exc.extra["node"]]
-                node, result = await self._attempt(bound, limits, intent, plain, guard, avoid)
-        return Outcome([result], node, _ms_since(started))
+                node, result = await self._attempt(bound, limits, "read", plain, guard, avoid)
+        writer = self.cluster.writer
+        from_mirror = writer is None or writer.name != node
+        return Outcome([result], node, _ms_since(started), from_mirror=from_mirror)
 
     async def _attempt(
         self,
