@@ -269,7 +269,7 @@ async def test_two_writable_servers_on_one_timeline_still_stop_writes(
         cluster = app.state.cluster
         await eventually(lambda: cluster.events.counts["split_brain"] == 1, "the tie")
         tie_seen = server_now(one)
-        write = await query(client, "SELECT 1")
+        write = await query(client, "CREATE TABLE tie_write (id int)")
         assert write.status_code == 503
         assert write.json()["type"] == "urn:mirrorpool:problem:no-writer"
         assert cluster.aliases == {}
