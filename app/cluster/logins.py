@@ -45,7 +45,8 @@ SELECT current_user,
        ARRAY(SELECT b.rolname::text FROM pg_roles b
              WHERE b.oid <> r.oid AND (b.rolsuper OR b.rolcreaterole OR b.rolbypassrls)
                AND pg_has_role(r.oid, b.oid, 'MEMBER')
-             ORDER BY 1)
+             ORDER BY 1),
+       has_database_privilege(current_database(), 'CREATE')
 FROM pg_roles r WHERE r.rolname = current_user
 """
 # How libpq says the server refused a login (it gives no SQLSTATE for a failed connection).
@@ -71,6 +72,9 @@ class LoginPrivileges:
     creates_in: tuple[str, ...]
     # Privileged roles it may SET ROLE to (a member of them, however indirectly).
     may_become: tuple[str, ...] = ()
+    # CREATE on the database (its owner has it): it may create schemas, one named like
+    # itself among them, which comes first on the default search_path ("$user", public).
+    creates_schemas: bool = False
 
     def dangers(self) -> list[str]:
         """What makes the login able to go around PostgreSQL's enforcement."""
@@ -92,7 +96,7 @@ async def privileges_of(conn: AsyncConnection[Any]) -> LoginPrivileges:
     row = await cur.fetchone()
     if row is None:  # current_user is always in pg_roles
         raise psycopg.InterfaceError("the login's role was not found in pg_roles")
-    user, superuser, create_role, bypass_rls, server_roles, creates_in, may_become = row
+    user, superuser, create_role, bypass_rls, server_roles, creates_in, may_become, schemas = row
     return LoginPrivileges(
         str(user),
         bool(superuser),
@@ -101,6 +105,7 @@ async def privileges_of(conn: AsyncConnection[Any]) -> LoginPrivileges:
         tuple(server_roles),
         tuple(creates_in),
         tuple(may_become),
+        bool(schemas),
     )
 
 
@@ -182,6 +187,14 @@ def _judge(
             "owner only (README: Access)",
             what,
             ", ".join(privileges.creates_in),
+        )
+    if privileges.creates_schemas and not privileges.superuser:
+        logger.warning(
+            "%s may create schemas in the database (CREATE on it, which its owner has): one "
+            'named like the login would come first on the default search_path ("$user", '
+            "public), ahead of the schema's tables for every key; mirrorpool refuses CREATE "
+            "SCHEMA, but revoke it (README: Access)",
+            what,
         )
     for warning in warnings:
         logger.warning("%s", warning)

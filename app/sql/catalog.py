@@ -225,6 +225,9 @@ PINNED_SETTINGS = frozenset(
         "standard_conforming_strings",
         "backslash_quote",
         "client_connection_check_interval",
+        # Setting it seeds random() for the whole session (its assign hook calls setseed),
+        # and no reset undoes that: other keys' random() would follow the seed.
+        "seed",
     }
 )
 

@@ -57,6 +57,19 @@ _SHARED = {
     "AlterRoleStmt": "ALTER ROLE",
     "AlterRoleSetStmt": "ALTER ROLE ... SET",
     "AlterDatabaseSetStmt": "ALTER DATABASE ... SET",
+    # (a CONNECTION LIMIT 0 closes the database to every pool's new connections)
+    "AlterDatabaseStmt": "ALTER DATABASE",
+    "AlterDatabaseRefreshCollStmt": "ALTER DATABASE ... REFRESH COLLATION VERSION",
+    "CreatedbStmt": "CREATE DATABASE",
+    "DropdbStmt": "DROP DATABASE",
+    # A schema named like the login comes first on the default search_path ("$user",
+    # public): its tables and views would answer for the schema's in every key's session.
+    "CreateSchemaStmt": "CREATE SCHEMA",
+    # DROP OWNED BY the login revokes what was granted to it, default privileges included:
+    # every table a migration makes after would be closed to every key.
+    "DropOwnedStmt": "DROP OWNED",
+    "ReassignOwnedStmt": "REASSIGN OWNED",
+    "AlterDefaultPrivilegesStmt": "ALTER DEFAULT PRIVILEGES",
     "AlterSystemStmt": "ALTER SYSTEM",
 }
 # Statements a read-only request may not send: code the tree cannot read (DO, a procedure),
@@ -156,15 +169,13 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "login's rights over every key's sessions (its password and defaults, the "
             "others' backends); ask the schema's owner for a function, made by a migration"
         )
-    pinned = _pinned(tree)
+    pinned = _pinned_refusal(tree)
     if pinned is not None:
-        return (
-            f"{pinned} may not be set: mirrorpool pins it for every session (values are "
-            "encoded in its formats, and statements read as PostgreSQL reads them)"
-        )
+        return pinned
     if any(call.name is None for call in tree.set_configs):
         return "set_config() needs the setting's name written out, not computed or a parameter"
     shared = next((what for kind, what in _SHARED.items() if kind in tree.kinds), None)
+    shared = shared or _renames_database(tree)
     if shared is not None:
         return (
             f"{shared} is refused: it changes the login or the server for every later "
@@ -180,6 +191,35 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
         return (
             "pg_prepared_statements is refused: it lists the statements mirrorpool prepared "
             "on a shared connection, other keys' SQL among them"
+        )
+    return None
+
+
+def _renames_database(tree: Tree) -> str | None:
+    """ALTER DATABASE ... RENAME TO / OWNER TO, ALTER SCHEMA ... RENAME TO / OWNER TO."""
+    body = tree.node.get(tree.kind, {})
+    target = body.get("renameType") or body.get("objectType")
+    if tree.kind in ("RenameStmt", "AlterOwnerStmt") and target in (
+        "OBJECT_DATABASE",
+        "OBJECT_SCHEMA",
+    ):
+        what = "DATABASE" if target == "OBJECT_DATABASE" else "SCHEMA"
+        return f"ALTER {what} ... {'RENAME' if tree.kind == 'RenameStmt' else 'OWNER'}"
+    return None
+
+
+def _pinned_refusal(tree: Tree) -> str | None:
+    pinned = _pinned(tree)
+    if pinned == "seed":
+        return (
+            "seed may not be set: it seeds random() for the whole session and no reset undoes "
+            "it, so other keys' random() would follow it; call setseed() instead (mirrorpool "
+            "then closes the connection after the request)"
+        )
+    if pinned is not None:
+        return (
+            f"{pinned} may not be set: mirrorpool pins it for every session (values are "
+            "encoded in its formats, and statements read as PostgreSQL reads them)"
         )
     return None
 

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from app.sql import catalog, pipeline
-from app.sql.tree import Setting, Tree
+from app.sql.tree import Tree
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
@@ -90,6 +90,12 @@ def effect(tree: Tree) -> Effect:
         tree.kinds & _CLOSE_KINDS
         or tree.maybe_called & catalog.SURVIVES_RESET
         or custom_settings(tree)
+        # PL/pgSQL compiles a function once per backend and keeps it through DISCARD ALL,
+        # with the names its body reads (`prices.amount%TYPE`) resolved as the session then
+        # saw them: under a temporary table, or a search path of the request's own, every
+        # later key's call would keep that reading. Only a new backend forgets it.
+        or tree.temp
+        or _sets_search_path(tree)
     ):
         return Effect.CLOSE
     dirty = (
@@ -97,19 +103,22 @@ def effect(tree: Tree) -> Effect:
         # SELECT ... INTO creates a table: with pg_temp first on the search path, a
         # temporary one that shadows the database's own.
         or "IntoClause" in tree.kinds
-        # A search path of the request's own may put its schema's functions ahead of the
-        # catalog's (whatever pg_catalog function names the tree vetted).
-        or any(s.name == "search_path" for s in tree.settings)
-        or any(c.name == "search_path" for c in tree.set_configs)
+        # Any setting, even a local one: plans made under it (a literal read in its time
+        # zone, a function's cached plans) would outlive it; DISCARD ALL drops them.
+        or _changes_a_setting(tree)
         # A volatile catalog function called in attribute notation, `(42).pg_advisory_lock`.
         or bool(tree.attributes & _UNVETTED_VOLATILE)
-        or tree.temp
         or tree.hold_cursor
-        or any(_lasts(s) for s in tree.settings)
-        or any(not c.local for c in tree.set_configs)
         or bool(tree.unvetted_calls)
     )
     return Effect.RESET if dirty else Effect.NONE
+
+
+def _sets_search_path(tree: Tree) -> bool:
+    """True when the statement sets the search path, in any scope."""
+    return any(s.name == "search_path" for s in tree.settings) or any(
+        c.name == "search_path" for c in tree.set_configs
+    )
 
 
 def custom_settings(tree: Tree) -> bool:
@@ -131,11 +140,12 @@ def sets_anything(tree: Tree) -> bool:
     return bool(tree.settings or tree.set_configs)
 
 
-def _lasts(setting: Setting) -> bool:
-    """True for a SET or RESET that outlives its transaction."""
-    if setting.kind == "VAR_SET_MULTI":  # SET TRANSACTION ..., SET SESSION CHARACTERISTICS
-        return setting.name == "session characteristics"
-    return not setting.local
+def _changes_a_setting(tree: Tree) -> bool:
+    """True for a SET, RESET or set_config() in any scope (SET TRANSACTION ... aside: the
+    isolation level and access mode end with the transaction and shape no plan)."""
+    return bool(tree.set_configs) or any(
+        s.kind != "VAR_SET_MULTI" or s.name == "session characteristics" for s in tree.settings
+    )
 
 
 def pure_read(tree: Tree) -> bool:

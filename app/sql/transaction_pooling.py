@@ -42,9 +42,11 @@ _BY_KIND: dict[str, Finding] = {
     "LoadStmt": ("LOAD", _OUTLIVES, "preload the library in the server's configuration"),
 }
 _TEMP: Finding = (
-    "a temporary object",
-    _OUTLIVES,
-    "create it with ON COMMIT DROP inside /v1/transaction, or use a real table",
+    "a temporary object (ON COMMIT DROP too)",
+    "pg_temp is searched first for relations, so PL/pgSQL functions compiled under it keep "
+    "its column types for the life of the server connection, for other clients of the "
+    "pooler (and whatever it leaves could outlive the transaction)",
+    "use a real table (UNLOGGED for scratch data), or serve without PgBouncer",
 )
 
 
@@ -69,16 +71,18 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
     setting = _setting_change(tree)
     if setting is not None:
         return setting
-    if _search_path_reaches_temp(tree):
+    reading = _reading_setting(tree)
+    if reading is not None:
         return (
-            "a search_path that names pg_temp, or one given as a parameter",
-            "objects created with it would be temporary, and outlive the request's "
-            "transaction on a server connection other clients of the pooler get next",
-            "name the schemas literally, without pg_temp",
+            f"setting {reading}",
+            "PL/pgSQL keeps each function it compiles, with its plans, for the life of the "
+            "server connection: the names and literals of a function called under it would be "
+            "read that way for other clients of the pooler (and no reset can run here)",
+            "qualify names with their schema and write times with their zone",
         )
     if tree.hold_cursor:
         return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
-    if tree.temp and not _dropped_on_commit(tree):
+    if tree.temp:
         return _TEMP
     if _sets_sequence_owner(tree):
         # A serial column's sequence of an ON COMMIT DROP table is temporary and goes with the
@@ -108,11 +112,20 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
     return None
 
 
-def _search_path_reaches_temp(tree: Tree) -> bool:
-    """True for a search_path set (any scope) to a value naming pg_temp, or not literal."""
-    values = [v for s in tree.settings if s.name == "search_path" for v in s.values]
-    values += [c.value for c in tree.set_configs if c.name == "search_path"]
-    return any(v is None or "pg_temp" in v.lower() for v in values)
+# Settings that change how a statement's names and literals are read: a function compiled
+# under one of them keeps that reading in the server session (its name resolution, its
+# plans' constants), which mirrorpool cannot reset behind a pooler.
+_READING_SETTINGS = frozenset(
+    {"search_path", "timezone", "array_nulls", "transform_null_equals", "xmloption"}
+)
+
+
+def _reading_setting(tree: Tree) -> str | None:
+    """The setting the statement changes, in any scope, that changes how SQL is read."""
+    names = {n for s in tree.settings for n in s.options | {s.name or ""}}
+    names |= {c.name for c in tree.set_configs if c.name}
+    found = names & _READING_SETTINGS
+    return min(found) if found else None
 
 
 def _setting_change(tree: Tree) -> Finding | None:
@@ -139,11 +152,3 @@ def _sets_sequence_owner(tree: Tree) -> bool:
         return False
     options = body.get("options") or []
     return any(o.get("DefElem", {}).get("defname") == "owned_by" for o in options)
-
-
-def _dropped_on_commit(tree: Tree) -> bool:
-    """True when the temporary table the statement creates goes at the end of the
-    transaction (ON COMMIT DROP)."""
-    body = tree.node.get(tree.kind, {})
-    into = body.get("into") or body.get("intoClause") or {}
-    return "ONCOMMIT_DROP" in (body.get("oncommit"), into.get("onCommit"))
