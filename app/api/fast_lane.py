@@ -23,6 +23,7 @@ from app.api.auth import ApiKey, Keyring, caller_of
 from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
+from app.api.json_body import check_unique_keys
 from app.api.query import NODE_HEADER as NODE
 from app.api.query import (
     QueryRequest,
@@ -101,6 +102,7 @@ class FastQueryLane:
                 request = route.model.model_validate_json(body)
             except ValidationError as exc:
                 return _parts(validation_problem(scope, exc.errors(include_input=False)))
+            check_unique_keys(body)
             outcome = await route.run(
                 request, self.engine, self.settings, partial(client_gone, receive), key
             )

@@ -16,6 +16,7 @@ from app.api.auth import ApiKey, counted, require
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import error_response, problem_responses
+from app.api.json_body import JsonRoute
 from app.errors import Forbidden, LimitExceeded, MirrorpoolError
 from app.settings import Settings
 from app.sql.columns import Column
@@ -23,7 +24,7 @@ from app.sql.engine import Abort, Engine, Limits, Outcome
 from app.sql.results import StatementResult
 from app.sql.statement import prepare
 
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], route_class=JsonRoute)
 
 Params = list[Any] | dict[str, Any] | None
 NODE_HEADER = "X-Mirrorpool-Node"

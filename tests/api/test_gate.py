@@ -173,3 +173,28 @@ def test_loopback_pages_and_names_are_served_without_auth(live_server: LiveServe
             live_server.url + "/v1/query", json={"sql": "SELECT 1"}, headers=headers, timeout=10
         )
         assert response.status_code == 200, (headers, response.text)
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("/v1/query", b'{"sql": "SELECT 1", "sql": "SELECT 2"}'),
+        ("/v1/query", b'{"sql": "SELECT 1", "s\\u0071l": "SELECT 2"}'),
+        ("/v1/query", b'{"sql": "SELECT :a::int", "params": {"a": 1, "a": 2}}'),
+        ("/v1/query", b'{"sql": "SELECT $1::jsonb", "params": [{"x": {"y": 1, "y": 2}}]}'),
+        ("/v1/transaction", b'{"statements": [{"sql": "SELECT 1", "sql": "SELECT 2"}]}'),
+        ("/v1/query/stream", b'{"sql": "SELECT 1", "sql": "SELECT 2"}'),
+        ("/v1/queries/anything", b'{"params": {"a": 1, "a": 2}}'),
+    ],
+)
+def test_a_key_named_twice_is_400(server: LiveServer, path: str, content: bytes) -> None:
+    response = httpx.post(
+        server.url + path,
+        content=content,
+        headers=AUTH | {"content-type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert problem["type"] == "urn:mirrorpool:problem:invalid-request"
+    assert "more than once" in problem["detail"]
