@@ -66,7 +66,7 @@ def serve(settings: Settings) -> int:
         # uvicorn's httptools protocol, with limits on headers, slow requests and idle
         # connections (app/api/connection_limits.py).
         http=protocol_factory(connection_limits(settings)),
-        timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         # Nothing reads the client address; X-Forwarded-* parsing would cost every request.
         proxy_headers=False,
     )

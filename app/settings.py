@@ -189,8 +189,8 @@ class Settings(BaseSettings):
         description="Seconds a request may take to arrive whole, headers and body, from its "
         "first byte (408 and the connection closed beyond).",
     )
-    keep_alive_timeout_s: float = Field(
-        5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection is kept open (whole)."
     )
     health_details: Literal["key", "public"] = Field(
         "key",

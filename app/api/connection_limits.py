@@ -11,8 +11,9 @@ in a subclass of uvicorn's httptools protocol, where the bytes arrive:
 - more than `max_headers` header lines get 431 too;
 - a request must have arrived whole (headers and body) within `read_timeout_s` of its first
   byte, else 408 (when no answer was started) and the connection is closed;
-- a connection with no request in progress is closed after `keep_alive_s`, counted from
-  its last answer, or from when it opened if it never sent a request.
+- a connection with no request in progress is closed after uvicorn's keep-alive timeout,
+  counted from its last answer (uvicorn's own timer) or from when it opened (uvicorn sets
+  none then), and blank lines do not restart it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ class ConnectionLimits:
     header_bytes: int
     max_headers: int
     read_timeout_s: float
-    keep_alive_s: float
 
 
 class _TooManyHeaders(Exception):
@@ -88,8 +88,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # Bytes of the header block being received, or None while a body is.
         self._head_bytes: int | None = 0
         self._heads_done = 0
-        self._header_count = 0
         self._read_deadline: asyncio.TimerHandle | None = None
+        # When the request being received began to arrive (loop time), None between requests.
+        self._begun: float | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -118,8 +119,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                     return
             else:
                 self._head_bytes += len(data)
-        if data:
-            self._feed(data)
+        if data and not self._feed(data):
+            return
+        if self._begun is not None and self._read_deadline is None:
+            # Most requests arrive in one read and need no timer; this one is still coming.
+            self._read_deadline = self.loop.call_at(
+                self._begun + self.limits.read_timeout_s, self._read_timed_out
+            )
 
     def _feed(self, data: bytes) -> bool:
         try:
@@ -173,21 +179,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         `read_timeout_s` to arrive whole."""
         super().on_message_begin()
         self._unset_keepalive_if_required()
-        self._header_count = 0
-        if self._read_deadline is None:
-            self._read_deadline = self.loop.call_later(
-                self.limits.read_timeout_s, self._read_timed_out
-            )
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Count the header lines; stop the parser beyond the limit."""
-        self._header_count += 1
-        if self._header_count > self.limits.max_headers:
-            raise _TooManyHeaders
-        super().on_header(name, value)
+        self._begun = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        """The header block is in: from here on the body arrives."""
+        """The header block is in (within its byte limit): count its fields, then the body
+        arrives."""
+        if len(self.headers) > self.limits.max_headers:
+            raise _TooManyHeaders
         self._head_bytes = None
         self._heads_done += 1
         super().on_headers_complete()
@@ -198,21 +196,16 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         super().on_message_complete()
 
-    def on_response_complete(self) -> None:
-        """As uvicorn's: start a pipelined request, or wait `keep_alive_s` for the next."""
-        super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:
-            self._unset_keepalive_if_required()
-            self._arm_idle()
-
     # Timers
 
     def _arm_idle(self) -> None:
+        # (after an answer, uvicorn's own keep-alive timer: MIRRORPOOL_KEEP_ALIVE_TIMEOUT_S)
         self.timeout_keep_alive_task = self.loop.call_later(
-            self.limits.keep_alive_s, self.timeout_keep_alive_handler
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
 
     def _disarm_read(self) -> None:
+        self._begun = None
         if self._read_deadline is not None:
             self._read_deadline.cancel()
             self._read_deadline = None
@@ -253,5 +246,4 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         read_timeout_s=settings.request_read_timeout_s,
-        keep_alive_s=settings.keep_alive_timeout_s,
     )

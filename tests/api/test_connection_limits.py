@@ -101,7 +101,7 @@ def test_a_header_block_just_under_the_limit_is_served(server: LiveServer) -> No
 def test_10000_headers_are_431(server: LiveServer) -> None:
     with connect(server) as sock:
         head = b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        send_until_refused(sock, head + b"a:b\r\n" * 10_000, b"", 0)
+        send_until_refused(sock, head + b"a:b\r\n" * 10_000 + b"\r\n", b"", 0)
         answer = read_until_closed(sock)
     assert status_of(answer) == 431
     assert "header fields" in str(problem_of(answer)["detail"])
