@@ -14,7 +14,7 @@ import pytest
 
 from app.api.auth import hash_key
 from app.devdb import LocalPair
-from tests.api.test_connection_limits import connect, problem_of, read_until_closed, status_of
+from tests.api.raw_http import connect, problem_of, read_until_closed, status_of
 from tests.conftest import LiveServer, start_server, stop_server
 from tests.waiting import eventually_sync
 
