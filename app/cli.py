@@ -49,7 +49,8 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
 
 def serve(settings: Settings) -> int:
     """Run the HTTP service until SIGINT/SIGTERM; in-flight requests finish first."""
-    from app.main import check_startup_logins, create_app  # noqa: PLC0415 - a quick --help
+    # Imported here, for a quick --help.
+    from app.main import check_startup_logins, create_app  # noqa: PLC0415
 
     # A superuser login, or a key's role that cannot log in, stops start-up here with one
     # line (exit code 2), before any worker starts.
@@ -73,6 +74,8 @@ def serve(settings: Settings) -> int:
 
 
 def _run(app: MirrorpoolApp | str, settings: Settings) -> None:
+    from app.api.connection_limits import connection_limits, protocol_factory  # noqa: PLC0415
+
     uvicorn.run(
         app,
         factory=settings.workers > 1,
@@ -84,6 +87,10 @@ def _run(app: MirrorpoolApp | str, settings: Settings) -> None:
         access_log=False,  # app/api/access_log.py logs each request, with its request id
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) or None,
         server_header=False,
+        # uvicorn's httptools protocol, with limits on headers, slow requests and idle
+        # connections (app/api/connection_limits.py).
+        http=protocol_factory(connection_limits(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         # Nothing reads the client address; X-Forwarded-* parsing would cost every request.
         proxy_headers=False,
     )

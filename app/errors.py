@@ -51,6 +51,14 @@ class PayloadTooLarge(LimitExceeded):
     """The request body is larger than the body limit."""
 
 
+class UnsupportedMediaType(RequestError):
+    """The request body is not in the media type the route takes (JSON)."""
+
+
+class DuplicateKey(RequestError):
+    """A JSON object in the request body names the same key twice."""
+
+
 class Unauthorized(RequestError):
     """No API key, or one that is not valid."""
 

@@ -19,6 +19,7 @@ from app.api.auth import Keyring
 from app.api.body_limit import BodyLimitMiddleware
 from app.api.errors import PROBLEM_JSON
 from app.api.fast_lane import FastQueryLane, is_query
+from app.api.gate import RequestGate
 from app.api.inflight import InFlight, InFlightMiddleware
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
@@ -148,6 +149,30 @@ def warn_if_open(keyring: Keyring, settings: Settings) -> None:
         )
 
 
+def install_middleware(
+    app: MirrorpoolApp,
+    settings: Settings,
+    keyring: Keyring,
+    inflight: InFlight,
+    metrics: Metrics,
+    engine: Engine,
+) -> None:
+    """Both stacks, in one place: FastAPI's routes, and the fast lane's, which passes the same
+    access log, metrics and gate."""
+    # Added innermost first: the request id is given before anything can fail.
+    app.add_middleware(InFlightMiddleware, inflight=inflight)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestGate, settings=settings, keyring=keyring)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware)
+    if settings.fast_path:
+        lane = FastQueryLane(engine, settings, inflight, keyring)
+        app.fast_lane = AccessLogMiddleware(
+            MetricsMiddleware(RequestGate(lane, settings, keyring), metrics)
+        )
+
+
 def create_app(
     settings: Settings | None = None, login_warnings: list[str] | None = None
 ) -> MirrorpoolApp:
@@ -216,16 +241,7 @@ def create_app(
     app.state.migrator = migrator
     app.state.login_warnings = login_warnings
     errors.install(app)
-    # Added innermost first: the request id is given before anything can fail.
-    app.add_middleware(InFlightMiddleware, inflight=inflight)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(AccessLogMiddleware)
-    if settings.fast_path:
-        app.fast_lane = AccessLogMiddleware(
-            MetricsMiddleware(FastQueryLane(engine, settings, inflight, keyring), metrics)
-        )
+    install_middleware(app, settings, keyring, inflight, metrics, engine)
     for module in (query, named, migrations, admin, metrics_api, probes, pool):
         app.include_router(module.router)
     return app

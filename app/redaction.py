@@ -40,10 +40,37 @@ class Redactor:
 redactor = Redactor()
 
 
+# Control characters (C0, DEL, C1) and Unicode's line separators, as escapes: a value a
+# client sent (a path, a header) must not start a line of its own in a text log.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def escape_controls(text: str) -> str:
+    """The text with control characters and line separators escaped (`\\n`, `\\x1b`)."""
+    return text.translate(_ESCAPES)
+
+
 class RedactingFilter(logging.Filter):
-    """A logging filter that formats the message early and scrubs it (and any traceback)."""
+    """A logging filter that formats the message early and scrubs it (and any traceback).
+    With `escape`, control characters in the message's arguments (the values it carries:
+    paths, ids, error texts) are escaped, as JSON lines escape them."""
+
+    def __init__(self, escape: bool = False) -> None:
+        super().__init__()
+        self.escape = escape
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.escape and isinstance(record.args, tuple):
+            record.args = tuple(
+                escape_controls(str(a)) if isinstance(a, str | BaseException) else a
+                for a in record.args
+            )
         record.msg = redactor.scrub(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
@@ -77,7 +104,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         if fmt == "json"
         else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(escape=fmt == "text"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

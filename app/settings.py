@@ -181,6 +181,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest header block (request line and headers) of a request (431 beyond).",
+    )
+    max_headers: int = Field(
+        100, ge=8, description="Most header fields a request may carry (431 beyond)."
+    )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request may take to arrive whole, headers and body, from its "
+        "first byte (408 and the connection closed beyond).",
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection is kept open (whole)."
+    )
+    health_details: Literal["key", "public"] = Field(
+        "key",
+        description="key: /health shows hosts, ports and error texts only to a key with the "
+        "read scope; public: to anyone.",
+    )
     max_sql_length: int = Field(100_000, ge=1, description="Longest SQL text, in characters.")
     max_params: int = Field(
         10_000, ge=0, le=65_535, description="Most parameters one statement may carry."

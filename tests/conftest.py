@@ -119,7 +119,8 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://mirrorpool") as client:
+        # A loopback name: with auth disabled, other Host names are refused (app/api/gate.py).
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             yield app, client
 
 

@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.auth import ApiKey, scoped
 from app.api.deps import ClusterDep
 from app.api.errors import problem_responses
+from app.api.json_body import JsonRoute
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=JsonRoute)
 AdminKey = Annotated[ApiKey, Depends(scoped("admin"))]
 
 

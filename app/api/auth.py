@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -109,26 +109,29 @@ def require(key: ApiKey, *scopes: ScopeName) -> None:
         raise Forbidden(f"key {key.id!r} lacks the {' or '.join(scopes)} scope for this request")
 
 
+def caller_of(scope: Scope, keyring: Keyring) -> ApiKey:
+    """The caller of a request: the key the gate identified (and counts) from its headers
+    (app/api/gate.py), else identified now."""
+    key = (scope.get("state") or {}).get("api_key")
+    return key if isinstance(key, ApiKey) else keyring.identify(scope)
+
+
 async def _caller(
     request: Request,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     _header: Annotated[str | None, Depends(api_key_header)],
 ) -> ApiKey:
     keyring: Keyring = request.app.state.keyring
-    return keyring.identify(request.scope)
+    return caller_of(request.scope, keyring)
 
 
 CallerDep = Annotated[ApiKey, Depends(_caller)]
 
 
-async def counted(request: Request, key: CallerDep) -> AsyncIterator[ApiKey]:
-    """The caller, counted against its in-flight limit while the request runs."""
-    keyring: Keyring = request.app.state.keyring
-    keyring.enter(key)
-    try:
-        yield key
-    finally:
-        keyring.leave(key)
+async def counted(key: CallerDep) -> ApiKey:
+    """The caller of a route under /v1/, which the gate counts against the key's in-flight
+    limit from the request's headers on (app/api/gate.py)."""
+    return key
 
 
 def scoped(*scopes: ScopeName) -> Callable[[ApiKey], Awaitable[ApiKey]]:

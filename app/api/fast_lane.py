@@ -19,10 +19,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from app.api.auth import ApiKey, Keyring
+from app.api.auth import ApiKey, Keyring, caller_of
 from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
+from app.api.json_body import check_unique_keys
 from app.api.query import NODE_HEADER as NODE
 from app.api.query import (
     QueryRequest,
@@ -95,19 +96,16 @@ class FastQueryLane:
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, list[Any], bytes]:
         route = ROUTES[scope["path"]]
         try:
-            key = self.keyring.identify(scope)
+            key = caller_of(scope, self.keyring)  # counted by the gate (app/api/gate.py)
             body = await self._body(scope, receive)
             try:
                 request = route.model.model_validate_json(body)
             except ValidationError as exc:
                 return _parts(validation_problem(scope, exc.errors(include_input=False)))
-            self.keyring.enter(key)
-            try:
-                outcome = await route.run(
-                    request, self.engine, self.settings, partial(client_gone, receive), key
-                )
-            finally:
-                self.keyring.leave(key)
+            check_unique_keys(body)
+            outcome = await route.run(
+                request, self.engine, self.settings, partial(client_gone, receive), key
+            )
             answer = route.encode(outcome, self.settings)
         except MirrorpoolError as exc:
             return _parts(error_response(scope, exc))

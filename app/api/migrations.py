@@ -11,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api import examples
 from app.api.auth import ANONYMOUS, ApiKey, scoped
 from app.api.errors import problem_responses
+from app.api.json_body import JsonRoute
 from app.errors import MigrationDrift, MirrorpoolError, RequestError
 from app.migrations.history import State, current_version
 from app.migrations.runner import Migrator
 from app.migrations.versions import Version
 
-router = APIRouter(tags=["migrations"])
+router = APIRouter(tags=["migrations"], route_class=JsonRoute)
 audit = logging.getLogger("app.audit")
 
 

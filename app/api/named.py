@@ -14,12 +14,13 @@ from app.api.auth import ApiKey, counted, require, scoped
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import problem_responses
+from app.api.json_body import JsonRoute
 from app.api.query import QueryResponse, limits_for, result_response
 from app.errors import NotFound
 from app.sql.named import NamedQuery
 from app.sql.statement import prepare
 
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], route_class=JsonRoute)
 
 
 async def get_queries(request: Request) -> dict[str, NamedQuery]:

@@ -5,43 +5,59 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, Field
 
-from app.api.deps import ClusterDep
+from app.api.auth import Keyring
+from app.api.deps import ClusterDep, SettingsDep
 from app.cluster.cluster import HealthStatus
 from app.cluster.node import Role
+from app.errors import Unauthorized
+from app.settings import Settings
 
 router = APIRouter(tags=["probes"])
 
 
-class NodeHealth(BaseModel):
-    """One node as the health monitor last saw it."""
+class NodeStatus(BaseModel):
+    """One node as the health monitor last saw it: what anyone may know."""
 
     name: str = Field(examples=["primary"])
     role: Role = Field(description="Observed role: primary, mirror, or unknown when unreachable.")
     reachable: bool | None = Field(description="null until the first probe has finished.")
+
+
+class NodeHealth(NodeStatus):
+    """One node, with where it is (for a key with the read scope)."""
+
     target: str = Field(description="host:port/dbname (no credentials).", examples=["db:5432/app"])
     alias_of: str | None = Field(
         None, description="Set when the node leads to the same server as the node named."
     )
 
 
-class HealthReport(BaseModel):
-    """The service's view of the database cluster."""
+class HealthSummary(BaseModel):
+    """The service's view of the database cluster, as anyone may see it."""
 
     status: HealthStatus = Field(
         description="ok: a writer and every node reachable; degraded: some node is "
         "unreachable or no node accepts writes, but something serves; down: nothing serves."
     )
     writer: str | None = Field(description="Name of the node that takes writes, if any.")
+    nodes: list[NodeStatus]
+
+
+class HealthReport(HealthSummary):
+    """The same with the details: reasons (PostgreSQL's error texts), warnings and each
+    node's host, port and database (for a key with the read scope, or
+    MIRRORPOOL_HEALTH_DETAILS=public)."""
+
     reasons: list[str] = Field(description="Why the status is not ok.")
     warnings: list[str] = Field(
         default_factory=list,
         description="What is allowed but unsafe, such as a superuser login permitted by "
         "MIRRORPOOL_ALLOW_SUPERUSER=true.",
     )
-    nodes: list[NodeHealth]
+    nodes: list[NodeHealth]  # type: ignore[assignment]
 
 
 class Liveness(BaseModel):
@@ -62,18 +78,29 @@ class Readiness(BaseModel):
 @router.get(
     "/health",
     summary="Cluster health summary",
-    responses={503: {"model": HealthReport, "description": "No node can serve (status down)."}},
+    responses={
+        503: {"model": HealthReport, "description": "No node can serve (status down)."},
+    },
 )
-async def health(cluster: ClusterDep, response: Response) -> HealthReport:
-    """ok, degraded or down, with the reasons and every node's reachability and role."""
+async def health(
+    request: Request, cluster: ClusterDep, settings: SettingsDep, response: Response
+) -> HealthReport | HealthSummary:
+    """ok, degraded or down, and every node's reachability and role; with a key holding the
+    `read` scope (or MIRRORPOOL_HEALTH_DETAILS=public), also the reasons, the warnings and
+    each node's host, port and database."""
     summary = cluster.health()
     # With several workers, each watches the cluster itself: this one answered.
     response.headers["X-Mirrorpool-Worker"] = str(os.getpid())
     if summary.status is HealthStatus.DOWN:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    writer = cluster.writer.name if cluster.writer else None
+    if not _shows_details(request, settings):
+        nodes = [NodeStatus(name=n.name, role=n.role, reachable=n.state.reachable)
+                 for n in cluster.nodes]  # fmt: skip
+        return HealthSummary(status=summary.status, writer=writer, nodes=nodes)
     return HealthReport(
         status=summary.status,
-        writer=cluster.writer.name if cluster.writer else None,
+        writer=writer,
         reasons=summary.reasons,
         warnings=cluster.warnings,
         nodes=[
@@ -87,6 +114,19 @@ async def health(cluster: ClusterDep, response: Response) -> HealthReport:
             for n in cluster.nodes
         ],
     )
+
+
+def _shows_details(request: Request, settings: Settings) -> bool:
+    """Hosts, ports and PostgreSQL's error texts are for those who may read: a key with the
+    read scope, or anyone with MIRRORPOOL_HEALTH_DETAILS=public. Without a key (or with a
+    wrong one) the summary is still given: a probe sends none."""
+    if settings.health_details == "public":
+        return True
+    keyring: Keyring = request.app.state.keyring
+    try:
+        return keyring.identify(request.scope).can("read")
+    except Unauthorized:
+        return False
 
 
 @router.get("/health/live", summary="Liveness probe")

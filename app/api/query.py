@@ -16,14 +16,16 @@ from app.api.auth import ApiKey, counted, require
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import error_response, problem_responses
-from app.errors import Forbidden, LimitExceeded, MirrorpoolError
+from app.api.json_body import JsonRoute
+from app.errors import Forbidden, InvalidSQL, LimitExceeded, MirrorpoolError
 from app.settings import Settings
 from app.sql.columns import Column
 from app.sql.engine import Abort, Engine, Limits, Outcome
 from app.sql.results import StatementResult
 from app.sql.statement import prepare
+from app.sql.tree import NO_ROWS_TO_STREAM, returns_rows
 
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], route_class=JsonRoute)
 
 Params = list[Any] | dict[str, Any] | None
 NODE_HEADER = "X-Mirrorpool-Node"
@@ -352,6 +354,8 @@ async def query_stream(
         row_format=body.row_format,
     )
     bound = prepare(body.sql, body.params, settings, read_only=limits.read_only)
+    if returns_rows(bound.tree) is False:
+        raise InvalidSQL(NO_ROWS_TO_STREAM)
     events = engine.stream(bound, limits, settings.stream_chunk_rows)
     # The node and the columns come before the answer starts, so an error up to that point
     # is an ordinary problem+json answer with its own status.

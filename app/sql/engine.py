@@ -23,7 +23,14 @@ from psycopg import AsyncConnection
 
 from app.cluster.cluster import Cluster, Intent
 from app.cluster.node import Node
-from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
+from app.errors import (
+    ClientGone,
+    InvalidSQL,
+    MirrorpoolError,
+    NodeFailed,
+    NoWriterError,
+    QueryTimeout,
+)
 from app.settings import Settings
 from app.sql import checkout, pipeline, session
 from app.sql.checkout import Checkout
@@ -35,6 +42,7 @@ from app.sql.pipeline import Command
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult, affected, statement_result, streamed_tag
 from app.sql.session import Isolation
+from app.sql.tree import NO_ROWS_TO_STREAM, returns_rows
 from app.sql.types import SESSION_SETTINGS
 
 T = TypeVar("T")
@@ -444,6 +452,11 @@ class Engine:
                     # The stream holds its connection until its last row: type names the
                     # node has not met are looked up now, before it starts.
                     fields = await pipeline.describe(conn, bound.sql, bound.params)
+                    if not fields and returns_rows(bound.tree) is None:
+                        # The server's description, where the tree cannot tell (a CALL of
+                        # a procedure without OUT parameters): nothing has run yet.
+                        await _rollback(conn)
+                        raise InvalidSQL(NO_ROWS_TO_STREAM)
                     await self.types.columns(conn, node, [Field(n, oid) for n, oid in fields])
                     cur = conn.cursor()
                     sent_columns = False

@@ -476,3 +476,29 @@ def _no_transaction(kind: str, body: dict[str, Any]) -> str | None:
         "ClusterStmt": None if body.get("relation") else "CLUSTER without a table",
     }.get(kind)
     return found or _NEVER_IN_TRANSACTION.get(kind)
+
+
+_DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+NO_ROWS_TO_STREAM = (
+    "the statement returns no rows to stream (such as INSERT, UPDATE or DELETE without "
+    "RETURNING, SET, or DDL): send it to POST /v1/query instead"
+)
+
+
+def returns_rows(tree: Tree) -> bool | None:
+    """Whether the statement answers with rows, as its tree says: a query (not SELECT INTO),
+    DML with RETURNING, EXPLAIN, SHOW, FETCH; not SET, DO, DDL, DML without RETURNING. None
+    where only the server can tell (CALL: a row when the procedure has OUT parameters)."""
+    body = tree.node.get(tree.kind) or {}
+    if tree.kind == "SelectStmt":
+        return "intoClause" not in body
+    if tree.kind in _DML:
+        # (`returningList` up to PostgreSQL 17's grammar, `returningClause` from 18's)
+        return bool(body.get("returningList") or (body.get("returningClause") or {}).get("exprs"))
+    if tree.kind == "FetchStmt":
+        return not body.get("ismove")
+    if tree.kind in {"ExplainStmt", "VariableShowStmt"}:
+        return True
+    if tree.kind in {"CallStmt", "ExecuteStmt"}:
+        return None
+    return False

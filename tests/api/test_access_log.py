@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import httpx
 
 from app.devdb import SERVICE, LocalPair, free_ports
+from tests.conftest import start_server, stop_server
 from tests.waiting import eventually_sync
 
 SECRET_PARAM = "do-not-log-this-value"
@@ -65,3 +67,25 @@ def test_json_logs_one_line_per_request(pair: LocalPair) -> None:
     assert ok.status_code == 200
     assert SECRET_PARAM not in "\n".join(lines)
     assert "SELECT 1/0" not in "\n".join(lines)
+
+
+def test_text_logs_escape_what_a_client_sent(pair: LocalPair) -> None:
+    server = start_server(pair, MIRRORPOOL_LOG_LEVEL="info", MIRRORPOOL_LOG_FORMAT="text")
+    forged = "2026-12-01 00:00:00,000 WARNING app.cli: forged"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            path = "/nowhere%0D%0A" + forged.replace(" ", "%20") + "%1B[2J%E2%80%A8end"
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+            )
+            assert sock.recv(65536).startswith(b"HTTP/1.1 404")
+    finally:
+        stop_server(server)
+    log = server.proc.stderr.read() if server.proc.stderr else ""
+    lines = log.splitlines()
+    assert not [line for line in lines if line.startswith(forged)], log
+    access = [line for line in lines if "app.access" in line and "/nowhere" in line]
+    assert len(access) == 1, log
+    assert "/nowhere\\r\\n2026-12-01" in access[0]
+    assert "\\x1b[2J\\u2028end 404" in access[0]
+    assert "\x1b" not in log

@@ -10,7 +10,7 @@ import time
 import httpx
 
 from app.devdb import LocalPair
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, as_owner
 from tests.waiting import eventually_sync
 
 
@@ -104,7 +104,7 @@ def send_and_hang_up(server: LiveServer, path: str, body: dict[str, object]) -> 
     payload = json.dumps(body).encode()
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
@@ -128,3 +128,42 @@ def test_client_disconnect_cancels_the_statement(live_server: LiveServer, pair: 
     # The connections went back to the pool clean: the service still answers.
     response = httpx.post(live_server.url + "/v1/query", json={"sql": "SELECT 1"}, timeout=10)
     assert response.json()["rows"] == [[1]]
+
+
+def test_statements_without_rows_are_sent_to_v1_query(
+    live_server: LiveServer, pair: LocalPair
+) -> None:
+    as_owner(
+        pair,
+        "CREATE TABLE IF NOT EXISTS stream_no_rows_t (v int)",
+        "GRANT SELECT, INSERT ON stream_no_rows_t TO mirrorpool",
+        "CREATE OR REPLACE PROCEDURE stream_no_rows_p() LANGUAGE sql AS $$ SELECT 1 $$",
+        "CREATE OR REPLACE PROCEDURE stream_out_p(OUT n int) LANGUAGE sql AS $$ SELECT 7 $$",
+    )
+
+    def stream(sql: str) -> httpx.Response:
+        return httpx.post(live_server.url + "/v1/query/stream", json={"sql": sql}, timeout=10)
+
+    for sql in (
+        "INSERT INTO stream_no_rows_t VALUES (1)",
+        "UPDATE stream_no_rows_t SET v = 2",
+        "SET search_path = public",
+        "CALL stream_no_rows_p()",  # decided by the server's description of it
+    ):
+        response = stream(sql)
+        assert response.status_code == 400, (sql, response.text)
+        problem = response.json()
+        assert problem["type"] == "urn:mirrorpool:problem:invalid-sql", sql
+        assert "POST /v1/query" in problem["detail"], sql
+        assert "didn't produce a result" not in response.text, sql
+    do = stream("DO $$ BEGIN END $$")  # refused everywhere, and saying why
+    assert (do.status_code, do.json()["type"]) == (400, "urn:mirrorpool:problem:invalid-sql")
+    assert "DO blocks" in do.json()["detail"]
+    count = httpx.post(
+        live_server.url + "/v1/query", json={"sql": "SELECT count(*) FROM stream_no_rows_t"}
+    )
+    assert count.json()["rows"] == [["0"]]  # the INSERT never ran
+    returning = stream("INSERT INTO stream_no_rows_t VALUES (5) RETURNING v").text.splitlines()
+    assert returning[1] == "[5]"
+    out = stream("CALL stream_out_p(NULL)").text.splitlines()
+    assert out[1] == "[7]"

@@ -371,7 +371,9 @@ def test_mirrorpool_serves_through_the_compose_logins(
     # The service's own settings (API keys included), as README's walk-through uses them.
     server = start_server(primary.pair, **primary.env("mirrorpool"), MIRRORPOOL_AUTH="keys")
     try:
-        health = httpx.get(server.url + "/health", timeout=5).json()
+        health = httpx.get(
+            server.url + "/health", headers={"Authorization": "Bearer demo"}, timeout=5
+        ).json()
         assert (health["writer"], health["warnings"]) == ("primary", [])
         answer = httpx.post(
             server.url + "/v1/query",

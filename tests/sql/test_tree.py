@@ -11,7 +11,7 @@ from pglast import visitors
 from app.errors import DatabaseError, InvalidSQL
 from app.sql import refusals, session
 from app.sql.session import Effect
-from app.sql.tree import parse, parse_all
+from app.sql.tree import parse, parse_all, returns_rows
 
 
 def refused(sql: str, read_only: bool = False) -> str | None:
@@ -370,3 +370,31 @@ def test_the_tree_sees_every_node_pglasts_own_ast_has(sql: str) -> None:
         expected.add(type(node).__name__)
     found = parse(sql).kinds | {"RawStmt"}
     assert expected - found == set()
+
+
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("SELECT 1", True),
+        ("/* INSERT */ select 1 union select 2", True),
+        ("VALUES (1)", True),
+        ("TABLE t", True),
+        ("WITH d AS (DELETE FROM t RETURNING 1) SELECT * FROM d", True),
+        ("INSERT INTO t VALUES (1) RETURNING *", True),
+        ("UPDATE t SET a = 1 RETURNING a", True),
+        ("SHOW TimeZone", True),
+        ("EXPLAIN SELECT 1", True),
+        ("FETCH 1 FROM c", True),
+        ("SELECT 1 INTO t2", False),
+        ("INSERT INTO t VALUES (1)", False),
+        ("WITH s AS (SELECT 1 AS a) INSERT INTO t SELECT a FROM s", False),
+        ("DELETE FROM t", False),
+        ("MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN DELETE", False),
+        ("SET search_path = public", False),
+        ("CREATE TABLE t3 (a int)", False),
+        ("MOVE 1 FROM c", False),
+        ("CALL p()", None),
+    ],
+)
+def test_returns_rows_reads_the_statement_not_its_words(sql: str, rows: bool | None) -> None:
+    assert returns_rows(parse(sql)) is rows

@@ -1,0 +1,136 @@
+"""The checks a request passes on its headers alone, before anything reads its body.
+
+- With MIRRORPOOL_AUTH=disabled (loopback development): a Host that is not a loopback name
+  (DNS rebinding) or an Origin of another site (a web page's cross-site request) is refused.
+- A body on a JSON route must say it is JSON: a web page can send `text/plain`, form and
+  multipart bodies cross-site without asking first, JSON it cannot. 415 otherwise.
+- Routes that need a key get it checked here, so a request without a valid key is answered
+  401 before its body is read, and a request counts against its key's in-flight limit from
+  its headers on, not from when its (perhaps slow) body has arrived.
+
+Every refusal closes the connection, so an unread body costs nothing either.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.auth import Keyring
+from app.api.errors import error_response
+from app.api.request_id import HEADER, assign_request_id, request_id_of
+from app.errors import Forbidden, MirrorpoolError, UnsupportedMediaType
+from app.settings import Settings
+
+# Routes whose body is not JSON by their protocol: exempt from the 415 rule, not from keys.
+# Neon's SQL-over-HTTP driver posts `text/plain;charset=UTF-8`.
+NON_JSON_BODIES = frozenset({"/sql"})
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def needs_key(path: str) -> bool:
+    """True for the routes every request of which needs a key (the probes, the docs,
+    /metrics and /pool/stats are open or check the key themselves)."""
+    return path.startswith("/v1/") or path == "/sql"
+
+
+def host_name(authority: str) -> str:
+    """The host of a Host header or an origin's authority, without port or brackets."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rpartition(":")[0] if ":" in authority else authority
+
+
+def is_loopback(host: str) -> bool:
+    """True for names that always lead to this machine."""
+    return (
+        host in LOOPBACK_NAMES
+        or host.endswith(".localhost")  # RFC 6761: resolved to loopback, never by DNS
+        or (host.startswith("127.") and host.replace(".", "").isdigit())
+    )
+
+
+def is_json(content_type: bytes) -> bool:
+    """True for application/json and application/*+json, whatever their parameters."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
+
+
+class RequestGate:
+    """ASGI middleware: the header checks above, for every route (app/main.py puts it in
+    front of FastAPI's routes and of the fast lane alike)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, keyring: Keyring) -> None:
+        self.app = app
+        self.keyring = keyring
+        self.check_origin = settings.auth == "disabled"
+        self.check_host = self.check_origin and not settings.allow_remote_without_auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check(scope)
+            key = self.keyring.identify(scope) if needs_key(scope["path"]) else None
+            if key is not None:
+                self.keyring.enter(key)
+        except MirrorpoolError as exc:
+            # The fast lane gives requests their ids after the gate.
+            fresh = assign_request_id(scope) if request_id_of(scope) is None else None
+            response = error_response(scope, exc)
+            response.headers["connection"] = "close"
+            if fresh is not None:
+                response.headers[HEADER.decode()] = fresh
+            await response(scope, receive, send)
+            return
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["api_key"] = key
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.keyring.leave(key)
+
+    def _check(self, scope: Scope) -> None:
+        host = origin = content_type = None
+        body = False
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                body = value != b"0"
+            elif name == b"transfer-encoding":
+                body = True
+        if self.check_origin:
+            self._check_site(host, origin)
+        if body and scope["path"] not in NON_JSON_BODIES and not is_json(content_type or b""):
+            raise UnsupportedMediaType(
+                "the request body must be JSON, sent with Content-Type: application/json"
+                + (f" (got {content_type.decode('latin-1')!r})" if content_type else "")
+            )
+
+    def _check_site(self, host: bytes | None, origin: bytes | None) -> None:
+        authority = (host or b"").decode("latin-1")
+        if self.check_host and not is_loopback(host_name(authority)):
+            raise Forbidden(
+                "with MIRRORPOOL_AUTH=disabled only loopback names are served (Host: "
+                f"{authority!r}): a page elsewhere could have its name lead here"
+            )
+        if origin is None:
+            return
+        text = origin.decode("latin-1")
+        _, sep, site = text.partition("://")
+        if not sep or not (is_loopback(host_name(site)) or site.lower() == authority.lower()):
+            raise Forbidden(
+                f"with MIRRORPOOL_AUTH=disabled requests from other sites (Origin: {text!r}) "
+                "are refused"
+            )
