@@ -74,7 +74,8 @@ class HealthMonitor:
     never mistaken for a dead node. A probe that overruns `timeout` is abandoned rather
     than awaited: a frozen server would otherwise hold the monitor as long as it likes.
     The connection is kept while it works, except for the nodes named in `fresh`, which
-    are probed on a new connection every time (see Cluster).
+    are probed on a new connection every time (see Cluster). While the cluster has no
+    writer (hunt()), the candidates are probed every 50-100 ms instead of every interval.
     """
 
     def __init__(

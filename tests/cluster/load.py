@@ -109,3 +109,11 @@ class Load:
         """When the first write sent after `moment` was acknowledged, if one was."""
         done = [a.ended for a in self.writes() if a.status == 200 and a.started >= moment]
         return min(done) if done else None
+
+    def failed_writes_after(self, moment: float) -> list[Answer]:
+        """Writes that failed although sent after the first write acknowledged after
+        `moment`: once writes are back, they stay back."""
+        back = [a.started for a in self.writes() if a.status == 200 and a.started >= moment]
+        if not back:
+            return []
+        return [a for a in self.writes() if a.started >= min(back) and a.status != 200]

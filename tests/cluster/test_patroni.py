@@ -128,6 +128,7 @@ def check(
     # Acknowledged after the promotion: by the promoted member, on its new timeline.
     late = [a for a in acked.values() if a.started > promoted_at]
     assert late
+    assert load.failed_writes_after(promoted_at) == []
     assert {NODES[a.node] for a in late if a.node} == {promoted}
     assert {rows[a.ident] for a in late if a.ident is not None} == {timeline}
     # Before the promotion, only the leader of the time took writes: every one of them is

@@ -63,8 +63,11 @@ async def test_writes_follow_a_promotion_within_0_2_s(make_pair: PairFactory) ->
                 )
     back = load.first_write_after(promoted[1])
     assert back is not None
+    print(f"pg_promote: writes back {back - promoted[1]:.3f} s after the promotion")
     assert back - promoted[1] < 0.2, f"writes back {back - promoted[1]:.3f} s after promotion"
     assert cluster.writer is not None and cluster.writer.name == "mirror"
+    # The first write that reached the promoted mirror succeeded, and every one after it.
+    assert load.failed_writes_after(promoted[1]) == []
     assert load.failed_reads() == []
     acked = load.acknowledged()
     assert acknowledged_rows(own, set(acked)) == set(acked)
