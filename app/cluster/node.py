@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -249,7 +248,7 @@ class Node:
             stats = pool.get_stats()
             # check() counts the idle ones it finds broken; the pool never counts the others.
             in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
-            pool._stats["connections_lost"] += max(in_use, 0)
+            pool._stats[pool._CONNECTIONS_LOST] += max(in_use, 0)
             for conn in list(pool._pool):
                 shut(conn)
             await pool.check()
@@ -260,7 +259,10 @@ class Node:
         pool = self.pool if role is None else self.logins[role]
         # A wait that ended stays in psycopg_pool's queue until a connection comes back
         # (see lose()): only the ones still waiting are requests waiting.
-        pool._waiting = deque(w for w in pool._waiting if w.conn is None and w.error is None)
+        waiting = [w for w in pool._waiting if w.conn is None and w.error is None]
+        if len(waiting) != len(pool._waiting):
+            pool._waiting.clear()
+            pool._waiting.extend(waiting)
         stats = dict.fromkeys(POOL_STAT_NAMES, 0)
         stats.update(pool.get_stats())
         return stats
