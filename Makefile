@@ -38,9 +38,13 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 	$(MAKE) bench-failover
 
-# Faults under load, mirrorpool next to Pgpool-II: about a minute.
+# Faults under load, mirrorpool next to Pgpool-II, and next to HAProxy in front of a real
+# Patroni cluster: about 8 minutes.
+BENCH_FAILOVER_PACKAGES := pgpool:pgpool2 haproxy:haproxy patroni:patroni etcd:etcd-server
 bench-failover: $(BENCH_STAMP)
-	@command -v pgpool >/dev/null || (apt-get update -qq && apt-get install -y -qq pgpool2)
+	@missing=""; for entry in $(BENCH_FAILOVER_PACKAGES); do \
+		command -v $${entry%%:*} >/dev/null || missing="$$missing $${entry#*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	$(BIN)/python -m tests.bench.failover
 
 # The image's dependencies (Dockerfile): pyproject.toml's runtime dependencies and the build

@@ -20,6 +20,7 @@ from app.cluster.monitor import HealthMonitor
 from app.cluster.node import ConnectionCallback, Node, NodeState, Role
 from app.errors import (
     Conflict,
+    NodeFailed,
     NoReaderError,
     NotFound,
     NoWriterError,
@@ -253,6 +254,8 @@ class Cluster:
         # connections, so a tie or an alias that only old connections made goes away.
         self.monitor.fresh = set(self.aliases) | tied
         writer = election.writer
+        # While nobody accepts writes, the candidates are probed quickly (monitor.hunt).
+        self.monitor.hunt(writer is None)
         if writer is not None:
             self._writer_found.set()
             self._writer_lost_at = None
@@ -341,6 +344,8 @@ class Cluster:
     def _lost(self, node: Node) -> None:
         for listener in self.on_node_lost:
             listener(node)
+        # Requests still waiting for its connections are failed as its in-flight ones are.
+        self._spawn(node.lose(lambda: NodeFailed(f"{node.name} was lost", node=node.name)))
 
     def _maybe_promote(self) -> None:
         # MIRRORPOOL_PROMOTE_AFTER_S: for a single instance with no HA manager only; with

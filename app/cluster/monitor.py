@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from app.cluster.node import Node, NodeState, ServerIdentity
+from app.cluster.node import Node, NodeState, Role, ServerIdentity
 from app.redaction import redactor
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,14 @@ FROM (SELECT pg_is_in_recovery() AS rec) AS r
 
 # How soon a node that failed a probe, or a request, is probed again.
 RECHECK_S = 0.05
+# While no node accepts writes, every node that could become the writer (a mirror, or a node
+# not reachable now) is probed this often, the pause growing by HUNT_GROWTH per probe up to
+# HUNT_MAX_S: a promotion (by Patroni, an operator, ...) is then followed within HUNT_MAX_S
+# plus one round trip, not within a health interval, at a bounded cost of 10-20 probes per
+# second and node, only while there is no writer.
+HUNT_FIRST_S = 0.05
+HUNT_GROWTH = 1.1
+HUNT_MAX_S = 0.1
 
 # Called with the node and a copy of its state from before the change.
 Listener = Callable[[Node, NodeState], None]
@@ -66,7 +74,8 @@ class HealthMonitor:
     never mistaken for a dead node. A probe that overruns `timeout` is abandoned rather
     than awaited: a frozen server would otherwise hold the monitor as long as it likes.
     The connection is kept while it works, except for the nodes named in `fresh`, which
-    are probed on a new connection every time (see Cluster).
+    are probed on a new connection every time (see Cluster). While the cluster has no
+    writer (hunt()), the candidates are probed every 50-100 ms instead of every interval.
     """
 
     def __init__(
@@ -90,6 +99,9 @@ class HealthMonitor:
         # Nodes whose kept connection may reach a server their DSN no longer leads to
         # (a Service or proxy re-routes new connections only): probe them on new ones.
         self.fresh: set[str] = set()
+        # True while no node accepts writes (see hunt()); probes made since, per node.
+        self.hunting = False
+        self._hunted: dict[str, int] = {}
 
     def start(self) -> None:
         """Start one probing loop per node."""
@@ -115,14 +127,39 @@ class HealthMonitor:
         """Probe `node` now instead of at its next interval."""
         self._wake[node.name].set()
 
+    def hunt(self, on: bool) -> None:
+        """While `on` (no node accepts writes), probe every candidate for writer quickly,
+        starting now, so that a promotion is seen within HUNT_MAX_S."""
+        if on and not self.hunting:
+            self._hunted = {}
+            for node in self.nodes:
+                if self._candidate(node):
+                    self.probe_soon(node)
+        self.hunting = on
+
+    @staticmethod
+    def _candidate(node: Node) -> bool:
+        # A writable node that is no writer is fenced or tied: it stays so on its own.
+        return node.role is not Role.PRIMARY
+
+    def _pause(self, node: Node) -> float:
+        """Seconds until the next probe of `node`."""
+        pause = self.interval
+        if 0 < node.state.consecutive_failures < self.threshold:
+            # A node failing but not yet declared down is probed again quickly, so that a
+            # crash reported by a request is confirmed in milliseconds, not intervals.
+            pause = min(pause, RECHECK_S)
+        if self.hunting and self._candidate(node):
+            done = self._hunted.get(node.name, 0)
+            self._hunted[node.name] = done + 1
+            pause = min(pause, HUNT_FIRST_S * HUNT_GROWTH**done, HUNT_MAX_S)
+        return pause
+
     async def _run(self, node: Node) -> None:
         wake = self._wake[node.name]
         while True:
             await self.probe(node)
-            # A node failing but not yet declared down is probed again quickly, so that a
-            # crash reported by a request is confirmed in milliseconds, not intervals.
-            suspect = 0 < node.state.consecutive_failures < self.threshold
-            pause = min(self.interval, RECHECK_S) if suspect else self.interval
+            pause = self._pause(node)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), pause)
             wake.clear()

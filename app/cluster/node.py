@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -223,10 +225,53 @@ class Node:
             if not pool.closed:
                 await pool.check()
 
+    async def lose(self, error: Callable[[], Exception]) -> None:
+        """The node was found down or fenced: fail every request still waiting for one of its
+        connections with an `error()` now, as its in-flight requests are (none will come, or
+        none should be used), and drop its connections, each counted in `connections_lost`.
+
+        psycopg_pool fails its waiters only when it closes, and keeps a wait that ended
+        (timed out, cancelled) in its queue until a connection comes back, so a dead node's
+        pool would go on reporting requests nobody makes. Its queue is taken out as its own
+        close() does (the failed waits count in `requests_errors`). The connections in use
+        are being failed by their requests (Engine); the idle ones' sockets are shut, so
+        that check() finds them broken at once, even on a frozen server, and replaces them.
+        """
+        for pool in self.pools:
+            if pool.closed:
+                continue
+            async with pool._lock:
+                waiting = list(pool._waiting)
+                pool._waiting.clear()
+            for position in waiting:
+                await position.fail(error())
+            stats = pool.get_stats()
+            # check() counts the idle ones it finds broken; the pool never counts the others.
+            in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+            pool._stats[pool._CONNECTIONS_LOST] += max(in_use, 0)
+            for conn in list(pool._pool):
+                shut(conn)
+            await pool.check()
+
     def pool_stats(self, role: str | None = None) -> dict[str, int]:
         """psycopg_pool's get_stats() of the service's pool (or a role's), every counter
         present."""
         pool = self.pool if role is None else self.logins[role]
+        # A wait that ended stays in psycopg_pool's queue until a connection comes back
+        # (see lose()): only the ones still waiting are requests waiting.
+        waiting = [w for w in pool._waiting if w.conn is None and w.error is None]
+        if len(waiting) != len(pool._waiting):
+            pool._waiting.clear()
+            pool._waiting.extend(waiting)
         stats = dict.fromkeys(POOL_STAT_NAMES, 0)
         stats.update(pool.get_stats())
         return stats
+
+
+def shut(conn: AsyncConnection[Any]) -> None:
+    """EOF on the connection's socket: whatever waits on it fails at once, even when its
+    server is frozen and would never answer."""
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=socket.dup(conn.pgconn.socket))
+        with sock:
+            sock.shutdown(socket.SHUT_RDWR)
