@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test lint format clean bench bench-failover lock
+.PHONY: install run test tools lint format clean bench bench-failover lock
 
 # Installing twice is quick: pip runs again only when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "Installing mirrorpool and its development tools into $(VENV)/ (pytest, ruff, mypy," \
+		"the deploy checkers): about a minute the first time, quick after that."
+	$(BIN)/python -m pip install --progress-bar on --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app tests
 	$(BIN)/mypy
 
-test: lint
+# What the tests need from the system (tests/tools.sh): installed when missing on Debian or
+# Ubuntu as root, else one line saying what to install, before anything runs.
+tools:
+	@bash tests/tools.sh $(TOOLS)
+
+test: tools lint
 	$(BIN)/pytest
 
 # Side-by-side figures (see tests/bench/): about 5 minutes on 2 cores.

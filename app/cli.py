@@ -22,6 +22,8 @@ import uvicorn
 
 from app import __version__, workers
 from app.api.auth import hash_key
+from app.demo import QUERIES_DIR
+from app.devdb import OWNER, SERVICE, LocalPair, port_is_free
 from app.errors import DevDBError, SettingsError
 from app.migrations.runner import Migrator
 from app.migrations.versions import Version
@@ -47,11 +49,26 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
     raise StopRequested(signal.Signals(signum).name)
 
 
+class PortBusy(Exception):
+    """The HTTP port is taken: found before anything starts."""
+
+
+def check_port(settings: Settings) -> None:
+    """Raise PortBusy, with the one line to print, when the service's port is taken."""
+    if not port_is_free(settings.port, settings.host):
+        raise PortBusy(
+            f"{settings.host}:{settings.port} is already in use (another mirrorpool?); "
+            f"set MIRRORPOOL_PORT to another port, e.g. MIRRORPOOL_PORT={settings.port + 1} "
+            "make run"
+        )
+
+
 def serve(settings: Settings) -> int:
     """Run the HTTP service until SIGINT/SIGTERM; in-flight requests finish first."""
     # Imported here, for a quick --help.
     from app.main import check_startup_logins, create_app  # noqa: PLC0415
 
+    check_port(settings)
     # A superuser login, or a key's role that cannot log in, stops start-up here with one
     # line (exit code 2), before any worker starts.
     warnings = asyncio.run(check_startup_logins(settings))
@@ -98,38 +115,28 @@ def _run(app: MirrorpoolApp | str, settings: Settings) -> None:
 
 def dev(settings: Settings, mirrors: int) -> int:
     """Serve against the configured DSNs, or against a local pair under .devdb/."""
-    from app.devdb import OWNER, SERVICE, LocalPair  # noqa: PLC0415
-
+    check_port(settings)
     if settings.primary_dsn is not None:
         logger.info("MIRRORPOOL_PRIMARY_DSN is set: serving it, no local pair started")
         return serve(settings)
-    keys: dict[str, object] = {}
+    overrides: dict[str, object] = {}
     local_key = None
     if settings.auth == "keys" and not settings.all_api_keys():
         # A key for this run only, printed once: the docs page's Authorize button takes it.
         local_key = secrets.token_urlsafe(24)
-        keys["api_keys"] = [
+        overrides["api_keys"] = [
             {"id": "dev", "sha256": hash_key(local_key),
              "scopes": ["read", "write", "migrate", "admin"]}
         ]  # fmt: skip
+    if "queries_dir" not in settings.model_fields_set and not settings.queries_dir.exists():
+        # No named queries of the project's own: the demo's, over the demo tables.
+        overrides["queries_dir"] = QUERIES_DIR
     pair = LocalPair(DEVDB_DIR, mirrors=mirrors)
     pair.start()
     try:
-        dsns = {n.name: n.dsn(password=False, user=SERVICE) for n in pair.nodes}
-        width = max(len(name) for name in dsns)
-        lines = [
-            f"local PostgreSQL pair in {DEVDB_DIR}/ (passwords in {DEVDB_DIR}/pgpass); the "
-            f"service logs in as {SERVICE}, migrations run as {OWNER}, the schema's owner:"
-        ]
-        lines += [f"  {name:<{width}}  {dsn}" for name, dsn in dsns.items()]
-        owner = pair.primary.dsn(password=False, user=OWNER)
-        lines += [
-            f'  psql:  PGPASSFILE={DEVDB_DIR}/pgpass psql "{owner}"',
-            f"  docs:  http://{settings.host}:{settings.port}/docs",
-        ]
-        if local_key:
-            lines.append(f"  key:   {local_key}  (Authorization: Bearer <key>; valid for this run)")
-        print("\n".join(lines), flush=True)
+        demo = pair.create_demo()
+        (DEVDB_DIR / "env").write_text("\n".join(pair.env_lines()) + "\n")
+        print("\n".join(_dev_banner(pair, settings, demo, local_key)), flush=True)
         mirror_dsns = ",".join(m.dsn(user=SERVICE) for m in pair.mirrors) or None
         # One worker: other workers would read the DSNs from the environment, which has none.
         local = load_settings(
@@ -137,12 +144,62 @@ def dev(settings: Settings, mirrors: int) -> int:
             mirror_dsn=mirror_dsns,
             migrations_dsn=pair.migrations_dsn(),
             workers=1,
-            **keys,
+            **overrides,
         )
         return serve(local)
     finally:
         pair.stop()
         print("local PostgreSQL pair stopped", flush=True)
+
+
+def _dev_banner(pair: LocalPair, settings: Settings, demo: bool, key: str | None) -> list[str]:
+    """What `make run` prints: where the pair is, how to reach it, the run's key."""
+    dsns = {n.name: n.dsn(password=False, user=SERVICE) for n in pair.nodes}
+    width = max(len(name) for name in dsns)
+    lines = [f"local pair: {pair.healed}"] if pair.healed else []
+    lines.append(
+        f"local PostgreSQL pair in {DEVDB_DIR}/ (passwords in {DEVDB_DIR}/pgpass); the "
+        f"service logs in as {SERVICE}, migrations run as {OWNER}, the schema's owner:"
+    )
+    lines += [f"  {name:<{width}}  {dsn}" for name, dsn in dsns.items()]
+    owner = pair.leader.dsn(password=False, user=OWNER)
+    made = "made now" if demo else "kept from the last run"
+    lines += [
+        f"  demo:  tables users, orders, events, accounts ({made}, owned by {OWNER})",
+        f'  psql:  PGPASSFILE={DEVDB_DIR}/pgpass psql "{owner}"',
+        f"  env:   source {DEVDB_DIR}/env   (the DSNs for another shell; from this folder "
+        "`mirrorpool migrate` finds the pair by itself)",
+        f"  docs:  http://{settings.host}:{settings.port}/docs",
+    ]
+    if key:
+        lines.append(f"  key:   {key}  (Authorization: Bearer <key>; valid for this run)")
+    return lines
+
+
+def with_local_pair(settings: Settings, command: str) -> Settings:
+    """With no MIRRORPOOL_PRIMARY_DSN, the local pair that `make run` keeps running in
+    .devdb/ under this folder, said so on stderr; SettingsError when there is none."""
+    if settings.primary_dsn is not None:
+        return settings
+    pair = LocalPair.running(DEVDB_DIR)
+    if pair is None:
+        raise SettingsError(
+            "MIRRORPOOL_PRIMARY_DSN is not set and no local pair runs in .devdb/ here: "
+            "start one with `make run` in another shell (then run this again from this "
+            "folder), or point MIRRORPOOL_PRIMARY_DSN at your primary"
+        )
+    where = ", ".join(f"{n.name} 127.0.0.1:{n.port}" for n in pair.nodes)
+    print(
+        f"mirrorpool {command}: MIRRORPOOL_PRIMARY_DSN is not set: using the local pair "
+        f"running in {DEVDB_DIR}/ ({where})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return load_settings(
+        primary_dsn=pair.primary.dsn(user=SERVICE),
+        mirror_dsn=",".join(m.dsn(user=SERVICE) for m in pair.mirrors) or None,
+        migrations_dsn=settings.migrations_dsn or pair.migrations_dsn(),
+    )
 
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -202,7 +259,7 @@ async def _migration_lines(migrator: Migrator, args: argparse.Namespace, actor: 
         return [
             f"{v.version if v.version is not None else 'R':>6}  {v.state:<9} {v.name}"
             for v in await migrator.status()
-        ]
+        ] or ["no migrations: the folder (MIRRORPOOL_MIGRATIONS_DIR) is empty or absent"]
     if args.action == "plan":
         lines = []
         for step in await migrator.plan(args.target):
@@ -311,13 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         configure_logging(settings.log_level.value, settings.log_format)
         if args.command == "serve":
-            return serve(settings)
+            return serve(with_local_pair(settings, "serve"))
         if args.command == "migrate":
-            return asyncio.run(_migrate(settings, args))
+            return asyncio.run(_migrate(with_local_pair(settings, "migrate"), args))
         return dev(settings, args.mirrors)
-    except SettingsError as exc:
+    except (SettingsError, PortBusy) as exc:
         print(f"mirrorpool: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE if isinstance(exc, SettingsError) else 1
     except DevDBError as exc:
         print(f"mirrorpool: local PostgreSQL pair: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -184,10 +185,14 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on host:port now. SO_REUSEADDR, as PostgreSQL and
+    uvicorn set it: connections of a server that just stopped linger in TIME_WAIT on its
+    port, which would otherwise make it look taken for a minute."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -366,6 +371,18 @@ class LocalNode:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
         return bool(row and row[0])
 
+    def timeline(self) -> int:
+        """The timeline this server writes (a primary) or replays (a mirror)."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT CASE WHEN pg_is_in_recovery()"
+                " THEN (SELECT timeline_id FROM pg_control_checkpoint())"
+                " ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+                " END"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def promote(self, timeout: float = 30.0) -> None:
         """Promote this mirror to a primary and wait until it accepts writes."""
         with self.connect() as conn:
@@ -415,6 +432,35 @@ class LocalPair:
         self.password = ""
         self.passwords: dict[str, str] = {}
         self.nodes: list[LocalNode] = []
+        # The node the others stream from: the primary, until a failover promoted a mirror
+        # and start() rebuilt the old primary as its mirror (see heal()).
+        self.leader_name = "primary"
+        self.healed: str | None = None
+
+    @classmethod
+    def running(cls, base_dir: Path) -> LocalPair | None:
+        """The pair kept under `base_dir` when every one of its servers answers now (started
+        by another process, such as `make run`), without starting anything; else None."""
+        if not (Path(base_dir) / "devdb.json").is_file():
+            return None
+        try:
+            pair = cls(base_dir)
+        except DevDBError:
+            return None
+        known = pair._load_state()
+        if known is None or known.leader not in known.names:
+            return None
+        pair.mirror_count = len(known.names) - 1
+        pair.password, pair.passwords = known.password, known.passwords
+        pair.leader_name = known.leader
+        pair.nodes = [LocalNode(pair, n, p) for n, p in zip(known.names, known.ports, strict=True)]
+        for node in pair.nodes:
+            try:
+                with node.connect(timeout=2) as conn:
+                    conn.execute("SELECT 1")
+            except psycopg.Error:
+                return None
+        return pair
 
     def __enter__(self) -> LocalPair:
         self.start()
@@ -449,6 +495,16 @@ class LocalPair:
     def mirrors(self) -> list[LocalNode]:
         """The nodes created as mirrors."""
         return self.nodes[1:]
+
+    @property
+    def leader(self) -> LocalNode:
+        """The node the others stream from (the primary, unless a failover changed that)."""
+        return self.node(self.leader_name)
+
+    @property
+    def followers(self) -> list[LocalNode]:
+        """The nodes that stream from the leader."""
+        return [n for n in self.nodes if n.name != self.leader_name]
 
     def node(self, name: str) -> LocalNode:
         """A node by name."""
@@ -499,8 +555,9 @@ class LocalPair:
             login: (known.passwords.get(login) if known else None) or secrets.token_urlsafe(18)
             for login in (OWNER, SERVICE)
         }
+        self.leader_name = known.leader if known else "primary"
         ports = known.ports if known else free_ports(len(names))
-        if any(not _port_is_free(p) for p in ports):
+        if any(not port_is_free(p) for p in ports):
             ports = free_ports(len(names))
         self.nodes = [LocalNode(self, n, p) for n, p in zip(names, ports, strict=True)]
         _live_pairs.add(self)
@@ -511,10 +568,12 @@ class LocalPair:
                 self._configure()
                 for node in self.nodes:
                     node.start()
-            if not self.primary.in_recovery():
-                self._set_up_logins(self.primary)
-                if all(m.in_recovery() for m in self.mirrors):
-                    wait_until(self.streaming, 30, "the mirrors to stream from the primary")
+            self.healed = self.heal() if known else None
+            leader = self.leader
+            if not leader.in_recovery():
+                self._set_up_logins(leader)
+                if all(m.in_recovery() for m in self.followers):
+                    wait_until(self.streaming, 30, f"the mirrors to stream from {leader.name}")
             self._save_state()
             self._write_passfile()
         except BaseException:
@@ -523,13 +582,13 @@ class LocalPair:
 
     def streaming(self) -> bool:
         """True when every mirror streams from the primary (synchronously, if asked)."""
-        with self.primary.connect() as conn:
+        with self.leader.connect() as conn:
             rows = conn.execute(
                 "SELECT application_name, sync_state FROM pg_stat_replication"
                 " WHERE state = 'streaming'"
             ).fetchall()
         wanted = "quorum" if self.synchronous else "async"
-        return {(m.name, wanted) for m in self.mirrors} <= set(rows)
+        return {(m.name, wanted) for m in self.followers} <= set(rows)
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Stop every server of the pair, keeping the files."""
@@ -575,6 +634,122 @@ class LocalPair:
             self.run_as.own(mirror.data_dir / "standby.signal")
             self._configure_node(mirror)
             mirror.start()
+
+    def heal(self) -> str | None:
+        """Mend a pair split by a failover: when a promoted mirror and an old primary both
+        accept writes, the one on the newest timeline leads and the others are rebuilt as
+        its mirrors (pg_rewind, else a fresh base backup). One line saying what was done,
+        or None when nothing was split."""
+        writable = [n for n in self.nodes if not n.in_recovery()]
+        if not writable:
+            return None
+        timelines = {n.name: n.timeline() for n in writable}
+        newest = max(writable, key=lambda n: timelines[n.name])
+        stale = [n for n in writable if n is not newest]
+        if any(timelines[n.name] == timelines[newest.name] for n in stale):
+            raise DevDBError(
+                f"{', '.join(timelines)} all accept writes on timeline "
+                f"{timelines[newest.name]}, so none can be told to follow the other; "
+                f"remove {self.base_dir} to start over"
+            )
+        if newest.name == self.leader_name and not stale:
+            return None
+        moved = newest.name != self.leader_name
+        self.leader_name = newest.name
+        how = {n.name: self._rejoin(n, newest) for n in stale}
+        if moved:
+            # The mirrors that never diverged follow the new leader from here on.
+            self._configure_node(newest)
+            for node in self.followers:
+                if node.name not in how:
+                    self._ensure_slot(newest, node.name)
+                    self._configure_node(node)
+                    node.restart()
+        if not stale:
+            return f"{newest.name} leads since a failover; the mirrors now stream from it"
+        return "; ".join(
+            f"{name} accepted writes on timeline {timelines[name]}, {newest.name} on "
+            f"{timelines[newest.name]} after a failover: rebuilt {name} as a mirror of "
+            f"{newest.name} ({done})"
+            for name, done in how.items()
+        )
+
+    def _rejoin(self, node: LocalNode, leader: LocalNode) -> str:
+        """Rebuild `node` as a mirror of `leader`; say how."""
+        node.stop("fast")
+        self._ensure_slot(leader, node.name)
+        source = make_conninfo("", host="127.0.0.1", port=leader.port, user=SUPERUSER)
+        try:
+            # Needs wal_log_hints (set on every node) on the old primary since before the
+            # split; a pair from before that has none, hence the base backup below.
+            self._run("pg_rewind", "-D", str(node.data_dir), f"--source-server={source}")
+            how = "pg_rewind"
+        except (DevDBError, OSError):
+            shutil.rmtree(node.data_dir)
+            self._make_data_dir(node)
+            self._run(
+                "pg_basebackup", "-D", str(node.data_dir), "-h", "127.0.0.1",
+                "-p", str(leader.port), "-U", SUPERUSER, "-X", "stream", "-c", "fast",
+                "-S", node.name, "--no-sync",
+            )  # fmt: skip
+            how = "a fresh base backup"
+        (node.data_dir / "standby.signal").touch()
+        self.run_as.own(node.data_dir / "standby.signal")
+        # pg_rewind copied the leader's configuration: this node's own goes back.
+        self._configure_node(node)
+        node.start()
+        # A slot the old primary kept for its mirror would hold WAL here for good.
+        with node.connect() as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE NOT active"
+            )
+        return how
+
+    def _ensure_slot(self, leader: LocalNode, name: str) -> None:
+        with leader.connect() as conn:
+            conn.execute(
+                "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
+                " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+                [name, name],
+            )
+
+    def create_demo(self, dbname: str = "postgres") -> bool:
+        """The quick start's tables (users, orders, events, accounts) with a few rows,
+        made once by the schema's owner, as a migration would (so the service's default
+        privileges apply); True when made now."""
+        with self.leader.connect(dbname, user=OWNER) as conn:
+            row = conn.execute("SELECT to_regclass('public.users') IS NOT NULL").fetchone()
+            if row and row[0]:
+                return False
+            conn.execute(DEMO_SQL)
+        return True
+
+    def env_lines(self) -> list[str]:
+        """`.devdb/env`: the MIRRORPOOL_* DSNs of the pair (passwords from PGPASSFILE) and
+        libpq's variables, for `source .devdb/env`, the CLI and psql."""
+        service = [n.dsn(password=False, user=SERVICE) for n in self.nodes]
+        owner = make_conninfo(
+            "", host=",".join("127.0.0.1" for _ in self.nodes),
+            port=",".join(str(n.port) for n in self.nodes), user=OWNER, dbname="postgres",
+            target_session_attrs="read-write",
+        )  # fmt: skip
+        values = {
+            "MIRRORPOOL_PRIMARY_DSN": service[0],
+            "MIRRORPOOL_MIRROR_DSN": ",".join(service[1:]),
+            "MIRRORPOOL_MIGRATIONS_DSN": owner,
+            "PGPASSFILE": str(self.passfile),
+            # psql reaches whichever node accepts writes, as the migrations do.
+            "PGHOST": ",".join("127.0.0.1" for _ in self.nodes),
+            "PGPORT": ",".join(str(n.port) for n in self.nodes),
+            "PGTARGETSESSIONATTRS": "read-write",
+            "PGUSER": OWNER,
+            "PGDATABASE": "postgres",
+        }
+        return [
+            "# The local pair of `mirrorpool dev` (make run): source it for mirrorpool and psql.",
+            *(f"export {k}={shlex.quote(v)}" for k, v in values.items() if v),
+        ]
 
     def _write_passfile(self) -> None:
         lines = [f"127.0.0.1:*:*:{SUPERUSER}:{self.password}"]
@@ -626,14 +801,16 @@ class LocalPair:
             "fsync": "off",
             "log_line_prefix": "%m [%p] %q%a ",
             "synchronous_standby_names": (
-                f"ANY 1 ({', '.join(m.name for m in self.mirrors)})"
-                if self.synchronous and self.mirrors
+                f"ANY 1 ({', '.join(m.name for m in self.followers)})"
+                if self.synchronous and self.followers
                 else ""
             ),
+            # Lets pg_rewind turn an old primary into a mirror after a failover (heal()).
+            "wal_log_hints": "on",
         }
-        if node is not self.primary:
+        if node.name != self.leader_name:
             settings["primary_conninfo"] = make_conninfo(
-                "", host="127.0.0.1", port=self.primary.port, user=SUPERUSER,
+                "", host="127.0.0.1", port=self.leader.port, user=SUPERUSER,
                 password=self.password, application_name=node.name,
             )  # fmt: skip
             settings["primary_slot_name"] = node.name
@@ -674,6 +851,7 @@ class LocalPair:
                 ports=[int(p) for p in raw["ports"]],
                 password=str(raw["password"]),
                 passwords={str(k): str(v) for k, v in raw.get("passwords", {}).items()},
+                leader=str(raw.get("leader", "primary")),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -684,6 +862,7 @@ class LocalPair:
             [n.port for n in self.nodes],
             self.password,
             self.passwords,
+            self.leader_name,
         )
         self.state_file.write_text(json.dumps(state.__dict__, indent=2))
         self.state_file.chmod(0o600)
@@ -692,6 +871,37 @@ class LocalPair:
         """Pids of every server process of the pair: postmasters and their children."""
         return [pid for node in self.nodes for pid in node.processes()]
 
+
+# The quick start's demo (README), created by the schema's owner.
+DEMO_SQL = """
+CREATE TABLE users (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    email text NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE orders (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users,
+    status text NOT NULL,
+    total numeric(10, 2) NOT NULL
+);
+CREATE TABLE events (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    day date NOT NULL,
+    kind text NOT NULL
+);
+CREATE TABLE accounts (id int PRIMARY KEY, balance numeric(12, 2) NOT NULL);
+INSERT INTO users (id, email, created_at) VALUES
+    (42, 'ada@example.com', '2024-05-01 09:30:00.123456+00'),
+    (43, 'grace@example.com', '2024-06-12 14:00:00+00'),
+    (44, 'edsger@example.com', '2024-07-30 08:15:00+00');
+SELECT setval(pg_get_serial_sequence('users', 'id'), 44);
+INSERT INTO orders (user_id, status, total) VALUES
+    (42, 'open', 19.99), (42, 'shipped', 5.00), (43, 'open', 120.50);
+INSERT INTO events (day, kind) VALUES
+    ('2024-05-01', 'signup'), ('2024-05-01', 'order'), ('2024-05-02', 'order');
+INSERT INTO accounts VALUES (1, 100.00), (2, 100.00);
+"""
 
 # Run as the superuser in each database: the owner owns the schema the application uses;
 # what it creates there, the service may use (and nothing else).
@@ -711,3 +921,4 @@ class _State:
     ports: list[int]
     password: str
     passwords: dict[str, str]
+    leader: str = "primary"

@@ -14,10 +14,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import __version__, workers
 from app.api import admin, docs, errors, migrations, named, pool, probes, query
 from app.api import metrics as metrics_api
-from app.api.access_log import AccessLogMiddleware
+from app.api.access_log import AccessLogMiddleware, RepeatFolder
 from app.api.auth import Keyring
 from app.api.body_limit import BodyLimitMiddleware
-from app.api.errors import PROBLEM_JSON
 from app.api.fast_lane import FastQueryLane, is_query
 from app.api.gate import RequestGate
 from app.api.inflight import InFlight, InFlightMiddleware
@@ -58,25 +57,10 @@ class MirrorpoolApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
-        """FastAPI's document, saying what mirrorpool really answers to a malformed request:
-        400 problem+json, not FastAPI's 422."""
+        """FastAPI's document, with mirrorpool's problem answers (app/api/errors.py)."""
         if self.openapi_schema is None:
-            schema = super().openapi()
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses.setdefault("400", PROBLEM_400)
-            schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
-            schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
-            self.openapi_schema = schema
+            self.openapi_schema = errors.document_problems(super().openapi())
         return self.openapi_schema
-
-
-PROBLEM_400 = {
-    "description": "The request is malformed.",
-    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-}
 
 
 def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
@@ -156,6 +140,7 @@ def install_middleware(
     inflight: InFlight,
     metrics: Metrics,
     engine: Engine,
+    folder: RepeatFolder,
 ) -> None:
     """Both stacks, in one place: FastAPI's routes, and the fast lane's, which passes the same
     access log, metrics and gate."""
@@ -165,11 +150,11 @@ def install_middleware(
     app.add_middleware(RequestGate, settings=settings, keyring=keyring)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, folder=folder)
     if settings.fast_path:
         lane = FastQueryLane(engine, settings, inflight, keyring)
         app.fast_lane = AccessLogMiddleware(
-            MetricsMiddleware(RequestGate(lane, settings, keyring), metrics)
+            MetricsMiddleware(RequestGate(lane, settings, keyring), metrics), folder
         )
 
 
@@ -193,7 +178,8 @@ def create_app(
     queries = named_queries.load(settings.queries_dir)
     migrator = build_migrator(cluster, settings)
     metrics = Metrics(cluster, migrator)
-    inflight = InFlight()
+    # The folder of repeated 503 access lines is shared by both middleware stacks.
+    inflight, folder = InFlight(), RepeatFolder()
     key_roles = [(key.id, key.role) for key in settings.all_api_keys() if key.role]
 
     @asynccontextmanager
@@ -241,7 +227,7 @@ def create_app(
     app.state.migrator = migrator
     app.state.login_warnings = login_warnings
     errors.install(app)
-    install_middleware(app, settings, keyring, inflight, metrics, engine)
+    install_middleware(app, settings, keyring, inflight, metrics, engine, folder)
     for module in (query, named, migrations, admin, metrics_api, probes, pool):
         app.include_router(module.router)
     return app

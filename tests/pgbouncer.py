@@ -24,7 +24,7 @@ from app.errors import DevDBError
 INSTALL_HINT = (
     "PgBouncer is needed by the PgBouncer tests and was not found on PATH or in /usr/sbin: "
     "install it (Debian/Ubuntu: apt-get install pgbouncer; macOS: brew install pgbouncer); "
-    ".ci/run installs it when missing"
+    "make test installs it when missing (tests/tools.sh)"
 )
 _WELL_KNOWN = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from app.devdb import SERVICE, LocalPair, alive, free_ports
+from app.devdb import OWNER, SERVICE, LocalPair, alive, free_ports
 from tests.waiting import eventually_sync
 
 
@@ -96,6 +97,10 @@ def test_dev_starts_a_pair_serves_and_ctrl_c_leaves_nothing(work_dir: Path) -> N
     output = proc.stdout.read() if proc.stdout else ""
     assert f"http://127.0.0.1:{port}/docs" in output
     assert "PGPASSFILE=.devdb/pgpass" in output
+    assert "source .devdb/env" in output
+    first_ports = dsn_ports(output)
+    env = (project / ".devdb" / "env").read_text()
+    assert "export MIRRORPOOL_PRIMARY_DSN=" in env and "export PGPASSFILE=" in env
     passwords = [
         line.rsplit(":", 1)[1] for line in (project / ".devdb" / "pgpass").read_text().split()
     ]
@@ -113,6 +118,16 @@ def test_dev_starts_a_pair_serves_and_ctrl_c_leaves_nothing(work_dir: Path) -> N
         lines = iter(proc.stdout.readline, "")
         primary_line = next(line for line in lines if line.strip().startswith("primary"))
         dsn = primary_line.split(None, 1)[1].strip()
+        mirror_line = next(lines)
+        # The pair keeps its ports from one run to the next: exported DSNs stay good.
+        assert dsn_ports(primary_line + mirror_line) == first_ports
+        # .devdb/env, sourced in a shell, leads libpq (psql's library) to the writer as the
+        # schema's owner.
+        sourced = subprocess.run(
+            ["bash", "-c", f"source .devdb/env && {sys.executable} -c '{WHO_AM_I}'"],
+            cwd=project, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert sourced.stdout.split() == [OWNER, "False"], sourced.stderr
         with psycopg.connect(dsn, passfile=str(project / ".devdb" / "pgpass")) as conn:
             # The service's own login, as production should have it: no superuser.
             who = conn.execute(
@@ -123,6 +138,22 @@ def test_dev_starts_a_pair_serves_and_ctrl_c_leaves_nothing(work_dir: Path) -> N
         assert proc.wait(30) == 0
     finally:
         proc.kill()
+
+
+WHO_AM_I = (
+    "import psycopg; print(*psycopg.connect()"
+    '.execute("SELECT current_user, pg_is_in_recovery()").fetchone())'
+)
+
+
+def dsn_ports(output: str) -> list[str]:
+    """The ports of the primary and mirror lines `mirrorpool dev` printed."""
+    lines = [line.split() for line in output.splitlines()]
+    return [
+        next(w for w in words if w.startswith("port="))
+        for words in lines
+        if words and words[0] in {"primary", "mirror"}
+    ]
 
 
 def server_pids(devdb: Path) -> list[int]:
@@ -137,3 +168,61 @@ def server_pids(devdb: Path) -> list[int]:
             if str(devdb) in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `mirrorpool ARGS` to its end from `cwd` with no MIRRORPOOL_* or PG* variable set."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MIRRORPOOL_", "PG"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        env=base | (env or {}), cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_busy_port_stops_dev_with_one_line_before_anything_starts(work_dir: Path) -> None:
+    project = work_dir / "busy-port-project"
+    project.mkdir(mode=0o755)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        code, out, err = run_cli(["dev"], project, {"MIRRORPOOL_PORT": str(port)})
+        took = time.monotonic() - started
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        f"mirrorpool: 127.0.0.1:{port} is already in use (another mirrorpool?); set "
+        f"MIRRORPOOL_PORT to another port, e.g. MIRRORPOOL_PORT={port + 1} make run"
+    ]
+    assert not (project / ".devdb").exists(), "no server was started, no key printed"
+    assert took < 10
+
+
+def test_cli_finds_the_local_pair_running_in_the_project_folder(work_dir: Path) -> None:
+    project = work_dir / "cli-finds-pair"
+    project.mkdir(mode=0o755)
+    code, _, err = run_cli(["migrate", "status"], project)
+    assert code == 2
+    assert err.splitlines() == [
+        "mirrorpool: MIRRORPOOL_PRIMARY_DSN is not set and no local pair runs in .devdb/ here: "
+        "start one with `make run` in another shell (then run this again from this folder), "
+        "or point MIRRORPOOL_PRIMARY_DSN at your primary"
+    ]
+    (project / "migrations").mkdir()
+    (project / "migrations" / "0001_notes.up.sql").write_text("CREATE TABLE notes (body text);")
+    # What `make run` leaves running: a pair kept in .devdb/ by another process.
+    with LocalPair(project / ".devdb") as local:
+        where = f"primary 127.0.0.1:{local.primary.port}, mirror 127.0.0.1:{local.mirrors[0].port}"
+        code, out, err = run_cli(["migrate", "status"], project)
+        assert code == 0, err
+        assert f"using the local pair running in .devdb/ ({where})" in err
+        assert "pending" in out and "notes" in out
+        code, out, err = run_cli(["migrate", "apply"], project)
+        assert code == 0, err
+        assert out.split()[:3] == ["done", "up", "0001_notes.up.sql"]
+        with local.primary.connect(user=OWNER) as conn:
+            owner = conn.execute("SELECT tableowner::text FROM pg_tables WHERE tablename = 'notes'")
+            assert owner.fetchone() == (OWNER,)
+        assert local.password not in out + err

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.devdb import LocalNode, LocalPair, RunAs, alive
+from app.devdb import OWNER, SERVICE, LocalNode, LocalPair, RunAs, alive
 from app.errors import DevDBError
 from tests.conftest import PairFactory
 from tests.waiting import eventually_sync
@@ -171,6 +171,89 @@ def test_pair_is_reused_with_its_data_and_password(make_pair: PairFactory) -> No
         assert again.mirrors[0].in_recovery()
     finally:
         again.stop()
+
+
+def test_pair_keeps_its_ports_after_serving_connections(make_pair: PairFactory) -> None:
+    own = make_pair()
+    ports = [n.port for n in own.nodes]
+    # Connections closed by the server leave its port in TIME_WAIT for a minute.
+    for _ in range(3):
+        for node in own.nodes:
+            with node.connect() as conn:
+                conn.execute("SELECT 1")
+    own.stop()
+    again = LocalPair(own.base_dir)
+    again.start()
+    try:
+        assert [n.port for n in again.nodes] == ports
+        assert again.healed is None
+    finally:
+        again.stop()
+
+
+def test_start_heals_a_pair_split_by_a_failover(make_pair: PairFactory) -> None:
+    own = make_pair()
+    primary, mirror = own.primary, own.mirrors[0]
+    with primary.connect() as conn:
+        conn.execute("CREATE TABLE split (id int, at text)")
+        conn.execute("INSERT INTO split VALUES (1, 'before')")
+    eventually_sync(lambda: table_visible(mirror, "split") and count_rows(mirror, "split") == 1,
+                    "the row on the mirror")  # fmt: skip
+    mirror.promote()
+    with mirror.connect() as conn:
+        conn.execute("INSERT INTO split VALUES (2, 'on the promoted mirror')")
+    with primary.connect() as conn:  # the old primary goes on alone: the two diverge
+        conn.execute("INSERT INTO split VALUES (3, 'on the old primary')")
+    own.stop()
+    again = LocalPair(own.base_dir)
+    again.start()
+    try:
+        assert again.healed is not None
+        assert "primary accepted writes on timeline 1, mirror on 2" in again.healed
+        assert "rebuilt primary as a mirror of mirror (pg_rewind)" in again.healed
+        assert again.leader.name == "mirror"
+        assert again.primary.in_recovery()
+        assert not again.mirrors[0].in_recovery()
+        assert again.streaming()
+        with again.mirrors[0].connect() as conn:
+            conn.execute("INSERT INTO split VALUES (4, 'after healing')")
+        eventually_sync(
+            lambda: count_rows(again.primary, "split") == 3, "replay on the old primary"
+        )
+        with again.primary.connect() as conn:
+            ids = conn.execute("SELECT array_agg(id ORDER BY id) FROM split").fetchone()
+        assert ids == ([1, 2, 4],)
+        again.stop()
+        # Healed for good: the next start finds one writer and leaves it leading.
+        third = LocalPair(own.base_dir)
+        third.start()
+        assert third.healed is None
+        assert third.leader.name == "mirror"
+        assert third.primary.in_recovery()
+        third.stop()
+    finally:
+        again.stop()
+
+
+def test_demo_tables_belong_to_the_owner_and_serve_the_service(
+    pair: LocalPair, database: str
+) -> None:
+    assert pair.create_demo(database) is True
+    assert pair.create_demo(database) is False  # made once
+    with psycopg.connect(pair.primary.dsn(database, user=SERVICE), autocommit=True) as conn:
+        owners = conn.execute(
+            "SELECT array_agg(tableowner::text ORDER BY tablename) FROM pg_tables"
+            " WHERE schemaname = 'public'"
+        ).fetchone()
+        assert owners == ([OWNER] * 4,)
+        row = conn.execute("SELECT email FROM users WHERE id = 42").fetchone()
+        assert row == ("ada@example.com",)
+        conn.execute("INSERT INTO users (email) VALUES ('new@example.com')")
+        counts = conn.execute(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM events),"
+            " (SELECT count(*) FROM accounts)"
+        ).fetchone()
+        assert counts == (3, 3, 2)
 
 
 def test_unreachable_folder_is_refused_with_a_clear_message(tmp_path: Path) -> None:

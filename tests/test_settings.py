@@ -168,8 +168,9 @@ def test_cli_exits_2_when_no_primary_is_configured() -> None:
     result = run_cli("serve", env=base_env())
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "mirrorpool: MIRRORPOOL_PRIMARY_DSN is not set: point it at your primary "
-        "(or run `mirrorpool dev` for a local primary and mirror)"
+        "mirrorpool: MIRRORPOOL_PRIMARY_DSN is not set and no local pair runs in .devdb/ here: "
+        "start one with `make run` in another shell (then run this again from this folder), "
+        "or point MIRRORPOOL_PRIMARY_DSN at your primary"
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from app import errors as e
+from app.api import examples
 from app.api.metrics import count_problem
 from app.api.request_id import request_id_of
 
@@ -22,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "urn:mirrorpool:problem:"
+PROBLEM_REF = "#/components/schemas/Problem"
 
 # (status, type slug, title) of each error class; subclasses inherit their parent's entry.
 _PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
@@ -131,6 +134,8 @@ def problem_response(
         "request_id": request_id_of(scope) if scope else None,
     }
     body.update({k: v for k, v in extra.items() if v is not None})
+    if scope is not None:
+        scope.setdefault("state", {})["problem"] = slug  # for the access log
     return Response(
         orjson.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_JSON
     )
@@ -164,14 +169,100 @@ def error_response(scope: Scope | None, exc: e.MirrorpoolError) -> Response:
     return problem_response(scope, status, slug, title, exc.detail, headers, **extra)
 
 
-def validation_problem(scope: Scope | None, errors: Sequence[Any]) -> Response:
-    """400 problem listing what is wrong with the request body or parameters (never the
-    values sent, which may be secrets)."""
-    problems = [
-        {"location": [str(p) for p in err.get("loc", ())], "message": err.get("msg", "")}
-        for err in errors
+# Where a request's value came from, as FastAPI's validation errors name it.
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+# A location part pydantic adds for the member of a union it tried ("list[any]", "str"):
+# not a key of the body.
+_UNION_TAG = re.compile(r"^(?:[a-z][a-z0-9_-]*\[.*\]|str|int|float|bool|none|list|dict)$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def json_path(parts: Sequence[str | int]) -> str:
+    """A location in the body as a JSON path: `$`, `$.params[0]`, `$.params["a b"]`."""
+    path = "$"
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _IDENTIFIER.match(part):
+            path += f".{part}"
+        else:
+            path += f"[{orjson.dumps(part).decode()}]"
+    return path
+
+
+def _location(loc: Sequence[str | int], sourced: bool) -> str:
+    parts = list(loc)
+    source = "body"
+    if sourced and parts and parts[0] in _SOURCES:
+        source = str(parts.pop(0))
+    parts = [p for p in parts if not (isinstance(p, str) and _UNION_TAG.match(p))]
+    if source == "body":
+        return json_path(parts)
+    return ".".join([source, *(str(p) for p in parts)])
+
+
+def _message(err: Any) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "json_invalid":
+        # pydantic says where ("... at line 1 column 7"); FastAPI's own decoder gives the
+        # character offset as the location's last part.
+        reason = str(ctx.get("error") or err.get("msg", "")).removeprefix("Invalid JSON: ")
+        offset = next((p for p in reversed(err.get("loc", ())) if isinstance(p, int)), None)
+        return f"Invalid JSON: {reason}" + (f" at character {offset}" if offset else "")
+    return _IN_JSON_TERMS.get(kind) or str(err.get("msg", "")).strip()
+
+
+# pydantic speaks of Python's types where the same check of a body read by FastAPI (from a
+# dict, not from JSON) fails; the client sent JSON.
+_IN_JSON_TERMS = {
+    "dict_type": "Input should be a JSON object",
+    "model_type": "Input should be a JSON object",
+    "model_attributes_type": "Input should be a JSON object",
+    "list_type": "Input should be a valid array",
+    "float_type": "Input should be a valid number",
+}
+
+
+def validation_problems(errors: Sequence[Any], *, sourced: bool = False) -> list[dict[str, str]]:
+    """pydantic's (or FastAPI's, `sourced`: their locations start with body, query, ...)
+    validation errors as `{"location", "message"}` items: the location a JSON path into the
+    body, one item per location (a union's alternatives joined with "or")."""
+    merged: dict[str, list[str]] = {}
+    for err in errors:
+        loc = err.get("loc", ())
+        if err.get("type") == "json_invalid":
+            loc = [p for p in loc if not isinstance(p, int)]
+        location = _location(loc, sourced)
+        message = _message(err)
+        if message not in merged.setdefault(location, []):
+            merged[location].append(message)
+    return [
+        {"location": location, "message": _join(messages)} for location, messages in merged.items()
     ]
-    summary = "; ".join(f"{'.'.join(p['location'])}: {p['message']}" for p in problems)
+
+
+def _join(messages: list[str]) -> str:
+    prefix = "Input should be "
+    if len(messages) > 1 and all(m.startswith(prefix) for m in messages):
+        return prefix + " or ".join(m.removeprefix(prefix) for m in messages)
+    return "; ".join(messages)
+
+
+def validation_problem(
+    scope: Scope | None, errors: Sequence[Any], *, sourced: bool = False
+) -> Response:
+    """400 `invalid-request` listing what is wrong with the request body or parameters, as
+    `errors: [{"location": "$.params[0]", "message": ...}]` and a `detail` of
+    `location: message` pairs (never the values sent, which may be secrets)."""
+    problems = validation_problems(errors, sourced=sourced)
+    return invalid_request(scope, problems)
+
+
+def invalid_request(scope: Scope | None, problems: list[dict[str, str]]) -> Response:
+    """400 `invalid-request` for `{"location", "message"}` items (validation_problems(), or a
+    check of the body's own, such as a duplicate key at `json_path([...])`)."""
+    summary = "; ".join(f"{p['location']}: {p['message']}" for p in problems)
     return problem_response(
         scope, 400, "invalid-request", "The request is malformed", summary, errors=problems
     )
@@ -186,7 +277,7 @@ def install(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return validation_problem(request.scope, exc.errors())
+        return validation_problem(request.scope, exc.errors(), sourced=True)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -216,8 +307,29 @@ def install(app: FastAPI) -> None:
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries documenting problem+json answers."""
-    return {
-        status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "A problem."}
-        for status in statuses
-    }
+    """OpenAPI `responses` entries documenting problem+json answers: the Problem schema
+    under application/problem+json, with an example each (app/api/examples.py)."""
+    return {status: _problem_response(status) for status in statuses}
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    description, example = examples.PROBLEMS.get(status, ("A problem.", None))
+    media: dict[str, Any] = {"schema": {"$ref": PROBLEM_REF}}
+    if example is not None:
+        media["example"] = example
+    return {"description": description, "content": {PROBLEM_JSON: media}}
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI's OpenAPI document, saying what mirrorpool really answers to a malformed
+    request (400 problem+json, not FastAPI's 422) and defining the Problem schema."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", _problem_response(400))
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    components["Problem"] = Problem.model_json_schema()
+    return schema

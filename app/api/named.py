@@ -6,6 +6,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
@@ -85,7 +86,7 @@ async def list_queries(
     responses=problem_responses(400, 401, 403, 404, 409, 413, 429, 503, 504),
 )
 async def run_query(
-    name: str,
+    name: Annotated[str, PathParam(examples=["user_by_email"])],
     request: Request,
     queries: QueriesDep,
     engine: EngineDep,

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections import Counter
 
 import httpx
+import pytest
 
 from app.devdb import SERVICE, LocalPair, free_ports
-from tests.conftest import start_server, stop_server
+from tests.conftest import serving_ready, settings_for, start_server, stop_server
 from tests.waiting import eventually_sync
 
 SECRET_PARAM = "do-not-log-this-value"
@@ -89,3 +95,42 @@ def test_text_logs_escape_what_a_client_sent(pair: LocalPair) -> None:
     assert "/nowhere\\r\\n2026-12-01" in access[0]
     assert "\\x1b[2J\\u2028end 404" in access[0]
     assert "\x1b" not in log
+
+
+async def test_repeated_503s_fold_into_one_line_per_second_per_route_and_problem(
+    pair: LocalPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.access")
+    # The mirror alone, as the "primary": no node accepts writes, as during a failover.
+    settings = settings_for(pair, primary_dsn=pair.mirrors[0].dsn(user=SERVICE), mirror_dsn=None)
+    write = {"sql": "CREATE TABLE folded_never (id int)"}
+    sent: Counter[str] = Counter()
+    async with serving_ready(settings) as (_, client):
+        started = time.monotonic()
+        while time.monotonic() - started < 2.5 and sum(sent.values()) < 3000:
+            for path, body in (("/v1/query", write), ("/v1/transaction", {"statements": [write]})):
+                response = await client.post(path, json=body)
+                assert response.status_code == 503
+                assert response.json()["type"] == "urn:mirrorpool:problem:no-writer"
+                sent[path] += 1
+        assert (await client.get("/health/live")).status_code == 200
+        elapsed = time.monotonic() - started
+    # Leaving serving() shut the app down, which logs what was still counted.
+    access = [r for r in caplog.records if r.name == "app.access"]
+    fields = [r.__dict__["fields"] for r in access]
+    assert any(f["path"] == "/health/live" and f["status"] == 200 for f in fields)
+    for path, count in sent.items():
+        lines = [r for r, f in zip(access, fields, strict=True) if f["path"] == path]
+        first = [r for r in lines if "repeated" not in r.__dict__["fields"]]
+        folded = [r for r in lines if "repeated" in r.__dict__["fields"]]
+        assert len(first) == 1, path
+        assert first[0].levelno == logging.WARNING
+        assert first[0].__dict__["fields"]["problem"] == "no-writer"
+        assert first[0].__dict__["fields"]["request_id"]
+        assert 1 + sum(r.__dict__["fields"]["repeated"] for r in folded) == count, path
+        # One line per second, not one per request.
+        assert count > 50, count
+        assert len(folded) <= math.ceil(elapsed) + 1, (len(folded), elapsed)
+        assert f"{path} 503 no-writer: " in folded[0].getMessage()
+        gaps = [b.created - a.created for a, b in itertools.pairwise(folded[:-1])]
+        assert all(gap > 0.9 for gap in gaps), gaps

@@ -29,7 +29,7 @@ def test_docs_page_loads_only_local_assets(live_server: LiveServer) -> None:
 
 def test_docs_page_renders_every_route_in_chromium(live_server: LiveServer, tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium is not None, "Chromium is installed by .ci/run (apt-get install chromium)"
+    assert chromium is not None, "make test installs Chromium (tests/tools.sh)"
     result = subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}", "--dump-dom",
          live_server.url + "/docs"],

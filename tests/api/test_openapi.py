@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.api import examples
+from app.api.errors import Problem
 from app.api.migrations import ApplyIn
 from app.api.named import RunNamedQuery
 from app.api.query import QueryRequest, StreamRequest, TransactionRequest
@@ -40,9 +41,12 @@ async def test_every_operation_is_summarised_tagged_and_documents_its_failures(
                 assert problems, where
                 for status in problems:
                     content = op["responses"][status].get("content", {})
-                    assert "application/problem+json" in content or "application/json" in content, (
-                        where, status,
-                    )  # fmt: skip
+                    assert set(content) == {"application/problem+json"}, (where, status)
+                    media = content["application/problem+json"]
+                    assert media["schema"] == {"$ref": "#/components/schemas/Problem"}, where
+                    example = Problem.model_validate(media["example"])
+                    assert example.status == int(status), (where, status)
+                    assert example.type.startswith("urn:mirrorpool:problem:"), where
 
 
 async def test_request_examples_are_shown_and_valid(pair: LocalPair) -> None:

@@ -96,11 +96,25 @@ async def test_mirror_down_at_start_is_degraded_then_recovers(
         down_lines = [r for r in caplog.records if "node_down mirror" in r.getMessage()]
         assert len(down_lines) == 1
         assert down_lines[0].levelno == logging.WARNING
+        # README (Failover, Events): what is found at start-up is news, logged at INFO...
+        assert levels(caplog, "node_up primary") == [logging.INFO]
+        assert levels(caplog, "writer_changed primary") == [logging.INFO]
         mirror.start()
         await eventually(
             lambda: cluster.node("mirror").state.reachable is True, "the mirror to come back"
         )
         assert (await client.get("/health")).json()["status"] == "ok"
+        # ...every later transition is a WARNING.
+        assert levels(caplog, "node_up mirror") == [logging.WARNING]
+
+
+def levels(caplog: pytest.LogCaptureFixture, start: str) -> list[int]:
+    """The levels of the app.cluster event lines that start with `start`."""
+    return [
+        r.levelno
+        for r in caplog.records
+        if r.name == "app.cluster" and r.getMessage().startswith(start)
+    ]
 
 
 async def test_primary_down_at_start_is_alive_not_ready_then_ready(make_pair: PairFactory) -> None:
