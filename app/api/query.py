@@ -299,6 +299,7 @@ async def run_transaction(
         max_rows=limits.max_rows,
         row_format=body.row_format,
         abort=abort,
+        key=limits.key,
     )
 
 
