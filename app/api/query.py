@@ -16,6 +16,7 @@ from app.api.auth import ApiKey, counted, require
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import error_response, problem_responses
+from app.api.streaming import IdleLimitedStream
 from app.errors import Forbidden, LimitExceeded, MirrorpoolError
 from app.settings import Settings
 from app.sql.columns import Column
@@ -389,6 +390,9 @@ async def query_stream(
         finally:
             await events.aclose()
 
-    return StreamingResponse(
-        lines(), media_type="application/x-ndjson", headers={NODE_HEADER: node}
+    return IdleLimitedStream(
+        lines(),
+        settings.stream_idle_timeout_s,
+        media_type="application/x-ndjson",
+        headers={NODE_HEADER: node},
     )
