@@ -6,9 +6,8 @@ the server and the socket is shut, so the statement fails at once with a connect
 whatever state the server is in: a frozen server cannot hold us; the backend is terminated
 if it runs on, and its connection counts against the pool until it is gone), or cancels the
 task while it still waits for a connection. When the request outlives
-WATCH_AFTER_S, a watcher starts listening for the client's disconnection and cancels the
-task if it leaves: psycopg then cancels the statement on the server and the connection goes
-back to its pool clean.
+WATCH_AFTER_S, a watcher starts listening for the client's disconnection and, if it leaves,
+gives up the same way.
 """
 
 from __future__ import annotations
@@ -62,8 +61,9 @@ class Guard:
 
     @property
     def expired(self) -> bool:
-        """True once the deadline has passed."""
-        return self._expired
+        """True once the deadline has passed, or the client has gone: the request gave up
+        (and is not to be retried)."""
+        return self._expired or self._aborted
 
     def use(self, held: Held | None) -> None:
         """The connection the request is using now (None between connections)."""
@@ -151,5 +151,4 @@ class Guard:
     async def _wait_for_abort(self, abort: Callable[[], Awaitable[Any]]) -> None:
         await abort()
         self._aborted = True
-        if self._task is not None:
-            self._task.cancel()
+        self.end()
