@@ -123,6 +123,9 @@ async def test_no_backend_runs_on_after_a_deadline(
         assert answer.json()["sqlstate"] == "57014"
         deadline = CASES[case]["timeout_ms"] / 1000 + 1.0
         assert time.monotonic() - started < deadline + 1.0
+        stats = (await client.get("/pool/stats")).json()
+        primary = next(n for n in stats["nodes"] if n["name"] == "primary")
+        assert primary["backends_ending"] == 1
         # The pool's only connection is the one that ran the statement: the next request
         # gets it back (or its replacement) once its backend is gone, never beside it.
         after = await client.post(
