@@ -202,3 +202,31 @@ async def test_a_role_keys_backend_is_ended_and_counted_against_its_pool(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role]
             )
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+async def test_a_streams_deadline_ends_its_backend(pair: LocalPair, stubborn: None) -> None:
+    name = app_name()
+    settings = settings_for(pair, pool_min_size=1, pool_max_size=1, application_name=name)
+    async with serving_ready(settings) as (_, client):
+        for sql_text in (
+            "SELECT stubborn_sleep()",
+            "SELECT g, pg_sleep(0.2) FROM generate_series(1, 100) g",
+        ):
+            answer = await client.post(
+                "/v1/query/stream", json={"sql": sql_text, "timeout_ms": 300}
+            )
+            if answer.status_code == 200:  # the rows had begun: the stream ends with an error
+                last = answer.text.strip().splitlines()[-1]
+                assert '"status":"error"' in last and "57014" in last, last
+            else:
+                assert answer.status_code == 504, answer.text
+            after = await client.post(
+                "/v1/query",
+                json={
+                    "sql": "SELECT count(*)::int FROM pg_stat_activity"
+                    " WHERE application_name = $1 AND usename = current_user",
+                    "params": [name],
+                },
+            )
+            assert after.json()["rows"] == [[1]], sql_text
+            assert backends(pair, name) == ["idle"], sql_text
