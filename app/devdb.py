@@ -772,6 +772,9 @@ class LocalPair:
                 )
             # For POST /v1/admin/promote and MIRRORPOOL_PROMOTE_AFTER_S (refused to keys).
             conn.execute(f"GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {SERVICE}")
+            # To terminate a key role's backend left running past its request's deadline
+            # (app/cluster/backends.py); the service's own it may end without it.
+            conn.execute(f"GRANT pg_signal_backend TO {SERVICE}")
         for dbname in ("postgres", "template1"):
             with primary.connect(dbname) as conn:
                 conn.execute(LOGINS_SQL)

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
         description="Serve through a login that is a superuser, may create roles, bypasses "
         "row-level security or reads/writes server files and programs (refused otherwise).",
     )
+    key_max_pool_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Largest part of a node's pool (and of each role's pool) one key may hold; "
+        "a key at its share waits in its own line (1: no limit; with one key or none it "
+        "does not apply).",
+    )
     max_inflight_per_key: int = Field(
         64, ge=1, description="Requests one key may have in flight (429 beyond)."
     )
@@ -208,6 +216,12 @@ class Settings(BaseSettings):
         10_000, ge=0, le=65_535, description="Most parameters one statement may carry."
     )
     max_statements: int = Field(100, ge=1, description="Most statements in one transaction.")
+    stream_idle_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a /v1/query/stream client may read nothing before the stream, "
+        "and its transaction, is ended.",
+    )
     stream_chunk_rows: int = Field(
         1_000, ge=1, description="Rows fetched per round trip by /v1/query/stream."
     )

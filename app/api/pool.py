@@ -76,6 +76,16 @@ class NodeStats(BaseModel):
     multiplexing: LaneStatsOut | None = Field(
         None, description="Absent when MIRRORPOOL_MULTIPLEX is off or behind PgBouncer."
     )
+    backends_ending: int = Field(
+        0,
+        description="Connections given up on mid-statement (deadline, client gone) whose "
+        "backends are being ended; each counts against its pool until its backend is gone.",
+    )
+    key_lines_waiting: int = Field(
+        0,
+        description="Requests waiting in their key's own line: the key holds its share of a "
+        "pool of the node (MIRRORPOOL_KEY_MAX_POOL_SHARE).",
+    )
     logins: dict[str, dict[str, int]] = Field(
         default_factory=dict,
         description="The pools of the database roles keys log in as (opened on first use, "
@@ -150,6 +160,8 @@ def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
         alias_of=cluster.aliases.get(node.name),
         pool=node.pool_stats(),
         multiplexing=LaneStatsOut(**lane.as_json()) if lane is not None else None,
+        backends_ending=cluster.backends.held(node.name),
+        key_lines_waiting=sum(share.waiting() for share in node.shares.values()),
         logins={role: node.pool_stats(role) for role in node.logins},
     )
 

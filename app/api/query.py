@@ -17,6 +17,7 @@ from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import error_response, problem_responses
 from app.api.json_body import JsonRoute
+from app.api.streaming import IdleLimitedStream
 from app.errors import Forbidden, InvalidSQL, LimitExceeded, MirrorpoolError
 from app.settings import Settings
 from app.sql.columns import Column
@@ -307,6 +308,7 @@ async def run_transaction(
         max_rows=limits.max_rows,
         row_format=body.row_format,
         abort=abort,
+        key=limits.key,
     )
 
 
@@ -398,6 +400,9 @@ async def query_stream(
         finally:
             await events.aclose()
 
-    return StreamingResponse(
-        lines(), media_type="application/x-ndjson", headers={NODE_HEADER: node}
+    return IdleLimitedStream(
+        lines(),
+        settings.stream_idle_timeout_s,
+        media_type="application/x-ndjson",
+        headers={NODE_HEADER: node},
     )

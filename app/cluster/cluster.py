@@ -13,6 +13,7 @@ from typing import Any, Literal
 from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout, TooManyRequests
 
+from app.cluster.backends import Backends
 from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog
 from app.cluster.failover import elect, find_aliases, newest_timeline
@@ -100,6 +101,8 @@ class Cluster:
             threshold=settings.health_threshold,
             on_change=self._node_changed,
         )
+        # Backends of given-up connections, ended and waited for (app/cluster/backends.py).
+        self.backends = Backends(self.monitor)
         self._background: set[asyncio.Task[Any]] = set()
         # Called with a node the moment it is found down or fenced, to fail its in-flight
         # requests at once instead of at their deadlines (app/sql/engine.py).
@@ -121,6 +124,7 @@ class Cluster:
 
     async def close(self, timeout: float) -> None:
         """Stop the monitor and close every pool, each given `timeout` seconds."""
+        await self.backends.close()
         await self.monitor.stop()
         for task in self._background:
             task.cancel()

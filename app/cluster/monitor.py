@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -195,7 +195,7 @@ class HealthMonitor:
                 conn = await psycopg.AsyncConnection.connect(
                     node.dsn, autocommit=True, application_name="mirrorpool-monitor"
                 )
-                self._conns[node.name] = conn
+                await self._keep(node, conn)
             cur = await conn.execute(PROBE_SQL, prepare=False)
             row = await cur.fetchone()
         except BaseException:
@@ -207,6 +207,48 @@ class HealthMonitor:
             raise
         assert row is not None
         return tuple(row)
+
+    async def ask(self, node: Node, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one query on the node's monitor connection (opened if there is none) within
+        the probe timeout, abandoned like a probe past it: how app/cluster/backends.py reads
+        pg_stat_activity and terminates backends without taking a pool connection."""
+        task = asyncio.create_task(self._ask(node, query, params))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+        except asyncio.CancelledError:
+            self._abandon(node, task)
+            raise
+        if not done:
+            self._abandon(node, task)
+            raise ProbeTimeout(f"no answer within {self.timeout:g} s")
+        return task.result()
+
+    async def _ask(self, node: Node, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        conn = self._conns.get(node.name)
+        try:
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    node.dsn, autocommit=True, application_name="mirrorpool-monitor"
+                )
+                await self._keep(node, conn)
+            cur = await conn.execute(query, params, prepare=False)
+            return [tuple(row) for row in await cur.fetchall()]
+        except BaseException as exc:
+            if isinstance(exc, psycopg.DatabaseError) and conn is not None and not conn.closed:
+                raise  # the server refused the query; the connection is fine
+            if self._conns.get(node.name) is conn:
+                self._conns[node.name] = None
+            if conn is not None:
+                await conn.close()
+            raise
+
+    async def _keep(self, node: Node, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Keep `conn` as the node's monitor connection (one per node: a probe and an ask()
+        that both opened one leave only the later)."""
+        old = self._conns.get(node.name)
+        self._conns[node.name] = conn
+        if old is not None and old is not conn:
+            await old.close()
 
     def _abandon(self, node: Node, task: asyncio.Task[Any]) -> None:
         # psycopg answers a cancelled query by sending a cancel request and waiting for

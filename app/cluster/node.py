@@ -16,6 +16,7 @@ from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from app.cluster.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
+from app.cluster.share import KeyShare, share_of
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class Node:
         self.pool = self._make_pool(self._dsn, name, settings.pool_min_size, settings.pool_max_size)
         # One pool per database role a key logs in as (app/api/auth.py), opened on first use.
         self.logins: dict[str, AsyncConnectionPool[AsyncConnection[Any]]] = {}
+        # Each key's share of each pool (app/cluster/share.py), by role (None: the service's).
+        self.shares: dict[str | None, KeyShare] = {}
         self._closed = False
 
     def _make_pool(
@@ -185,6 +188,17 @@ class Node:
         if pool.closed and not self._closed:
             await pool.open(wait=False)
         return pool
+
+    def share(self, role: str | None) -> KeyShare:
+        """Each key's share of the pool for `role` (None: the service's own login)."""
+        share = self.shares.get(role)
+        if share is None:
+            settings = self._settings
+            size = settings.pool_max_size if role is None else settings.role_pool_max_size
+            name = self.name if role is None else f"{self.name}:{role}"
+            share = KeyShare(name, share_of(size, settings.key_max_pool_share))
+            self.shares[role] = share
+        return share
 
     @property
     def pools(self) -> list[AsyncConnectionPool[AsyncConnection[Any]]]:

@@ -7,17 +7,25 @@ own login. What its statements may have left in the session (app/sql/session.py 
 from their parse trees, or a reported parameter that changed) is undone before the
 connection goes back: DISCARD ALL, or closing it. Behind a transaction pooler the session is
 not ours, and nothing is reset (app/sql/transaction_pooling.py refuses what would need it).
+
+A connection given back while a statement may still run on it (its request gave up: the
+deadline passed, the client left) is ended on the server and goes back only once its backend
+is gone (app/cluster/backends.py): until then it counts against its pool, and against its
+key's share of the pool (app/cluster/share.py), which the checkout takes first.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 from psycopg_pool import AsyncConnectionPool
 
+from app.cluster.backends import Backends
 from app.cluster.cluster import Cluster
 from app.cluster.node import Node
+from app.cluster.share import KeyShare
 from app.sql import session
 from app.sql.session import Effect
 
@@ -25,7 +33,10 @@ from app.sql.session import Effect
 class Checkout:
     """A pooled connection held by one request, and what it needs before it goes back."""
 
-    __slots__ = ("_before", "_pool", "conn", "effect", "node", "own_session")
+    __slots__ = (
+        "_backends", "_before", "_key", "_pid", "_pool", "_share", "_user",
+        "conn", "effect", "node", "own_session",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -33,24 +44,38 @@ class Checkout:
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         conn: AsyncConnection[Any],
         own_session: bool,
+        backends: Backends,
+        share: KeyShare | None = None,
+        key: str = "",
     ) -> None:
         self.node = node
         self.conn = conn
         self.effect = Effect.NONE
         self.own_session = own_session
         self._pool = pool
+        self._backends = backends
+        self._share = share
+        self._key = key
         self._before = session.snapshot(conn)
+        # Behind a transaction pooler the backend is not the connection's: no pid to watch.
+        self._pid = conn.info.backend_pid if own_session else 0
+        self._user = conn.info.user
 
     def mark(self, effect: Effect) -> None:
         """A statement may have left this in the session."""
         self.effect = max(self.effect, effect)
 
+    def end(self) -> None:
+        """Its request gives up: stop the statement on the server now, without waiting."""
+        self._backends.end(self.conn)
+
     async def give_back(self) -> None:
-        """Restore the session if needed (close the connection if that fails), then return it
-        to its pool."""
+        """Restore the session if needed, then return the connection to its pool; one whose
+        statement may still run is ended, and returned once its backend is gone."""
         conn = self.conn
+        busy = _busy(conn)
         try:
-            if self.own_session and not conn.closed:
+            if self.own_session and not busy:
                 needed = self.effect
                 if needed is Effect.NONE and session.snapshot(conn) != self._before:
                     needed = Effect.RESET
@@ -58,16 +83,50 @@ class Checkout:
                     await session.restore(conn, needed)
                 except BaseException:
                     # Cancelled mid-reset: what the session holds is unknown, so it goes.
-                    conn.pgconn.finish()
+                    busy = True
                     raise
         finally:
-            await self._pool.putconn(conn)
+            if busy:
+                self.end()
+                self._backends.hold(self.node, self._pid, self._user, self._release)
+            else:
+                await self._release()
+
+    async def _release(self) -> None:
+        try:
+            await self._pool.putconn(self.conn)
+        finally:
+            if self._share is not None:
+                self._share.release(self._key)
+                self._share = None
+
+
+def _busy(conn: AsyncConnection[Any]) -> bool:
+    """True when a statement may still run on the connection's backend."""
+    return conn.closed or conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
 
 
 async def take(
-    cluster: Cluster, node: Node, role: str | None, timeout: float | None, own_session: bool
+    cluster: Cluster,
+    node: Node,
+    role: str | None,
+    timeout: float | None,
+    own_session: bool,
+    key: str = "",
 ) -> Checkout:
-    """A connection of `node` logged in as `role` (None: the service's login)."""
+    """A connection of `node` logged in as `role` (None: the service's login), within
+    `key`'s share of its pool ("": no share applies)."""
     pool = node.pool if role is None else await node.pool_for(role)
-    conn = await cluster.getconn(node, timeout, role)
-    return Checkout(node, pool, conn, own_session)
+    share = node.share(role) if key else None
+    started = time.monotonic()
+    if share is not None:
+        await share.acquire(key, timeout)
+        if timeout is not None:
+            timeout = max(0.0, timeout - (time.monotonic() - started))
+    try:
+        conn = await cluster.getconn(node, timeout, role)
+    except BaseException:
+        if share is not None:
+            share.release(key)
+        raise
+    return Checkout(node, pool, conn, own_session, cluster.backends, share, key)

@@ -89,8 +89,15 @@ class Engine:
         self.own_sessions = not settings.pgbouncer
         self._local_settings = None if self.own_sessions else SESSION_SETTINGS
         # Quick plain statements share connections, pipelined (app/sql/multiplex.py).
+        # No key holds more than its share of a pool (app/cluster/share.py); with one key or
+        # none (auth disabled) there is no other key to share with.
+        self.shares = (
+            settings.auth == "keys"
+            and settings.key_max_pool_share < 1
+            and len(settings.all_api_keys()) > 1
+        )
         self.mux = (
-            Multiplexer(cluster, settings, self.types)
+            Multiplexer(cluster, settings, self.types, self.shares)
             if settings.multiplex and self.own_sessions
             else None
         )
@@ -107,18 +114,27 @@ class Engine:
 
     @asynccontextmanager
     async def _session(
-        self, intent: Intent, role: str | None, avoid: Collection[str] = ()
+        self, intent: Intent, role: str | None, key: str, avoid: Collection[str] = ()
     ) -> AsyncIterator[Checkout]:
-        """A pooled connection of the key's login on the node serving `intent`, restored
-        before it goes back if the request may have changed its session."""
+        """A pooled connection of the key's login on the node serving `intent`, within the
+        key's share of the pool, restored before it goes back if the request may have
+        changed its session."""
         node = self.cluster.pick(intent, avoid)
-        held = await checkout.take(
-            self.cluster, node, role, self.settings.pool_timeout, self.own_sessions
-        )
+        held = await self._take(node, role, key)
         try:
             yield held
         finally:
             await held.give_back()
+
+    async def _take(self, node: Node, role: str | None, key: str) -> Checkout:
+        return await checkout.take(
+            self.cluster,
+            node,
+            role,
+            self.settings.pool_timeout,
+            self.own_sessions,
+            key if self.shares else "",
+        )
 
     def _guard(self, timeout_ms: int, abort: Abort | None) -> Guard:
         return Guard(timeout_ms / 1000 + DEADLINE_GRACE_S, timeout_ms, abort)
@@ -178,9 +194,7 @@ class Engine:
         inflight = self._inflight[node.name]
         inflight.add(guard)
         try:
-            held = await checkout.take(
-                self.cluster, node, limits.role, self.settings.pool_timeout, self.own_sessions
-            )
+            held = await self._take(node, limits.role, limits.key)
         except BaseException as exc:
             inflight.discard(guard)
             if isinstance(exc, asyncio.CancelledError) and guard.take_severance():
@@ -189,7 +203,7 @@ class Engine:
                 ) from None
             raise
         conn = held.conn
-        guard.use(conn)
+        guard.use(held)
         try:
             run = self._plain if plain else self._wrapped
             result = await run(held, bound, limits)
@@ -304,18 +318,19 @@ class Engine:
         row_format: RowFormat,
         role: str | None = None,
         abort: Abort | None = None,
+        key: str = "",
     ) -> Outcome:
         """Run statements all-or-nothing; a failure names the statement and rolls back."""
-        limits = Limits(timeout_ms, max_rows, read_only, row_format, role)
+        limits = Limits(timeout_ms, max_rows, read_only, row_format, role, key)
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
         results: list[StatementResult] = []
         async with (
             self._guard(timeout_ms, abort) as guard,
-            self._session(intent, role) as held,
+            self._session(intent, role, key) as held,
         ):
             conn, node = held.conn, held.node.name
-            guard.use(conn)
+            guard.use(held)
             inflight = self._inflight[node]
             inflight.add(guard)
             try:
@@ -407,22 +422,17 @@ class Engine:
         Rows come in chunks of `chunk_rows` straight from the server (libpq's chunked mode),
         so memory stays flat whatever the size of the result. A producer task owns the
         connection and hands chunks over a short queue: the consumer can give up at the
-        deadline, or when its client leaves, without waiting for the server.
+        deadline, or when its client leaves or stops reading, without waiting for the
+        server; the producer's guard then ends the statement and its transaction there.
         """
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=2)
-        producer = asyncio.ensure_future(self._produce(bound, limits, chunk_rows, queue))
-        deadline = time.monotonic() + limits.timeout_ms / 1000 + DEADLINE_GRACE_S
+        guard = self._guard(limits.timeout_ms, None)
+        producer = asyncio.ensure_future(self._produce(bound, limits, chunk_rows, queue, guard))
         try:
             while True:
-                try:
-                    kind, payload = await asyncio.wait_for(
-                        queue.get(), max(0.0, deadline - time.monotonic())
-                    )
-                except TimeoutError:
-                    raise QueryTimeout(
-                        f"the statement did not finish within {limits.timeout_ms} ms",
-                        sqlstate="57014",
-                    ) from None
+                # The deadline is the producer's guard: past it, the producer hands over a
+                # QueryTimeout, whatever it was doing.
+                kind, payload = await queue.get()
                 if kind == "error":
                     raise payload
                 yield kind, payload
@@ -430,6 +440,7 @@ class Engine:
                     return
         finally:
             if not producer.done():
+                guard.end()
                 self._abandon(producer)
 
     async def _produce(
@@ -438,10 +449,12 @@ class Engine:
         limits: Limits,
         chunk_rows: int,
         queue: asyncio.Queue[tuple[str, Any]],
+        guard: Guard,
     ) -> None:
         intent: Intent = "read" if limits.read_only else "write"
         try:
-            async with self._session(intent, limits.role) as held:
+            async with guard, self._session(intent, limits.role, limits.key) as held:
+                guard.use(held)
                 conn, node = held.conn, held.node.name
                 await queue.put(("node", node))
                 held.mark(session.effect(bound.tree))

@@ -1,25 +1,25 @@
 """A request's deadline and its client's disconnection, enforced without waiting on the server.
 
 The request runs in its own task; the guard adds no task while it is quick. At the deadline
-it shuts the socket of the connection in use (the statement then fails at once with a
-connection error, whatever state the server is in: a frozen server cannot hold us), or
-cancels the task while it still waits for a connection. When the request outlives
-WATCH_AFTER_S, a watcher starts listening for the client's disconnection and cancels the
-task if it leaves: psycopg then cancels the statement on the server and the connection goes
-back to its pool clean.
+it ends the connection in use (app/cluster/backends.py: psycopg's cancel request goes to
+the server and the socket is shut, so the statement fails at once with a connection error,
+whatever state the server is in: a frozen server cannot hold us; the backend is terminated
+if it runs on, and its connection counts against the pool until it is gone), or cancels the
+task while it still waits for a connection. When the request outlives
+WATCH_AFTER_S, a watcher starts listening for the client's disconnection and, if it leaves,
+gives up the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 
+from app.cluster.node import shut
 from app.errors import ClientGone, QueryTimeout
 
 # Quick requests never pay for a watcher task.
@@ -27,6 +27,15 @@ WATCH_AFTER_S = 0.05
 # Our own deadline is the statement timeout plus this much, so the server's timeout (a
 # clean 57014 with the connection intact) wins whenever the server is alive to enforce it.
 DEADLINE_GRACE_S = 1.0
+
+
+class Held(Protocol):
+    """A connection in use, and how to end its statement (app/sql/checkout.py Checkout)."""
+
+    conn: AsyncConnection[Any]
+
+    def end(self) -> None:
+        """Stop the statement on the server now, without waiting."""
 
 
 class Guard:
@@ -41,7 +50,7 @@ class Guard:
         self.timeout_s = timeout_s
         self.timeout_ms = timeout_ms
         self._abort = abort
-        self._conn: AsyncConnection[Any] | None = None
+        self._held: Held | None = None
         self._expired = False
         self._aborted = False
         self._task: asyncio.Task[Any] | None = None
@@ -52,12 +61,13 @@ class Guard:
 
     @property
     def expired(self) -> bool:
-        """True once the deadline has passed."""
-        return self._expired
+        """True once the deadline has passed, or the client has gone: the request gave up
+        (and is not to be retried)."""
+        return self._expired or self._aborted
 
-    def use(self, conn: AsyncConnection[Any] | None) -> None:
+    def use(self, held: Held | None) -> None:
         """The connection the request is using now (None between connections)."""
-        self._conn = conn
+        self._held = held
 
     async def __aenter__(self) -> Guard:
         self._task = asyncio.current_task()
@@ -106,9 +116,9 @@ class Guard:
     def sever(self) -> None:
         """Its node is gone: fail the statement in flight now, or stop waiting for one of
         the node's connections (the request is not expired and may be retried)."""
-        if self._conn is not None:
-            if not self._conn.closed:
-                shut(self._conn)
+        if self._held is not None:
+            if not self._held.conn.closed:
+                shut(self._held.conn)
         elif self._task is not None:
             self.severed = True
             self._task.cancel()
@@ -123,11 +133,15 @@ class Guard:
 
     def _expire(self) -> None:
         self._expired = True
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            shut(conn)
+        self.end()
+
+    def end(self) -> None:
+        """Give up now: end the statement in flight, or stop waiting for a connection."""
+        held = self._held
+        if held is not None and not held.conn.closed:
+            held.end()
             return
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
 
     def _watch(self) -> None:
@@ -137,14 +151,4 @@ class Guard:
     async def _wait_for_abort(self, abort: Callable[[], Awaitable[Any]]) -> None:
         await abort()
         self._aborted = True
-        if self._task is not None:
-            self._task.cancel()
-
-
-def shut(conn: AsyncConnection[Any]) -> None:
-    """EOF on the connection's socket: psycopg raises at once instead of asking a server
-    that may never answer to cancel. The pool drops the broken connection."""
-    with contextlib.suppress(OSError):
-        sock = socket.socket(fileno=socket.dup(conn.pgconn.socket))
-        with sock:
-            sock.shutdown(socket.SHUT_RDWR)
+        self.end()

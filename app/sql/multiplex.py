@@ -18,9 +18,10 @@ Those take a pooled connection of their own.
 
 Each key has lanes of its own (one per node): a statement of one key never waits in a batch
 behind another key's, so a key that makes a "quick" text slow (`pg_sleep($1)`, a range it
-widens) delays only itself. A runner takes one batch per pooled connection and gives the
-connection back before the next, so requests that need a connection of their own wait their
-turn in the pool's queue.
+widens) delays only itself. A key's lanes run on at most its share of the pool
+(app/cluster/share.py), like its other requests. A runner takes one batch per pooled
+connection and gives the connection back before the next, so requests that need a
+connection of their own wait their turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
 the lane; once sent, its statement runs and the answer is thrown away.
 """
@@ -38,13 +39,13 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.cluster.cluster import Cluster
-from app.cluster.node import Node
+from app.cluster.node import Node, shut
 from app.errors import MirrorpoolError, PoolExhausted
 from app.settings import Settings
 from app.sql import checkout, pipeline, session
 from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
-from app.sql.guard import DEADLINE_GRACE_S, shut
+from app.sql.guard import DEADLINE_GRACE_S
 from app.sql.pipeline import Command
 from app.sql.results import RowFormat, StatementResult
 from app.sql.tree import Tree
@@ -103,9 +104,14 @@ class Lane:
         settings: Settings,
         types: TypeNames,
         known: Known,
+        shares: bool = False,
     ) -> None:
         self.node = node
         self.key = key
+        # The key whose share of the pool the runners take ("": no share applies).
+        self._share_key = key if shares else ""
+        most = settings.pool_max_size
+        self._max_runners = min(most, node.share(None).limit) if shares else most
         self.cluster = cluster
         self.settings = settings
         self.types = types
@@ -126,7 +132,7 @@ class Lane:
                     f"too many requests are waiting for a connection to {self.node.name}"
                 )
         self._pending.append(job)
-        if self._runners < self.settings.pool_max_size:
+        if self._runners < self._max_runners:
             self._runners += 1
             task = asyncio.ensure_future(self._run())
             self._tasks.add(task)
@@ -147,7 +153,12 @@ class Lane:
             while self._pending:
                 try:
                     held = await checkout.take(
-                        self.cluster, self.node, None, self.settings.pool_timeout, True
+                        self.cluster,
+                        self.node,
+                        None,
+                        self.settings.pool_timeout,
+                        True,
+                        self._share_key,
                     )
                 except MirrorpoolError as exc:
                     self._expire(exc)
@@ -200,7 +211,7 @@ class Lane:
         conn = held.conn
         # Each statement has its own statement_timeout on the server: a batch is only held
         # to an answer coming within it (plus the same grace as a request's deadline).
-        watchdog = _Watchdog(conn, self.settings.statement_timeout_ms / 1000 + DEADLINE_GRACE_S)
+        watchdog = _Watchdog(held, self.settings.statement_timeout_ms / 1000 + DEADLINE_GRACE_S)
         self._busy.add(conn)
         started = time.monotonic()
         try:
@@ -251,11 +262,11 @@ class Lane:
 
 
 class _Watchdog:
-    """Shuts a batch's connection when no answer has come for `limit_s` (a frozen server),
+    """Ends a batch's connection when no answer has come for `limit_s` (a frozen server),
     however long the batch as a whole takes."""
 
-    def __init__(self, conn: AsyncConnection[Any], limit_s: float) -> None:
-        self._conn = conn
+    def __init__(self, held: Checkout, limit_s: float) -> None:
+        self._held = held
         self._limit_s = limit_s
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
@@ -272,7 +283,7 @@ class _Watchdog:
     def _check(self) -> None:
         idle = self._loop.time() - self._last
         if idle >= self._limit_s:
-            shut(self._conn)
+            self._held.end()
         else:
             self._handle = self._loop.call_later(self._limit_s - idle, self._check)
 
@@ -306,8 +317,11 @@ class Known:
 class Multiplexer:
     """The lanes, one per node and key, and what decides which statements take them."""
 
-    def __init__(self, cluster: Cluster, settings: Settings, types: TypeNames) -> None:
+    def __init__(
+        self, cluster: Cluster, settings: Settings, types: TypeNames, shares: bool = False
+    ) -> None:
         self.known = Known()
+        self._shares = shares
         self.lanes: dict[tuple[str, str], Lane] = {}
         self._cluster = cluster
         self._settings = settings
@@ -318,7 +332,7 @@ class Multiplexer:
         lane = self.lanes.get((node.name, key))
         if lane is None:
             lane = self.lanes[node.name, key] = Lane(
-                node, key, self._cluster, self._settings, self._types, self.known
+                node, key, self._cluster, self._settings, self._types, self.known, self._shares
             )
         return lane
 

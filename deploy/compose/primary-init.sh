@@ -28,6 +28,9 @@ ALTER DEFAULT PRIVILEGES FOR ROLE app_owner IN SCHEMA public
 ALTER DEFAULT PRIVILEGES FOR ROLE app_owner IN SCHEMA public
     GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO mirrorpool;
 GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO mirrorpool;
+-- Keys that log in as roles of their own: mirrorpool ends their backends left running past
+-- a request's deadline (README, "Logins: a recipe"), which needs
+-- GRANT pg_signal_backend TO mirrorpool;
 SQL
 
 echo "host replication replicator all scram-sha-256" >>"$PGDATA/pg_hba.conf"

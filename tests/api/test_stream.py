@@ -6,11 +6,12 @@ import functools
 import json
 import socket
 import time
+import uuid
 
 import httpx
 
 from app.devdb import LocalPair
-from tests.conftest import LiveServer, as_owner
+from tests.conftest import LiveServer, as_owner, start_server, stop_server
 from tests.waiting import eventually_sync
 
 
@@ -167,3 +168,79 @@ def test_statements_without_rows_are_sent_to_v1_query(
     assert returning[1] == "[5]"
     out = stream("CALL stream_out_p(NULL)").text.splitlines()
     assert out[1] == "[7]"
+
+
+def stream_backends(pair: LocalPair, application_name: str) -> list[tuple[str, bool]]:
+    """(state, holds a snapshot) of each backend of the pools named `application_name`."""
+    with pair.primary.connect() as conn:
+        rows = conn.execute(
+            "SELECT coalesce(state, ''), backend_xmin IS NOT NULL FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            [application_name],
+        ).fetchall()
+    return [(str(state), bool(holds)) for state, holds in rows]
+
+
+def dead_rows_after_vacuum(pair: LocalPair, table: str) -> int:
+    with pair.primary.connect() as conn:
+        conn.execute(f"VACUUM {table}")
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", [table]
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_stream_its_client_stops_reading_is_ended_with_its_transaction(
+    pair: LocalPair,
+) -> None:
+    name = f"mp_stall_{uuid.uuid4().hex[:8]}"
+    table = f"stall_{uuid.uuid4().hex[:8]}"
+    as_owner(
+        pair,
+        f"CREATE TABLE {table} (i int) WITH (autovacuum_enabled = off)",
+        f"INSERT INTO {table} SELECT generate_series(1, 1000)",
+    )
+    server = start_server(
+        pair, MIRRORPOOL_STREAM_IDLE_TIMEOUT_S="1", MIRRORPOOL_APPLICATION_NAME=name
+    )
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        payload = json.dumps(
+            {"sql": "SELECT g, repeat('x', 1000) FROM generate_series(1, 5000000) g"}
+        ).encode()
+        sock.sendall(
+            b"POST /v1/query/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")
+        # The client reads nothing more: the stream's backend waits to write, in its
+        # transaction, holding its snapshot, and VACUUM cannot remove what others delete.
+        eventually_sync(
+            lambda: ("active", True) in stream_backends(pair, name), "the stream to stall"
+        )
+        as_owner(pair, f"DELETE FROM {table}")
+        assert dead_rows_after_vacuum(pair, table) == 1000
+        stalled = time.monotonic()
+        eventually_sync(
+            lambda: all(state == "idle" for state, _ in stream_backends(pair, name)),
+            "the stream's transaction to end",
+        )
+        assert time.monotonic() - stalled < 1 + 3
+        assert not any(holds for _, holds in stream_backends(pair, name))
+        assert dead_rows_after_vacuum(pair, table) == 0
+        # The answer was cut off: the connection closes without the stream's last line.
+        sock.settimeout(10)
+        received = b""
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+        assert b'"status":"ok"' not in received
+        assert received, "nothing more came before the connection closed"
+    finally:
+        sock.close()
+        stop_server(server)
+        as_owner(pair, f"DROP TABLE IF EXISTS {table}")

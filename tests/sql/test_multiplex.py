@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from app.devdb import LocalPair
 from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -37,11 +38,17 @@ async def q(client: httpx.AsyncClient, sql: str, params: Any = None, **extra: An
 
 
 async def warm(client: httpx.AsyncClient, sql: str, params: Any) -> None:
-    """Run a statement a few times on its own: the lane takes statements it knows are quick
-    (the first run plans it and may be slow)."""
-    for _ in range(3):
+    """Run a statement on its own until the lane takes it: the lane takes statements it
+    knows are quick (the first run plans it and may be slow, and so may a run on a busy
+    machine)."""
+
+    async def in_lane() -> bool:
+        before = (await lane(client))["statements"]
         answer = await q(client, sql, params)
         assert answer.status_code == 200, answer.text
+        return bool((await lane(client))["statements"] > before)
+
+    await eventually(in_lane, "the statement to join the lane", timeout=20)
 
 
 async def lane(client: httpx.AsyncClient) -> dict[str, Any]:
