@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from app.sql import checkout, pipeline, session
 from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
 from app.sql.guard import DEADLINE_GRACE_S, shut
-from app.sql.pipeline import Command
+from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.results import RowFormat, StatementResult
 from app.sql.tree import Tree
 
@@ -205,7 +206,9 @@ class Lane:
         started = time.monotonic()
         try:
             units = await pipeline.run_units(
-                conn, [[Command(j.sql, j.params)] for j in jobs], watchdog.progress
+                conn,
+                [[Command(j.sql, j.params, keep=self._keep(j))] for j in jobs],
+                watchdog.progress,
             )
         finally:
             watchdog.stop()
@@ -225,6 +228,11 @@ class Lane:
             except Exception as exc:  # this job's answer could not be made: its error only
                 _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
 
+    def _keep(self, job: Job) -> Keep:
+        """A job's rows: max_rows + 1 within the response bytes; over that it is stopped on
+        the server (a pure read, in a unit of its own)."""
+        return Keep(job.max_rows + 1, Allowance(self.settings.max_response_bytes), stop=True)
+
     async def _settle_job(
         self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
     ) -> None:
@@ -239,13 +247,14 @@ class Lane:
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
             return
-        self.known.observe(self.key, job.tree, job.sql, seconds)
+        # A text whose answer was cut leaves the lane: stopping it cost its neighbours a
+        # cancel, which may have hit one of them (sent again, as stale).
+        self.known.observe(self.key, job.tree, job.sql, math.inf if reply.cut else seconds)
         if reply.error is not None:
             _settle(job.future, error=reply.error)
             return
-        assert reply.result is not None
         answer = await pipeline.answer(
-            conn, self.node.name, self.types, reply.result, job.max_rows, job.row_format
+            conn, self.node.name, self.types, reply, job.max_rows, job.row_format
         )
         _settle(job.future, result=answer)
 
