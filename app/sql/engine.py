@@ -6,7 +6,9 @@ read-only request, or one with its own timeout, runs as BEGIN [READ ONLY], the l
 statement and its end (COMMIT; a read-only one is rolled back), pipelined in one round trip.
 Every request runs on a connection of its key's login (app/sql/checkout.py). The deadline is
 enforced here too, not only by the server's statement_timeout: a frozen server cannot hold
-a request past it.
+a request past it. Rows are read in chunks and kept up to max_rows + 1 within the response
+bytes (app/sql/pipeline.py Keep); a read over that whose end loses nothing is cancelled on
+the server (_stoppable), anything else has the rest of its rows read and dropped.
 """
 
 from __future__ import annotations
@@ -205,6 +207,8 @@ class Engine:
         (reply,) = unit.replies
         if reply.error is not None:
             raise reply.error
+        if reply.oversized:
+            held.mark(session.Effect.CLOSE)
         result = await pipeline.answer(
             held.conn, held.node.name, self.types, reply, limits.max_rows, limits.row_format
         )
@@ -411,6 +415,8 @@ class Engine:
         results = []
         node = held.node.name
         for reply in replies[first : first + len(statements)]:
+            if reply.oversized:
+                held.mark(session.Effect.CLOSE)
             answer = await pipeline.answer(
                 conn, node, self.types, reply, limits.max_rows, limits.row_format
             )
@@ -531,6 +537,8 @@ class Engine:
         (reply,) = unit.replies
         if reply.error is not None:
             raise reply.error
+        if reply.oversized:
+            held.mark(session.Effect.CLOSE)
         return await pipeline.answer(
             conn, node, self.types, reply, limits.max_rows, limits.row_format
         )

@@ -22,7 +22,10 @@ widens) delays only itself. A runner takes one batch per pooled connection and g
 connection back before the next, so requests that need a connection of their own wait their
 turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
-the lane; once sent, its statement runs and the answer is thrown away.
+the lane; once sent, its statement runs and the answer is thrown away. A statement over its
+max_rows or the response size is cancelled on the server (app/sql/pipeline.py Keep); a later
+one of the batch that the cancel hit instead comes back stale and is sent again, and the
+text leaves the key's lanes.
 """
 
 from __future__ import annotations
@@ -223,6 +226,8 @@ class Lane:
             # Only pure reads join a lane; should one have changed the session all the same
             # (a reported parameter moved), the checkout resets it before reuse.
             held.mark(session.effect(job.tree))
+            if any(reply.oversized for reply in unit.replies):
+                held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
             try:
                 await self._settle_job(conn, job, unit, seconds)
             except Exception as exc:  # this job's answer could not be made: its error only

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -48,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 # Rows per result while a statement's rows are read (libpq's chunked rows mode).
 CHUNK_ROWS = 64
+# A chunk whose rows average more than this grew libpq's input buffer, which libpq keeps
+# for the connection's life: its connection is closed after use, not kept.
+LARGE_ROW_BYTES = 1024 * 1024
 # How long asking the server to cancel a statement over its limit may take.
 CANCEL_TIMEOUT_S = 5.0
 # Statements prepared by name per connection at most; the rest run unnamed.
@@ -117,6 +119,8 @@ class Reply:
     # Its command tag, and the rows it names (libpq puts it on the last chunk).
     command: str | None = None
     rowcount: int | None = None
+    # A row of it was so large that its connection should not be kept (LARGE_ROW_BYTES).
+    oversized: bool = False
 
 
 @dataclass(slots=True)
@@ -143,7 +147,9 @@ class _Slot:
     keep: Keep | None
     unit: int
     prepared: PGresult | None = None
+    # Its first result with rows (describes them), its last, and its end or its error.
     first: PGresult | None = None
+    last: PGresult | None = None
     final: PGresult | None = None
     failure: PGresult | None = None
     rows: list[Any] = field(default_factory=list)
@@ -151,34 +157,28 @@ class _Slot:
     cut: bool = False
     stopped: bool = False
     chunked: bool = False
-    tagged: PGresult | None = None
+    oversized: bool = False
 
     def take(self, result: PGresult, tx: abc.Transformer) -> bool:
-        """Keep what the Keep allows of one result; True when the statement is over its
-        limit, may be stopped, and has more rows to come."""
-        status = result.status
-        if result.command_status:
-            self.tagged = result
-        if status not in (_CHUNK, TUPLES):
-            if status in OK:
-                self.final = result
-            else:
-                self.failure = result
-            return False
+        """Keep what the Keep allows of one result with rows (a chunk, or the end); True
+        when the statement is over its limit, may be stopped, and has more rows to come."""
         if self.first is None:
             self.first = result
-        if status == TUPLES:
-            self.final = result
         count = result.ntuples
+        if not count:
+            return False
+        self.last = result
         self.seen += count
         keep = self.keep
-        if not count or keep is None or self.cut:
+        if keep is None or self.cut:
             return False
         room = keep.rows - len(self.rows)
-        rows = _load(tx, result, min(count, room))
+        rows = _load(tx, result, count if count < room else room)
         allowance = keep.allowance
         if allowance is not None:
             size = len(orjson.dumps(rows))
+            if size > LARGE_ROW_BYTES * len(rows):
+                self.oversized = True
             if size > allowance.bytes:
                 rows, allowance.bytes = _within(rows, allowance.bytes)
                 self.cut = True
@@ -187,21 +187,17 @@ class _Slot:
         self.rows += rows
         if len(self.rows) >= keep.rows:
             self.cut = True
-        return self.cut and keep.stop and status == _CHUNK and not self.stopped
+        return self.cut and keep.stop and not self.stopped and result.status == _CHUNK
 
 
 class _Reading:
-    """What is left to read of a run: each command's results and each unit's Sync, in
-    order, and a statement to stop on the server, once one is over its limit."""
+    """Where a run's reading is (which unit, which command), and a statement to stop on
+    the server once one is over its limit."""
 
     def __init__(self, units: list[list[_Slot]], progress: Callable[[], None] | None) -> None:
-        self.steps: deque[tuple[_Slot | None, bool]] = deque()
-        for slots in units:
-            for slot in slots:
-                if slot.prepares:
-                    self.steps.append((slot, True))
-                self.steps.append((slot, False))
-            self.steps.append((None, False))
+        self.units = units
+        self.unit = 0
+        self.slot = 0
         self.progress = progress
         self.times: list[float] = []
         self.flushed = False
@@ -278,7 +274,7 @@ async def run_units(
             sent.append((index, slots))
         if sent:
             reading = _Reading([slots for _, slots in sent], progress)
-            while reading.steps:
+            while reading.unit < len(sent):
                 await conn.wait(_read(pgconn, reading, state.tx))
                 if reading.stop is not None:
                     await _stop(conn, reading)
@@ -461,40 +457,65 @@ def _collect(
 
 def _read(pgconn: PGconn, reading: _Reading, tx: abc.Transformer) -> Generator[Any, Any, None]:
     """Flush the pipeline, then read every result in order, each chunk kept or dropped as
-    it comes; return early when a statement over its limit is to be stopped."""
+    it comes; return early when a statement over its limit is to be stopped (called again
+    to go on from there)."""
     if not reading.flushed:
         yield from send(pgconn)
         reading.flushed = True
-    steps = reading.steps
-    while steps:
-        slot, preparing = steps[0]
-        if slot is None:
-            result = yield from fetch(pgconn)
-            if result is None or result.status != _SYNC:
-                raise psycopg.OperationalError("the pipeline ended before its last Sync")
-            steps.popleft()
-            reading.times.append(time.monotonic())
-            if reading.progress is not None:
-                reading.progress()
-            continue
-        if not preparing and slot.keep is not None and not slot.chunked:
-            slot.chunked = True
-            # Before its first result is asked for: its rows then come in chunks. libpq
-            # refuses only for a command that returns none (read whole, then).
-            with suppress(psycopg.OperationalError):
-                pgconn.set_chunked_rows_mode(CHUNK_ROWS)
+    units = reading.units
+    while reading.unit < len(units):
+        slots = units[reading.unit]
+        while reading.slot < len(slots):
+            slot = slots[reading.slot]
+            if slot.prepares and slot.prepared is None:
+                prepared = yield from fetch_many(pgconn)
+                slot.prepared = prepared[0] if prepared else None
+            if slot.keep is None:  # our own command (BEGIN, the limits, COMMIT): read whole
+                results = yield from fetch_many(pgconn)
+                for result in results:
+                    _settle_result(slot, result, tx)
+                reading.slot += 1
+                continue
+            if not slot.chunked:
+                slot.chunked = True
+                # Before its first result is asked for: its rows then come in chunks.
+                # libpq refuses only for a command that returns none (read whole, then).
+                with suppress(psycopg.OperationalError):
+                    pgconn.set_chunked_rows_mode(CHUNK_ROWS)
+            while True:
+                result = yield from fetch(pgconn)
+                if result is None:  # this command's results are over
+                    break
+                if _settle_result(slot, result, tx):
+                    reading.stop = slot
+                    return
+            reading.slot += 1
         result = yield from fetch(pgconn)
-        if result is None:  # this command's results are over
-            steps.popleft()
-            continue
-        if result.status in _COPY:
-            # libpq would hand back the same COPY result forever: give the connection up.
-            raise psycopg.NotSupportedError("COPY to or from the client cannot be pipelined")
-        if preparing:
-            slot.prepared = result
-        elif slot.take(result, tx):
-            reading.stop = slot
-            return
+        if result is None or result.status != _SYNC:
+            raise psycopg.OperationalError("the pipeline ended before its last Sync")
+        reading.times.append(time.monotonic())
+        if reading.progress is not None:
+            reading.progress()
+        reading.unit += 1
+        reading.slot = 0
+
+
+def _settle_result(slot: _Slot, result: PGresult, tx: abc.Transformer) -> bool:
+    """File one result of a command; True when the command is to be stopped (_Slot.take)."""
+    status = result.status
+    if status == _CHUNK:
+        return slot.take(result, tx)
+    if status == TUPLES:
+        slot.final = result
+        return slot.take(result, tx)
+    if status in OK:
+        slot.final = result
+    elif status in _COPY:
+        # libpq would hand back the same COPY result forever: give the connection up.
+        raise psycopg.NotSupportedError("COPY to or from the client cannot be pipelined")
+    else:
+        slot.failure = result
+    return False
 
 
 def _reply(
@@ -522,13 +543,16 @@ def _reply(
 
 
 def _answered(slot: _Slot, result: PGresult | None) -> Reply:
-    tagged = slot.tagged
-    command = rowcount = None
-    if tagged is not None:
-        command = (tagged.command_status or b"").decode()
+    # libpq puts the command tag on the last chunk, or on the end when nothing came chunked.
+    tag = slot.last.command_status if slot.last is not None else None
+    tagged = slot.last if tag else slot.final
+    command: str | None
+    if tagged is not None and tagged.command_status:
+        command = tagged.command_status.decode()
         rowcount = tagged.command_tuples
-    elif slot.stopped:  # no tag comes for a statement cancelled: the rows it had sent
-        command = f"SELECT {slot.seen}"
+    else:  # no tag comes for a statement cancelled: the rows it had sent
+        command = f"SELECT {slot.seen}" if slot.stopped else None
+        rowcount = None
     return Reply(
         result,
         rows=slot.rows,
@@ -537,6 +561,7 @@ def _answered(slot: _Slot, result: PGresult | None) -> Reply:
         stopped=slot.stopped,
         command=command,
         rowcount=rowcount,
+        oversized=slot.oversized,
     )
 
 

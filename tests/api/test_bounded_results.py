@@ -92,10 +92,14 @@ def test_concurrent_huge_results_cut_to_one_row_hold_no_memory(pair: LocalPair) 
 
 def test_a_value_over_the_response_size_is_cut_and_the_server_stays_up(pair: LocalPair) -> None:
     """One value larger than MIRRORPOOL_MAX_RESPONSE_BYTES: the answer says it was cut (no
-    row fits), and the process serves the next request."""
+    row fits), the process serves the next request, and the memory libpq grew to receive
+    the value is given back (its connection is not kept)."""
     server = start_server(pair, MIRRORPOOL_MAX_RESPONSE_BYTES=str(1024 * 1024))
     try:
-        sql, marker = marked("SELECT 1 AS n, repeat('x', 8 * 1024 * 1024) AS big")
+        small = httpx.post(server.url + "/v1/query", json={"sql": "SELECT 1 AS n"}, timeout=10)
+        assert small.json()["rows"] == [[1]]
+        before = server.rss_kib()
+        sql, marker = marked("SELECT 1 AS n, repeat('x', 64 * 1024 * 1024) AS big")
         response = httpx.post(server.url + "/v1/query", json={"sql": sql}, timeout=30)
         assert response.status_code == 200, response.text
         answer = response.json()
@@ -106,6 +110,8 @@ def test_a_value_over_the_response_size_is_cut_and_the_server_stays_up(pair: Loc
         assert still_running(pair, marker) == []
         after = httpx.post(server.url + "/v1/query", json={"sql": "SELECT 2 AS n"}, timeout=10)
         assert after.json()["rows"] == [[2]]
+        kept_mib = (server.rss_kib() - before) / 1024
+        assert kept_mib < 32, f"{kept_mib:.0f} MiB more than before the value"
     finally:
         stop_server(server)
 
