@@ -372,7 +372,7 @@ class Engine:
         first = len(opening)
         prepare = not any(session.sets_anything(b.tree) for b in statements)
         # The last statement over its limit may be stopped on the server when ending the
-        # transaction there loses nothing (app/sql/engine.py _stoppable).
+        # transaction there loses nothing (_stoppable).
         stop = _stoppable(statements, isolation, limits.read_only)
         last = len(statements) - 1
         for attempt in (1, 2):
