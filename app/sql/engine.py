@@ -213,9 +213,9 @@ class Engine:
             held.conn, held.node.name, self.types, reply, limits.max_rows, limits.row_format
         )
         if self.mux is not None and limits.role is None:
-            # A text whose answer was cut stays out of the lanes: stopping it there costs
+            # A text that had to be stopped stays out of the lanes: stopping it there costs
             # its neighbours a cancel.
-            seconds = math.inf if reply.cut else time.perf_counter() - started
+            seconds = math.inf if reply.stopped else time.perf_counter() - started
             self.mux.known.observe(limits.key, bound.tree, bound.sql, seconds)
         return result
 

@@ -252,9 +252,9 @@ class Lane:
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
             return
-        # A text whose answer was cut leaves the lane: stopping it cost its neighbours a
+        # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
         # cancel, which may have hit one of them (sent again, as stale).
-        self.known.observe(self.key, job.tree, job.sql, math.inf if reply.cut else seconds)
+        self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
         if reply.error is not None:
             _settle(job.future, error=reply.error)
             return

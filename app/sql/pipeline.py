@@ -17,9 +17,10 @@ reported `stale`: it did not run, and the caller may send it again.
 Results are read in chunks (libpq's chunked rows mode, CHUNK_ROWS rows per result), so what
 a statement returns is never held whole: each command keeps what its Keep allows (max_rows
 + 1 rows within the request's byte allowance) and drops the rest as it comes. A command
-whose Keep says `stop` is cancelled on the server once it is over (psycopg's cancel_safe),
-so the server's work ends there too; a unit after it that fails as cancelled (the cancel
-came when that one had started) is reported `stale`, to be sent again.
+whose Keep says `stop` is cancelled on the server once it is over (psycopg's cancel_safe)
+and the server is still sending (or DRAIN_CHUNKS more chunks came), so the server's work
+ends there too; a unit after it that fails as cancelled (the cancel came when that one had
+started) is reported `stale`, to be sent again.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ CHUNK_ROWS = 64
 # A chunk whose rows average more than this grew libpq's input buffer, which libpq keeps
 # for the connection's life: its connection is closed after use, not kept.
 LARGE_ROW_BYTES = 1024 * 1024
+# Chunks of a statement over its limit read and dropped at most, while they are already
+# in, before it is cancelled: a result that ends just past its limit costs no cancel.
+DRAIN_CHUNKS = 4
 # How long asking the server to cancel a statement over its limit may take.
 CANCEL_TIMEOUT_S = 5.0
 # Statements prepared by name per connection at most; the rest run unnamed.
@@ -158,6 +162,8 @@ class _Slot:
     stopped: bool = False
     chunked: bool = False
     oversized: bool = False
+    # Chunks read and dropped since it went over its limit.
+    dropped: int = 0
 
     def take(self, result: PGresult, tx: abc.Transformer) -> bool:
         """Keep what the Keep allows of one result with rows (a chunk, or the end); True
@@ -170,8 +176,11 @@ class _Slot:
         self.last = result
         self.seen += count
         keep = self.keep
-        if keep is None or self.cut:
+        if keep is None:
             return False
+        if self.cut:
+            self.dropped += 1
+            return keep.stop and not self.stopped and result.status == _CHUNK
         room = keep.rows - len(self.rows)
         rows = _load(tx, result, count if count < room else room)
         allowance = keep.allowance
@@ -486,7 +495,9 @@ def _read(pgconn: PGconn, reading: _Reading, tx: abc.Transformer) -> Generator[A
                 result = yield from fetch(pgconn)
                 if result is None:  # this command's results are over
                     break
-                if _settle_result(slot, result, tx):
+                if _settle_result(slot, result, tx) and (
+                    slot.dropped >= DRAIN_CHUNKS or _still_sending(pgconn)
+                ):
                     reading.stop = slot
                     return
             reading.slot += 1
@@ -498,6 +509,15 @@ def _read(pgconn: PGconn, reading: _Reading, tx: abc.Transformer) -> Generator[A
             reading.progress()
         reading.unit += 1
         reading.slot = 0
+
+
+def _still_sending(pgconn: PGconn) -> bool:
+    """True when the next result is not in yet, once what has arrived is read: the server
+    is still producing rows."""
+    if not pgconn.is_busy():
+        return False
+    pgconn.consume_input()
+    return bool(pgconn.is_busy())
 
 
 def _settle_result(slot: _Slot, result: PGresult, tx: abc.Transformer) -> bool:
