@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install run test tools lint format clean bench bench-failover lock
+.PHONY: install run test tools lint format clean bench bench-failover bench-memory lock
 
 # Installing twice is quick: pip runs again only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -44,6 +44,11 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 	$(MAKE) bench-failover
+
+# Oversized answers only (part of `make bench` too), side by side with another source tree
+# when given one: make bench-memory BENCH_MEMORY_ARGS="--compare DIR". About a minute.
+bench-memory: $(BENCH_STAMP)
+	$(BIN)/python -m tests.bench.memory $(BENCH_MEMORY_ARGS)
 
 # Faults under load, mirrorpool next to Pgpool-II, and next to HAProxy in front of a real
 # Patroni cluster: about 8 minutes.

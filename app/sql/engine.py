@@ -6,12 +6,15 @@ read-only request, or one with its own timeout, runs as BEGIN [READ ONLY], the l
 statement and its end (COMMIT; a read-only one is rolled back), pipelined in one round trip.
 Every request runs on a connection of its key's login (app/sql/checkout.py). The deadline is
 enforced here too, not only by the server's statement_timeout: a frozen server cannot hold
-a request past it.
+a request past it. Rows are read in chunks and kept up to max_rows + 1 within the response
+bytes (app/sql/pipeline.py Keep); a read over that whose end loses nothing is cancelled on
+the server (_stoppable), anything else has the rest of its rows read and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
@@ -38,9 +41,9 @@ from app.sql.columns import Field, TypeNames
 from app.sql.errors import database_error
 from app.sql.guard import DEADLINE_GRACE_S, Guard
 from app.sql.multiplex import Multiplexer
-from app.sql.pipeline import Command
+from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.placeholders import BoundSQL
-from app.sql.results import RowFormat, StatementResult, affected, statement_result, streamed_tag
+from app.sql.results import RowFormat, StatementResult, affected, streamed_tag
 from app.sql.session import Isolation
 from app.sql.tree import NO_ROWS_TO_STREAM, returns_rows
 from app.sql.types import SESSION_SETTINGS
@@ -223,23 +226,39 @@ class Engine:
         return node.name, result
 
     async def _plain(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
-        """One round trip in autocommit; how long it took tells the lanes if it is quick."""
+        """One round trip in autocommit; how long it took tells the lanes if it is quick.
+
+        A read over its limit is stopped on the server; a write's rows beyond it are read
+        and dropped (stopping it would undo it)."""
         started = time.perf_counter()
         held.mark(session.effect(bound.tree))
-        command = [Command(bound.sql, bound.params)]
+        keep = self._keep(limits, session.pure_read(bound.tree))
+        command = [Command(bound.sql, bound.params, keep=keep)]
         (unit,) = await pipeline.run_units(held.conn, [command])
         if unit.stale:  # our prepared statement was gone or planned for an older schema
+            command = [Command(bound.sql, bound.params, keep=self._keep(limits, keep.stop))]
             (unit,) = await pipeline.run_units(held.conn, [command])
         (reply,) = unit.replies
         if reply.error is not None:
             raise reply.error
-        assert reply.result is not None
+        if reply.oversized:
+            held.mark(session.Effect.CLOSE)
         result = await pipeline.answer(
-            held.conn, held.node.name, self.types, reply.result, limits.max_rows, limits.row_format
+            held.conn, held.node.name, self.types, reply, limits.max_rows, limits.row_format
         )
         if self.mux is not None and limits.role is None:
-            self.mux.known.observe(limits.key, bound.tree, bound.sql, time.perf_counter() - started)
+            # A text that had to be stopped stays out of the lanes: stopping it there costs
+            # its neighbours a cancel.
+            seconds = math.inf if reply.stopped else time.perf_counter() - started
+            self.mux.known.observe(limits.key, bound.tree, bound.sql, seconds)
         return result
+
+    def _keep(self, limits: Limits, stop: bool, allowance: Allowance | None = None) -> Keep:
+        """What to keep of a statement's rows: max_rows + 1 (the one more says it was cut),
+        within the request's bytes (MIRRORPOOL_MAX_RESPONSE_BYTES)."""
+        if allowance is None:
+            allowance = Allowance(self.settings.max_response_bytes)
+        return Keep(limits.max_rows + 1, allowance, stop)
 
     async def _wrapped(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
         """Read-only or own timeout: the statement in a transaction of its own."""
@@ -248,9 +267,9 @@ class Engine:
             return result
         conn = held.conn
         await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms, [bound]))
-        result = await self._statement(held, bound, limits)
-        for statement in session.closing(None, limits.read_only):
-            await conn.execute(statement)
+        stop = _stoppable([bound], None, limits.read_only)
+        result = await self._statement(held, bound, self._keep(limits, stop), limits)
+        await _end(conn, None, limits.read_only)
         return result
 
     async def _multiplexed(self, node: Node, bound: BoundSQL, limits: Limits) -> StatementResult:
@@ -338,10 +357,13 @@ class Engine:
                     results = await self._pipelined(held, statements, limits, isolation)
                 else:
                     await conn.execute(self._begin(read_only, isolation, timeout_ms, statements))
-                    for bound in statements:
-                        results.append(await self._statement(held, bound, limits))
-                    for statement in session.closing(isolation, read_only):
-                        await conn.execute(statement)
+                    allowance = Allowance(self.settings.max_response_bytes)
+                    stop = _stoppable(statements, isolation, read_only)
+                    for position, bound in enumerate(statements):
+                        last = position == len(statements) - 1
+                        keep = self._keep(limits, stop and last, allowance)
+                        results.append(await self._statement(held, bound, keep, limits))
+                    await _end(conn, isolation, read_only)
             except psycopg.Error as exc:
                 await _rollback(conn)
                 if isinstance(exc, _StatementFailed):
@@ -384,16 +406,37 @@ class Engine:
         ]
         first = len(opening)
         prepare = not any(session.sets_anything(b.tree) for b in statements)
-        commands = [
-            *opening,
-            *(Command(b.sql, b.params, prepare=prepare) for b in statements),
-            *(Command(sql, prepare=False) for sql in session.closing(isolation, limits.read_only)),
-        ]
+        # The last statement over its limit may be stopped on the server when ending the
+        # transaction there loses nothing (_stoppable).
+        stop = _stoppable(statements, isolation, limits.read_only)
+        last = len(statements) - 1
         for attempt in (1, 2):
+            allowance = Allowance(self.settings.max_response_bytes)
+            commands = [
+                *opening,
+                *(
+                    Command(
+                        b.sql,
+                        b.params,
+                        prepare=prepare,
+                        keep=self._keep(limits, stop and i == last, allowance),
+                    )
+                    for i, b in enumerate(statements)
+                ),
+                *(
+                    Command(sql, prepare=False)
+                    for sql in session.closing(isolation, limits.read_only)
+                ),
+            ]
             (unit,) = await pipeline.run_units(conn, [commands])
             replies = unit.replies
-            failed = next((i for i, r in enumerate(replies) if r.error is not None), None)
+            # After a statement stopped on the server the transaction's end failed, or
+            # did not run: it only held reads, and is rolled back.
+            stopped = next((i for i, r in enumerate(replies) if r.stopped), len(replies))
+            failed = next((i for i, r in enumerate(replies[:stopped]) if r.error is not None), None)
             if failed is None:
+                if stopped < len(replies):
+                    await _rollback(conn)
                 break
             if unit.stale and attempt == 1:
                 # A prepared statement was gone or planned for an older schema: the
@@ -407,9 +450,10 @@ class Engine:
         results = []
         node = held.node.name
         for reply in replies[first : first + len(statements)]:
-            assert reply.result is not None
+            if reply.oversized:
+                held.mark(session.Effect.CLOSE)
             answer = await pipeline.answer(
-                conn, node, self.types, reply.result, limits.max_rows, limits.row_format
+                conn, node, self.types, reply, limits.max_rows, limits.row_format
             )
             results.append(answer)
         return results
@@ -519,18 +563,22 @@ class Engine:
             discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
         )
 
-    async def _statement(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
+    async def _statement(
+        self, held: Checkout, bound: BoundSQL, keep: Keep, limits: Limits
+    ) -> StatementResult:
+        """One statement of a transaction behind PgBouncer, read in chunks like the rest
+        (one unit, nothing prepared: a pooler's server connections are not ours)."""
         conn, node = held.conn, held.node.name
         held.mark(session.effect(bound.tree))
-        cur = conn.cursor()
-        await cur.execute(bound.sql, bound.params)
-        command = cur.statusmessage
-        if cur.description is None:
-            return StatementResult([], [], command, affected(command, cur.rowcount, 0))
-        rows = await cur.fetchmany(limits.max_rows + 1)
-        columns = await self.types.of_result(conn, node, cur.pgresult)
-        return statement_result(
-            columns, rows, command, cur.rowcount, limits.max_rows, limits.row_format
+        command = Command(bound.sql, bound.params, prepare=False, keep=keep)
+        (unit,) = await pipeline.run_units(conn, [[command]])
+        (reply,) = unit.replies
+        if reply.error is not None:
+            raise reply.error
+        if reply.oversized:
+            held.mark(session.Effect.CLOSE)
+        return await pipeline.answer(
+            conn, node, self.types, reply, limits.max_rows, limits.row_format
         )
 
     async def with_deadline(
@@ -583,6 +631,25 @@ async def _in_recovery(conn: AsyncConnection[Any]) -> bool:
     except psycopg.Error:
         return False
     return bool(row and row[0])
+
+
+def _stoppable(statements: list[BoundSQL], isolation: Isolation | None, read_only: bool) -> bool:
+    """True when the transaction's last statement may be stopped on the server once it is
+    over its limit: ending the transaction there loses nothing (it only reads) and proves
+    nothing wrong (a serializable one's reads are proven only by its commit)."""
+    if isolation == "serializable":
+        return False
+    return read_only or all(session.pure_read(b.tree) for b in statements)
+
+
+async def _end(conn: AsyncConnection[Any], isolation: Isolation | None, read_only: bool) -> None:
+    """End a transaction behind PgBouncer: as it should end, or rolled back when its last
+    statement was stopped on the server (the cancel failed the transaction)."""
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        await _rollback(conn)
+        return
+    for statement in session.closing(isolation, read_only):
+        await conn.execute(statement)
 
 
 async def _rollback(conn: AsyncConnection[Any]) -> None:

@@ -23,13 +23,17 @@ widens) delays only itself. A key's lanes run on at most its share of the pool
 connection and gives the connection back before the next, so requests that need a
 connection of their own wait their turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
-the lane; once sent, its statement runs and the answer is thrown away.
+the lane; once sent, its statement runs and the answer is thrown away. A statement over its
+max_rows or the response size is cancelled on the server (app/sql/pipeline.py Keep); a later
+one of the batch that the cancel hit instead comes back stale and is sent again, and the
+text leaves the key's lanes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -46,7 +50,7 @@ from app.sql import checkout, pipeline, session
 from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
 from app.sql.guard import DEADLINE_GRACE_S
-from app.sql.pipeline import Command
+from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.results import RowFormat, StatementResult
 from app.sql.tree import Tree
 
@@ -216,7 +220,9 @@ class Lane:
         started = time.monotonic()
         try:
             units = await pipeline.run_units(
-                conn, [[Command(j.sql, j.params)] for j in jobs], watchdog.progress
+                conn,
+                [[Command(j.sql, j.params, keep=self._keep(j))] for j in jobs],
+                watchdog.progress,
             )
         finally:
             watchdog.stop()
@@ -231,10 +237,17 @@ class Lane:
             # Only pure reads join a lane; should one have changed the session all the same
             # (a reported parameter moved), the checkout resets it before reuse.
             held.mark(session.effect(job.tree))
+            if any(reply.oversized for reply in unit.replies):
+                held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
             try:
                 await self._settle_job(conn, job, unit, seconds)
             except Exception as exc:  # this job's answer could not be made: its error only
                 _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
+
+    def _keep(self, job: Job) -> Keep:
+        """A job's rows: max_rows + 1 within the response bytes; over that it is stopped on
+        the server (a pure read, in a unit of its own)."""
+        return Keep(job.max_rows + 1, Allowance(self.settings.max_response_bytes), stop=True)
 
     async def _settle_job(
         self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
@@ -250,13 +263,14 @@ class Lane:
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
             return
-        self.known.observe(self.key, job.tree, job.sql, seconds)
+        # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
+        # cancel, which may have hit one of them (sent again, as stale).
+        self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
         if reply.error is not None:
             _settle(job.future, error=reply.error)
             return
-        assert reply.result is not None
         answer = await pipeline.answer(
-            conn, self.node.name, self.types, reply.result, job.max_rows, job.row_format
+            conn, self.node.name, self.types, reply, job.max_rows, job.row_format
         )
         _settle(job.future, result=answer)
 

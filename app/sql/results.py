@@ -42,9 +42,11 @@ def statement_result(
     rowcount: int | None,
     max_rows: int,
     row_format: RowFormat,
+    cut: bool = False,
 ) -> StatementResult:
-    """A result from up to max_rows + 1 fetched rows (one more says it was truncated)."""
-    truncated = len(rows) > max_rows
+    """A result from up to max_rows + 1 fetched rows (one more says it was truncated;
+    `cut`: rows were left out for their size)."""
+    truncated = cut or len(rows) > max_rows
     if truncated:
         del rows[max_rows:]
     if row_format == "object":

@@ -213,7 +213,8 @@ def test_a_stream_its_client_stops_reading_is_ended_with_its_transaction(
             {"sql": "SELECT g, repeat('x', 1000) FROM generate_series(1, 5000000) g"}
         ).encode()
         sock.sendall(
-            b"POST /v1/query/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"POST /v1/query/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )

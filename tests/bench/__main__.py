@@ -2,7 +2,8 @@
 
 Every target gets the same data, workloads, concurrency levels and total pool size (10
 connections), measured in one run on this machine with the load generator (wrk, or the
-loop itself for the raw target) in a process of its own. Writes a Markdown table to
+loop itself for the raw target) in a process of its own; then the memory cases of
+tests/bench/memory.py (oversized answers). Writes a Markdown table to
 tests/bench/results/latest.md and a chart to tests/bench/results/latest.png.
 """
 
@@ -26,6 +27,7 @@ import httpx
 
 from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.settings import load_settings
+from tests.bench import memory
 from tests.bench.workloads import SETUP_SQL, WORKLOADS, Workload
 
 RESULTS = Path(__file__).parent / "results"
@@ -251,7 +253,8 @@ def main() -> int:
             streaming = stream_million(server)
         finally:
             server.stop()
-        report(cells, streaming, args.seconds, pair_start_s if pair else None)
+        held = memory.report(memory.measure(dsn, [("mirrorpool, 1 worker", None)]))
+        report(cells, streaming, held, args.seconds, pair_start_s if pair else None)
     finally:
         if pair is not None:
             pair.destroy()
@@ -312,7 +315,11 @@ def measure(dsn: str, workloads: list[Workload], levels: list[int], seconds: flo
 
 
 def report(
-    cells: list[Cell], streaming: dict[str, float], seconds: float, pair_start_s: float | None
+    cells: list[Cell],
+    streaming: dict[str, float],
+    held: list[str],
+    seconds: float,
+    pair_start_s: float | None,
 ) -> None:
     RESULTS.mkdir(exist_ok=True)
     raw = {(c.workload, c.concurrency): c.rps for c in cells if c.target == "psycopg pool loop"}
@@ -347,6 +354,10 @@ def report(
         f"{streaming['rows']:,} rows in {streaming['seconds']} s, "
         f"{streaming['rows_per_s']:,} rows/s, {streaming['mb_per_s']} MB/s, "
         f"server peak RSS growth {streaming['rss_growth_mib']} MiB.",
+        "",
+        "Oversized answers (tests/bench/memory.py; a fresh server each):",
+        "",
+        *held,
         "",
     ]
     (RESULTS / "latest.md").write_text("\n".join(lines))

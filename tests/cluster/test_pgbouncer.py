@@ -326,6 +326,52 @@ async def test_transactions_commit_and_roll_back(
         assert after["rows"] == [[1]]
 
 
+async def test_results_over_their_limits_are_cut_and_reads_stopped_on_the_server(
+    pair: LocalPair, bouncer: LocalPgBouncer, database: str
+) -> None:
+    """Behind PgBouncer too, rows are read in chunks and cut at max_rows or the response
+    size; a read over its limit is cancelled on the server (through the pooler), and a
+    transaction whose middle read was cut still commits its writes."""
+    as_owner(pair, "CREATE TABLE cut_log (id int)", dbname=database)
+    async with serve(pair, bouncer, database, max_response_bytes=4096) as (_, client):
+        marker = f"cut_{os.getpid()}_{time.monotonic_ns()}"
+        series = "(SELECT generate_series(1, 20000000) AS g) AS s"
+        started = time.monotonic()
+        cut = await query(client, f"/* {marker} */ SELECT g FROM {series}", max_rows=3)
+        assert time.monotonic() - started < 2
+        assert (cut["rows"], cut["truncated"]) == ([[1], [2], [3]], True)
+        sized = await query(client, f"SELECT g, repeat('y', 100) FROM {series}", read_only=True)
+        assert sized["truncated"] is True
+        assert 10 < sized["row_count"] < 40
+        with pair.primary.connect(database) as conn:
+            running = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+                " AND pid <> pg_backend_pid()",
+                [f"%{marker}%"],
+            ).fetchone()
+        assert running == (0,)
+        committed = await client.post(
+            "/v1/transaction",
+            json={
+                "statements": [
+                    {"sql": "SELECT generate_series(1, 50000) AS g"},
+                    {"sql": "INSERT INTO cut_log VALUES (1) RETURNING id"},
+                ],
+                "max_rows": 2,
+            },
+        )
+        assert committed.status_code == 200, committed.text
+        first, insert = committed.json()["results"]
+        assert (first["rows"], first["truncated"], first["command"]) == (
+            [[1], [2]],
+            True,
+            "SELECT 50000",
+        )
+        assert insert["rows"] == [[1]]
+        after = await query(client, "SELECT count(*) AS n FROM cut_log")
+        assert after["rows"] == [["1"]]
+
+
 async def test_named_queries(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str, tmp_path: Path
 ) -> None:
