@@ -190,7 +190,20 @@ ALWAYS_REFUSED = frozenset(
     }
 )
 # Views of the same: the statements mirrorpool prepared on the shared connection.
-ALWAYS_REFUSED_RELATIONS = frozenset({"pg_prepared_statements"})
+ALWAYS_REFUSED_RELATIONS = frozenset(
+    {
+        "pg_prepared_statements",
+        # A backend's table and function counters are flushed at most once a second (PG 15
+        # on); until then these show every earlier transaction's on that backend, other
+        # keys' requests on a shared connection among them. DISCARD ALL keeps them.
+        "pg_stat_xact_all_tables",
+        "pg_stat_xact_sys_tables",
+        "pg_stat_xact_user_tables",
+        "pg_stat_xact_user_functions",
+    }
+)
+# The functions under those views (pg_stat_get_xact_tuples_inserted, ...).
+PENDING_STATISTICS_PREFIX = "pg_stat_get_xact_"
 
 # Advisory locks that last for the session (the _xact_ ones end with their transaction).
 SESSION_LOCKS = frozenset(

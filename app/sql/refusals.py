@@ -187,10 +187,26 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             f"{reaching[0]}() is refused: it reaches other sessions or the cluster's roles, "
             "which keys sharing this service must not"
         )
-    if any(name in catalog.ALWAYS_REFUSED_RELATIONS for _, name in tree.relations):
+    return _shared_views(tree)
+
+
+def _shared_views(tree: Tree) -> str | None:
+    """What shows other requests of a shared connection: its prepared statements, its
+    statistics not flushed yet."""
+    refused = sorted(n for _, n in tree.relations if n in catalog.ALWAYS_REFUSED_RELATIONS)
+    if "pg_prepared_statements" in refused:
         return (
             "pg_prepared_statements is refused: it lists the statements mirrorpool prepared "
             "on a shared connection, other keys' SQL among them"
+        )
+    pending = refused or sorted(
+        n for n in tree.maybe_called if n.startswith(catalog.PENDING_STATISTICS_PREFIX)
+    )
+    if pending:
+        return (
+            f"{pending[0]} is refused: until the server flushes them it shows the counts of "
+            "earlier requests on a shared connection, other keys' among them; read "
+            "pg_stat_user_tables instead"
         )
     return None
 

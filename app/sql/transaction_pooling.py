@@ -71,15 +71,6 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
     setting = _setting_change(tree)
     if setting is not None:
         return setting
-    reading = _reading_setting(tree)
-    if reading is not None:
-        return (
-            f"setting {reading}",
-            "PL/pgSQL keeps each function it compiles, with its plans, for the life of the "
-            "server connection: the names and literals of a function called under it would be "
-            "read that way for other clients of the pooler (and no reset can run here)",
-            "qualify names with their schema and write times with their zone",
-        )
     if tree.hold_cursor:
         return ("DECLARE ... WITH HOLD", _OUTLIVES, "declare the cursor without HOLD")
     if tree.temp:
@@ -106,25 +97,52 @@ def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return 
         )
     if any(not call.local for call in tree.set_configs):
         return ("set_config(..., false)", _OUTLIVES, "use set_config(name, value, true)")
+    reading = _shaping_setting(tree)
+    if reading is not None:
+        return (
+            f"setting {reading}",
+            "PL/pgSQL keeps each function it compiles, with its plans, for the life of the "
+            "server connection: what a function called under it read (names, literals, the "
+            "plan) would stay that way for other clients of the pooler, and a custom setting "
+            "stays defined for them; no reset can run here",
+            "only " + ", ".join(sorted(_ALLOWED_SETTINGS)) + " may be set behind PgBouncer; "
+            "qualify names with their schema and write times with their zone",
+        )
     survivors = sorted(tree.maybe_called & catalog.SURVIVES_RESET)
     if survivors:
         return (f"{survivors[0]}()", _OUTLIVES, "requests keep no state in the session")
     return None
 
 
-# Settings that change how a statement's names and literals are read: a function compiled
-# under one of them keeps that reading in the server session (its name resolution, its
-# plans' constants), which mirrorpool cannot reset behind a pooler.
-_READING_SETTINGS = frozenset(
-    {"search_path", "timezone", "array_nulls", "transform_null_equals", "xmloption"}
+# The settings a request may set behind a pooler (with LOCAL, or set_config(..., true)):
+# timeouts and commit durability, which shape no plan and no reading. Any other setting can
+# (search_path, TimeZone, timezone_abbreviations, quote_all_identifiers, the planner's
+# enable_* and costs, array_nulls...): a function compiled or planned under it keeps that in
+# the server session, which mirrorpool cannot reset; a custom (dotted) one stays defined.
+_ALLOWED_SETTINGS = frozenset(
+    {
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "transaction_timeout",
+        "synchronous_commit",
+        "transaction_isolation",
+        "transaction_deferrable",
+        "transaction_read_only",
+    }
 )
 
 
-def _reading_setting(tree: Tree) -> str | None:
-    """The setting the statement changes, in any scope, that changes how SQL is read."""
-    names = {n for s in tree.settings for n in s.options | {s.name or ""}}
+def _shaping_setting(tree: Tree) -> str | None:
+    """A setting the statement changes, in any scope, that a request may not change here."""
+    names = {
+        n
+        for s in tree.settings
+        if not (s.kind == "VAR_SET_MULTI" and s.name == "transaction")  # SET TRANSACTION
+        for n in s.options | {s.name or ""}
+    }
     names |= {c.name for c in tree.set_configs if c.name}
-    found = names & _READING_SETTINGS
+    found = names - _ALLOWED_SETTINGS
     return min(found) if found else None
 
 

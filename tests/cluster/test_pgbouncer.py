@@ -436,16 +436,22 @@ async def test_transaction_scoped_forms_run(
             json={
                 "statements": [
                     {"sql": "SET LOCAL statement_timeout = 5000"},
-                    {"sql": "SELECT set_config('app.user', 'ada', true)"},
+                    {"sql": "SELECT set_config('lock_timeout', '1234ms', true)"},
                     {"sql": "SELECT pg_advisory_xact_lock(7)"},
-                    {"sql": "SELECT current_setting('app.user'), 2::bigint"},
+                    {"sql": "SELECT current_setting('lock_timeout'), 2::bigint"},
                 ]
             },
         )
         assert response.status_code == 200, response.text
-        assert response.json()["results"][-1]["rows"] == [["ada", "2"]]
-        after = await query(client, "SELECT current_setting('app.user', true)")
-        assert after["rows"] in ([[None]], [[""]])  # the setting ended with the transaction
+        assert response.json()["results"][-1]["rows"] == [["1234ms", "2"]]
+        after = await query(client, "SELECT current_setting('lock_timeout')")
+        assert after["rows"] != [["1234ms"]]  # the setting ended with the transaction
+        # A custom setting would stay defined on the server connection for other clients.
+        custom = await client.post(
+            "/v1/query", json={"sql": "SELECT set_config('app.user', 'ada', true)"}
+        )
+        assert custom.status_code == 400, custom.text
+        assert "setting app.user" in custom.json()["detail"]
 
 
 async def test_statements_that_cannot_run_in_a_transaction_answer_400(

@@ -61,6 +61,12 @@ ALWAYS_REFUSED = [
     "DROP OWNED BY CURRENT_USER",
     "REASSIGN OWNED BY mirrorpool TO x",
     "ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM PUBLIC",
+    # statistics not flushed yet: other requests' counts on a shared connection
+    "SELECT n_tup_ins FROM pg_stat_xact_user_tables WHERE relname = 't'",
+    'SELECT * FROM "pg_catalog"."pg_stat_xact_all_tables"',
+    "SELECT pg_stat_get_xact_tuples_inserted('t'::regclass)",
+    'SELECT U&"pg_stat_get_xact_numscans"(c.oid) FROM pg_class c',
+    "SELECT (c.oid).pg_stat_get_xact_tuples_updated FROM pg_class AS c",
     # seed: it seeds random() for the session, and no reset undoes it
     "SET LOCAL seed = 0.25",
     'SET "seed" TO 0.5',
