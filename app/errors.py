@@ -51,6 +51,10 @@ class PayloadTooLarge(LimitExceeded):
     """The request body is larger than the body limit."""
 
 
+class ResultTooLarge(LimitExceeded):
+    """A result is over the row or size limit where it must not arrive cut (POST /sql)."""
+
+
 class Unauthorized(RequestError):
     """No API key, or one that is not valid."""
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
-from app.api import admin, docs, errors, migrations, named, pool, probes, query
+from app.api import admin, docs, errors, migrations, named, neon, pool, probes, query
 from app.api import metrics as metrics_api
 from app.api.access_log import AccessLogMiddleware
 from app.api.auth import Keyring
@@ -220,6 +220,6 @@ def create_app(
         app.fast_lane = AccessLogMiddleware(
             MetricsMiddleware(FastQueryLane(engine, settings, inflight, keyring), metrics)
         )
-    for module in (query, named, migrations, admin, metrics_api, probes, pool):
+    for module in (query, neon, named, migrations, admin, metrics_api, probes, pool):
         app.include_router(module.router)
     return app

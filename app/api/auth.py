@@ -72,14 +72,13 @@ class Keyring:
         """The caller of a request; 401 when auth is on and no valid key was sent."""
         if not self.enabled:
             return ANONYMOUS
-        presented = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                kind, _, token = value.decode("latin-1").partition(" ")
-                if kind.lower() == "bearer" and token.strip():
-                    presented = token.strip()
-            elif name == b"x-api-key" and value:
-                presented = value.decode("latin-1").strip()
+        return self.check(presented_key(scope), scope)
+
+    def check(self, presented: str | None, scope: Scope) -> ApiKey:
+        """The key `presented` (found in the request by the caller); 401 when auth is on and
+        it is missing or not valid."""
+        if not self.enabled:
+            return ANONYMOUS
         if not presented:
             raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
         key = self._by_hash.get(hash_key(presented))
@@ -101,6 +100,19 @@ class Keyring:
         self.inflight[key.id] -= 1
         if self.inflight[key.id] <= 0:
             del self.inflight[key.id]
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key a request sends as `Authorization: Bearer <key>` or `X-API-Key`, if any."""
+    presented = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token.strip():
+                presented = token.strip()
+        elif name == b"x-api-key" and value:
+            presented = value.decode("latin-1").strip()
+    return presented
 
 
 def require(key: ApiKey, *scopes: ScopeName) -> None:

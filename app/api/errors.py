@@ -29,6 +29,7 @@ _PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
     e.InvalidParameters: (400, "invalid-parameters", "The parameters do not fit the SQL"),
     e.LimitExceeded: (400, "limit-exceeded", "The request exceeds a limit"),
     e.PayloadTooLarge: (413, "payload-too-large", "The request body is too large"),
+    e.ResultTooLarge: (507, "result-too-large", "The result is over the limits"),
     e.Forbidden: (403, "forbidden", "Not allowed"),
     e.Unauthorized: (401, "unauthorized", "Authentication required"),
     e.TooManyRequests: (429, "too-many-requests", "Too many requests in flight"),

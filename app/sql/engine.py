@@ -25,7 +25,7 @@ from app.cluster.cluster import Cluster, Intent
 from app.cluster.node import Node
 from app.errors import ClientGone, MirrorpoolError, NodeFailed, NoWriterError, QueryTimeout
 from app.settings import Settings
-from app.sql import checkout, pipeline, session
+from app.sql import checkout, pipeline, session, text_output
 from app.sql.checkout import Checkout
 from app.sql.columns import Field, TypeNames
 from app.sql.errors import database_error
@@ -53,6 +53,8 @@ class Limits:
     role: str | None = None
     # The key that sent the request: its quick reads share lanes with its own only.
     key: str = ""
+    # Values as PostgreSQL's own text, under its default output styles (app/sql/text_output.py).
+    text_output: bool = False
 
 
 @dataclass(slots=True)
@@ -124,6 +126,7 @@ class Engine:
             self.own_sessions
             and not limits.read_only
             and limits.timeout_ms == self.settings.statement_timeout_ms
+            and not limits.text_output
             and not session.reads_sequence_state(bound.tree)
         )
         started = time.perf_counter()
@@ -213,7 +216,9 @@ class Engine:
             (result,) = await self._pipelined(held, [bound], limits, None)
             return result
         conn = held.conn
-        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms, [bound]))
+        await conn.execute(
+            self._begin(limits.read_only, None, limits.timeout_ms, [bound], limits.text_output)
+        )
         result = await self._statement(held, bound, limits)
         for statement in session.closing(None, limits.read_only):
             await conn.execute(statement)
@@ -284,9 +289,11 @@ class Engine:
         row_format: RowFormat,
         role: str | None = None,
         abort: Abort | None = None,
+        deferrable: bool = False,
+        text_output: bool = False,
     ) -> Outcome:
         """Run statements all-or-nothing; a failure names the statement and rolls back."""
-        limits = Limits(timeout_ms, max_rows, read_only, row_format, role)
+        limits = Limits(timeout_ms, max_rows, read_only, row_format, role, text_output=text_output)
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
         results: list[StatementResult] = []
@@ -300,9 +307,13 @@ class Engine:
             inflight.add(guard)
             try:
                 if self.own_sessions:
-                    results = await self._pipelined(held, statements, limits, isolation)
+                    results = await self._pipelined(held, statements, limits, isolation, deferrable)
                 else:
-                    await conn.execute(self._begin(read_only, isolation, timeout_ms, statements))
+                    await conn.execute(
+                        self._begin(
+                            read_only, isolation, timeout_ms, statements, text_output, deferrable
+                        )
+                    )
                     for bound in statements:
                         results.append(await self._statement(held, bound, limits))
                     for statement in session.closing(isolation, read_only):
@@ -327,6 +338,7 @@ class Engine:
         statements: list[BoundSQL],
         limits: Limits,
         isolation: Isolation | None,
+        deferrable: bool = False,
     ) -> list[StatementResult]:
         """BEGIN, the limits, every statement and the transaction's end in one round trip
         (pipeline mode: the statements cannot use each other's results, so nothing waits for
@@ -344,11 +356,19 @@ class Engine:
                 if any(session.reads_sequence_state(b.tree) for b in statements)
                 else []
             ),
-            *(Command(sql, prepare=False) for sql in session.opening(isolation, limits.read_only)),
+            *(
+                Command(sql, prepare=False)
+                for sql in session.opening(isolation, limits.read_only, deferrable)
+            ),
             Command(session.LOCAL_LIMITS_SQL, values, prepare=False),
+            *([Command(text_output.STYLES_SQL, prepare=False)] if limits.text_output else []),
         ]
         first = len(opening)
-        prepare = not any(session.sets_anything(b.tree) for b in statements)
+        # A statement prepared by name under other output styles, or under a setting of the
+        # request's own, would keep them for every later request.
+        prepare = not limits.text_output and not any(
+            session.sets_anything(b.tree) for b in statements
+        )
         commands = [
             *opening,
             *(Command(b.sql, b.params, prepare=prepare) for b in statements),
@@ -373,6 +393,9 @@ class Engine:
         node = held.node.name
         for reply in replies[first : first + len(statements)]:
             assert reply.result is not None
+            if limits.text_output:
+                results.append(text_output.answer(reply.result, limits.max_rows))
+                continue
             answer = await pipeline.answer(
                 conn, node, self.types, reply.result, limits.max_rows, limits.row_format
             )
@@ -471,21 +494,30 @@ class Engine:
         isolation: Isolation | None,
         timeout_ms: int,
         statements: list[BoundSQL],
+        text: bool = False,
+        deferrable: bool = False,
     ) -> Any:
+        local = self._local_settings
+        if text:  # behind PgBouncer too: SET LOCAL, gone with the transaction
+            local = {**(local or {}), **text_output.POSTGRES_STYLES}
         return session.begin_sql(
             read_only=read_only,
             isolation=isolation,
             timeout_ms=timeout_ms,
             lock_timeout_ms=self.settings.lock_timeout_ms,
-            local_settings=self._local_settings,
+            local_settings=local,
             discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
+            deferrable=deferrable,
         )
 
     async def _statement(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
         conn, node = held.conn, held.node.name
         held.mark(session.effect(bound.tree))
         cur = conn.cursor()
+        # Behind PgBouncer nothing is prepared by name (prepare_threshold is off).
         await cur.execute(bound.sql, bound.params)
+        if limits.text_output and cur.pgresult is not None:
+            return text_output.answer(cur.pgresult, limits.max_rows)
         command = cur.statusmessage
         if cur.description is None:
             return StatementResult([], [], command, affected(command, cur.rowcount, 0))

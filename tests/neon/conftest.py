@@ -1,0 +1,154 @@
+"""The real Neon driver and drizzle-orm (Node) against a real mirrorpool server.
+
+The Node packages are pinned in package.json and package-lock.json beside this file and
+installed with `npm ci` into tests/neon/node_modules (ignored by git) the first time these
+tests run, so `make test` works on a fresh clone with Node 20 and the npm registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.api.auth import hash_key
+from app.devdb import OWNER, LocalPair
+from tests.conftest import LiveServer, as_owner, start_server, stop_server
+
+HERE = Path(__file__).parent
+MODULES = HERE / "node_modules"
+CLIENT = HERE / "client.mjs"
+MIN_NODE = 20
+# Small enough that a result over it is quick to make; POST /sql must refuse it, not cut it.
+MAX_ROWS = 50
+
+KEYS = {name: f"neon-{name}-{uuid.uuid4().hex}" for name in ("write", "read")}
+
+
+def node_binary() -> str:
+    """The `node` on PATH, at least version 20 (the driver needs fetch and web streams)."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not installed; the Neon driver tests need Node >= 20")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+    major = int(version.stdout.strip().lstrip("v").split(".")[0])
+    if major < MIN_NODE:
+        raise RuntimeError(f"node {version.stdout.strip()} is too old: need >= {MIN_NODE}")
+    return node
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> str:
+    """The pinned packages, installed once with `npm ci` when missing or older than the lock."""
+    node = node_binary()
+    lock = HERE / "package-lock.json"
+    stamp = MODULES / ".package-lock.json"  # npm writes it on every install
+    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is not installed; it comes with Node")
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=HERE,
+            check=True,
+            timeout=300,
+        )
+    return node
+
+
+@pytest.fixture(scope="module")
+def neon_server(pair: LocalPair) -> Iterator[LiveServer]:
+    """`mirrorpool serve` with a write key and a read key, rows limited to MAX_ROWS."""
+    keys = [
+        {"id": "neon-writer", "sha256": hash_key(KEYS["write"]), "scopes": ["write"]},
+        {"id": "neon-reader", "sha256": hash_key(KEYS["read"]), "scopes": ["read"]},
+    ]
+    server = start_server(
+        pair,
+        MIRRORPOOL_AUTH="keys",
+        MIRRORPOOL_API_KEYS=json.dumps(keys),
+        MIRRORPOOL_MAX_ROWS=str(MAX_ROWS),
+    )
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def table(pair: LocalPair) -> str:
+    """A table of the schema's owner, which the service's login may read and write."""
+    name = f"neon_{uuid.uuid4().hex[:12]}"
+    as_owner(pair, f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+    return name
+
+
+@dataclass
+class Driver:
+    """Runs tests/neon/client.mjs scenarios against one server."""
+
+    node: str
+    url: str
+
+    def run(
+        self,
+        scenario: str,
+        *args: str,
+        key: str | None = None,
+        auth_token: str | None = None,
+        timeout: float = 60,
+    ) -> dict[str, Any]:
+        """One scenario's printed answer: {"ok": ...} or {"error": {...}}."""
+        password = KEYS["write"] if key is None else key
+        env = {
+            **os.environ,
+            "NEON_ENDPOINT": self.url + "/sql",
+            "DATABASE_URL": f"postgresql://app:{password}@mirrorpool.internal/app",
+            "TZ": "UTC",
+        }
+        if auth_token is not None:
+            env["AUTH_TOKEN"] = auth_token
+        done = subprocess.run(
+            [self.node, str(CLIENT), scenario, *args],
+            cwd=HERE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return answer
+
+    def ok(self, scenario: str, *args: str, **kwargs: Any) -> Any:
+        """A scenario that must succeed: what it returned."""
+        answer = self.run(scenario, *args, **kwargs)
+        assert "ok" in answer, answer
+        return answer["ok"]
+
+    def error(self, scenario: str, *args: str, **kwargs: Any) -> dict[str, Any]:
+        """A scenario that must fail: the driver's error."""
+        answer = self.run(scenario, *args, **kwargs)
+        assert "error" in answer, answer
+        error: dict[str, Any] = answer["error"]
+        return error
+
+
+@pytest.fixture
+def driver(node_modules: str, neon_server: LiveServer) -> Driver:
+    return Driver(node_modules, neon_server.url)
+
+
+def owner_count(pair: LocalPair, table: str) -> int:
+    """Rows in `table`, read straight from the primary."""
+    with pair.primary.connect(user=OWNER) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
