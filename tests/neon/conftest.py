@@ -64,19 +64,26 @@ def node_modules() -> str:
     return node
 
 
-@pytest.fixture(scope="module")
-def neon_server(pair: LocalPair) -> Iterator[LiveServer]:
-    """`mirrorpool serve` with a write key and a read key, rows limited to MAX_ROWS."""
+def start_neon_server(pair: LocalPair, **env: str) -> LiveServer:
+    """`mirrorpool serve` on `pair` with a write key and a read key, rows limited to
+    MAX_ROWS."""
     keys = [
         {"id": "neon-writer", "sha256": hash_key(KEYS["write"]), "scopes": ["write"]},
         {"id": "neon-reader", "sha256": hash_key(KEYS["read"]), "scopes": ["read"]},
     ]
-    server = start_server(
+    return start_server(
         pair,
         MIRRORPOOL_AUTH="keys",
         MIRRORPOOL_API_KEYS=json.dumps(keys),
         MIRRORPOOL_MAX_ROWS=str(MAX_ROWS),
+        **env,
     )
+
+
+@pytest.fixture(scope="module")
+def neon_server(pair: LocalPair) -> Iterator[LiveServer]:
+    """One such server on the shared pair."""
+    server = start_neon_server(pair)
     yield server
     stop_server(server)
 
@@ -105,27 +112,41 @@ class Driver:
         timeout: float = 60,
     ) -> dict[str, Any]:
         """One scenario's printed answer: {"ok": ...} or {"error": {...}}."""
-        password = KEYS["write"] if key is None else key
-        env = {
-            **os.environ,
-            "NEON_ENDPOINT": self.url + "/sql",
-            "DATABASE_URL": f"postgresql://app:{password}@mirrorpool.internal/app",
-            "TZ": "UTC",
-        }
-        if auth_token is not None:
-            env["AUTH_TOKEN"] = auth_token
         done = subprocess.run(
             [self.node, str(CLIENT), scenario, *args],
             cwd=HERE,
-            env=env,
+            env=self._env(key, auth_token),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return answer
+        return printed(done.stdout)
+
+    def start(self, scenario: str, *args: str) -> subprocess.Popen[str]:
+        """A scenario running in the background (its stderr says how far it got)."""
+        return subprocess.Popen(
+            [self.node, str(CLIENT), scenario, *args],
+            cwd=HERE,
+            env=self._env(None, None),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _env(self, key: str | None, auth_token: str | None) -> dict[str, str]:
+        password = KEYS["write"] if key is None else key
+        env = {
+            **os.environ,
+            "NEON_ENDPOINT": self.url + "/sql",
+            # The user and database parts mean nothing to mirrorpool: only the key counts.
+            "DATABASE_URL": f"postgresql://app:{password}@mirrorpool.internal/app",
+            "TZ": "UTC",
+        }
+        if auth_token is not None:
+            env["AUTH_TOKEN"] = auth_token
+        return env
 
     def ok(self, scenario: str, *args: str, **kwargs: Any) -> Any:
         """A scenario that must succeed: what it returned."""
@@ -139,6 +160,12 @@ class Driver:
         assert "error" in answer, answer
         error: dict[str, Any] = answer["error"]
         return error
+
+
+def printed(stdout: str) -> dict[str, Any]:
+    """The JSON line a scenario printed last."""
+    answer: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return answer
 
 
 @pytest.fixture

@@ -1,0 +1,184 @@
+"""POST /sql on the wire (Neon's protocol), and what it must not leave behind."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.api.auth import hash_key
+from app.devdb import LocalPair
+from tests.conftest import as_owner, serving_ready, settings_for
+
+KEY = f"neon-key-{uuid.uuid4().hex}"
+URL = f"postgresql://someone:{KEY}@mirrorpool.internal/anydb"
+HEADERS = {
+    "Neon-Connection-String": URL,
+    "Neon-Raw-Text-Output": "true",
+    "Neon-Array-Mode": "true",
+    "content-type": "text/plain;charset=UTF-8",
+}
+
+
+@pytest.fixture
+async def client(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
+    # One connection: what one request leaves in its session, the next one would see.
+    keys = [{"id": "neon", "sha256": hash_key(KEY), "scopes": ["write"]}]
+    settings = settings_for(
+        pair, auth="keys", api_keys=keys, pool_min_size=1, pool_max_size=1,
+        max_body_bytes=4096,
+    )  # fmt: skip
+    async with serving_ready(settings) as (_, c):
+        yield c
+
+
+async def sql(
+    client: httpx.AsyncClient, body: Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return await client.post("/sql", content=json.dumps(body), headers=headers or HEADERS)
+
+
+async def test_an_answer_has_neons_shape(client: httpx.AsyncClient) -> None:
+    r = await sql(
+        client, {"query": "SELECT $1::int + 1 AS n, $2::text AS t", "params": ["41", None]}
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "command": "SELECT",
+        "rowCount": 1,
+        "rowAsArray": True,
+        "fields": [
+            {"name": "n", "dataTypeID": 23, "tableID": 0, "columnID": 0, "dataTypeSize": 4,
+             "dataTypeModifier": -1, "format": "text"},
+            {"name": "t", "dataTypeID": 25, "tableID": 0, "columnID": 0, "dataTypeSize": -1,
+             "dataTypeModifier": -1, "format": "text"},
+        ],
+        "rows": [["42", None]],
+    }  # fmt: skip
+
+
+async def test_rows_as_objects_without_array_mode(client: httpx.AsyncClient) -> None:
+    headers = {k: v for k, v in HEADERS.items() if k != "Neon-Array-Mode"}
+    r = await sql(client, {"query": "SELECT 1 AS a, 'x' AS b"}, headers)
+    assert r.json()["rowAsArray"] is False
+    assert r.json()["rows"] == [{"a": "1", "b": "x"}]
+
+
+async def test_values_are_postgresql_text_and_styles_do_not_leak(
+    client: httpx.AsyncClient,
+) -> None:
+    query = (
+        "SELECT '1 year 2 mons 3 days 04:05:06.5'::interval AS i, '\\x00ff'::bytea AS b, "
+        "ARRAY[1, NULL]::int[] AS a, '2024-05-01 09:30+02'::timestamptz AS ts, "
+        "0.1::float8 AS f, current_setting('IntervalStyle') AS style, "
+        "current_setting('DateStyle') AS dates"
+    )
+    r = await sql(client, {"query": query})
+    assert r.json()["rows"] == [[
+        "1 year 2 mons 3 days 04:05:06.5", "\\x00ff", "{1,NULL}", "2024-05-01 07:30:00+00",
+        "0.1", "postgres", "ISO, MDY",
+    ]]  # fmt: skip
+    # The same (only) pool connection, right after: mirrorpool's own styles are back.
+    r = await client.post(
+        "/v1/query",
+        json={"sql": "SELECT '1 day'::interval AS i, current_setting('IntervalStyle') AS s"},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    assert r.json()["rows"] == [["P1D", "iso_8601"]]
+
+
+async def test_a_batch_is_one_transaction_in_the_modes_asked(client: httpx.AsyncClient) -> None:
+    headers = {
+        **HEADERS,
+        "Neon-Batch-Isolation-Level": "Serializable",
+        "Neon-Batch-Read-Only": "true",
+        "Neon-Batch-Deferrable": "true",
+    }
+    queries = [
+        {"query": "SHOW transaction_isolation"},
+        {"query": "SHOW transaction_read_only"},
+        {"query": "SHOW transaction_deferrable"},
+        {"query": "SELECT $1::int AS n", "params": ["7"]},
+    ]
+    r = await sql(client, {"queries": queries}, headers)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["rows"] for x in results] == [[["serializable"]], [["on"]], [["on"]], [["7"]]]
+    assert results[0]["command"] == "SHOW" and results[0]["rowCount"] is None
+
+
+async def test_a_failing_batch_rolls_back_and_answers_400(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    table = f"neon_{uuid.uuid4().hex[:12]}"
+    as_owner(pair, f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    queries = [
+        {"query": f"INSERT INTO {table} VALUES ($1)", "params": ["1"]},
+        {"query": "SELECT 1 / $1::int", "params": ["0"]},
+    ]
+    r = await sql(client, {"queries": queries})
+    assert r.status_code == 400
+    error = r.json()
+    assert (error["code"], error["message"], error["severity"]) == (
+        "22012", "division by zero", "ERROR",
+    )  # fmt: skip
+    assert error["statementIndex"] == 1
+    r = await sql(client, {"query": f"SELECT count(*) FROM {table}"})
+    assert r.json()["rows"] == [["0"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "says"),
+    [
+        ("not json", {}, 400, "not JSON"),
+        ('{"params": []}', {}, 400, "query"),
+        ('{"queries": []}', {}, 400, "queries"),
+        ('{"query": "SELECT $1", "params": [[1, 2]]}', {}, 400, "array text"),
+        ('{"query": "SELECT $1, $2"}', {}, 400, "missing values"),
+        ('{"queries": [{"query": "SELECT 1"}]}', {"Neon-Batch-Isolation-Level": "Chaos"}, 400,
+         "Neon-Batch-Isolation-Level"),
+        ('{"queries": [{"query": "SELECT 1"}]}', {"Neon-Batch-Read-Only": "yes"}, 400,
+         "true or false"),
+        ('{"query": "SELECT 1"}', {"Neon-Connection-String": "postgresql://a@h/db"}, 401,
+         "password of the connection string"),
+        ('{"query": "SELECT 1"}', {"Neon-Connection-String": "postgresql://a:nope@h/db"}, 401,
+         "not valid"),
+        ('{"query": "' + "x" * 5000 + '"}', {}, 413, "larger than"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_say_what_is_wrong(
+    client: httpx.AsyncClient, body: str, headers: dict[str, str], status: int, says: str
+) -> None:
+    r = await client.post("/sql", content=body, headers={**HEADERS, **headers})
+    assert r.status_code == status, r.text
+    # The driver shows `message` from a 400, and the whole body of any other status (a 413
+    # is answered before any route, as problem+json).
+    assert says in (r.json()["message"] if status == 400 else r.text)
+    assert "nope" not in r.text
+
+
+async def test_the_bearer_key_comes_first(client: httpx.AsyncClient) -> None:
+    wrong_url = {**HEADERS, "Neon-Connection-String": "postgresql://a:wrong@h/db"}
+    r = await sql(client, {"query": "SELECT 1"}, {**wrong_url, "Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200
+    r = await sql(client, {"query": "SELECT 1"}, {**HEADERS, "Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+
+
+async def test_numbers_and_booleans_bind_as_their_text(client: httpx.AsyncClient) -> None:
+    body = {"query": "SELECT $1::int8, $2::bool, $3::numeric", "params": [7, True, 1.5]}
+    assert (await sql(client, body)).json()["rows"] == [["7", "t", "1.5"]]
+
+
+async def test_requests_are_counted_by_route_without_the_header(
+    client: httpx.AsyncClient,
+) -> None:
+    await sql(client, {"query": "SELECT 1"})
+    metrics = (await client.get("/metrics")).text
+    assert 'mirrorpool_http_requests_total{method="POST",route="/sql",status="200"}' in metrics
+    assert KEY not in metrics
