@@ -182,3 +182,47 @@ async def test_requests_are_counted_by_route_without_the_header(
     metrics = (await client.get("/metrics")).text
     assert 'mirrorpool_http_requests_total{method="POST",route="/sql",status="200"}' in metrics
     assert KEY not in metrics
+
+
+# One value of each kind of built-in type, arrays included, as a SQL expression.
+BUILTIN_VALUES = [
+    "32767::int2", "'-2147483648'::int4", "9223372036854775807::int8", "'-12.3400'::numeric",
+    "'NaN'::numeric", "1.1::float4", "'-Infinity'::float8", "0.1::float8", "12.5::money",
+    "true", "'it''s'::text", "'v'::varchar(3)", "'c'::char(3)", "'n'::name", "'\\x00ff'::bytea",
+    "'2024-02-29'::date", "'infinity'::date", "'0044-03-15 BC'::date", "'09:30:00.5'::time",
+    "'09:30+05:30'::timetz", "'2024-05-01 09:30:00.25'::timestamp",
+    "'2024-05-01 09:30+02'::timestamptz", "'-1 year -2 mons +3 days -04:05:06'::interval",
+    "'P1Y2M3DT4H5M6.5S'::interval", "gen_random_uuid()::text::uuid IS NOT NULL",
+    "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid", "'{\"b\": [1, 2.50]}'::json",
+    "'{\"b\": [1, 2.50]}'::jsonb", "'10.1.2.3/8'::inet", "'10.0.0.0/8'::cidr",
+    "'08:00:2b:01:02:03'::macaddr", "'(1,2)'::point", "'((0,0),(1,1))'::box",
+    "'[1,5)'::int4range", "'{[1,2], [4,5]}'::int4multirange", "'a fat cat'::tsvector",
+    "B'101'", "'<a>x</a>'::xml", "'pg_class'::regclass::oid", "ARRAY[1, NULL, 3]",
+    "ARRAY['a b', 'c\"d', NULL, 'NULL', '']", "ARRAY[[1.5, 2], [3, 4]]::numeric[]",
+    "ARRAY['1 day'::interval]", "ARRAY['2024-05-01 09:30+02'::timestamptz]",
+    "ARRAY['\\x01'::bytea]", "ARRAY[true, false]", "ARRAY['{\"a\": 1}'::jsonb]",
+    "'{}'::int[]", "ROW(1, 'x', NULL, '1 hour'::interval)", "NULL",
+]  # fmt: skip
+
+
+async def test_every_builtin_type_is_answered_as_postgresql_prints_it(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    query = "SELECT " + ", ".join(BUILTIN_VALUES)
+    r = await sql(client, {"query": query})
+    assert r.status_code == 200, r.text
+    (answered,) = r.json()["rows"]
+    # What a session of PostgreSQL's own defaults (UTC, as mirrorpool's sessions run) prints:
+    # libpq's text values, as they came from the server.
+    with pair.primary.connect() as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("RESET IntervalStyle; RESET DateStyle")
+        result = conn.execute(query).pgresult
+        assert result is not None
+        values = [result.get_value(0, i) for i in range(result.nfields)]
+    expected = [None if v is None else bytes(v).decode() for v in values]
+    assert dict(zip(BUILTIN_VALUES, answered, strict=True)) == dict(
+        zip(BUILTIN_VALUES, expected, strict=True)
+    )
+    types = [f["dataTypeID"] for f in r.json()["fields"]]
+    assert types[:3] == [21, 23, 20] and types[BUILTIN_VALUES.index("ARRAY[1, NULL, 3]")] == 1007
