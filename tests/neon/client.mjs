@@ -10,6 +10,7 @@ import { neon, neonConfig } from "@neondatabase/serverless";
 import { drizzle } from "drizzle-orm/neon-http";
 import { pgTable, serial, text, integer } from "drizzle-orm/pg-core";
 import { eq } from "drizzle-orm";
+import { PrismaNeonHttp } from "@prisma/adapter-neon";
 
 neonConfig.fetchEndpoint = process.env.NEON_ENDPOINT;
 const options = process.env.AUTH_TOKEN ? { authToken: process.env.AUTH_TOKEN } : {};
@@ -114,6 +115,24 @@ const scenarios = {
       if (outcomes.length === 1) console.error("reading");
     }
     return outcomes;
+  },
+
+  // Prisma's client over its HTTP adapter (it has no transactions in HTTP mode).
+  async prisma() {
+    const { PrismaClient } = (await import("./node_modules/.mirrorpool-prisma/index.js")).default;
+    const prisma = new PrismaClient({ adapter: new PrismaNeonHttp(process.env.DATABASE_URL, {}) });
+    const created = await prisma.note.create({ data: { title: "first", stars: 3 } });
+    await prisma.note.createMany({ data: [{ title: "second" }, { title: "third", stars: 5 }] });
+    const found = await prisma.note.findMany({ where: { stars: { gte: 3 } }, orderBy: { id: "asc" } });
+    const updated = await prisma.note.update({ where: { title: "second" }, data: { stars: 1 } });
+    const counted = await prisma.note.count();
+    let duplicate = null;
+    try {
+      await prisma.note.create({ data: { title: "first" } });
+    } catch (e) {
+      duplicate = { name: e.name, code: e.code, message: e.message, meta: e.meta ?? null };
+    }
+    return { created, found, updated, counted, duplicate };
   },
 
   async drizzle() {
