@@ -31,11 +31,12 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from app.api.auth import ApiKey, Keyring, presented_key, require
+from app.api.body_limit import read_body
 from app.api.deps import EngineDep, SettingsDep
-from app.api.disconnect import disconnected
+from app.api.disconnect import client_gone
 from app.api.errors import PROBLEM_JSON, error_response, problem_responses, validation_problem
 from app.api.query import NODE_HEADER, check_raw_sql, limits_for
 from app.errors import (
@@ -49,13 +50,15 @@ from app.errors import (
 )
 from app.settings import Settings
 from app.sql import refusals, session
-from app.sql.engine import Engine, Outcome
+from app.sql.engine import Abort, Engine, Outcome
 from app.sql.placeholders import BoundSQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 from app.sql.statement import prepare
 
 router = APIRouter(tags=["neon"])
+
+PATH = "/sql"
 
 _CONNECTION_STRING = b"neon-connection-string"
 _ISOLATION: dict[str, Isolation] = {
@@ -131,7 +134,7 @@ _OPENAPI = {
 
 
 @router.post(
-    "/sql",
+    PATH,
     summary="Neon's SQL-over-HTTP protocol",
     response_class=Response,
     openapi_extra=_OPENAPI,
@@ -150,24 +153,30 @@ async def sql_over_http(request: Request, engine: EngineDep, settings: SettingsD
 
     Needs the `read` scope (statements then run READ ONLY) or `write`.
     """
-    scope = request.scope
     keyring: Keyring = request.app.state.keyring
+    return await answer(request.scope, request.receive, engine, settings, keyring)
+
+
+async def answer(
+    scope: Scope, receive: Receive, engine: Engine, settings: Settings, keyring: Keyring
+) -> Response:
+    """The answer to one POST /sql, from its route or straight from ASGI (the fast lane)."""
     try:
         key = _caller(keyring, scope)
         require(key, "read", "write")
         check_raw_sql(settings)
-        body = _parse(await request.body())
+        body = _parse(await read_body(scope, receive, settings.max_body_bytes))
         keyring.enter(key)
         try:
-            outcome = await _run(body, scope, engine, settings, key, request)
+            outcome = await _run(body, scope, engine, settings, key, partial(client_gone, receive))
         finally:
             keyring.leave(key)
-        answer = _encode(outcome, body, _flag(scope, b"neon-array-mode") is True, settings)
+        encoded = _encode(outcome, body, _flag(scope, b"neon-array-mode") is True, settings)
     except ValidationError as exc:
         return _with_message(validation_problem(scope, exc.errors(include_input=False)))
     except MirrorpoolError as exc:
         return error(scope, exc)
-    return Response(answer, media_type="application/json", headers={NODE_HEADER: outcome.node})
+    return Response(encoded, media_type="application/json", headers={NODE_HEADER: outcome.node})
 
 
 def _caller(keyring: Keyring, scope: Scope) -> ApiKey:
@@ -249,9 +258,8 @@ async def _run(
     engine: Engine,
     settings: Settings,
     key: ApiKey,
-    request: Request,
+    abort: Abort,
 ) -> Outcome:
-    abort = partial(disconnected, request)
     if isinstance(body, NeonQuery):
         limits = limits_for(
             settings, key, timeout_ms=None, max_rows=None, read_only=False, row_format="array"

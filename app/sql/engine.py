@@ -360,18 +360,20 @@ class Engine:
                 Command(sql, prepare=False)
                 for sql in session.opening(isolation, limits.read_only, deferrable)
             ),
-            Command(session.LOCAL_LIMITS_SQL, values, prepare=False),
-            *([Command(text_output.STYLES_SQL, prepare=False)] if limits.text_output else []),
+            Command(
+                text_output.LIMITS_AND_STYLES_SQL
+                if limits.text_output
+                else session.LOCAL_LIMITS_SQL,
+                values,
+                prepare=False,
+            ),
         ]
         first = len(opening)
-        # A statement prepared by name under other output styles, or under a setting of the
-        # request's own, would keep them for every later request.
-        prepare = not limits.text_output and not any(
-            session.sets_anything(b.tree) for b in statements
-        )
+        prepare = not any(session.sets_anything(b.tree) for b in statements)
+        styles = text_output.STYLES if limits.text_output else ""
         commands = [
             *opening,
-            *(Command(b.sql, b.params, prepare=prepare) for b in statements),
+            *(Command(b.sql, b.params, prepare=prepare, styles=styles) for b in statements),
             *(Command(sql, prepare=False) for sql in session.closing(isolation, limits.read_only)),
         ]
         for attempt in (1, 2):

@@ -5,9 +5,10 @@ Such a client reads what a plain PostgreSQL session prints, so the statement run
 PostgreSQL's default output styles: `IntervalStyle` postgres (`1 day 02:03:04`) and
 `DateStyle` ISO, MDY instead of the ISO 8601 forms pinned for mirrorpool's JSON answers
 (app/sql/types.py SESSION_SETTINGS). They are set with `set_config(..., true)` inside the
-request's own transaction, so they end with it (COMMIT or ROLLBACK) and never reach another
-request; the same transaction prepares nothing by name, since a plan made under one style
-(a folded `'1 day'::interval::text`) would keep it for every later request. The other pinned
+request's own transaction, with its limits, so they end with it (COMMIT or ROLLBACK) and
+never reach another request. A plan made under one style may hold it (a folded
+`'1 day'::interval::text`), so statements prepared by name under these styles are kept
+apart from those prepared under mirrorpool's (app/sql/pipeline.py Command.styles). The other pinned
 settings already are PostgreSQL's defaults (`extra_float_digits` 1, `bytea_output` hex,
 `standard_conforming_strings` on, UTF8), and `TimeZone` stays UTC: clients read the offset.
 
@@ -29,8 +30,15 @@ from app.sql.results import StatementResult, affected
 
 # PostgreSQL's defaults for what mirrorpool pins otherwise (names are our constants).
 POSTGRES_STYLES = {"IntervalStyle": "postgres", "DateStyle": "ISO, MDY"}
-STYLES_SQL = "SELECT " + ", ".join(
-    f"pg_catalog.set_config('{name}', '{value}', true)" for name, value in POSTGRES_STYLES.items()
+STYLES = "postgres"  # what pipeline.Command.styles says of statements run under them
+# session.LOCAL_LIMITS_SQL ($1 statement_timeout, $2 lock_timeout) and the styles, in one.
+LIMITS_AND_STYLES_SQL = (
+    "SELECT pg_catalog.set_config('statement_timeout', $1, true),"
+    " pg_catalog.set_config('lock_timeout', $2, true), "
+    + ", ".join(
+        f"pg_catalog.set_config('{name}', '{value}', true)"
+        for name, value in POSTGRES_STYLES.items()
+    )
 )
 
 _TUPLES_OK = 2  # pq.ExecStatus.TUPLES_OK

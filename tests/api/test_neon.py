@@ -90,6 +90,15 @@ async def test_values_are_postgresql_text_and_styles_do_not_leak(
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert r.json()["rows"] == [["P1D", "iso_8601"]]
+    # Turn about, often enough for either side's statement to be prepared by name.
+    text = "SELECT '1 day'::interval AS i, '1 day'::interval::text AS t"
+    for _ in range(3):
+        r = await sql(client, {"query": text})
+        assert r.json()["rows"] == [["1 day", "1 day"]]
+        r = await client.post(
+            "/v1/query", json={"sql": text}, headers={"Authorization": f"Bearer {KEY}"}
+        )
+        assert r.json()["rows"] == [["P1D", "P1D"]]
 
 
 async def test_a_batch_is_one_transaction_in_the_modes_asked(client: httpx.AsyncClient) -> None:
