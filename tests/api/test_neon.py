@@ -12,6 +12,7 @@ import pytest
 
 from app.api.auth import hash_key
 from app.devdb import LocalPair
+from app.main import MirrorpoolApp
 from tests.conftest import as_owner, serving_ready, settings_for
 
 KEY = f"neon-key-{uuid.uuid4().hex}"
@@ -241,7 +242,7 @@ async def test_fastapi_serves_the_same_answers_without_the_fast_lane(pair: Local
     keys = [{"id": "neon", "sha256": hash_key(KEY), "scopes": ["write"]}]
     settings = settings_for(pair, auth="keys", api_keys=keys, fast_path=False)
     async with serving_ready(settings) as (app, client):
-        assert app.fast_lane is None
+        assert isinstance(app, MirrorpoolApp) and app.fast_lane is None  # FastAPI's route
         r = await sql(client, {"query": "SELECT $1::int8 AS n", "params": ["9007199254740993"]})
         assert r.json()["rows"] == [["9007199254740993"]]
         r = await sql(client, {"query": "SELECT 1 / 0"})
