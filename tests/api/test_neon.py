@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -249,3 +250,17 @@ async def test_fastapi_serves_the_same_answers_without_the_fast_lane(pair: Local
         assert (r.status_code, r.json()["code"]) == (400, "22012")
         r = await sql(client, {"query": "SELECT 1"}, {**HEADERS, "Neon-Connection-String": "x"})
         assert r.status_code == 401
+
+
+async def test_the_statement_timeout_applies(pair: LocalPair) -> None:
+    keys = [{"id": "neon", "sha256": hash_key(KEY), "scopes": ["write"]}]
+    settings = settings_for(pair, auth="keys", api_keys=keys, statement_timeout_ms=300)
+    async with serving_ready(settings) as (_, client):
+        started = time.monotonic()
+        r = await sql(client, {"query": "SELECT pg_sleep(5)"})
+        elapsed = time.monotonic() - started
+        batch = {"queries": [{"query": "SELECT 1"}, {"query": "SELECT pg_sleep(5)"}]}
+        r_batch = await sql(client, batch)
+    assert (r.status_code, r.json()["code"]) == (400, "57014")  # the server cancelled it
+    assert elapsed < 3
+    assert (r_batch.status_code, r_batch.json()["code"]) == (400, "57014")
