@@ -94,6 +94,13 @@ const scenarios = {
     );
   },
 
+  // Gives up on a slow query after `ms` (the fetch is aborted: its connection closes).
+  async abandon() {
+    const [text, ms] = args;
+    const signal = AbortSignal.timeout(Number(ms));
+    return await sql.query(text, [], { fetchOptions: { signal } });
+  },
+
   async tagged() {
     const id = Number(args[0]);
     return await sql`SELECT ${id}::int + 1 AS next, ${"o'brien"} AS name`;

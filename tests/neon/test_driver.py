@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from app.devdb import LocalPair
-from tests.neon.conftest import KEYS, MAX_ROWS, Driver, owner_count
+from tests.neon.conftest import KEYS, MAX_ROWS, Driver, owner_count, printed
+from tests.waiting import eventually_sync
 
 
 def test_every_type_arrives_as_the_driver_types_it(driver: Driver) -> None:
@@ -113,3 +114,23 @@ def test_a_result_over_the_row_limit_fails_instead_of_arriving_cut(driver: Drive
     error = driver.error("query", f"SELECT generate_series(1, {MAX_ROWS + 1}) AS n")
     assert "HTTP status 507" in error["message"]
     assert f"more than {MAX_ROWS} rows" in error["message"]
+
+
+def running(pair: LocalPair, marker: str) -> int:
+    """Backends running a statement that holds `marker`."""
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+            [f"%{marker}%"],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_driver_that_gives_up_cancels_its_statement(driver: Driver, pair: LocalPair) -> None:
+    marker = "neon_abandoned_sleep"
+    gives_up = driver.start("abandon", f"SELECT pg_sleep(30) AS {marker}", "3000")
+    eventually_sync(lambda: running(pair, marker) == 1, "the statement to run")
+    stdout, _ = gives_up.communicate(timeout=30)
+    assert "abort" in printed(stdout)["error"]["message"].lower()  # the fetch gave up
+    eventually_sync(lambda: running(pair, marker) == 0, "the statement to be cancelled", 10)
