@@ -165,13 +165,14 @@ async def answer(
         key = _caller(keyring, scope)
         require(key, "read", "write")
         check_raw_sql(settings)
+        array_mode = _flag(scope, b"neon-array-mode") is True  # a bad header: before it runs
         body = _parse(await read_body(scope, receive, settings.max_body_bytes))
         keyring.enter(key)
         try:
             outcome = await _run(body, scope, engine, settings, key, partial(client_gone, receive))
         finally:
             keyring.leave(key)
-        encoded = _encode(outcome, body, _flag(scope, b"neon-array-mode") is True, settings)
+        encoded = _encode(outcome, body, array_mode, settings)
     except ValidationError as exc:
         return _with_message(validation_problem(scope, exc.errors(include_input=False)))
     except MirrorpoolError as exc:

@@ -155,6 +155,7 @@ async def test_a_failing_batch_rolls_back_and_answers_400(
          "Neon-Batch-Isolation-Level"),
         ('{"queries": [{"query": "SELECT 1"}]}', {"Neon-Batch-Read-Only": "yes"}, 400,
          "true or false"),
+        ('{"query": "SELECT 1"}', {"Neon-Array-Mode": "yes"}, 400, "true or false"),
         ('{"query": "SELECT 1"}', {"Neon-Connection-String": "postgresql://a@h/db"}, 401,
          "password of the connection string"),
         ('{"query": "SELECT 1"}', {"Neon-Connection-String": "postgresql://a:nope@h/db"}, 401,
