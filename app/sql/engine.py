@@ -500,7 +500,7 @@ class Engine:
         deferrable: bool = False,
     ) -> Any:
         local = self._local_settings
-        if text:  # behind PgBouncer too: SET LOCAL, gone with the transaction
+        if text:  # Limits.text_output, behind PgBouncer: SET LOCAL, gone with the transaction
             local = {**(local or {}), **text_output.POSTGRES_STYLES}
         return session.begin_sql(
             read_only=read_only,
