@@ -59,6 +59,10 @@ class DuplicateKey(RequestError):
     """A JSON object in the request body names the same key twice."""
 
 
+class ResultTooLarge(LimitExceeded):
+    """A result is over the row or size limit where it must not arrive cut (POST /sql)."""
+
+
 class Unauthorized(RequestError):
     """No API key, or one that is not valid."""
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, workers
-from app.api import admin, docs, errors, migrations, named, pool, probes, query
+from app.api import admin, docs, errors, migrations, named, neon, pool, probes, query
 from app.api import metrics as metrics_api
 from app.api.access_log import AccessLogMiddleware, RepeatFolder
 from app.api.auth import Keyring
@@ -229,6 +229,6 @@ def create_app(
     app.state.login_warnings = login_warnings
     errors.install(app)
     install_middleware(app, settings, keyring, inflight, metrics, engine, folder)
-    for module in (query, named, migrations, admin, metrics_api, probes, pool):
+    for module in (query, neon, named, migrations, admin, metrics_api, probes, pool):
         app.include_router(module.router)
     return app

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -72,14 +73,13 @@ class Keyring:
         """The caller of a request; 401 when auth is on and no valid key was sent."""
         if not self.enabled:
             return ANONYMOUS
-        presented = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                kind, _, token = value.decode("latin-1").partition(" ")
-                if kind.lower() == "bearer" and token.strip():
-                    presented = token.strip()
-            elif name == b"x-api-key" and value:
-                presented = value.decode("latin-1").strip()
+        return self.check(presented_key(scope), scope)
+
+    def check(self, presented: str | None, scope: Scope) -> ApiKey:
+        """The key `presented` (found in the request by the caller); 401 when auth is on and
+        it is missing or not valid."""
+        if not self.enabled:
+            return ANONYMOUS
         if not presented:
             raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
         key = self._by_hash.get(hash_key(presented))
@@ -101,6 +101,40 @@ class Keyring:
         self.inflight[key.id] -= 1
         if self.inflight[key.id] <= 0:
             del self.inflight[key.id]
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The key a request sends as `Authorization: Bearer <key>` or `X-API-Key`, if any; on
+    POST /sql (Neon's protocol) also as the password of its connection string."""
+    presented = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, token = value.decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token.strip():
+                presented = token.strip()
+        elif name == b"x-api-key" and value:
+            presented = value.decode("latin-1").strip()
+    if presented is None and scope.get("path") == NEON_PATH:
+        presented = connection_password(scope)
+    return presented
+
+
+# Neon's driver sends the database URL it was given, the key as its password.
+NEON_PATH = "/sql"
+NEON_CONNECTION_STRING = b"neon-connection-string"
+
+
+def connection_password(scope: Scope) -> str | None:
+    """The password of the Neon-Connection-String URL, if it has one. The header is a
+    secret: nothing of it goes into an error, a log line or a metric."""
+    value = next((v for k, v in scope["headers"] if k == NEON_CONNECTION_STRING), None)
+    if value is None:
+        return None
+    try:
+        password = urlsplit(value.decode("latin-1")).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
 
 
 def require(key: ApiKey, *scopes: ScopeName) -> None:

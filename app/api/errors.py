@@ -34,6 +34,7 @@ _PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
     e.PayloadTooLarge: (413, "payload-too-large", "The request body is too large"),
     e.UnsupportedMediaType: (415, "unsupported-media-type", "The request body is not JSON"),
     e.DuplicateKey: (400, "invalid-request", "The request is malformed"),
+    e.ResultTooLarge: (507, "result-too-large", "The result is over the limits"),
     e.Forbidden: (403, "forbidden", "Not allowed"),
     e.Unauthorized: (401, "unauthorized", "Authentication required"),
     e.TooManyRequests: (429, "too-many-requests", "Too many requests in flight"),

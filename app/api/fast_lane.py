@@ -1,10 +1,11 @@
-"""The hot paths: POST /v1/query and /v1/transaction served straight from ASGI.
+"""The hot paths: POST /v1/query, /v1/transaction and /sql served straight from ASGI.
 
 FastAPI's per-request machinery (middleware stack, routing, dependency solving) costs more
 CPU than the query itself. This lane reads the body, validates it with the same
 pydantic model (in pydantic-core, from the raw bytes), runs it through the same
-`run_query` or `run_transaction`, and sends the bytes back. Every other request, and these
-two when MIRRORPOOL_FAST_PATH=false, go through FastAPI, which also documents them.
+`run_query` or `run_transaction`, and sends the bytes back (/sql: the same `neon.answer` as
+its FastAPI route). Every other request, and these when MIRRORPOOL_FAST_PATH=false, go
+through FastAPI, which also documents them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from app.api import neon
 from app.api.auth import ApiKey, Keyring, caller_of
+from app.api.body_limit import read_body
 from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_response, validation_problem
 from app.api.inflight import InFlight
@@ -34,7 +37,7 @@ from app.api.query import (
     transaction_body,
 )
 from app.api.request_id import HEADER, assign_request_id
-from app.errors import ClientGone, MirrorpoolError, PayloadTooLarge
+from app.errors import MirrorpoolError
 from app.settings import Settings
 from app.sql.engine import Abort, Engine, Outcome
 
@@ -68,7 +71,11 @@ def _parts(response: Response) -> tuple[int, list[Any], bytes]:
 
 def is_query(scope: Scope) -> bool:
     """True for the requests the lane answers."""
-    return bool(scope["type"] == "http" and scope["path"] in ROUTES and scope["method"] == "POST")
+    return bool(
+        scope["type"] == "http"
+        and (scope["path"] in ROUTES or scope["path"] == neon.PATH)
+        and scope["method"] == "POST"
+    )
 
 
 class FastQueryLane:
@@ -94,10 +101,15 @@ class FastQueryLane:
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, list[Any], bytes]:
-        route = ROUTES[scope["path"]]
         try:
+            if scope["path"] == neon.PATH:
+                neon_answer = await neon.answer(
+                    scope, receive, self.engine, self.settings, self.keyring
+                )
+                return _parts(neon_answer)
+            route = ROUTES[scope["path"]]
             key = caller_of(scope, self.keyring)  # counted by the gate (app/api/gate.py)
-            body = await self._body(scope, receive)
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
             try:
                 request = route.model.model_validate_json(body)
             except ValidationError as exc:
@@ -122,22 +134,3 @@ class FastQueryLane:
             (NODE_HEADER, outcome.node.encode()),
         ]
         return 200, headers, answer
-
-    async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.settings.max_body_bytes
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-        chunks = []
-        size = 0
-        while True:
-            message: Message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone("the client disconnected before sending the whole request")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)

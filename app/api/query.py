@@ -92,6 +92,11 @@ class TransactionRequest(BaseModel):
     statements: list[Statement] = Field(min_length=1)
     isolation: Literal["read_committed", "repeatable_read", "serializable"] = "read_committed"
     read_only: bool = False
+    deferrable: bool = Field(
+        False,
+        description="DEFERRABLE: with serializable and read_only, wait for a snapshot that "
+        "cannot fail, then run without serialization checks (PostgreSQL ignores it otherwise).",
+    )
     timeout_ms: int | None = _TIMEOUT
     max_rows: int | None = Field(None, ge=0, description="Rows per statement at most.")
     row_format: Literal["array", "object"] = Field("array", description=_ROW_FORMAT_DOC)
@@ -309,6 +314,7 @@ async def run_transaction(
         row_format=body.row_format,
         abort=abort,
         key=limits.key,
+        deferrable=body.deferrable,
     )
 
 

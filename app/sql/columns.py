@@ -50,6 +50,19 @@ class Column:
         return {"name": self.name, "type": self.type, "type_oid": self.type_oid}
 
 
+@dataclass(frozen=True, slots=True)
+class TextField:
+    """A result column as libpq describes it, for answers in PostgreSQL's text output
+    (app/sql/text_output.py): what node-postgres' `FieldDef` holds."""
+
+    name: str
+    type_oid: int
+    table_oid: int
+    column_number: int
+    size: int
+    modifier: int
+
+
 class TypeNames:
     """Names of type OIDs: built-ins from psycopg, others looked up once per database."""
 

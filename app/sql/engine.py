@@ -35,7 +35,7 @@ from app.errors import (
     QueryTimeout,
 )
 from app.settings import Settings
-from app.sql import checkout, pipeline, session
+from app.sql import checkout, pipeline, session, text_output
 from app.sql.checkout import Checkout
 from app.sql.columns import Field, TypeNames
 from app.sql.errors import database_error
@@ -64,6 +64,8 @@ class Limits:
     role: str | None = None
     # The key that sent the request: its quick reads share lanes with its own only.
     key: str = ""
+    # Values as PostgreSQL's own text, under its default output styles (app/sql/text_output.py).
+    text_output: bool = False
 
 
 @dataclass(slots=True)
@@ -161,6 +163,7 @@ class Engine:
             self.own_sessions
             and not limits.read_only
             and limits.timeout_ms == self.settings.statement_timeout_ms
+            and not limits.text_output
             and not session.reads_sequence_state(bound.tree)
         )
         started = time.perf_counter()
@@ -266,7 +269,9 @@ class Engine:
             (result,) = await self._pipelined(held, [bound], limits, None)
             return result
         conn = held.conn
-        await conn.execute(self._begin(limits.read_only, None, limits.timeout_ms, [bound]))
+        await conn.execute(
+            self._begin(limits.read_only, None, limits.timeout_ms, [bound], limits.text_output)
+        )
         stop = _stoppable([bound], None, limits.read_only)
         result = await self._statement(held, bound, self._keep(limits, stop), limits)
         await _end(conn, None, limits.read_only)
@@ -338,9 +343,13 @@ class Engine:
         role: str | None = None,
         abort: Abort | None = None,
         key: str = "",
+        deferrable: bool = False,
+        text_output: bool = False,
     ) -> Outcome:
         """Run statements all-or-nothing; a failure names the statement and rolls back."""
-        limits = Limits(timeout_ms, max_rows, read_only, row_format, role, key)
+        limits = Limits(
+            timeout_ms, max_rows, read_only, row_format, role, key, text_output=text_output
+        )
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
         results: list[StatementResult] = []
@@ -354,9 +363,13 @@ class Engine:
             inflight.add(guard)
             try:
                 if self.own_sessions:
-                    results = await self._pipelined(held, statements, limits, isolation)
+                    results = await self._pipelined(held, statements, limits, isolation, deferrable)
                 else:
-                    await conn.execute(self._begin(read_only, isolation, timeout_ms, statements))
+                    await conn.execute(
+                        self._begin(
+                            read_only, isolation, timeout_ms, statements, text_output, deferrable
+                        )
+                    )
                     allowance = Allowance(self.settings.max_response_bytes)
                     stop = _stoppable(statements, isolation, read_only)
                     for position, bound in enumerate(statements):
@@ -384,6 +397,7 @@ class Engine:
         statements: list[BoundSQL],
         limits: Limits,
         isolation: Isolation | None,
+        deferrable: bool = False,
     ) -> list[StatementResult]:
         """BEGIN, the limits, every statement and the transaction's end in one round trip
         (pipeline mode: the statements cannot use each other's results, so nothing waits for
@@ -394,6 +408,10 @@ class Engine:
         # PREPARE, a session lock or the random seed).
         for bound in statements:
             held.mark(session.effect(bound.tree))
+        if limits.text_output:
+            # Under PostgreSQL's own output styles a function's cached plans (PL/pgSQL keeps
+            # them for the backend) may fold a value printed in them: DISCARD ALL after.
+            held.mark(session.Effect.RESET)
         values = [str(limits.timeout_ms), str(self.settings.lock_timeout_ms)]
         opening = [
             *(
@@ -401,8 +419,17 @@ class Engine:
                 if any(session.reads_sequence_state(b.tree) for b in statements)
                 else []
             ),
-            *(Command(sql, prepare=False) for sql in session.opening(isolation, limits.read_only)),
-            Command(session.LOCAL_LIMITS_SQL, values, prepare=False),
+            *(
+                Command(sql, prepare=False)
+                for sql in session.opening(isolation, limits.read_only, deferrable)
+            ),
+            Command(
+                text_output.LIMITS_AND_STYLES_SQL
+                if limits.text_output
+                else session.LOCAL_LIMITS_SQL,
+                values,
+                prepare=False,
+            ),
         ]
         first = len(opening)
         prepare = not any(session.sets_anything(b.tree) for b in statements)
@@ -410,6 +437,7 @@ class Engine:
         # transaction there loses nothing (_stoppable).
         stop = _stoppable(statements, isolation, limits.read_only)
         last = len(statements) - 1
+        styles = text_output.STYLES if limits.text_output else ""
         for attempt in (1, 2):
             allowance = Allowance(self.settings.max_response_bytes)
             commands = [
@@ -419,7 +447,10 @@ class Engine:
                         b.sql,
                         b.params,
                         prepare=prepare,
-                        keep=self._keep(limits, stop and i == last, allowance),
+                        keep=None
+                        if limits.text_output
+                        else self._keep(limits, stop and i == last, allowance),
+                        styles=styles,
                     )
                     for i, b in enumerate(statements)
                 ),
@@ -452,6 +483,10 @@ class Engine:
         for reply in replies[first : first + len(statements)]:
             if reply.oversized:
                 held.mark(session.Effect.CLOSE)
+            if limits.text_output:
+                assert reply.result is not None
+                results.append(text_output.answer(reply.result, limits.max_rows))
+                continue
             answer = await pipeline.answer(
                 conn, node, self.types, reply, limits.max_rows, limits.row_format
             )
@@ -553,14 +588,20 @@ class Engine:
         isolation: Isolation | None,
         timeout_ms: int,
         statements: list[BoundSQL],
+        text: bool = False,
+        deferrable: bool = False,
     ) -> Any:
+        local = self._local_settings
+        if text:  # Limits.text_output, behind PgBouncer: SET LOCAL, gone with the transaction
+            local = {**(local or {}), **text_output.POSTGRES_STYLES}
         return session.begin_sql(
             read_only=read_only,
             isolation=isolation,
             timeout_ms=timeout_ms,
             lock_timeout_ms=self.settings.lock_timeout_ms,
-            local_settings=self._local_settings,
+            local_settings=local,
             discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
+            deferrable=deferrable,
         )
 
     async def _statement(
@@ -570,13 +611,20 @@ class Engine:
         (one unit, nothing prepared: a pooler's server connections are not ours)."""
         conn, node = held.conn, held.node.name
         held.mark(session.effect(bound.tree))
-        command = Command(bound.sql, bound.params, prepare=False, keep=keep)
+        # /sql answers PostgreSQL's own text, read whole (its answer is refused, 507, when
+        # over the limits, not cut).
+        keep_rows = None if limits.text_output else keep
+        command = Command(bound.sql, bound.params, prepare=False, keep=keep_rows)
         (unit,) = await pipeline.run_units(conn, [[command]])
         (reply,) = unit.replies
         if reply.error is not None:
             raise reply.error
         if reply.oversized:
             held.mark(session.Effect.CLOSE)
+        if limits.text_output:
+            if reply.result is None:
+                return StatementResult([], [], reply.command, reply.rowcount)
+            return text_output.answer(reply.result, limits.max_rows)
         return await pipeline.answer(
             conn, node, self.types, reply, limits.max_rows, limits.row_format
         )

@@ -73,7 +73,7 @@ _STALE = ("26000", "0A000")
 _NOT_RUN = "not run: an earlier statement failed"
 _names = itertools.count()
 
-Key = tuple[str, Any]
+Key = tuple[str, Any, str]
 
 
 @dataclass(slots=True)
@@ -103,6 +103,10 @@ class Command:
     params: Sequence[Any] = ()
     prepare: bool = True
     keep: Keep | None = None
+    # The output styles it runs under ("": mirrorpool's pinned ones). A plan may hold values
+    # printed under them (a folded `'1 day'::interval::text`): names prepared under one set
+    # of styles are never used under another.
+    styles: str = ""
 
 
 @dataclass(slots=True)
@@ -415,7 +419,7 @@ def _send(
     unit: int,
 ) -> _Slot:
     params, types, formats = dumped
-    key = (command.sql, types)
+    key = (command.sql, types, command.styles)
     name = state.prepared.get(key) or naming.get(key) if command.prepare else None
     prepares = False
     if name is None and command.prepare and _second_use(state, key):

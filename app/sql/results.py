@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.sql.columns import Column
+from app.sql.columns import Column, TextField
 from app.sql.tree import Tree
 
 RowFormat = Literal["array", "object"]
@@ -22,6 +22,8 @@ class StatementResult:
     command: str | None
     rows_affected: int | None
     truncated: bool = False
+    # Set instead of `columns` when the values are PostgreSQL's text (Limits.text_output).
+    fields: list[TextField] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The result as the API reports it (rows stay as fetched)."""

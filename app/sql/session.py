@@ -205,12 +205,13 @@ def begin_sql(
     lock_timeout_ms: int,
     local_settings: Mapping[str, str] | None = None,
     discard_sequences: bool = False,
+    deferrable: bool = False,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query;
     with `discard_sequences`, the session's sequence values (another client's) forgotten."""
     parts = [
-        *(sql.SQL(statement) for statement in opening(isolation, read_only)),
+        *(sql.SQL(statement) for statement in opening(isolation, read_only, deferrable)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
         sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
     ]
@@ -230,19 +231,23 @@ LOCAL_LIMITS_SQL = (
 )
 
 
-def begin_statement(isolation: Isolation | None, read_only: bool) -> str:
-    """BEGIN with the transaction's isolation level and access mode."""
+def begin_statement(isolation: Isolation | None, read_only: bool, deferrable: bool = False) -> str:
+    """BEGIN with the transaction's isolation level, access mode and deferrable mode (which
+    PostgreSQL heeds only in a serializable read-only transaction: it waits for a snapshot
+    that cannot fail, then runs without serialization checks)."""
     mode = []
     if isolation:
         mode.append("ISOLATION LEVEL " + isolation.replace("_", " ").upper())
     if read_only:
         mode.append("READ ONLY")
+    if deferrable:
+        mode.append("DEFERRABLE")
     return " ".join(["BEGIN", *mode])
 
 
-def opening(isolation: Isolation | None, read_only: bool) -> list[str]:
+def opening(isolation: Isolation | None, read_only: bool, deferrable: bool = False) -> list[str]:
     """The statements that open a request's transaction, in order."""
-    begin = begin_statement(isolation, read_only)
+    begin = begin_statement(isolation, read_only, deferrable)
     if read_only and isolation == "serializable":
         return [begin, f"SAVEPOINT {READ_ONLY_SAVEPOINT}"]
     return [begin]

@@ -58,6 +58,10 @@ def test_every_log_line_and_answer_of_a_full_run_is_clean(work_dir: Path) -> Non
             call("POST", "/v1/query", json={"sql": "SELEC 1"}, headers=auth)
             call("POST", "/v1/query", json={"sql": "SELECT current_setting('nope')"}, headers=auth)
             call("POST", "/v1/query", json={"sql": "SELECT 1"}, headers={"X-API-Key": WRONG_KEY})
+            for password in (KEY, WRONG_KEY):  # Neon's driver: the key in a URL header
+                neon = {"Neon-Connection-String": f"postgresql://app:{password}@h/db"}
+                for text in ("SELECT 1", "SELECT 1/0"):
+                    call("POST", "/sql", content=json.dumps({"query": text}), headers=neon)
             for path in ("/health", "/pool/stats", "/metrics", "/openapi.json", "/docs"):
                 call("GET", path, headers=auth)
             own.primary.kill()  # failover: node down, writer lost, reads from the mirror
@@ -76,5 +80,6 @@ def test_every_log_line_and_answer_of_a_full_run_is_clean(work_dir: Path) -> Non
     assert "node_down primary" in logs  # the failover really happened and was logged
     assert "pools closed" in logs  # and so did the shutdown
     assert "401" in "\n".join(answers)
+    assert "division by zero" in "\n".join(answers)  # /sql answered with the right key
     for secret in (own.password, KEY, WRONG_KEY, hash_key(KEY)):
         assert secret not in everything

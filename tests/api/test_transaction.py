@@ -106,6 +106,17 @@ async def test_isolation_level_is_applied(client: httpx.AsyncClient) -> None:
     assert response.json()["results"][0]["rows"] == [["serializable"]]
 
 
+async def test_deferrable_is_applied(client: httpx.AsyncClient) -> None:
+    statements = [{"sql": "SHOW transaction_deferrable"}, {"sql": "SHOW transaction_read_only"}]
+    response = await tx(
+        client, statements, isolation="serializable", read_only=True, deferrable=True
+    )
+    assert response.status_code == 200, response.text
+    assert [r["rows"] for r in response.json()["results"]] == [[["on"]], [["on"]]]
+    response = await tx(client, statements[:1])
+    assert response.json()["results"][0]["rows"] == [["off"]]
+
+
 def backend_waits_on_advisory_lock(pair: LocalPair) -> bool:
     with pair.primary.connect() as conn:
         row = conn.execute(

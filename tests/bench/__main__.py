@@ -39,7 +39,7 @@ counter = 0
 request = function()
   counter = counter + 1
   local id = (counter * 7919 + %(seed)d) %% %(rows)d + 1
-  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json"},
+  return wrk.format("POST", "%(path)s", %(headers)s,
                     string.format('%(body)s', id, id, id))
 end
 done = function(summary, latency, requests)
@@ -71,8 +71,20 @@ class Cell:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# What the Neon driver sends besides its body (with the key as the URL's password).
+NEON_HEADERS = (
+    '{["Content-Type"] = "text/plain;charset=UTF-8", ["Neon-Raw-Text-Output"] = "true", '
+    '["Neon-Array-Mode"] = "true", '
+    '["Neon-Connection-String"] = "postgresql://bench:nokey@127.0.0.1/bench"}'
+)
+JSON_HEADERS = '{["Content-Type"] = "application/json"}'
+
+
 def lua_body(workload: Workload) -> tuple[str, str]:
     """The path and a printf-style body with %d for the row id."""
+    if workload.neon:
+        body = json.dumps({"query": workload.statements[0], "params": ["0"]})
+        return "/sql", body.replace('"0"', '"%d"')
     if workload.transaction:
         statements = ",".join(
             json.dumps({"sql": sql, "params": [0]}).replace("[0]", "[%d]")
@@ -157,7 +169,13 @@ def run_wrk(server: Server, workload: Workload, concurrency: int, seconds: float
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(
         LUA
-        % {"seed": concurrency, "rows": 1_000_000, "path": path, "body": body.replace("'", "\\'")}
+        % {
+            "seed": concurrency,
+            "rows": 1_000_000,
+            "path": path,
+            "body": body.replace("'", "\\'"),
+            "headers": NEON_HEADERS if workload.neon else JSON_HEADERS,
+        }
     )
     pids = process_tree(server.proc.pid)
     cpu_before = cpu_seconds(pids)
@@ -306,6 +324,8 @@ def measure(dsn: str, workloads: list[Workload], levels: list[int], seconds: flo
         server = start()
         try:
             for workload in workloads:
+                if workload.neon and not server.name.startswith("mirrorpool"):
+                    continue  # the baseline speaks only /v1/query
                 for c in levels:
                     cells.append(run_wrk(server, workload, c, seconds))
                     print(f"bench: {cells[-1]}", flush=True)

@@ -12,11 +12,18 @@ class Workload:
     name: str
     statements: tuple[str, ...]
     transaction: bool = False
+    # Sent to POST /sql in Neon's protocol, as @neondatabase/serverless does (mirrorpool only).
+    neon: bool = False
 
 
 WORKLOADS = [
     Workload(
         "point_select", ("SELECT id, name, value, created_at FROM bench_items WHERE id = $1",)
+    ),
+    Workload(
+        "point_select_sql",
+        ("SELECT id, name, value, created_at FROM bench_items WHERE id = $1",),
+        neon=True,
     ),
     Workload(
         "range_100",

@@ -553,3 +553,24 @@ def test_cli_migrates_through_the_direct_dsn(
     with pair.primary.connect(database) as conn:
         versions = conn.execute("SELECT version FROM mirrorpool_schema_history ORDER BY 1")
         assert versions.fetchall() == [("1",), ("2",)]
+
+
+async def test_neon_sql_answers_in_postgresql_styles_behind_pgbouncer(
+    pair: LocalPair, bouncer: LocalPgBouncer, database: str
+) -> None:
+    """POST /sql sets PostgreSQL's output styles with SET LOCAL here too, single queries and
+    batches alike, and mirrorpool's own requests keep theirs."""
+    interval = "SELECT '1 day 02:00'::interval AS i, current_setting('IntervalStyle') AS s"
+    rows = {"Neon-Array-Mode": "true"}
+    async with serve(pair, bouncer, database) as (_, client):
+        for _ in range(3):
+            r = await client.post("/sql", content=json.dumps({"query": interval}), headers=rows)
+            assert r.json()["rows"] == [["1 day 02:00:00", "postgres"]], r.text
+            batch = {
+                "queries": [{"query": interval}, {"query": "SELECT $1::int8", "params": ["7"]}]
+            }
+            r = await client.post("/sql", content=json.dumps(batch), headers=rows)
+            assert [x["rows"] for x in r.json()["results"]] == [
+                [["1 day 02:00:00", "postgres"]], [["7"]],
+            ]  # fmt: skip
+            assert (await query(client, interval))["rows"] == [["P1DT2H", "iso_8601"]]
