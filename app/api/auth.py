@@ -81,6 +81,10 @@ class Keyring:
         if not self.enabled:
             return ANONYMOUS
         if not presented:
+            if scope.get("path") == NEON_PATH:
+                raise Unauthorized(
+                    "an API key is required: the password of the connection string, or authToken"
+                )
             raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
         key = self._by_hash.get(hash_key(presented))
         if key is None:
