@@ -125,4 +125,9 @@ PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
         504, "timeout", "The statement timed out",
         "canceling statement due to statement timeout", sqlstate="57014",
     )),
+    507: ("The result is over the limits (POST /sql, whose protocol cannot say it was cut).",
+          _problem(
+        507, "result-too-large", "The result is over the limits",
+        "the result has more than 10000 rows (MIRRORPOOL_MAX_ROWS)",
+    )),
 }  # fmt: skip

@@ -36,7 +36,8 @@ from app.api.auth import ApiKey, Keyring, caller_of, require
 from app.api.body_limit import read_body
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import client_gone
-from app.api.errors import PROBLEM_JSON, error_response, problem_responses, validation_problem
+from app.api.errors import error_response, problem_responses, validation_problem
+from app.api.json_body import check_unique_keys
 from app.api.query import NODE_HEADER, check_raw_sql, limits_for
 from app.errors import (
     DatabaseError,
@@ -109,9 +110,9 @@ _OPENAPI = {
         "required": True,
         "content": {
             "text/plain": {
-                "schema": {
-                    "anyOf": [NeonQuery.model_json_schema(), NeonBatch.model_json_schema()]
-                },
+                # JSON sent as text, as the driver sends it: {"query", "params"}, or
+                # {"queries": [...]} for a batch.
+                "schema": {"type": "string", "format": "json"},
                 "example": '{"query": "SELECT $1::int + 1 AS n", "params": ["41"]}',
             }
         },
@@ -137,12 +138,17 @@ _OPENAPI = {
     openapi_extra=_OPENAPI,
     responses={
         200: {"content": {"application/json": {}}, "description": "A result, or `results`."},
-        400: {
-            "content": {"application/json": {}, PROBLEM_JSON: {}},
-            "description": "A database error, with PostgreSQL's fields under node-postgres' "
-            "names; or a malformed request (problem+json with a `message`).",
-        },
         **problem_responses(401, 403, 413, 429, 503, 504, 507),
+        400: {
+            **problem_responses(400)[400],
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                **problem_responses(400)[400]["content"],
+            },
+            "description": "A database error, with PostgreSQL's fields under node-postgres' "
+            "names (application/json, as Neon answers); or a malformed request "
+            "(problem+json with a `message`).",
+        },
     },
 )
 async def sql_over_http(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
@@ -202,6 +208,7 @@ def _parse(body: bytes) -> NeonQuery | NeonBatch:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise RequestError("the body is not JSON: send {query, params} or {queries}") from None
+    check_unique_keys(body)  # what a gateway in front read is what runs
     if isinstance(data, dict) and "queries" in data:
         return NeonBatch.model_validate(data)
     return NeonQuery.model_validate(data)
@@ -216,7 +223,12 @@ def _params(query: NeonQuery) -> list[str | None]:
         elif isinstance(value, bool):
             values.append("true" if value else "false")
         elif isinstance(value, int | float | dict):  # a number's or an object's JSON text
-            values.append(orjson.dumps(value).decode())
+            try:
+                values.append(orjson.dumps(value).decode())
+            except orjson.JSONEncodeError:
+                raise InvalidParameters(
+                    "a parameter nests too deeply, or holds a number JSON cannot carry"
+                ) from None
         else:
             raise InvalidParameters(
                 "a parameter is a JSON array: send it as PostgreSQL's array text ('{1,2}')"
@@ -268,6 +280,7 @@ async def _run(
         max_rows=limits.max_rows,
         row_format="array",
         abort=abort,
+        key=limits.key,
         deferrable=deferrable,
         text_output=True,
     )

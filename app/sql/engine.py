@@ -261,7 +261,7 @@ class Engine:
         within the request's bytes (MIRRORPOOL_MAX_RESPONSE_BYTES)."""
         if allowance is None:
             allowance = Allowance(self.settings.max_response_bytes)
-        return Keep(limits.max_rows + 1, allowance, stop)
+        return Keep(limits.max_rows + 1, allowance, stop, text=limits.text_output)
 
     async def _wrapped(self, held: Checkout, bound: BoundSQL, limits: Limits) -> StatementResult:
         """Read-only or own timeout: the statement in a transaction of its own."""
@@ -447,9 +447,7 @@ class Engine:
                         b.sql,
                         b.params,
                         prepare=prepare,
-                        keep=None
-                        if limits.text_output
-                        else self._keep(limits, stop and i == last, allowance),
+                        keep=self._keep(limits, stop and i == last, allowance),
                         styles=styles,
                     )
                     for i, b in enumerate(statements)
@@ -484,8 +482,7 @@ class Engine:
             if reply.oversized:
                 held.mark(session.Effect.CLOSE)
             if limits.text_output:
-                assert reply.result is not None
-                results.append(text_output.answer(reply.result, limits.max_rows))
+                results.append(text_output.from_reply(reply, limits.max_rows))
                 continue
             answer = await pipeline.answer(
                 conn, node, self.types, reply, limits.max_rows, limits.row_format
@@ -611,10 +608,7 @@ class Engine:
         (one unit, nothing prepared: a pooler's server connections are not ours)."""
         conn, node = held.conn, held.node.name
         held.mark(session.effect(bound.tree))
-        # /sql answers PostgreSQL's own text, read whole (its answer is refused, 507, when
-        # over the limits, not cut).
-        keep_rows = None if limits.text_output else keep
-        command = Command(bound.sql, bound.params, prepare=False, keep=keep_rows)
+        command = Command(bound.sql, bound.params, prepare=False, keep=keep)
         (unit,) = await pipeline.run_units(conn, [[command]])
         (reply,) = unit.replies
         if reply.error is not None:
@@ -622,9 +616,7 @@ class Engine:
         if reply.oversized:
             held.mark(session.Effect.CLOSE)
         if limits.text_output:
-            if reply.result is None:
-                return StatementResult([], [], reply.command, reply.rowcount)
-            return text_output.answer(reply.result, limits.max_rows)
+            return text_output.from_reply(reply, limits.max_rows)
         return await pipeline.answer(
             conn, node, self.types, reply, limits.max_rows, limits.row_format
         )

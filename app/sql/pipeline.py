@@ -41,6 +41,7 @@ from psycopg.adapt import PyFormat, Transformer
 from psycopg.generators import fetch, fetch_many, send
 from psycopg.pq.abc import PGconn, PGresult
 
+from app.sql import text_output
 from app.sql.columns import TypeNames
 from app.sql.results import RowFormat, StatementResult, statement_result
 
@@ -92,6 +93,8 @@ class Keep:
     rows: int
     allowance: Allowance | None = None
     stop: bool = False
+    # Rows as PostgreSQL's own text (POST /sql), not loaded as JSON values.
+    text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +189,8 @@ class _Slot:
             self.dropped += 1
             return keep.stop and not self.stopped and result.status == _CHUNK
         room = keep.rows - len(self.rows)
-        rows = _load(tx, result, count if count < room else room)
+        wanted = count if count < room else room
+        rows = text_output.rows_of(result, wanted) if keep.text else _load(tx, result, wanted)
         allowance = keep.allowance
         if allowance is not None:
             size = len(orjson.dumps(rows))

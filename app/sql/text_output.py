@@ -19,7 +19,7 @@ the server's text, NULL as None.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg.adapt import AdaptersMap, Transformer
 from psycopg.pq.abc import PGresult
@@ -27,6 +27,9 @@ from psycopg.types.string import TextLoader
 
 from app.sql.columns import TextField
 from app.sql.results import StatementResult, affected
+
+if TYPE_CHECKING:
+    from app.sql.pipeline import Reply
 
 # PostgreSQL's defaults for what mirrorpool pins otherwise (names are our constants).
 POSTGRES_STYLES = {"IntervalStyle": "postgres", "DateStyle": "ISO, MDY"}
@@ -40,8 +43,6 @@ LIMITS_AND_STYLES_SQL = (
         for name, value in POSTGRES_STYLES.items()
     )
 )
-
-_TUPLES_OK = 2  # pq.ExecStatus.TUPLES_OK
 
 _TEXT = AdaptersMap()
 _TEXT.register_loader(0, TextLoader)  # the fallback for every OID: the text, decoded
@@ -65,7 +66,7 @@ def fields_of(result: PGresult) -> list[TextField]:
 
 def rows_of(result: PGresult, limit: int) -> list[Any]:
     """Up to `limit` rows, each a tuple of text values (None for NULL)."""
-    if result.status != _TUPLES_OK or not result.ntuples:
+    if not result.ntuples:  # (a chunk of rows, or the whole result)
         return []
     tx = Transformer(_TEXT)
     tx.set_pgresult(result)
@@ -75,19 +76,18 @@ def rows_of(result: PGresult, limit: int) -> list[Any]:
         tx.set_pgresult(None)
 
 
-def answer(result: PGresult, max_rows: int) -> StatementResult:
-    """A statement's successful result with text values: up to `max_rows` rows (one more
-    read says it was cut), its fields and its command tag."""
-    command = result.command_status.decode() if result.command_status else None
-    rows = rows_of(result, max_rows + 1)
-    truncated = len(rows) > max_rows
-    if truncated:
-        del rows[max_rows:]
+def from_reply(reply: Reply, max_rows: int) -> StatementResult:
+    """A statement's reply read in chunks with text values (pipeline.Keep text=True): the
+    rows kept, at most `max_rows` (truncated when more came, or they were cut for size)."""
+    rows = list(reply.rows)
+    truncated = reply.cut or len(rows) > max_rows
+    del rows[max_rows:]
+    command = reply.command
     return StatementResult(
         [],
         rows,
         command,
-        affected(command, result.command_tuples, len(rows)),
+        affected(command, reply.rowcount, len(rows)),
         truncated,
-        fields_of(result),
+        fields_of(reply.result) if reply.result is not None else [],
     )

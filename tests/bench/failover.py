@@ -59,7 +59,7 @@ FAULT_AT_S = 2.0
 AFTER_S = 5.0
 AFTER_BACK_S = 2.0
 CAP_S = 30.0
-READERS = 8
+READERS = 8  # half of them read_only, half plain (no read_only: most clients never set it)
 WRITERS = 2
 
 
@@ -74,6 +74,7 @@ class Result:
     writes_back_s: float | None
     follow_s: float | None
     failed_reads: int
+    failed_plain_reads: int
     failed_writes: int
     lost_writes: int
     reads: int
@@ -84,7 +85,7 @@ class Result:
 class Client:
     """Load through one door: read() and write() raise on failure."""
 
-    async def read(self) -> None:
+    async def read(self, plain: bool = False) -> None:
         raise NotImplementedError
 
     async def write(self, ident: int) -> None:
@@ -100,11 +101,11 @@ class HttpClient(Client):
     def __init__(self, url: str) -> None:
         self.http = httpx.AsyncClient(base_url=url, timeout=10)
 
-    async def read(self) -> None:
-        r = await self.http.post(
-            "/v1/query", json={"sql": "SELECT count(*) FROM t", "read_only": True,
-                               "timeout_ms": 5000},
-        )  # fmt: skip
+    async def read(self, plain: bool = False) -> None:
+        body: dict[str, Any] = {"sql": "SELECT count(*) FROM t", "timeout_ms": 5000}
+        if not plain:
+            body["read_only"] = True
+        r = await self.http.post("/v1/query", json=body)
         if r.status_code != 200:
             raise RuntimeError(r.status_code)
 
@@ -142,7 +143,8 @@ class PgClient(Client):
             self.conns[kind] = None
             raise
 
-    async def read(self) -> None:
+    async def read(self, plain: bool = False) -> None:
+        # (A PostgreSQL-protocol door knows no read_only: a plain read is the same read.)
         await self._run("read", "SELECT count(*) FROM t", None)
 
     async def write(self, ident: int) -> None:
@@ -178,13 +180,13 @@ async def load(
                 ident = next(ids) if kind == "write" else None
                 try:
                     if ident is None:
-                        await asyncio.wait_for(client.read(), 10)
+                        await asyncio.wait_for(client.read(kind == "plain"), 10)
                     else:
                         await asyncio.wait_for(client.write(ident), 10)
                     ok = True
                 except Exception:
                     ok = False
-                outcomes.append((kind, started, time.monotonic(), ok, ident))
+                outcomes.append((kind, started, time.monotonic(), ok, ident))  # "plain": a read
                 await asyncio.sleep(0.01)
         finally:
             await client.close()
@@ -209,12 +211,14 @@ async def load(
             await asyncio.sleep(0.1)
         stop.set()
 
-    loops = [loop("read") for _ in range(READERS)] + [loop("write") for _ in range(WRITERS)]
+    loops = [loop("read") for _ in range(READERS // 2)]
+    loops += [loop("plain") for _ in range(READERS - READERS // 2)]
+    loops += [loop("write") for _ in range(WRITERS)]
     await asyncio.gather(inject(), *loops)
     (fault_started,) = moments
     # Counted from the start of the fault: a switchover, or an etcd stall until the
     # leader's demotion, takes seconds, and clients see its effects before it is complete.
-    troubled = [o[2] for o in outcomes if o[0] == "read" and o[2] >= fault_started
+    troubled = [o[2] for o in outcomes if o[0] in ("read", "plain") and o[2] >= fault_started
                 and (not o[3] or o[2] - o[1] > 0.5)]  # fmt: skip
     # Writes are back with the first one acknowledged among those sent once they were
     # disturbed (one failed or took over 0.5 s): a write sent just before the fault took
@@ -230,8 +234,9 @@ async def load(
         "writes_back_s": round(back - fault_started, 3) if back is not None else None,
         "follow_s": (round(follow - promotion[1], 3) if promotion and follow is not None else None),
         "failed_reads": sum(1 for o in outcomes if o[0] == "read" and not o[3]),
+        "failed_plain_reads": sum(1 for o in outcomes if o[0] == "plain" and not o[3]),
         "failed_writes": sum(1 for o in outcomes if o[0] == "write" and not o[3]),
-        "reads": sum(1 for o in outcomes if o[0] == "read"),
+        "reads": sum(1 for o in outcomes if o[0] in ("read", "plain")),
         "writes": sum(1 for o in outcomes if o[0] == "write"),
         "longest_s": round(max(o[2] - o[1] for o in outcomes), 2),
     }
@@ -657,11 +662,12 @@ def main() -> int:
 
 def report(results: list[Result]) -> list[str]:
     header = (
-        "| fault | target | failed reads | failed writes | writes back after (s) "
+        "| fault | target | failed reads (read_only) | failed reads (plain) | failed writes "
+        "| writes back after (s) "
         "| first write after the promotion (s) | lost acknowledged writes "
         "| reads disturbed until (s) | reads | writes | longest request (s) |"
     )
-    rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|"
 
     def rows(part: str) -> list[str]:
         out = []
@@ -669,7 +675,8 @@ def report(results: list[Result]) -> list[str]:
             back = f"{r.writes_back_s}" if r.writes_back_s is not None else "never"
             follow = f"{r.follow_s}" if r.follow_s is not None else "-"
             out.append(
-                f"| {r.fault} | {r.target} | {r.failed_reads} | {r.failed_writes} | {back} "
+                f"| {r.fault} | {r.target} | {r.failed_reads} | {r.failed_plain_reads} "
+                f"| {r.failed_writes} | {back} "
                 f"| {follow} | {r.lost_writes} | {r.read_outage_s} | {r.reads} | {r.writes} "
                 f"| {r.longest_s} |"
             )
@@ -708,8 +715,9 @@ def report(results: list[Result]) -> list[str]:
         "with Patroni's REST checks (writes: OPTIONS /primary, reads: OPTIONS /read-only, "
         "http-check expect status 200, inter 1s fall 2 rise 1, on-marked-down "
         "shutdown-sessions); Pgpool-II with the checks above and no failover_command (it "
-        "finds the new primary itself). Readers through mirrorpool are read_only; through "
-        "HAProxy they use its read port.",
+        "finds the new primary itself). Half the readers through mirrorpool are read_only, "
+        "half plain (no read_only); through HAProxy they use its read port, and through "
+        "Pgpool-II its one port (a plain read and a read_only one are the same read there).",
         "",
         header,
         rule,
