@@ -145,7 +145,7 @@ async def test_a_plan_made_under_the_pinned_styles_does_not_answer_sql(
 async def test_a_connection_string_key_is_counted_in_flight(
     pair: LocalPair, world: dict[str, str]
 ) -> None:
-    values = {
+    values: dict[str, Any] = {
         "auth": "keys",
         "api_keys": keys_for(world["role"]),
         "role_passwords": {world["role"]: world["password"]},

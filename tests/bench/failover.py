@@ -48,7 +48,7 @@ from app.devdb import (
     wait_until,
 )
 from tests.bench.__main__ import RESULTS
-from tests.cluster.load import TABLE_SQL
+from tests.cluster.load import TABLE_SQL, fresh_table
 from tests.cluster.patroni import Member, PatroniCluster
 from tests.cluster.watch import RoleWatch
 
@@ -572,22 +572,6 @@ def haproxy(folder: Path, cluster: PatroniCluster) -> Any:
                     raise RuntimeError("haproxy did not start") from None
                 time.sleep(0.2)
         yield dsn(read_port), dsn(write_port)
-
-
-def fresh_table(cluster: PatroniCluster) -> None:
-    leader = cluster.wait_healthy()
-    with leader.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS t")
-        conn.execute(f"SET ROLE {OWNER}")
-        conn.execute(TABLE_SQL)
-    standby = cluster.replica()
-
-    def visible() -> bool:
-        with standby.connect() as conn:
-            row = conn.execute("SELECT to_regclass('t') IS NOT NULL").fetchone()
-        return bool(row and row[0])
-
-    wait_until(visible, 10, "the table on the standby")
 
 
 def on_patroni(base: Path, cluster: PatroniCluster, target: str, event: str) -> Result:

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from app.devdb import OWNER
+from tests.cluster.patroni import PatroniCluster
+from tests.waiting import eventually_sync
+
 READ_TIMEOUT_MS = 5000
 WRITE_TIMEOUT_MS = 3000
 
@@ -117,3 +121,20 @@ class Load:
         if not back:
             return []
         return [a for a in self.writes() if a.started >= min(back) and a.status != 200]
+
+
+def fresh_table(cluster: PatroniCluster) -> None:
+    """An empty table `t` on the leader, made by the schema's owner, visible on the standby."""
+    leader = cluster.wait_healthy()
+    with leader.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS t")
+        conn.execute(f"SET ROLE {OWNER}")
+        conn.execute(TABLE_SQL)
+    standby = cluster.replica()
+
+    def visible() -> bool:
+        with standby.connect() as conn:
+            row = conn.execute("SELECT to_regclass('t') IS NOT NULL").fetchone()
+        return bool(row and row[0])
+
+    eventually_sync(visible, "the table on the standby")

@@ -20,7 +20,7 @@ from psycopg.conninfo import make_conninfo
 
 from app.devdb import OWNER, SERVICE
 from app.settings import Settings, load_settings
-from tests.cluster.load import TABLE_SQL, TIMELINE_SQL, Load
+from tests.cluster.load import TIMELINE_SQL, Load, fresh_table
 from tests.cluster.patroni import PatroniCluster
 from tests.cluster.watch import RoleWatch
 from tests.conftest import serving_ready
@@ -59,23 +59,6 @@ def settings_for_patroni(cluster: PatroniCluster) -> Settings:
     assert settings.promote_after_s is None
     assert settings.health_interval == 1.0
     return settings
-
-
-def fresh_table(cluster: PatroniCluster) -> None:
-    """An empty table `t` on the leader, visible on the standby."""
-    leader = cluster.wait_healthy()
-    with leader.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS t")
-        conn.execute(f"SET ROLE {OWNER}")
-        conn.execute(TABLE_SQL)
-    standby = cluster.replica()
-
-    def visible() -> bool:
-        with standby.connect() as conn:
-            row = conn.execute("SELECT to_regclass('t') IS NOT NULL").fetchone()
-        return bool(row and row[0])
-
-    eventually_sync(visible, "the table on the standby")
 
 
 async def follow(
