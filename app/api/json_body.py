@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from app.errors import DuplicateKey
+from app.errors import DuplicateKey, LimitExceeded
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -43,7 +43,11 @@ def check_unique_keys(body: bytes) -> None:
     passed its model (other faults are the model's to report)."""
     try:
         loads_unique(body)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Deeper than the check can follow (orjson, which read it, goes deeper): what a
+        # gateway saw of it cannot be told, so it is refused.
+        raise LimitExceeded("the request body nests too deeply to be read") from None
+    except ValueError as exc:
         if isinstance(exc, DuplicateKey):
             raise
 

@@ -33,6 +33,7 @@ from app.errors import (
     NodeFailed,
     NoWriterError,
     QueryTimeout,
+    ResultTooLarge,
 )
 from app.settings import Settings
 from app.sql import checkout, pipeline, session, text_output
@@ -274,6 +275,9 @@ class Engine:
         )
         stop = _stoppable([bound], None, limits.read_only)
         result = await self._statement(held, bound, self._keep(limits, stop), limits)
+        if limits.text_output and not limits.read_only and result.truncated:
+            await _rollback(conn)
+            raise ResultTooLarge(_OVER_THE_LIMITS)
         await _end(conn, None, limits.read_only)
         return result
 
@@ -376,6 +380,9 @@ class Engine:
                         last = position == len(statements) - 1
                         keep = self._keep(limits, stop and last, allowance)
                         results.append(await self._statement(held, bound, keep, limits))
+                    if text_output and not read_only and any(r.truncated for r in results):
+                        await _rollback(conn)
+                        raise ResultTooLarge(_OVER_THE_LIMITS)
                     await _end(conn, isolation, read_only)
             except psycopg.Error as exc:
                 await _rollback(conn)
@@ -408,10 +415,6 @@ class Engine:
         # PREPARE, a session lock or the random seed).
         for bound in statements:
             held.mark(session.effect(bound.tree))
-        if limits.text_output:
-            # Under PostgreSQL's own output styles a function's cached plans (PL/pgSQL keeps
-            # them for the backend) may fold a value printed in them: DISCARD ALL after.
-            held.mark(session.Effect.RESET)
         values = [str(limits.timeout_ms), str(self.settings.lock_timeout_ms)]
         opening = [
             *(
@@ -438,6 +441,9 @@ class Engine:
         stop = _stoppable(statements, isolation, limits.read_only)
         last = len(statements) - 1
         styles = text_output.STYLES if limits.text_output else ""
+        # Text answers (POST /sql) over the limits fail (507) instead of arriving cut: a
+        # transaction that may write is ended only once its answers are known to fit.
+        end_later = limits.text_output and not limits.read_only
         for attempt in (1, 2):
             allowance = Allowance(self.settings.max_response_bytes)
             commands = [
@@ -455,6 +461,7 @@ class Engine:
                 *(
                     Command(sql, prepare=False)
                     for sql in session.closing(isolation, limits.read_only)
+                    if not end_later
                 ),
             ]
             (unit,) = await pipeline.run_units(conn, [commands])
@@ -476,6 +483,8 @@ class Engine:
             assert error is not None
             index = failed - first if first <= failed < first + len(statements) else None
             raise _StatementFailed(error, index)
+        if end_later:
+            await _end_if_it_fits(conn, replies[first : first + len(statements)], isolation)
         results = []
         node = held.node.name
         for reply in replies[first : first + len(statements)]:
@@ -680,6 +689,22 @@ def _stoppable(statements: list[BoundSQL], isolation: Isolation | None, read_onl
     if isolation == "serializable":
         return False
     return read_only or all(session.pure_read(b.tree) for b in statements)
+
+
+_OVER_THE_LIMITS = (
+    "a result is over MIRRORPOOL_MAX_ROWS or MIRRORPOOL_MAX_RESPONSE_BYTES; the transaction "
+    "was rolled back (select fewer rows with LIMIT)"
+)
+
+
+async def _end_if_it_fits(
+    conn: AsyncConnection[Any], replies: list[pipeline.Reply], isolation: Isolation | None
+) -> None:
+    """Commit a text-answer transaction whose results all fit; else roll it back, 507."""
+    if any(r.cut for r in replies):
+        await _rollback(conn)
+        raise ResultTooLarge(_OVER_THE_LIMITS)
+    await _end(conn, isolation, False)
 
 
 async def _end(conn: AsyncConnection[Any], isolation: Isolation | None, read_only: bool) -> None:

@@ -3,9 +3,13 @@ OID (Neon's SQL-over-HTTP protocol, app/api/neon.py).
 
 Such a client reads what a plain PostgreSQL session prints, so the statement runs under
 PostgreSQL's default output styles: `IntervalStyle` postgres (`1 day 02:03:04`) and
-`DateStyle` ISO, MDY instead of the ISO 8601 forms pinned for mirrorpool's JSON answers
-(app/sql/types.py SESSION_SETTINGS). They are set with `set_config(..., true)` inside the
-request's own transaction, with its limits, so they end with it (COMMIT or ROLLBACK) and
+`DateStyle` ISO instead of the ISO 8601 forms pinned for mirrorpool's JSON answers
+(app/sql/types.py SESSION_SETTINGS). DateStyle keeps the pinned field order (YMD), which
+only input reads: a literal in a function's body is read at parse time, and PL/pgSQL keeps
+that plan for the backend, so a /sql request must read literals as every other request does
+(ISO output is the same whatever the order; the in and out functions of the styled types
+are stable, so no output is folded into a plan). They are set with `set_config(..., true)`
+inside the request's own transaction, with its limits, so they end with it (COMMIT or ROLLBACK) and
 never reach another request. A plan made under one style may hold it (a folded
 `'1 day'::interval::text`), so statements prepared by name under these styles are kept
 apart from those prepared under mirrorpool's (app/sql/pipeline.py Command.styles). The other pinned
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
     from app.sql.pipeline import Reply
 
 # PostgreSQL's defaults for what mirrorpool pins otherwise (names are our constants).
-POSTGRES_STYLES = {"IntervalStyle": "postgres", "DateStyle": "ISO, MDY"}
+POSTGRES_STYLES = {"IntervalStyle": "postgres", "DateStyle": "ISO, YMD"}
 STYLES = "postgres"  # what pipeline.Command.styles says of statements run under them
 # session.LOCAL_LIMITS_SQL ($1 statement_timeout, $2 lock_timeout) and the styles, in one.
 LIMITS_AND_STYLES_SQL = (

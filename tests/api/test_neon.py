@@ -83,7 +83,7 @@ async def test_values_are_postgresql_text_and_styles_do_not_leak(
     r = await sql(client, {"query": query})
     assert r.json()["rows"] == [[
         "1 year 2 mons 3 days 04:05:06.5", "\\x00ff", "{1,NULL}", "2024-05-01 07:30:00+00",
-        "0.1", "postgres", "ISO, MDY",
+        "0.1", "postgres", "ISO, YMD",
     ]]  # fmt: skip
     # The same (only) pool connection, right after: mirrorpool's own styles are back.
     r = await client.post(
