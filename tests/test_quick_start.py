@@ -47,8 +47,15 @@ def clone(work_dir: Path) -> Iterator[Path]:
 
 
 def newcomer_env(**extra: str) -> dict[str, str]:
-    """The environment of a shell with nothing of mirrorpool's or libpq's set."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIRRORPOOL_", "PG"))}
+    """The environment of a shell with nothing of mirrorpool's or libpq's set, and outside
+    any make (under `make test`, MAKELEVEL and MAKEFLAGS would make the clone's make a
+    sub-make, which prints "Entering directory" lines a newcomer's shell never shows)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MIRRORPOOL_", "PG"))
+        and k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
+    }
     return env | extra
 
 

@@ -274,7 +274,8 @@ async def test_promote_after_promotes_the_mirror_by_itself(make_pair: PairFactor
             ),
             "the mirror to be promoted",
         )
-        assert not own.mirrors[0].in_recovery()
+        # (in a thread: a blocking connect here would stall the service's own loop)
+        assert not await asyncio.to_thread(own.mirrors[0].in_recovery)
         kinds = [e.kind for e in app.state.cluster.events.recent()]
         assert "promoted" in kinds
         write = await client.post("/v1/query", json={"sql": "INSERT INTO t VALUES (1)"})
