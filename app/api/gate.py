@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.auth import Keyring
+from app.api.auth import NEON_PATH, Keyring
 from app.api.errors import error_response
 from app.api.request_id import HEADER, assign_request_id, request_id_of
 from app.errors import Forbidden, MirrorpoolError, UnsupportedMediaType
@@ -23,7 +23,7 @@ from app.settings import Settings
 
 # Routes whose body is not JSON by their protocol: exempt from the 415 rule, not from keys.
 # Neon's SQL-over-HTTP driver posts `text/plain;charset=UTF-8`.
-NON_JSON_BODIES = frozenset({"/sql"})
+NON_JSON_BODIES = frozenset({NEON_PATH})
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -31,7 +31,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 def needs_key(path: str) -> bool:
     """True for the routes every request of which needs a key (the probes, the docs,
     /metrics and /pool/stats are open or check the key themselves)."""
-    return path.startswith("/v1/") or path == "/sql"
+    return path.startswith("/v1/") or path == NEON_PATH
 
 
 def host_name(authority: str) -> str:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from app.api.auth import ApiKey, Keyring, caller_of, require
+from app.api.auth import NEON_PATH, ApiKey, Keyring, caller_of, require
 from app.api.body_limit import read_body
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import client_gone
@@ -57,7 +57,7 @@ from app.sql.statement import prepare
 
 router = APIRouter(tags=["neon"])
 
-PATH = "/sql"
+PATH = NEON_PATH  # (app/api/auth.py reads its key there)
 
 _ISOLATION: dict[str, Isolation] = {
     "Serializable": "serializable",

@@ -275,10 +275,7 @@ class Engine:
         )
         stop = _stoppable([bound], None, limits.read_only)
         result = await self._statement(held, bound, self._keep(limits, stop), limits)
-        if limits.text_output and not limits.read_only and result.truncated:
-            await _rollback(conn)
-            raise ResultTooLarge(_OVER_THE_LIMITS)
-        await _end(conn, None, limits.read_only)
+        await _end_unless_cut(conn, result.truncated, None, limits.read_only, limits.text_output)
         return result
 
     async def _multiplexed(self, node: Node, bound: BoundSQL, limits: Limits) -> StatementResult:
@@ -380,10 +377,8 @@ class Engine:
                         last = position == len(statements) - 1
                         keep = self._keep(limits, stop and last, allowance)
                         results.append(await self._statement(held, bound, keep, limits))
-                    if text_output and not read_only and any(r.truncated for r in results):
-                        await _rollback(conn)
-                        raise ResultTooLarge(_OVER_THE_LIMITS)
-                    await _end(conn, isolation, read_only)
+                    cut = any(r.truncated for r in results)
+                    await _end_unless_cut(conn, cut, isolation, read_only, text_output)
             except psycopg.Error as exc:
                 await _rollback(conn)
                 if isinstance(exc, _StatementFailed):
@@ -484,7 +479,8 @@ class Engine:
             index = failed - first if first <= failed < first + len(statements) else None
             raise _StatementFailed(error, index)
         if end_later:
-            await _end_if_it_fits(conn, replies[first : first + len(statements)], isolation)
+            cut = any(r.cut for r in replies[first : first + len(statements)])
+            await _end_unless_cut(conn, cut, isolation, limits.read_only, limits.text_output)
         results = []
         node = held.node.name
         for reply in replies[first : first + len(statements)]:
@@ -697,14 +693,20 @@ _OVER_THE_LIMITS = (
 )
 
 
-async def _end_if_it_fits(
-    conn: AsyncConnection[Any], replies: list[pipeline.Reply], isolation: Isolation | None
+async def _end_unless_cut(
+    conn: AsyncConnection[Any],
+    cut: bool,
+    isolation: Isolation | None,
+    read_only: bool,
+    text_output: bool,
 ) -> None:
-    """Commit a text-answer transaction whose results all fit; else roll it back, 507."""
-    if any(r.cut for r in replies):
+    """End the transaction; a text-answer one (POST /sql) that may write and has a result
+    over the limits is rolled back instead (507): its answer would be refused after its
+    writes were committed."""
+    if text_output and not read_only and cut:
         await _rollback(conn)
         raise ResultTooLarge(_OVER_THE_LIMITS)
-    await _end(conn, isolation, False)
+    await _end(conn, isolation, read_only)
 
 
 async def _end(conn: AsyncConnection[Any], isolation: Isolation | None, read_only: bool) -> None:
