@@ -1,0 +1,109 @@
+"""The supervisor stops everything it started: tasks, timers, and tasks that resist."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from app.supervisor import Supervisor
+from tests.waiting import eventually
+
+
+async def test_close_cancels_tasks_and_timers_it_started() -> None:
+    supervisor = Supervisor()
+    fired: list[str] = []
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = supervisor.spawn(forever(), name="forever")
+    supervisor.call_later(30, lambda: fired.append("late"))
+    await asyncio.wait_for(started.wait(), 5)
+    assert supervisor.running == 2
+    await supervisor.close(timeout_s=5)
+    assert task.cancelled()
+    assert supervisor.running == 0
+    assert fired == []
+
+
+async def test_a_timer_that_fires_is_forgotten() -> None:
+    supervisor = Supervisor()
+    fired = asyncio.Event()
+    supervisor.call_later(0, fired.set)
+    await asyncio.wait_for(fired.wait(), 5)
+    assert supervisor.running == 0
+    await supervisor.close()
+
+
+async def test_a_cancelled_timer_never_fires() -> None:
+    supervisor = Supervisor()
+    fired: list[int] = []
+    handle = supervisor.call_later(0, lambda: fired.append(1))
+    supervisor.cancel_timer(handle)
+    done = asyncio.Event()
+    supervisor.call_later(0, done.set)
+    await asyncio.wait_for(done.wait(), 5)
+    assert fired == []
+    await supervisor.close()
+
+
+async def test_a_failed_task_is_logged_with_its_name(caplog: pytest.LogCaptureFixture) -> None:
+    supervisor = Supervisor()
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    task = supervisor.spawn(fails(), name="refill-primary")
+    with caplog.at_level(logging.ERROR, logger="app.supervisor"):
+        await eventually(lambda: supervisor.running == 0, "the failed task to be forgotten", 5)
+    assert task.done()
+    assert "background task refill-primary failed: ValueError: boom" in caplog.text
+    await supervisor.close()
+
+
+async def test_a_task_that_ignores_cancel_is_waited_for_only_within_the_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    supervisor = Supervisor()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    entered = asyncio.Event()
+
+    async def stubborn_started() -> None:
+        entered.set()
+        await stubborn()
+
+    task = supervisor.spawn(stubborn_started(), name="stubborn")
+    await asyncio.wait_for(entered.wait(), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.WARNING, logger="app.supervisor"):
+        await supervisor.close(timeout_s=0.2)
+    assert loop.time() - started < 2
+    assert "stubborn did not stop within 0.2 s" in caplog.text
+    release.set()
+    await asyncio.wait([task], timeout=5)
+
+
+async def test_nothing_starts_after_close() -> None:
+    supervisor = Supervisor()
+    await supervisor.close()
+
+    async def work() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="closed"):
+        supervisor.spawn(work(), name="late")
+    with pytest.raises(RuntimeError, match="closed"):
+        supervisor.call_later(0, lambda: None)
