@@ -39,6 +39,8 @@ test: tools lint
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || \
+		(apt-get update -qq && apt-get install -y -qq pgbouncer)
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

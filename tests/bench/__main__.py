@@ -29,6 +29,7 @@ from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.settings import load_settings
 from tests.bench import memory
 from tests.bench.workloads import SETUP_SQL, WORKLOADS, Workload
+from tests.pgbouncer import LocalPgBouncer
 
 RESULTS = Path(__file__).parent / "results"
 POOL_SIZE = 10
@@ -197,15 +198,22 @@ def run_wrk(server: Server, workload: Workload, concurrency: int, seconds: float
     )  # fmt: skip
 
 
-def run_raw(dsn: str, workload: Workload, concurrency: int, seconds: float) -> Cell:
+RAW = "psycopg pool loop"
+RAW_VIA_PGBOUNCER = "psycopg pool loop via PgBouncer (transaction mode)"
+
+
+def run_raw(
+    dsn: str, workload: Workload, concurrency: int, seconds: float, *, via_pgbouncer: bool = False
+) -> Cell:
     out = subprocess.run(
         [sys.executable, "-m", "tests.bench.raw_loop", dsn, workload.name, str(concurrency),
-         str(POOL_SIZE), str(seconds)],
+         str(POOL_SIZE), str(seconds), *(["unprepared"] if via_pgbouncer else [])],
         capture_output=True, text=True, timeout=seconds + 60, check=True,
     ).stdout  # fmt: skip
     r = json.loads(out)
     return Cell(
-        "psycopg pool loop", workload.name, concurrency, round(r["requests"] / r["seconds"], 1),
+        RAW_VIA_PGBOUNCER if via_pgbouncer else RAW, workload.name, concurrency,
+        round(r["requests"] / r["seconds"], 1),
         r["p50_ms"], r["p95_ms"], r["p99_ms"], r["errors"],
     )  # fmt: skip
 
@@ -247,9 +255,12 @@ def main() -> int:
     settings = load_settings()
     base = Path(tempfile.mkdtemp(prefix="mirrorpool-bench-"))
     base.chmod(0o755)
-    pair = None
+    pair = bouncer = None
     if settings.primary_dsn is not None:
         dsn = owner = settings.primary_dsn.get_secret_value()
+        print(
+            "bench: MIRRORPOOL_PRIMARY_DSN is set, so the PgBouncer rows are left out", flush=True
+        )
     else:
         started = time.monotonic()
         pair = LocalPair(base / "pair", mirrors=0)
@@ -258,13 +269,18 @@ def main() -> int:
         # Every contender logs in as the service's unprivileged login; the tables are the
         # schema owner's, as a migration would make them (README: Access).
         dsn, owner = pair.primary.dsn(user=SERVICE), pair.primary.dsn(user=OWNER)
+        # PgBouncer in transaction mode in front of the same primary, with the same number of
+        # server connections: the pooler users compare with.
+        bouncer = LocalPgBouncer(pair, base / "pgbouncer", pool_size=POOL_SIZE)
+        bouncer.start()
     try:
         import psycopg  # noqa: PLC0415
 
         with psycopg.connect(owner, autocommit=True) as conn:
             for sql in SETUP_SQL:
                 conn.execute(sql)
-        cells = measure(dsn, workloads, levels, args.seconds)
+        via = None if bouncer is None else Bouncer(bouncer.dsn(user=SERVICE), owner)
+        cells = measure(dsn, workloads, levels, args.seconds, via)
         servers_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
         server = start_mirrorpool(dsn, 1, servers_env)
         try:
@@ -274,18 +290,34 @@ def main() -> int:
         held = memory.report(memory.measure(dsn, [("mirrorpool, 1 worker", None)]))
         report(cells, streaming, held, args.seconds, pair_start_s if pair else None)
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         if pair is not None:
             pair.destroy()
         shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
-def start_mirrorpool(dsn: str, workers: int, env: dict[str, str]) -> Server:
+@dataclass(frozen=True)
+class Bouncer:
+    """PgBouncer's DSN for the service's login, and the direct DSN migrations need."""
+
+    dsn: str
+    direct: str
+
+
+def start_mirrorpool(
+    dsn: str, workers: int, env: dict[str, str], via: Bouncer | None = None
+) -> Server:
     port = free_ports(1)[0]
+    behind = {} if via is None else {
+        "MIRRORPOOL_PGBOUNCER": "true", "MIRRORPOOL_MIGRATIONS_DSN": via.direct,
+    }  # fmt: skip
     return Server(
-        f"mirrorpool, {workers} worker{'s' if workers > 1 else ''}",
+        f"mirrorpool, {workers} worker{'s' if workers > 1 else ''}"
+        + (" via PgBouncer" if via is not None else ""),
         [sys.executable, "-m", "app", "serve"],
-        env | {
+        env | behind | {
             "MIRRORPOOL_PRIMARY_DSN": dsn, "MIRRORPOOL_PORT": str(port),
             "MIRRORPOOL_WORKERS": str(workers), "MIRRORPOOL_LOG_LEVEL": "warning",
         "MIRRORPOOL_AUTH": "disabled",
@@ -308,18 +340,25 @@ def start_baseline(dsn: str, env: dict[str, str]) -> Server:
     )  # fmt: skip
 
 
-def measure(dsn: str, workloads: list[Workload], levels: list[int], seconds: float) -> list[Cell]:
+def measure(
+    dsn: str, workloads: list[Workload], levels: list[int], seconds: float, via: Bouncer | None
+) -> list[Cell]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
     cells: list[Cell] = []
     for workload in workloads:
         for c in levels:
             cells.append(run_raw(dsn, workload, c, seconds))
             print(f"bench: {cells[-1]}", flush=True)
+            if via is not None and not workload.neon:
+                cells.append(run_raw(via.dsn, workload, c, seconds, via_pgbouncer=True))
+                print(f"bench: {cells[-1]}", flush=True)
     starters: list[Callable[[], Server]] = [
         lambda: start_mirrorpool(dsn, 1, env),
         lambda: start_mirrorpool(dsn, 2, env),
         lambda: start_baseline(dsn, env),
     ]
+    if via is not None:
+        starters.append(lambda: start_mirrorpool(via.dsn, 1, env, via))
     for start in starters:
         server = start()
         try:
@@ -342,7 +381,7 @@ def report(
     pair_start_s: float | None,
 ) -> None:
     RESULTS.mkdir(exist_ok=True)
-    raw = {(c.workload, c.concurrency): c.rps for c in cells if c.target == "psycopg pool loop"}
+    raw = {(c.workload, c.concurrency): c.rps for c in cells if c.target == RAW}
     baseline = {
         (c.workload, c.concurrency): c.rps for c in cells if c.target.startswith("psycopg2")
     }

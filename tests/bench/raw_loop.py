@@ -1,6 +1,8 @@
 """The ceiling for a Python client: a plain psycopg AsyncConnectionPool loop, one process.
 
-Usage: python -m tests.bench.raw_loop DSN WORKLOAD CONCURRENCY POOL_SIZE SECONDS
+Usage: python -m tests.bench.raw_loop DSN WORKLOAD CONCURRENCY POOL_SIZE SECONDS [unprepared]
+`unprepared` turns psycopg's server-side prepared statements off, as a client of PgBouncer
+in transaction mode must (PgBouncer before 1.21 cannot carry them).
 Prints one JSON object: requests, errors, seconds, p50/p95/p99 latency in ms.
 """
 
@@ -19,14 +21,20 @@ from psycopg_pool import AsyncConnectionPool
 from tests.bench.workloads import ROWS, WORKLOADS
 
 
-async def main(dsn: str, workload_name: str, concurrency: int, size: int, seconds: float) -> None:
+async def main(
+    dsn: str, workload_name: str, concurrency: int, size: int, seconds: float, prepare: bool
+) -> None:
     workload = next(w for w in WORKLOADS if w.name == workload_name)
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
         dsn,
         min_size=size,
         max_size=size,
         open=False,
-        kwargs={"autocommit": True, "cursor_factory": psycopg.AsyncRawCursor},
+        kwargs={
+            "autocommit": True,
+            "cursor_factory": psycopg.AsyncRawCursor,
+            **({} if prepare else {"prepare_threshold": None}),
+        },
     )
     await pool.open(wait=True)
     latencies: list[float] = []
@@ -81,4 +89,5 @@ async def main(dsn: str, workload_name: str, concurrency: int, size: int, second
 
 if __name__ == "__main__":
     dsn, name, conc, size, secs = sys.argv[1:6]
-    uvloop.run(main(dsn, name, int(conc), int(size), float(secs)))
+    unprepared = sys.argv[6:7] == ["unprepared"]
+    uvloop.run(main(dsn, name, int(conc), int(size), float(secs), not unprepared))
