@@ -30,6 +30,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from app.api.one_write import OneWriteTransport
 from app.api.request_id import request_id_of
 from app.settings import Settings
 
@@ -94,8 +95,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """As uvicorn's, and a connection that never sends a request is idle from here."""
+        """As uvicorn's, with an answer's headers and body sent in one write (one_write.py),
+        and a connection that never sends a request is idle from here."""
         super().connection_made(transport)
+        self.transport = OneWriteTransport(transport, self.loop)
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
