@@ -33,6 +33,14 @@ CURSOR_OPT_HOLD = 0x0020
 # Statements whose parse trees are kept, and the longest text that is cached.
 CACHE_SIZE = 4096
 CACHEABLE_LENGTH = 16384
+# The largest parse tree read, as libpg_query's JSON: some forty times the text for the
+# densest statements (8,000 select targets in 16 KB give 1.6 MB), more than any statement
+# an application sends; past it the statement is refused before its tree is built.
+MAX_TREE_JSON = 16 * 1024 * 1024
+# The statements whose raw tree a rule reads past the facts (app/sql/refusals.py,
+# app/sql/transaction_pooling.py); every other tree keeps only its facts, so a cached tree
+# costs about as much as its text.
+_KEEP_NODE = frozenset({"RenameStmt", "AlterOwnerStmt", "AlterSeqStmt"})
 
 Name = tuple[str, ...]
 # The data-changing statements, wherever they sit (a CTE, EXPLAIN ANALYZE, a rule).
@@ -127,7 +135,10 @@ class Tree:
     writes: bool
     # Why the statement cannot run inside a transaction block, or None when it can.
     no_transaction: str | None
-    # The raw tree (pglast's JSON form) for rules that need more (migration warnings).
+    # Whether the statement answers with rows (returns_rows below).
+    answers_rows: bool | None
+    # The raw tree (pglast's JSON form) for rules that need more: migration plans (every
+    # statement of parse_all) and the few kinds in _KEEP_NODE; {} for the others.
     node: dict[str, Any] = field(repr=False)
 
     @property
@@ -157,7 +168,7 @@ def parse(sql: str) -> Tree:
 
 def parse_all(sql: str) -> list[Tree]:
     """The trees of every statement in a script (a migration file), in order."""
-    return [_facts(stmt.get("stmt", {})) for stmt in _raw(sql)]
+    return [_facts(stmt.get("stmt", {}), keep_node=True) for stmt in _raw(sql)]
 
 
 def statement_starts(sql: str) -> list[int]:
@@ -176,7 +187,7 @@ def _parse_one(sql: str) -> Tree:
         raise InvalidSQL(
             "the SQL holds more than one statement; send one per request (or use /v1/transaction)"
         )
-    return _facts(statements[0].get("stmt", {}))
+    return _facts(statements[0].get("stmt", {}), keep_node=False)
 
 
 _cached = lru_cache(maxsize=CACHE_SIZE)(_parse_one)
@@ -184,9 +195,16 @@ _cached = lru_cache(maxsize=CACHE_SIZE)(_parse_one)
 
 def _raw(sql: str) -> list[dict[str, Any]]:
     try:
-        parsed = orjson.loads(pg_parser.parse_sql_json(sql))
+        text = pg_parser.parse_sql_json(sql)
     except pg_parser.ParseError as exc:
         raise syntax_error(exc) from None
+    if len(text) > MAX_TREE_JSON:
+        raise LimitExceeded(
+            f"the statement's parse tree is over {MAX_TREE_JSON // 2**20} MB; send fewer "
+            "expressions per statement (or their values as parameters)"
+        )
+    try:
+        parsed = orjson.loads(text)
     except orjson.JSONDecodeError:  # deeper than orjson reads (1024 levels)
         raise LimitExceeded("the statement nests too deeply to be read") from None
     statements: list[dict[str, Any]] = parsed.get("stmts", [])
@@ -330,7 +348,7 @@ class _Collect:
     writes: bool = False
 
 
-def _facts(stmt: dict[str, Any]) -> Tree:
+def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
     kind = next(iter(stmt), "")
     body = stmt.get(kind, {})
     seen = _Collect(body, set(), set(), set(), set(), set(), [], [])
@@ -364,7 +382,8 @@ def _facts(stmt: dict[str, Any]) -> Tree:
         locks=seen.locks,
         writes=seen.writes or bool(seen.kinds & _WRITES),
         no_transaction=_no_transaction(kind, body),
-        node=stmt,
+        answers_rows=_answers_rows(kind, body),
+        node=stmt if keep_node or kind in _KEEP_NODE else {},
     )
 
 
@@ -489,16 +508,19 @@ def returns_rows(tree: Tree) -> bool | None:
     """Whether the statement answers with rows, as its tree says: a query (not SELECT INTO),
     DML with RETURNING, EXPLAIN, SHOW, FETCH; not SET, DO, DDL, DML without RETURNING. None
     where only the server can tell (CALL: a row when the procedure has OUT parameters)."""
-    body = tree.node.get(tree.kind) or {}
-    if tree.kind == "SelectStmt":
+    return tree.answers_rows
+
+
+def _answers_rows(kind: str, body: dict[str, Any]) -> bool | None:
+    if kind == "SelectStmt":
         return "intoClause" not in body
-    if tree.kind in _DML:
+    if kind in _DML:
         # (`returningList` up to PostgreSQL 17's grammar, `returningClause` from 18's)
         return bool(body.get("returningList") or (body.get("returningClause") or {}).get("exprs"))
-    if tree.kind == "FetchStmt":
+    if kind == "FetchStmt":
         return not body.get("ismove")
-    if tree.kind in {"ExplainStmt", "VariableShowStmt"}:
+    if kind in {"ExplainStmt", "VariableShowStmt"}:
         return True
-    if tree.kind in {"CallStmt", "ExecuteStmt"}:
+    if kind in {"CallStmt", "ExecuteStmt"}:
         return None
     return False

@@ -1,0 +1,312 @@
+"""Code of the database's own that a statement runs without naming it.
+
+The parse tree shows what a statement calls, but not what PostgreSQL runs on its behalf: a
+view's definition, a rule, a row-level security policy, a trigger, a column default, a check
+constraint (a domain's too) or an index expression. Nor does it show which function a name
+reaches: `t.claim` and `(expr).claim` are calls of a function `claim` when there is no such
+column or field, and an unqualified `upper(x, true)` reaches a schema's own `upper` when its
+signature fits better than pg_catalog's. What that code leaves in its session (a tenant
+setting, a search path, a session advisory lock) would reach the next key.
+
+So the catalog is read too, once per schema change: which relations run such code when read
+or written, and which names the database's own functions have. A statement that touches
+such a relation, or may call such a name, has its connection reset after it and is not a
+pure read (no lane, no mirror without a writer, no retry). Until the catalog has been read,
+and again after any schema change made through mirrorpool until it is read anew, every
+statement that names a relation or may call a function of the database's own is treated so.
+Changes made around mirrorpool are seen at the next periodic reading
+(MIRRORPOOL_SCHEMA_REFRESH_S).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import MirrorpoolError
+from app.sql import catalog
+from app.sql.tree import Tree, is_catalog_call, parse
+
+logger = logging.getLogger(__name__)
+
+# Runs one catalog query on some node and returns its rows (the health monitor's `ask`).
+Ask = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
+
+# What stored code may call and still leave nothing behind: the vetted catalog functions, and
+# nextval (a serial column's default), whose only trace, currval/lastval, is read by no key
+# (app/sql/session.py reads_sequence_state).
+STORED_CLEAN = catalog.CLEAN_FUNCTIONS | {"nextval"}
+# The schemas of the database's own (not the catalog's).
+_OURS = (
+    "NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace,"
+    " 'pg_toast'::regnamespace)"
+)
+
+# The code each relation runs, as PostgreSQL prints it back: (relation, runs when read, runs
+# when written, text or NULL when any text counts). The catalog records no dependency on
+# pinned (built-in) functions, so the texts are read with the tree; the database's own
+# functions, operators and casts are found by dependency as well (CODE_DEPENDENCIES_SQL).
+CODE_TEXTS_SQL = f"""
+SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1', pg_catalog.pg_get_ruledef(r.oid)
+FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+WHERE c.relnamespace {_OURS}
+UNION ALL
+SELECT p.polrelid, true, true, 'SELECT '
+       || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ', '
+       || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), 'true')
+FROM pg_catalog.pg_policy p
+UNION ALL
+SELECT a.adrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(a.adbin, a.adrelid)
+FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_class c ON c.oid = a.adrelid
+WHERE c.relnamespace {_OURS}
+UNION ALL
+SELECT k.conrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.conrelid)
+FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+WHERE k.contype = 'c' AND c.relnamespace {_OURS}
+UNION ALL
+SELECT att.attrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, 0)
+FROM pg_catalog.pg_constraint k
+JOIN pg_catalog.pg_attribute att ON att.atttypid = k.contypid AND att.attnum > 0
+JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
+WHERE k.contype = 'c' AND k.contypid <> 0 AND NOT att.attisdropped AND c.relnamespace {_OURS}
+UNION ALL
+SELECT i.indrelid, false, true, pg_catalog.pg_get_indexdef(i.indexrelid)
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AND c.relnamespace {_OURS}
+UNION ALL
+SELECT t.tgrelid, false, true, NULL
+FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
+"""
+
+# Objects that use a function, operator or cast of the database's own, by dependency.
+CODE_DEPENDENCIES_SQL = f"""
+WITH own AS (
+    SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
+), uses AS (
+    SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+    WHERE (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own))
+       OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (
+           SELECT o.oid FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM own)))
+       OR (d.refclassid = 'pg_catalog.pg_cast'::regclass AND d.refobjid IN (
+           SELECT k.oid FROM pg_catalog.pg_cast k WHERE k.castfunc IN (SELECT oid FROM own)))
+)
+SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1' FROM pg_catalog.pg_rewrite r
+WHERE r.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_rewrite'::regclass)
+UNION ALL
+SELECT p.polrelid, true, true FROM pg_catalog.pg_policy p
+WHERE p.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_policy'::regclass)
+UNION ALL
+SELECT a.adrelid, false, true FROM pg_catalog.pg_attrdef a
+WHERE a.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_attrdef'::regclass)
+UNION ALL
+SELECT k.conrelid, false, true FROM pg_catalog.pg_constraint k
+WHERE k.conrelid <> 0
+  AND k.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_constraint'::regclass)
+UNION ALL
+SELECT att.attrelid, false, true
+FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_attribute att ON att.atttypid = k.contypid
+WHERE k.contypid <> 0 AND NOT att.attisdropped
+  AND k.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_constraint'::regclass)
+UNION ALL
+SELECT i.indrelid, false, true FROM pg_catalog.pg_index i
+WHERE i.indexrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
+"""
+
+# What a view reads (reading it runs their code too; writing an updatable view writes them),
+# and what a rule's actions write.
+VIEW_EDGES_SQL = """
+SELECT r.ev_class, d.refobjid
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+ AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
+GROUP BY 1, 2
+"""
+
+NAMES_SQL = f"""
+SELECT c.oid, c.relname FROM pg_catalog.pg_class c
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND c.relnamespace {_OURS}
+"""
+
+OWN_FUNCTIONS_SQL = f"""
+SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
+"""
+
+# Changes to any of these catalogs change this text (a new row version has a new xmin, a
+# dropped row changes the count): read first, the rest only when it differs.
+FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
+    f"(SELECT count(*) || '.' || coalesce(max(xmin::text::bigint), 0) FROM pg_catalog.{table})"
+    for table in (
+        "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
+        "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type",
+    )
+) + ")"  # fmt: skip
+
+
+def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
+    """True when code PostgreSQL printed back calls only what leaves nothing behind."""
+    try:
+        tree = parse(text)
+    except MirrorpoolError:
+        return False
+    if tree.set_configs or tree.settings or tree.temp:
+        return False
+    if any(not is_catalog_call(call, STORED_CLEAN) for call in tree.calls):
+        return False
+    unqualified = {call[-1] for call in tree.calls if len(call) == 1}
+    return not ((tree.attributes | unqualified) & own_functions) and not (
+        tree.attributes & catalog.VOLATILE_FUNCTIONS - catalog.HARMLESS_VOLATILE
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaCode:
+    """What the catalog says runs out of sight: relation names whose reading or writing runs
+    code that is not clean, and the names of the database's own functions. `known` is False
+    until the catalog has been read, and after a schema change until it is read anew."""
+
+    read_coded: frozenset[str]
+    write_coded: frozenset[str]
+    own_functions: frozenset[str]
+    known: bool = True
+
+    def runs_unseen_code(self, tree: Tree) -> bool:
+        """True when the statement may run code of the database's own that it does not name
+        as a call (or names by a name the tree takes for a catalog function's)."""
+        names = {name for _, name in tree.relations}
+        unqualified = {call[-1] for call in tree.calls if len(call) == 1}
+        if not self.known:
+            return bool(names or tree.attributes or unqualified)
+        if names & self.read_coded:
+            return True
+        if {name for _, name in tree.written} & self.write_coded:
+            return True
+        # `t.f` and `(expr).f` are calls of f when there is no such column or field, and an
+        # unqualified name reaches the schema's own overload when its signature fits better.
+        return bool((tree.attributes | unqualified) & self.own_functions)
+
+
+UNKNOWN = SchemaCode(frozenset(), frozenset(), frozenset(), known=False)
+
+
+def assemble(
+    coded: Iterable[tuple[int, bool, bool]],
+    view_edges: Iterable[tuple[int, int]],
+    names: Iterable[tuple[int, str]],
+    own_functions: Iterable[str],
+) -> SchemaCode:
+    """The facts from the catalog's rows: the relations with code of their own, then every
+    view that reads (or writes through to) one of them, to any depth."""
+    reads: set[int] = set()
+    writes: set[int] = set()
+    for relid, on_read, on_write in coded:
+        if on_read:
+            reads.add(relid)
+        if on_write:
+            writes.add(relid)
+    edges = list(view_edges)
+    changed = True
+    while changed:
+        changed = False
+        for view, base in edges:
+            if base in reads and view not in reads:
+                reads.add(view)
+                changed = True
+            if base in writes and view not in writes:
+                writes.add(view)
+                changed = True
+    by_oid = dict(names)
+    return SchemaCode(
+        read_coded=frozenset(by_oid[r] for r in reads if r in by_oid),
+        write_coded=frozenset(by_oid[w] for w in writes if w in by_oid),
+        own_functions=frozenset(own_functions),
+    )
+
+
+async def read(
+    ask: Ask, verdicts: dict[tuple[str, frozenset[str]], bool] | None = None
+) -> tuple[SchemaCode, dict[tuple[str, frozenset[str]], bool]]:
+    """The facts, read from the catalog now, and what each printed text was judged: given
+    back as `verdicts` next time, an unchanged text is not parsed again."""
+    own = frozenset(str(r[0]) for r in await ask(OWN_FUNCTIONS_SQL, []))
+    known = verdicts or {}
+    judged: dict[tuple[str, frozenset[str]], bool] = {}
+    coded: list[tuple[int, bool, bool]] = []
+    for relid, on_read, on_write, text in await ask(CODE_TEXTS_SQL, []):
+        if text is not None:
+            key = (str(text), own)
+            clean = known.get(key)
+            if clean is None:
+                clean = stored_code_is_clean(key[0], own)
+            judged[key] = clean
+            if clean:
+                continue
+        coded.append((int(relid), bool(on_read), bool(on_write)))
+    for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
+        coded.append((int(relid), bool(on_read), bool(on_write)))
+    edges = await ask(VIEW_EDGES_SQL, [])
+    names = await ask(NAMES_SQL, [])
+    facts = assemble(
+        coded,
+        ((int(r[0]), int(r[1])) for r in edges),
+        ((int(r[0]), str(r[1])) for r in names),
+        own,
+    )
+    return facts, judged
+
+
+class SchemaWatch:
+    """The current facts: read at start-up, every `refresh_s`, and at once after a schema
+    change made through mirrorpool (until then, UNKNOWN: every doubtful statement is reset).
+    """
+
+    def __init__(self, ask: Ask, refresh_s: float) -> None:
+        self._ask = ask
+        self.refresh_s = refresh_s
+        self.current: SchemaCode = UNKNOWN
+        self.read_at: float | None = None
+        self._fingerprint: str | None = None
+        self._verdicts: dict[tuple[str, frozenset[str]], bool] = {}
+        self._generation = 0
+        self._wake = asyncio.Event()
+
+    def changed(self) -> None:
+        """A statement that may change the schema ran: the facts are unknown until read."""
+        self._generation += 1
+        self.current = UNKNOWN
+        self._wake.set()
+
+    async def read_now(self) -> bool:
+        generation = self._generation
+        try:
+            rows = await self._ask(FINGERPRINT_SQL, [])
+            fingerprint = str(rows[0][0])
+            if fingerprint == self._fingerprint and self.current.known:
+                self.read_at = time.monotonic()
+                return True
+            facts, self._verdicts = await read(self._ask, self._verdicts)
+        except Exception as exc:  # any failure leaves the facts as they were, or unknown
+            logger.warning("could not read the schema's own code from the catalog: %s", exc)
+            return False
+        if generation == self._generation:  # no change came in while reading
+            self.current = facts
+            self._fingerprint = fingerprint
+            self.read_at = time.monotonic()
+            return True
+        return False
+
+    async def run(self) -> None:
+        """Keep the facts fresh (a supervised task for the service's lifetime)."""
+        while True:
+            self._wake.clear()
+            fresh = await self.read_now()
+            # (a change while reading has set the event: read again at once)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self.refresh_s if fresh else min(self.refresh_s, 1.0)
+                )

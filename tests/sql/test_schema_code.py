@@ -1,0 +1,170 @@
+"""The catalog's account of code that runs out of the tree's sight (app/sql/schema_code.py),
+read from a real server: views, rules, policies, defaults, checks, domains, index
+expressions and triggers that run code that is not clean, and the database's own function
+names; a serial column or a view of plain tables is not such code."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.devdb import OWNER, SERVICE, LocalPair
+from app.sql import schema_code
+from app.sql.tree import parse
+from tests.conftest import as_owner
+
+OBJECTS = [
+    "CREATE SCHEMA sc",
+    "CREATE FUNCTION sc.claim(id bigint) RETURNS bool LANGUAGE sql"
+    " AS $$ SELECT pg_try_advisory_lock(id) $$",
+    "CREATE FUNCTION sc.stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+    "CREATE FUNCTION sc.upper(t text, remember bool) RETURNS text LANGUAGE sql AS $$ SELECT t $$",
+    "CREATE TABLE sc.plain (id serial PRIMARY KEY, name text DEFAULT lower('X'))",
+    "CREATE VIEW sc.plain_view AS SELECT id, lower(name) FROM sc.plain",
+    "CREATE VIEW sc.claiming AS SELECT id, sc.claim(id) FROM sc.plain",
+    "CREATE VIEW sc.claiming_again AS SELECT * FROM sc.claiming",
+    "CREATE VIEW sc.locking AS SELECT pg_try_advisory_lock(1) AS l",  # a catalog function, unclean
+    "CREATE TABLE sc.defaulted (id int, claimed bool DEFAULT sc.claim(7))",
+    "CREATE TABLE sc.checked (id bigint CHECK (sc.claim(id)))",
+    "CREATE DOMAIN sc.claimed_id AS bigint CHECK (sc.claim(VALUE))",
+    "CREATE TABLE sc.domained (id sc.claimed_id)",
+    "CREATE TABLE sc.indexed (id bigint)",
+    "CREATE FUNCTION sc.same(id bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT id $$",
+    "CREATE INDEX ON sc.indexed (sc.same(id))",
+    "CREATE TABLE sc.triggered (id int)",
+    "CREATE TRIGGER stamp BEFORE INSERT ON sc.triggered FOR EACH ROW EXECUTE FUNCTION sc.stamp()",
+    "CREATE TABLE sc.policed (id bigint)",
+    "ALTER TABLE sc.policed ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY p ON sc.policed USING (sc.claim(id))",
+    "CREATE TABLE sc.ruled (id int)",
+    "CREATE RULE r AS ON INSERT TO sc.ruled DO ALSO SELECT sc.claim(NEW.id)",
+]
+
+
+@pytest.fixture(scope="module")
+def facts(pair: LocalPair) -> Iterator[schema_code.SchemaCode]:
+    name = f"db_{uuid.uuid4().hex[:12]}"
+    with pair.primary.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER {OWNER}")
+    try:
+        as_owner(pair, *OBJECTS, dbname=name)
+        yield _read(pair, name)
+    finally:
+        with pair.primary.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _read(pair: LocalPair, dbname: str) -> schema_code.SchemaCode:
+    async def go() -> schema_code.SchemaCode:
+        dsn = pair.primary.dsn(dbname, user=SERVICE)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+
+            async def ask(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+
+            facts, _ = await schema_code.read(ask)
+            return facts
+
+    return asyncio.run(go())
+
+
+def test_relations_whose_reading_runs_code(facts: schema_code.SchemaCode) -> None:
+    assert {"claiming", "claiming_again", "locking", "policed"} <= facts.read_coded
+    assert not {"plain", "plain_view", "defaulted", "triggered"} & facts.read_coded
+
+
+def test_relations_whose_writing_runs_code(facts: schema_code.SchemaCode) -> None:
+    coded = {"defaulted", "checked", "domained", "indexed", "triggered", "policed", "ruled"}
+    assert coded <= facts.write_coded
+    # a serial column (nextval), a catalog default and a view of plain tables run nothing
+    assert not {"plain", "plain_view"} & facts.write_coded
+
+
+def test_own_function_names(facts: schema_code.SchemaCode) -> None:
+    assert {"claim", "stamp", "upper", "same"} <= facts.own_functions
+    assert "lower" not in facts.own_functions
+
+
+@pytest.mark.parametrize(
+    ("sql", "unseen"),
+    [
+        ("SELECT * FROM sc.plain WHERE id = $1", False),
+        ("SELECT * FROM plain_view", False),
+        ("INSERT INTO sc.plain (name) VALUES ('a')", False),
+        ("SELECT lower('a')", False),
+        # an own function named upper exists: an unqualified upper() may reach it
+        ("SELECT upper('a')", True),
+        ("SELECT * FROM claiming", True),
+        ('SELECT * FROM "sc"."claiming_again"', True),
+        ("SELECT * FROM sc.defaulted", False),  # reading runs nothing
+        ("INSERT INTO sc.defaulted (id) VALUES (1)", True),
+        ("WITH x AS (INSERT INTO triggered VALUES (1) RETURNING id) SELECT * FROM x", True),
+        ("SELECT p.claim FROM sc.plain p", True),
+        ("SELECT (1::bigint).claim", True),
+        ("SELECT upper('a', true)", True),
+        ("SELECT pg_catalog.upper('a')", False),
+        ("SELECT * FROM policed", True),
+    ],
+)
+def test_which_statements_run_unseen_code(
+    facts: schema_code.SchemaCode, sql: str, unseen: bool
+) -> None:
+    assert facts.runs_unseen_code(parse(sql)) is unseen
+
+
+def test_until_the_catalog_is_read_anything_doubtful_counts() -> None:
+    unknown = schema_code.UNKNOWN
+    assert unknown.runs_unseen_code(parse("SELECT * FROM t"))
+    assert unknown.runs_unseen_code(parse("SELECT lower('a')"))
+    assert not unknown.runs_unseen_code(parse("SELECT 1 + $1::int"))
+
+
+def test_the_watch_reads_again_only_after_a_change(pair: LocalPair) -> None:
+    name = f"db_{uuid.uuid4().hex[:12]}"
+    with pair.primary.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER {OWNER}")
+    try:
+        as_owner(pair, "CREATE TABLE quiet (id int)", dbname=name)
+
+        async def go() -> None:
+            dsn = pair.primary.dsn(name, user=SERVICE)
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                asked: list[str] = []
+
+                async def ask(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                    asked.append(query)
+                    cur = await conn.execute(query, params)
+                    return await cur.fetchall()
+
+                watch = schema_code.SchemaWatch(ask, refresh_s=60)
+                assert not watch.current.known
+                assert await watch.read_now()
+                assert watch.current.known and "quiet" not in watch.current.write_coded
+                asked.clear()
+                assert await watch.read_now()
+                assert asked == [schema_code.FINGERPRINT_SQL]  # unchanged: nothing more read
+                as_owner(
+                    pair,
+                    "CREATE FUNCTION noisy() RETURNS trigger LANGUAGE plpgsql"
+                    " AS $$ BEGIN RETURN NEW; END $$",
+                    "CREATE TRIGGER noisy BEFORE INSERT ON quiet"
+                    " FOR EACH ROW EXECUTE FUNCTION noisy()",
+                    dbname=name,
+                )
+                watch.changed()  # a schema change through mirrorpool: unknown until read
+                assert not watch.current.known
+                assert watch.current.runs_unseen_code(parse("INSERT INTO quiet VALUES (1)"))
+                assert await watch.read_now()
+                assert "quiet" in watch.current.write_coded
+                assert "noisy" in watch.current.own_functions
+
+        asyncio.run(go())
+    finally:
+        with pair.primary.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
