@@ -152,7 +152,8 @@ class Standing:
     newest_timeline: int = 0
     # A tie was seen (and reported) at the last decision.
     tie_reported: bool = False
-    # The promote-after timer runs: no writer since it started.
+    # No writer since the promote-after timer was started (it runs, or it fired and found
+    # no mirror to promote: one timer per outage).
     promotion_timer: bool = False
 
 
