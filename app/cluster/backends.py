@@ -170,6 +170,11 @@ class Backends:
             logger.debug("cannot terminate backend %s on %s: %s", item.pid, node.name, exc)
 
     def _spawn(self, work: Awaitable[Any], name: str) -> None:
+        if self._supervisor.closed:
+            # A request that outlived the shutdown: its pool is closed, nothing to give back.
+            if asyncio.iscoroutine(work):
+                work.close()
+            return
         task = self._supervisor.spawn(_awaited(work), name=name, log_failure=False)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
