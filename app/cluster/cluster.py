@@ -84,6 +84,7 @@ class Cluster:
             Node(name, dsn, settings, session_options=session_options, configure=configure)
             for name, dsn in zip(node_names(len(dsns) - 1), dsns, strict=True)
         ]
+        self._by_name = {n.name: n for n in self.nodes}
         self.supervisor = supervisor
         self.events = EventLog()
         # What is allowed but unsafe, found at start-up (app/cluster/logins.py): on /health.
@@ -122,7 +123,7 @@ class Cluster:
 
     def node(self, name: str) -> Node | None:
         """A node by name."""
-        return next((n for n in self.nodes if n.name == name), None)
+        return self._by_name.get(name)
 
     async def open(self) -> None:
         """Open every pool (without waiting for connections) and start the monitor."""
@@ -235,8 +236,8 @@ class Cluster:
         for name, reason in decision.fence.items():
             self.fenced[name] = reason
             self.events.record(EventKind.FENCED, name, reason)
-            self._lost(self._named(name))
-        tied = [self._named(name) for name in decision.tied]
+            self._lost(self._by_name[name])
+        tied = [self._by_name[name] for name in decision.tied]
         if decision.report_tie:
             self.events.record(
                 EventKind.SPLIT_BRAIN,
@@ -259,7 +260,7 @@ class Cluster:
             self._promote_timer = self.supervisor.call_later(
                 decision.promote_in_s, self._maybe_promote
             )
-        writer = None if decision.writer is None else self._named(decision.writer)
+        writer = None if decision.writer is None else self._by_name[decision.writer]
         if writer is not None:
             self._writer_found.set()
         else:
@@ -327,11 +328,6 @@ class Cluster:
         self.events.record(EventKind.UNFENCED, name, f"cleared by {by}")
         self._elect_writer()
         return True
-
-    def _named(self, name: str) -> Node:
-        node = self.node(name)
-        assert node is not None, name
-        return node
 
     def _lost(self, node: Node) -> None:
         self.node_lost.send(node)
