@@ -237,6 +237,7 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if follow:
             await cluster.close(timeout=settings.shutdown_timeout)
+            await cluster.supervisor.close()
 
 
 def _diagnostics(exc: Exception) -> list[str]:

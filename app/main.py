@@ -33,6 +33,7 @@ from app.sql import named as named_queries
 from app.sql import session
 from app.sql.engine import Engine
 from app.sql.types import SESSION_SETTINGS, register_loaders
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +86,18 @@ def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
     )
 
 
-def build_cluster(settings: Settings) -> Cluster:
-    """The cluster, its connections set up for the query engine."""
+def build_cluster(settings: Settings, supervisor: Supervisor | None = None) -> Cluster:
+    """The cluster, its connections set up for the query engine, its background work under
+    `supervisor` (one of its own when not given: close it after the cluster)."""
+    supervisor = supervisor or Supervisor()
     if settings.pgbouncer:
         # PgBouncer refuses the `options` startup parameter, and a session behind a
         # transaction pooler is not ours to set up: the engine sets what it relies on in
         # every transaction instead (SET LOCAL, see Engine.own_sessions).
-        return Cluster(settings, configure=register_loaders)
+        return Cluster(settings, supervisor=supervisor, configure=register_loaders)
     return Cluster(
         settings,
+        supervisor=supervisor,
         session_options=session.startup_options(
             {
                 **SESSION_SETTINGS,
@@ -169,8 +173,11 @@ def create_app(
         # would skip the redacting filter and the configured format (and INFO would be lost).
         settings = load_settings()
         configure_logging(settings.log_level.value, settings.log_format)
-    # Built here, not in the lifespan, so a missing DSN fails before the server starts.
-    cluster = build_cluster(settings)
+    # Built here, not in the lifespan, so a missing DSN fails before the server starts. The
+    # lifespan owns the supervisor: every task and timer the service starts runs under it,
+    # and it stops them all once the cluster is closed.
+    supervisor = Supervisor()
+    cluster = build_cluster(settings, supervisor)
     settings.check_auth()
     engine = Engine(cluster, settings)
     keyring = Keyring(settings)
@@ -205,6 +212,7 @@ def create_app(
                     settings.shutdown_timeout,
                 )
             await cluster.close(timeout=settings.shutdown_timeout)
+            await supervisor.close(settings.shutdown_timeout)
             folder.flush()  # repeated 503 lines still counted
             logger.info("mirrorpool stopped; pools closed")
 
@@ -221,6 +229,7 @@ def create_app(
         docs.install(app, "mirrorpool")
     app.state.settings = settings
     app.state.cluster = cluster
+    app.state.supervisor = supervisor
     app.state.engine = engine
     app.state.keyring = keyring
     app.state.metrics = metrics

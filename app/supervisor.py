@@ -33,14 +33,18 @@ class Supervisor:
     def closed(self) -> bool:
         return self._closed
 
-    def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
-        """Run `work` in the background until it ends or `close()` stops it."""
+    def spawn(
+        self, work: Coroutine[Any, Any, T], name: str, *, log_failure: bool = True
+    ) -> asyncio.Task[T]:
+        """Run `work` in the background until it ends or `close()` stops it. A failure is
+        logged unless `log_failure` is False: whoever awaits the task reads it (a health
+        probe that fails is news for the monitor, not an error of the service)."""
         if self._closed:
             work.close()
             raise RuntimeError(f"the supervisor is closed; {name} was not started")
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self._finished if log_failure else self._tasks.discard)
         return task
 
     def call_later(self, delay_s: float, callback: Callable[[], object]) -> asyncio.TimerHandle:

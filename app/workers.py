@@ -142,13 +142,13 @@ async def publish(cluster: Cluster, directory: Path) -> None:
 
 @contextlib.asynccontextmanager
 async def publishing(cluster: Cluster) -> AsyncIterator[None]:
-    """Write this worker's snapshots while the app runs, when there are several workers; the
-    last one says the worker has stopped."""
+    """Write this worker's snapshots while the app runs, when there are several workers (a
+    task of the cluster's supervisor); the last one says the worker has stopped."""
     directory = shared_dir()
     if directory is None:
         yield
         return
-    task = asyncio.get_running_loop().create_task(publish(cluster, directory))
+    task = cluster.supervisor.spawn(publish(cluster, directory), name="publish-figures")
     try:
         yield
     finally:

@@ -28,6 +28,7 @@ from psycopg.waiting import wait_conn_async
 
 from app.cluster.monitor import HealthMonitor
 from app.cluster.node import Node, shut
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class Backends:
     """Ends the statements of given-up connections and holds their pool slots until their
     backends are gone."""
 
-    def __init__(self, monitor: HealthMonitor) -> None:
+    def __init__(self, monitor: HealthMonitor, supervisor: Supervisor) -> None:
         self._monitor = monitor
+        self._supervisor = supervisor
         self._held: dict[str, list[_Held]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -87,18 +89,20 @@ class Backends:
             cancel = None
         shut(conn)
         if cancel is not None:
-            self._spawn(_send_cancel(cancel))
+            self._spawn(_send_cancel(cancel), "cancel-backend")
 
     def hold(self, node: Node, pid: int, user: str, release: Release) -> None:
         """Call `release` once backend `pid` (logged in as `user`) has left `node`;
         terminate it if it is still there TERMINATE_AFTER_S from now."""
         loop = asyncio.get_running_loop()
         if self._closed or not pid:
-            self._spawn(release())
+            self._spawn(release(), "release-connection")
             return
         self._held.setdefault(node.name, []).append(_Held(pid, user, loop.time(), release))
         if node.name not in self._watchers:
-            self._watchers[node.name] = asyncio.ensure_future(self._watch(node))
+            self._watchers[node.name] = self._supervisor.spawn(
+                self._watch(node), name=f"backends-{node.name}"
+            )
 
     def held(self, node: str) -> int:
         """How many of the node's connections wait for their backends to go."""
@@ -165,8 +169,13 @@ class Backends:
         except Exception as exc:
             logger.debug("cannot terminate backend %s on %s: %s", item.pid, node.name, exc)
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(work)
+    def _spawn(self, work: Awaitable[Any], name: str) -> None:
+        if self._supervisor.closed:
+            # A request that outlived the shutdown: its pool is closed, nothing to give back.
+            if asyncio.iscoroutine(work):
+                work.close()
+            return
+        task = self._supervisor.spawn(_awaited(work), name=name, log_failure=False)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
 
@@ -174,6 +183,10 @@ class Backends:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.debug("ending a backend failed: %s", task.exception())
+
+
+async def _awaited(work: Awaitable[Any]) -> Any:
+    return await work
 
 
 async def _send_cancel(cancel: pq.abc.PGcancelConn) -> None:

@@ -1,40 +1,39 @@
-"""The cluster: every node, who the writer is, and how healthy the whole is."""
+"""The cluster: every node, who the writer is, and how healthy the whole is.
+
+The decisions are failover's (app/cluster/failover.py: pure functions over what the monitor
+saw); the cluster gathers the facts, applies what was decided (events, fences, the promotion
+timer) and routes by it (app/cluster/routing.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout, TooManyRequests
 
+from app.cluster import failover
 from app.cluster.backends import Backends
 from app.cluster.dsn import dsn_secrets
-from app.cluster.events import EventKind, EventLog
-from app.cluster.failover import elect, find_aliases, newest_timeline
+from app.cluster.events import EventKind, EventLog, Signal
+from app.cluster.failover import Decision, NodeFacts, Standing
 from app.cluster.monitor import HealthMonitor
-from app.cluster.node import ConnectionCallback, Node, NodeState, Role
-from app.errors import (
-    Conflict,
-    NodeFailed,
-    NoReaderError,
-    NotFound,
-    NoWriterError,
-    PoolExhausted,
-    SettingsError,
-)
+from app.cluster.node import ConnectionCallback, Node, NodeState
+from app.cluster.routing import Intent, Routing
+from app.errors import Conflict, NodeFailed, NotFound, PoolExhausted, SettingsError
 from app.redaction import redactor
 from app.settings import Settings
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-
-Intent = Literal["read", "write"]
+__all__ = ["Cluster", "Health", "HealthStatus", "Intent", "node_names"]
 
 
 class HealthStatus(StrEnum):
@@ -61,12 +60,14 @@ def node_names(mirror_count: int) -> list[str]:
 
 
 class Cluster:
-    """The configured nodes, their pools and the health monitor that watches them."""
+    """The configured nodes, their pools and the health monitor that watches them; every
+    task and timer of theirs runs under `supervisor` (the lifespan's)."""
 
     def __init__(
         self,
         settings: Settings,
         *,
+        supervisor: Supervisor,
         session_options: str = "",
         configure: ConnectionCallback | None = None,
     ) -> None:
@@ -83,6 +84,8 @@ class Cluster:
             Node(name, dsn, settings, session_options=session_options, configure=configure)
             for name, dsn in zip(node_names(len(dsns) - 1), dsns, strict=True)
         ]
+        self._by_name = {n.name: n for n in self.nodes}
+        self.supervisor = supervisor
         self.events = EventLog()
         # What is allowed but unsafe, found at start-up (app/cluster/logins.py): on /health.
         self.warnings: list[str] = []
@@ -96,25 +99,31 @@ class Cluster:
         self._writer_found = asyncio.Event()
         self.monitor = HealthMonitor(
             self.nodes,
+            supervisor=supervisor,
             interval=settings.health_interval,
             timeout=settings.health_timeout,
             threshold=settings.health_threshold,
             on_change=self._node_changed,
         )
         # Backends of given-up connections, ended and waited for (app/cluster/backends.py).
-        self.backends = Backends(self.monitor)
+        self.backends = Backends(self.monitor, supervisor)
         self._background: set[asyncio.Task[Any]] = set()
-        # Called with a node the moment it is found down or fenced, to fail its in-flight
-        # requests at once instead of at their deadlines (app/sql/engine.py).
-        self.on_node_lost: list[Callable[[Node], None]] = []
-        self.read_from_mirror = settings.read_from_mirror
-        self.max_replica_lag_ms = settings.max_replica_lag_ms
+        # Sent a node the moment it is found down or fenced, so that its in-flight requests
+        # fail at once instead of at their deadlines (the engine listens).
+        self.node_lost: Signal[Node] = Signal()
+        self.routing = Routing(
+            self.nodes,
+            read_from_mirror=settings.read_from_mirror,
+            max_replica_lag_ms=settings.max_replica_lag_ms,
+        )
         self.promote_after_s = settings.promote_after_s
+        # The promote-after timer (MIRRORPOOL_PROMOTE_AFTER_S), while no writer is seen.
         self._writer_lost_at: float | None = None
+        self._promote_timer: asyncio.TimerHandle | None = None
 
     def node(self, name: str) -> Node | None:
         """A node by name."""
-        return next((n for n in self.nodes if n.name == name), None)
+        return self._by_name.get(name)
 
     async def open(self) -> None:
         """Open every pool (without waiting for connections) and start the monitor."""
@@ -123,36 +132,21 @@ class Cluster:
         self.monitor.start()
 
     async def close(self, timeout: float) -> None:
-        """Stop the monitor and close every pool, each given `timeout` seconds."""
+        """Stop the monitor, the promotion timer and the cluster's tasks, and close every
+        pool, each given `timeout` seconds."""
         await self.backends.close()
         await self.monitor.stop()
+        self._stop_promotion()
         for task in self._background:
             task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=timeout)
         await asyncio.gather(*(node.close(timeout) for node in self.nodes))
 
     def pick(self, intent: Intent, avoid: Collection[str] = ()) -> Node:
-        """The node that serves a request of this intent, or a ClusterError saying why none.
-
-        Reads go to the writer when there is one, else to the first reachable mirror;
-        `avoid` names nodes that just failed this request.
-        """
-        if intent == "write":
-            if self.writer is None or self.writer.name in avoid:
-                raise NoWriterError("no writable node is reachable; retry shortly")
-            return self.writer
-        readers = [n for n in self.readers() if n.name not in avoid]
-        if not readers:
-            raise NoReaderError("no node is reachable for reads; retry shortly")
-        if self.read_from_mirror:
-            fresh = [n for n in readers if n is not self.writer and self._fresh(n)]
-            if fresh:
-                # Spread reads over the fresh mirrors, the least loaded pool first.
-                return min(fresh, key=lambda n: n.pool.get_stats().get("requests_waiting", 0))
-        return readers[0]
-
-    def _fresh(self, node: Node) -> bool:
-        lag = node.state.replay_lag_s
-        return lag is not None and lag * 1000 <= self.max_replica_lag_ms
+        """The node that serves a request of this intent, or a ClusterError saying why none
+        (app/cluster/routing.py); `avoid` names nodes that just failed this request."""
+        return self.routing.pick(intent, self.writer, self.fenced, self.aliases, avoid)
 
     async def getconn(
         self, node: Node, timeout: float | None, role: str | None = None
@@ -170,16 +164,9 @@ class Cluster:
             raise PoolExhausted(f"no connection to {node.name} became free in time") from None
 
     def readers(self) -> list[Node]:
-        """Reachable unfenced nodes that can serve reads: the writer first, then mirrors;
-        a node whose last probe failed goes last until it is confirmed up or down. An alias
-        is not one: its server already serves through the node it is an alias of."""
-        mirrors = [
-            n
-            for n in self.nodes
-            if n.role is Role.MIRROR and n.name not in self.fenced and n.name not in self.aliases
-        ]
-        nodes = ([self.writer] if self.writer else []) + mirrors
-        return sorted(nodes, key=lambda n: n.state.consecutive_failures > 0)
+        """Reachable unfenced nodes that can serve reads, the writer first
+        (app/cluster/routing.py)."""
+        return self.routing.readers(self.writer, self.fenced, self.aliases)
 
     def health(self) -> Health:
         """ok: a writer and every node up; degraded: something serves; down: nothing does."""
@@ -209,7 +196,7 @@ class Cluster:
                 f"now reaches {state.server} (was {was.server}); pool connections replaced",
             )
         if moved or (state.reachable and was.reachable is False):
-            self._spawn(self._refill(node, drain=moved))
+            self._spawn(self._refill(node, drain=moved), f"refill-{node.name}")
         if state.reachable and was.reachable is not True:
             # The first sighting of a healthy node is news, not an alarm.
             level = logging.INFO if was.reachable is None else logging.WARNING
@@ -228,47 +215,56 @@ class Cluster:
         self._elect_writer()
 
     def _elect_writer(self) -> None:
-        self.newest_timeline = newest_timeline(self.nodes, self.newest_timeline)
-        self._unfence_rejoined()
-        aliases = find_aliases(self.nodes)
-        self._note_aliases({name: lead.name for name, lead in aliases.items()})
-        election = elect(self.nodes, set(self.fenced), self.newest_timeline, aliases)
-        for node in election.fence:
-            reason = (
-                f"accepts writes on timeline {node.state.timeline}, older than "
-                f"{self.newest_timeline}: no traffic until an operator clears it"
-            )
-            self.fenced[node.name] = reason
-            self.events.record(EventKind.FENCED, node.name, reason)
-            self._lost(node)
-        tied = {n.name for n in election.tied}
-        if tied and not self._tie_reported:
-            names = ", ".join(n.name for n in election.tied)
+        """Decide (app/cluster/failover.py) on what the monitor saw, and apply it."""
+        standing = Standing(
+            fenced=frozenset(self.fenced),
+            newest_timeline=self.newest_timeline,
+            tie_reported=self._tie_reported,
+            promotion_timer=self._writer_lost_at is not None,
+        )
+        self._apply(failover.decide(self._facts(), standing, self.promote_after_s))
+
+    def _facts(self) -> list[NodeFacts]:
+        return [NodeFacts.seen(n.name, n.state) for n in self.nodes]
+
+    def _apply(self, decision: Decision) -> None:
+        self.newest_timeline = decision.newest_timeline
+        for name in decision.unfence:
+            del self.fenced[name]
+            self.events.record(EventKind.UNFENCED, name, "rejoined as a mirror")
+        self._note_aliases(decision.aliases)
+        for name, reason in decision.fence.items():
+            self.fenced[name] = reason
+            self.events.record(EventKind.FENCED, name, reason)
+            self._lost(self._by_name[name])
+        tied = [self._by_name[name] for name in decision.tied]
+        if decision.report_tie:
             self.events.record(
                 EventKind.SPLIT_BRAIN,
                 None,
-                f"{names} all accept writes on timeline {election.tied[0].state.timeline} "
-                "on different servers: writes stop until only one does",
+                f"{', '.join(decision.tied)} all accept writes on timeline "
+                f"{tied[0].state.timeline} on different servers: writes stop until only one does",
             )
-            for node in election.tied:
+            for node in tied:
                 self.monitor.probe_soon(node)
         self._tie_reported = bool(tied)
         # A connection the monitor keeps may reach a server its DSN no longer leads to: a
-        # Service re-routes new connections only. Tied nodes and aliases are probed on new
-        # connections, so a tie or an alias that only old connections made goes away.
-        self.monitor.fresh = set(self.aliases) | tied
-        writer = election.writer
+        # Service re-routes new connections only.
+        self.monitor.fresh = set(decision.probe_fresh)
         # While nobody accepts writes, the candidates are probed quickly (monitor.hunt).
-        self.monitor.hunt(writer is None)
+        self.monitor.hunt(decision.hunt)
+        if decision.stop_promotion:
+            self._stop_promotion()
+        if decision.promote_in_s is not None:
+            self._writer_lost_at = time.monotonic()
+            self._promote_timer = self.supervisor.call_later(
+                decision.promote_in_s, self._maybe_promote
+            )
+        writer = None if decision.writer is None else self._by_name[decision.writer]
         if writer is not None:
             self._writer_found.set()
-            self._writer_lost_at = None
         else:
             self._writer_found.clear()
-            if self._writer_lost_at is None and self.promote_after_s is not None:
-                self._writer_lost_at = time.monotonic()
-                loop = asyncio.get_running_loop()
-                loop.call_later(self.promote_after_s, self._maybe_promote)
         if writer is self.writer:
             return
         previous, self.writer = self.writer, writer
@@ -316,18 +312,6 @@ class Cluster:
                 )
         self.aliases = aliases
 
-    def _unfence_rejoined(self) -> None:
-        # A fenced node that now follows the newest timeline as a mirror is safe again.
-        for name in list(self.fenced):
-            node = self.node(name)
-            if (
-                node is not None
-                and node.role is Role.MIRROR
-                and (node.state.timeline or 0) >= self.newest_timeline
-            ):
-                del self.fenced[name]
-                self.events.record(EventKind.UNFENCED, name, "rejoined as a mirror")
-
     async def wait_for_writer(self, timeout: float) -> Node | None:
         """The writer, once the monitor has found one, or None after `timeout` seconds."""
         try:
@@ -346,48 +330,47 @@ class Cluster:
         return True
 
     def _lost(self, node: Node) -> None:
-        for listener in self.on_node_lost:
-            listener(node)
+        self.node_lost.send(node)
         # Requests still waiting for its connections are failed as its in-flight ones are.
-        self._spawn(node.lose(lambda: NodeFailed(f"{node.name} was lost", node=node.name)))
+        self._spawn(
+            node.lose(lambda: NodeFailed(f"{node.name} was lost", node=node.name)),
+            f"lose-{node.name}",
+        )
 
     def _maybe_promote(self) -> None:
         # MIRRORPOOL_PROMOTE_AFTER_S: for a single instance with no HA manager only; with
         # several instances or a manager of its own this could make two primaries.
+        self._promote_timer = None
         if self.promote_after_s is None or self._writer_lost_at is None:
             return
-        waited = time.monotonic() - self._writer_lost_at
-        if waited < self.promote_after_s:
-            # The timer may fire a hair early on another clock: look again when it is time.
-            asyncio.get_running_loop().call_later(
-                self.promote_after_s - waited + 0.01, self._maybe_promote
-            )
-            return
-        if any(n.state.reachable and n.role is Role.PRIMARY for n in self.nodes):
-            return  # a writer exists but is fenced or tied: not a lost primary
-        mirrors = [
-            n
-            for n in self.nodes
-            if n.role is Role.MIRROR and n.name not in self.fenced and n.name not in self.aliases
-        ]
-        if not mirrors:
-            return
-        best = min(
-            mirrors, key=lambda n: (n.state.replay_lag_bytes or 0, n.state.replay_lag_s or 0)
+        choice = failover.promotion(
+            self._facts(),
+            self.fenced,
+            self.aliases,
+            time.monotonic() - self._writer_lost_at,
+            self.promote_after_s,
         )
+        if choice.wait_s is not None:
+            self._promote_timer = self.supervisor.call_later(choice.wait_s, self._maybe_promote)
+        if choice.node is None:
+            return
         self._writer_lost_at = None  # one attempt per outage
         reason = f"no writer for {self.promote_after_s:g} s (MIRRORPOOL_PROMOTE_AFTER_S)"
-        self._spawn(self.promote(best.name, reason))
+        self._spawn(self.promote(choice.node, reason), f"promote-{choice.node}")
+
+    def _stop_promotion(self) -> None:
+        self._writer_lost_at = None
+        self.supervisor.cancel_timer(self._promote_timer)
+        self._promote_timer = None
 
     async def promote(self, name: str, reason: str) -> Node:
         """Promote a mirror (pg_promote) and wait until the monitor sees it accept writes."""
         node = self.node(name)
         if node is None:
             raise NotFound(f"no node named {name!r}")
-        if node.role is not Role.MIRROR:
-            raise Conflict(f"{name} is not a reachable mirror (it is {node.role})")
-        if name in self.fenced:
-            raise Conflict(f"{name} is fenced: {self.fenced[name]}")
+        refused = failover.refuse_promotion(NodeFacts.seen(name, node.state), self.fenced)
+        if refused is not None:
+            raise Conflict(refused)
         conn = await AsyncConnection.connect(
             node.dsn, autocommit=True, application_name="mirrorpool-promote"
         )
@@ -404,7 +387,7 @@ class Cluster:
         """A request failed on `node` in a way that may mean the node did: probe it now."""
         self.monitor.probe_soon(node)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        task = self.supervisor.spawn(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

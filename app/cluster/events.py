@@ -1,14 +1,19 @@
-"""Cluster events: every transition of a node or of the writer, kept in a bounded history."""
+"""Cluster events: every transition of a node or of the writer, kept in a bounded history,
+and the signal that tells whoever listens (the engine) that a node was lost."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 logger = logging.getLogger("app.cluster")
+
+T = TypeVar("T")
 
 
 class EventKind(StrEnum):
@@ -58,3 +63,20 @@ class EventLog:
     def recent(self) -> list[Event]:
         """The remembered events, oldest first."""
         return list(self._events)
+
+
+class Signal(Generic[T]):
+    """Listeners called in turn with every value sent: how the cluster says that a node was
+    lost (found down, or fenced) without knowing who acts on it."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[T], None]] = []
+
+    def connect(self, listener: Callable[[T], None]) -> None:
+        """Call `listener` with every value sent from now on."""
+        self._listeners.append(listener)
+
+    def send(self, value: T) -> None:
+        """Call every listener with `value`, in the order they connected."""
+        for listener in self._listeners:
+            listener(value)

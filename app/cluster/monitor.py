@@ -13,8 +13,10 @@ from typing import Any
 
 import psycopg
 
+from app.cluster.failover import counts_down
 from app.cluster.node import Node, NodeState, Role, ServerIdentity
 from app.redaction import redactor
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +78,22 @@ class HealthMonitor:
     The connection is kept while it works, except for the nodes named in `fresh`, which
     are probed on a new connection every time (see Cluster). While the cluster has no
     writer (hunt()), the candidates are probed every 50-100 ms instead of every interval.
+    Its loops and queries run under the service's `supervisor`; when a failing node counts
+    as down is failover's rule (app/cluster/failover.py counts_down).
     """
 
     def __init__(
         self,
         nodes: list[Node],
         *,
+        supervisor: Supervisor,
         interval: float,
         timeout: float,
         threshold: int,
         on_change: Listener,
     ) -> None:
         self.nodes = nodes
+        self._supervisor = supervisor
         self.interval = interval
         self.timeout = timeout
         self.threshold = threshold
@@ -106,7 +112,8 @@ class HealthMonitor:
     def start(self) -> None:
         """Start one probing loop per node."""
         self._loops = [
-            asyncio.create_task(self._run(node), name=f"monitor-{node.name}") for node in self.nodes
+            self._supervisor.spawn(self._run(node), name=f"monitor-{node.name}")
+            for node in self.nodes
         ]
 
     async def stop(self) -> None:
@@ -145,7 +152,8 @@ class HealthMonitor:
     def _pause(self, node: Node) -> float:
         """Seconds until the next probe of `node`."""
         pause = self.interval
-        if 0 < node.state.consecutive_failures < self.threshold:
+        failures = node.state.consecutive_failures
+        if failures and not counts_down(failures, self.threshold):
             # A node failing but not yet declared down is probed again quickly, so that a
             # crash reported by a request is confirmed in milliseconds, not intervals.
             pause = min(pause, RECHECK_S)
@@ -167,7 +175,9 @@ class HealthMonitor:
     async def probe(self, node: Node) -> None:
         """Probe one node once and record what was seen."""
         started = time.monotonic()
-        task = asyncio.create_task(self._query(node))
+        task = self._supervisor.spawn(
+            self._query(node), name=f"probe-{node.name}", log_failure=False
+        )
         try:
             done, _ = await asyncio.wait({task}, timeout=self.timeout)
         except asyncio.CancelledError:
@@ -212,7 +222,9 @@ class HealthMonitor:
         """Run one query on the node's monitor connection (opened if there is none) within
         the probe timeout, abandoned like a probe past it: how app/cluster/backends.py reads
         pg_stat_activity and terminates backends without taking a pool connection."""
-        task = asyncio.create_task(self._ask(node, query, params))
+        task = self._supervisor.spawn(
+            self._ask(node, query, params), name=f"ask-{node.name}", log_failure=False
+        )
         try:
             done, _ = await asyncio.wait({task}, timeout=self.timeout)
         except asyncio.CancelledError:
@@ -287,7 +299,7 @@ class HealthMonitor:
         state.consecutive_failures += 1
         state.latency_ms = None
         state.error = redactor.scrub(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
-        if state.consecutive_failures >= self.threshold and state.reachable is not False:
+        if counts_down(state.consecutive_failures, self.threshold) and state.reachable is not False:
             was = replace(state)
             state.reachable = False
             state.last_change = state.last_check

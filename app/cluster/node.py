@@ -75,6 +75,13 @@ class ServerIdentity:
         return f"system {self.system_identifier} started {self.started.isoformat()}{where}"
 
 
+def role_of(reachable: bool | None, in_recovery: bool | None) -> Role:
+    """primary when reachable and not in recovery, mirror when in recovery."""
+    if not reachable or in_recovery is None:
+        return Role.UNKNOWN
+    return Role.MIRROR if in_recovery else Role.PRIMARY
+
+
 @dataclass
 class NodeState:
     """The monitor's latest view of a node."""
@@ -95,9 +102,7 @@ class NodeState:
     @property
     def role(self) -> Role:
         """primary when reachable and not in recovery, mirror when in recovery."""
-        if not self.reachable or self.in_recovery is None:
-            return Role.UNKNOWN
-        return Role.MIRROR if self.in_recovery else Role.PRIMARY
+        return role_of(self.reachable, self.in_recovery)
 
 
 class Node:

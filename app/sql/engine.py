@@ -25,6 +25,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.cluster.cluster import Cluster, Intent
+from app.cluster.failover import demoted_writer, may_be_demoted
 from app.cluster.node import Node
 from app.errors import (
     ClientGone,
@@ -109,7 +110,7 @@ class Engine:
         )
         self._background: set[asyncio.Future[Any]] = set()
         self._inflight: dict[str, set[Guard]] = {n.name: set() for n in cluster.nodes}
-        cluster.on_node_lost.append(self._sever)
+        cluster.node_lost.connect(self._sever)
 
     def _sever(self, node: Node) -> None:
         """The node is down or fenced: fail its in-flight requests now (reads retry)."""
@@ -306,8 +307,9 @@ class Engine:
         """The error to raise for `exc`. A sign that the node failed, or was turned into a
         standby under us (25006 on a write), makes the monitor look at it at once."""
         error = database_error(exc, node, statement_index=index)
-        demoted = (
-            intent == "write" and exc.sqlstate == "25006" and await self._in_recovery(node, conn)
+        demoted = intent == "write" and demoted_writer(
+            exc.sqlstate,
+            await self._in_recovery(node, conn) if may_be_demoted(exc.sqlstate) else None,
         )
         if isinstance(error, NodeFailed) or demoted:
             target = self.cluster.node(node)

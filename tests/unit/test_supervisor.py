@@ -107,3 +107,21 @@ async def test_nothing_starts_after_close() -> None:
         supervisor.spawn(work(), name="late")
     with pytest.raises(RuntimeError, match="closed"):
         supervisor.call_later(0, lambda: None)
+
+
+async def test_a_task_whose_failure_its_caller_reads_is_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A health probe that fails is news for the monitor that awaits it, not an error.
+    supervisor = Supervisor()
+
+    async def fails() -> None:
+        raise OSError("connection refused")
+
+    with caplog.at_level(logging.ERROR, logger="app.supervisor"):
+        task = supervisor.spawn(fails(), name="probe-primary", log_failure=False)
+        with pytest.raises(OSError, match="refused"):
+            await task
+        await eventually(lambda: supervisor.running == 0, "the task to be forgotten", 5)
+    assert "probe-primary" not in caplog.text
+    await supervisor.close()
