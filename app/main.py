@@ -32,7 +32,9 @@ from app.settings import Settings, load_settings
 from app.sql import named as named_queries
 from app.sql import session
 from app.sql.engine import Engine
+from app.sql.options import EngineOptions, StatementRules
 from app.sql.types import SESSION_SETTINGS, register_loaders
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +174,14 @@ def create_app(
     # Built here, not in the lifespan, so a missing DSN fails before the server starts.
     cluster = build_cluster(settings)
     settings.check_auth()
-    engine = Engine(cluster, settings)
+    # The one owner of background work; the lifespan closes it (app/supervisor.py).
+    supervisor = Supervisor()
+    engine = Engine(
+        cluster,
+        EngineOptions.of(settings),
+        supervisor=supervisor,
+        rules=StatementRules.of(settings),
+    )
     keyring = Keyring(settings)
     warn_if_open(keyring, settings)
     queries = named_queries.load(settings.queries_dir)
@@ -204,6 +213,7 @@ def create_app(
                     inflight.count,
                     settings.shutdown_timeout,
                 )
+            await supervisor.close(timeout_s=settings.shutdown_timeout)
             await cluster.close(timeout=settings.shutdown_timeout)
             folder.flush()  # repeated 503 lines still counted
             logger.info("mirrorpool stopped; pools closed")

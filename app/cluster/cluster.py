@@ -11,7 +11,6 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from psycopg import AsyncConnection
-from psycopg_pool import PoolTimeout, TooManyRequests
 
 from app.cluster.backends import Backends
 from app.cluster.dsn import dsn_secrets
@@ -25,7 +24,6 @@ from app.errors import (
     NoReaderError,
     NotFound,
     NoWriterError,
-    PoolExhausted,
     SettingsError,
 )
 from app.redaction import redactor
@@ -153,21 +151,6 @@ class Cluster:
     def _fresh(self, node: Node) -> bool:
         lag = node.state.replay_lag_s
         return lag is not None and lag * 1000 <= self.max_replica_lag_ms
-
-    async def getconn(
-        self, node: Node, timeout: float | None, role: str | None = None
-    ) -> AsyncConnection[Any]:
-        """A connection from the node's pool for `role` (the service's own login for None;
-        give it back to the same pool)."""
-        pool = node.pool if role is None else await node.pool_for(role)
-        try:
-            return await pool.getconn(timeout)
-        except TooManyRequests:
-            raise PoolExhausted(
-                f"too many requests are waiting for a connection to {node.name}"
-            ) from None
-        except PoolTimeout:
-            raise PoolExhausted(f"no connection to {node.name} became free in time") from None
 
     def readers(self) -> list[Node]:
         """Reachable unfenced nodes that can serve reads: the writer first, then mirrors;
