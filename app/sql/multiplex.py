@@ -4,7 +4,7 @@ Under load most of a request's cost on our side is the round trip itself: taking
 connection, one write, waking up for one read, giving the connection back. Here a plain
 read (autocommit, default timeout) that has run quickly before joins its node's lane; a
 runner holding a pooled connection sends every statement waiting in the lane at once, in
-libpq's pipeline mode (app/sql/pipeline.py), each followed by its own Sync. A Sync ends the
+libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync ends the
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
 autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
 
@@ -24,7 +24,7 @@ connection and gives the connection back before the next, so requests that need 
 connection of their own wait their turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
 the lane; once sent, its statement runs and the answer is thrown away. A statement over its
-max_rows or the response size is cancelled on the server (app/sql/pipeline.py Keep); a later
+max_rows or the response size is cancelled on the server (app/sql/pipeline Keep); a later
 one of the batch that the cancel hit instead comes back stale and is sent again, and the
 text leaves the key's lanes.
 """
