@@ -129,7 +129,7 @@ class Checkouts:
     async def take(self, node: Node, role: str | None = None, key: str = "") -> Checkout:
         """A connection of `node` logged in as `role` (None: the service's login), within
         `key`'s share of its pool (none applies without shares, or for key "")."""
-        pool = await node.pool_for(role)
+        pool = node.pool if role is None else await node.pool_for(role)
         share = node.share(role) if key and self.shares else None
         timeout = self.pool_timeout
         if share is not None:
@@ -137,10 +137,16 @@ class Checkouts:
             await share.acquire(key, timeout)
             timeout = max(0.0, timeout - (time.monotonic() - started))
         try:
-            conn = await _getconn(node, pool, timeout)
-        except BaseException:
+            conn = await pool.getconn(timeout)
+        except BaseException as exc:
             if share is not None:
                 share.release(key)
+            if isinstance(exc, TooManyRequests):
+                raise PoolExhausted(
+                    f"too many requests are waiting for a connection to {node.name}"
+                ) from None
+            if isinstance(exc, PoolTimeout):
+                raise PoolExhausted(f"no connection to {node.name} became free in time") from None
             raise
         return Checkout(node, pool, conn, self.own_sessions, self.backends, share, key)
 
@@ -172,14 +178,3 @@ async def in_recovery(conn: AsyncConnection[Any]) -> bool:
     except psycopg.Error:
         return False
     return bool(row and row[0])
-
-
-async def _getconn(node: Node, pool: Pool, timeout: float) -> AsyncConnection[Any]:
-    try:
-        return await pool.getconn(timeout)
-    except TooManyRequests:
-        raise PoolExhausted(
-            f"too many requests are waiting for a connection to {node.name}"
-        ) from None
-    except PoolTimeout:
-        raise PoolExhausted(f"no connection to {node.name} became free in time") from None

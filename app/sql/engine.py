@@ -95,8 +95,11 @@ class Engine:
     @asynccontextmanager
     async def _session(self, intent: Intent, role: str | None, key: str) -> AsyncIterator[Checkout]:
         """A checkout of the key's login on the node serving `intent`."""
-        async with self.checkouts.session(self.cluster.pick(intent), role, key) as held:
+        held = await self.checkouts.take(self.cluster.pick(intent), role, key)
+        try:
             yield held
+        finally:
+            await held.give_back()
 
     async def run(self, bound: BoundSQL, limits: Limits, abort: Abort | None = None) -> Outcome:
         """Run one statement and fetch up to max_rows rows; the client leaving cancels it.
