@@ -145,7 +145,7 @@ class Cluster:
             fresh = [n for n in readers if n is not self.writer and self._fresh(n)]
             if fresh:
                 # Spread reads over the fresh mirrors, the least loaded pool first.
-                return min(fresh, key=lambda n: n.pool.get_stats().get("requests_waiting", 0))
+                return min(fresh, key=Node.requests_waiting)
         return readers[0]
 
     def _fresh(self, node: Node) -> bool:

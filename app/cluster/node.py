@@ -267,6 +267,10 @@ class Node:
                 shut(conn)
             await pool.check()
 
+    def requests_waiting(self) -> int:
+        """Requests waiting for a connection of the service's own pool (routing reads)."""
+        return int(self.pool.get_stats().get("requests_waiting", 0))
+
     def pool_stats(self, role: str | None = None) -> dict[str, int]:
         """psycopg_pool's get_stats() of the service's pool (or a role's), every counter
         present."""
