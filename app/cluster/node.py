@@ -147,7 +147,7 @@ class Node:
     ) -> AsyncConnectionPool[AsyncConnection[Any]]:
         settings = self._settings
         # psycopg never prepares on its own: mirrorpool prepares by name itself (app/sql/
-        # pipeline.py), and forgets its names when a session is reset; two caches of names
+        # pipeline), and forgets its names when a session is reset; two caches of names
         # on one session would be one too many (psycopg's DEALLOCATE ALL after a ROLLBACK
         # would drop ours). Behind PgBouncer nothing is prepared at all.
         kwargs: dict[str, Any] = {
