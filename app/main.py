@@ -32,6 +32,7 @@ from app.settings import Settings, load_settings
 from app.sql import named as named_queries
 from app.sql import session
 from app.sql.engine import Engine
+from app.sql.options import EngineOptions, StatementRules
 from app.sql.types import SESSION_SETTINGS, register_loaders
 from app.supervisor import Supervisor
 
@@ -179,7 +180,12 @@ def create_app(
     supervisor = Supervisor()
     cluster = build_cluster(settings, supervisor)
     settings.check_auth()
-    engine = Engine(cluster, settings)
+    engine = Engine(
+        cluster,
+        EngineOptions.of(settings),
+        supervisor=supervisor,
+        rules=StatementRules.of(settings),
+    )
     keyring = Keyring(settings)
     warn_if_open(keyring, settings)
     queries = named_queries.load(settings.queries_dir)

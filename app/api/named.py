@@ -110,6 +110,6 @@ async def run_query(
         read_only=named.read_only,
         row_format=body.row_format,
     )
-    bound = prepare(named.sql, body.params, settings, read_only=limits.read_only)
+    bound = prepare(named.sql, body.params, engine.rules, read_only=limits.read_only)
     outcome = await engine.run(bound, limits, partial(disconnected, request))
     return result_response(outcome, settings.max_response_bytes)

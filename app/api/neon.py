@@ -248,7 +248,7 @@ async def _run(
         limits = limits_for(
             settings, key, timeout_ms=None, max_rows=None, read_only=False, row_format="array"
         )
-        bound = prepare(body.query, _params(body), settings, read_only=limits.read_only)
+        bound = prepare(body.query, _params(body), engine.rules, read_only=limits.read_only)
         # A query the tree proves a pure read runs READ ONLY, as /v1/query's read_only: a
         # mirror may serve it, and it is retried there when its node fails mid-flight.
         read_only = limits.read_only or _pure_read(bound)
@@ -267,7 +267,7 @@ async def _run(
     statements: list[BoundSQL] = []
     for index, query in enumerate(body.queries):
         try:
-            statements.append(prepare(query.query, _params(query), settings, limits.read_only))
+            statements.append(prepare(query.query, _params(query), engine.rules, limits.read_only))
         except MirrorpoolError as exc:
             exc.extra["statement_index"] = index
             raise

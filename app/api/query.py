@@ -243,7 +243,7 @@ async def run_query(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    bound = prepare(body.sql, body.params, settings, read_only=limits.read_only)
+    bound = prepare(body.sql, body.params, engine.rules, read_only=limits.read_only)
     return await engine.run(bound, limits, abort)
 
 
@@ -297,7 +297,7 @@ async def run_transaction(
                 prepare(
                     statement.sql,
                     statement.params,
-                    settings,
+                    engine.rules,
                     read_only=limits.read_only,
                 )
             )
@@ -361,7 +361,7 @@ async def query_stream(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    bound = prepare(body.sql, body.params, settings, read_only=limits.read_only)
+    bound = prepare(body.sql, body.params, engine.rules, read_only=limits.read_only)
     if returns_rows(bound.tree) is False:
         raise InvalidSQL(NO_ROWS_TO_STREAM)
     events = engine.stream(bound, limits, settings.stream_chunk_rows)

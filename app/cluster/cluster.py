@@ -16,7 +16,6 @@ from enum import StrEnum
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg_pool import PoolTimeout, TooManyRequests
 
 from app.cluster import failover
 from app.cluster.backends import Backends
@@ -26,7 +25,7 @@ from app.cluster.failover import Decision, NodeFacts, Standing
 from app.cluster.monitor import HealthMonitor
 from app.cluster.node import ConnectionCallback, Node, NodeState
 from app.cluster.routing import Intent, Routing
-from app.errors import Conflict, NodeFailed, NotFound, PoolExhausted, SettingsError
+from app.errors import Conflict, NodeFailed, NotFound, SettingsError
 from app.redaction import redactor
 from app.settings import Settings
 from app.supervisor import Supervisor
@@ -147,21 +146,6 @@ class Cluster:
         """The node that serves a request of this intent, or a ClusterError saying why none
         (app/cluster/routing.py); `avoid` names nodes that just failed this request."""
         return self.routing.pick(intent, self.writer, self.fenced, self.aliases, avoid)
-
-    async def getconn(
-        self, node: Node, timeout: float | None, role: str | None = None
-    ) -> AsyncConnection[Any]:
-        """A connection from the node's pool for `role` (the service's own login for None;
-        give it back to the same pool)."""
-        pool = node.pool if role is None else await node.pool_for(role)
-        try:
-            return await pool.getconn(timeout)
-        except TooManyRequests:
-            raise PoolExhausted(
-                f"too many requests are waiting for a connection to {node.name}"
-            ) from None
-        except PoolTimeout:
-            raise PoolExhausted(f"no connection to {node.name} became free in time") from None
 
     def readers(self) -> list[Node]:
         """Reachable unfenced nodes that can serve reads, the writer first

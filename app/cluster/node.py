@@ -152,7 +152,7 @@ class Node:
     ) -> AsyncConnectionPool[AsyncConnection[Any]]:
         settings = self._settings
         # psycopg never prepares on its own: mirrorpool prepares by name itself (app/sql/
-        # pipeline.py), and forgets its names when a session is reset; two caches of names
+        # pipeline), and forgets its names when a session is reset; two caches of names
         # on one session would be one too many (psycopg's DEALLOCATE ALL after a ROLLBACK
         # would drop ours). Behind PgBouncer nothing is prepared at all.
         kwargs: dict[str, Any] = {
@@ -271,6 +271,10 @@ class Node:
             for conn in list(pool._pool):
                 shut(conn)
             await pool.check()
+
+    def requests_waiting(self) -> int:
+        """Requests waiting for a connection of the service's own pool (routing reads)."""
+        return int(self.pool.get_stats().get("requests_waiting", 0))
 
     def pool_stats(self, role: str | None = None) -> dict[str, int]:
         """psycopg_pool's get_stats() of the service's pool (or a role's), every counter

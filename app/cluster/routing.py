@@ -48,7 +48,7 @@ class Routing:
             fresh = [n for n in readers if n is not writer and self.fresh(n)]
             if fresh:
                 # Spread reads over the fresh mirrors, the least loaded pool first.
-                return min(fresh, key=lambda n: n.pool.get_stats().get("requests_waiting", 0))
+                return min(fresh, key=lambda n: n.requests_waiting())
         return readers[0]
 
     def fresh(self, node: Node) -> bool:

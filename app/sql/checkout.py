@@ -1,33 +1,41 @@
-"""One checkout owns a pooled connection's life for one request: taken from the pool of the
-request's login on its node, given back clean.
+"""Where a session is reset: one checkout owns a pooled connection's life for one request,
+taken from the pool of the request's login on its node and given back clean. Nothing else
+takes a connection from a node's pool or gives one back.
 
 A request runs on the node the cluster picked, on a connection that logged in as the key's
 database role (one bounded pool per node and role, app/cluster/node.py) or as the service's
-own login. What its statements may have left in the session (app/sql/session.py Effect, read
-from their parse trees, or a reported parameter that changed) is undone before the
-connection goes back: DISCARD ALL, or closing it. Behind a transaction pooler the session is
-not ours, and nothing is reset (app/sql/transaction_pooling.py refuses what would need it).
+own login, within the key's share of that pool (app/cluster/share.py), which the checkout
+takes first. What its statements may have left in the session (app/sql/session.py Effect,
+read from their parse trees, or a reported parameter that changed since the snapshot taken
+at checkout) is undone before the connection goes back: DISCARD ALL, or closing it. Behind a
+transaction pooler the session is not ours, and nothing is reset
+(app/sql/transaction_pooling.py refuses what would need it).
 
 A connection given back while a statement may still run on it (its request gave up: the
 deadline passed, the client left) is ended on the server and goes back only once its backend
 is gone (app/cluster/backends.py): until then it counts against its pool, and against its
-key's share of the pool (app/cluster/share.py), which the checkout takes first.
+key's share of the pool.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, pq
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from app.cluster.backends import Backends
-from app.cluster.cluster import Cluster
 from app.cluster.node import Node
 from app.cluster.share import KeyShare
+from app.errors import PoolExhausted
 from app.sql import session
 from app.sql.session import Effect
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 class Checkout:
@@ -41,7 +49,7 @@ class Checkout:
     def __init__(
         self,
         node: Node,
-        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        pool: Pool,
         conn: AsyncConnection[Any],
         own_session: bool,
         backends: Backends,
@@ -106,27 +114,67 @@ def _busy(conn: AsyncConnection[Any]) -> bool:
     return conn.closed or conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
 
 
-async def take(
-    cluster: Cluster,
-    node: Node,
-    role: str | None,
-    timeout: float | None,
-    own_session: bool,
-    key: str = "",
-) -> Checkout:
-    """A connection of `node` logged in as `role` (None: the service's login), within
-    `key`'s share of its pool ("": no share applies)."""
-    pool = node.pool if role is None else await node.pool_for(role)
-    share = node.share(role) if key else None
-    started = time.monotonic()
-    if share is not None:
-        await share.acquire(key, timeout)
-        if timeout is not None:
-            timeout = max(0.0, timeout - (time.monotonic() - started))
-    try:
-        conn = await cluster.getconn(node, timeout, role)
-    except BaseException:
+class Checkouts:
+    """Takes connections for requests: the one door to the nodes' pools."""
+
+    def __init__(
+        self, backends: Backends, pool_timeout: float, own_sessions: bool, shares: bool
+    ) -> None:
+        self.backends = backends
+        self.pool_timeout = pool_timeout
+        self.own_sessions = own_sessions
+        # Whether a key's share of a pool applies (more than one key, MIRRORPOOL_AUTH=keys).
+        self.shares = shares
+
+    async def take(self, node: Node, role: str | None = None, key: str = "") -> Checkout:
+        """A connection of `node` logged in as `role` (None: the service's login), within
+        `key`'s share of its pool (none applies without shares, or for key "")."""
+        pool = node.pool if role is None else await node.pool_for(role)
+        share = node.share(role) if key and self.shares else None
+        timeout = self.pool_timeout
         if share is not None:
-            share.release(key)
-        raise
-    return Checkout(node, pool, conn, own_session, cluster.backends, share, key)
+            started = time.monotonic()
+            await share.acquire(key, timeout)
+            timeout = max(0.0, timeout - (time.monotonic() - started))
+        try:
+            conn = await pool.getconn(timeout)
+        except BaseException as exc:
+            if share is not None:
+                share.release(key)
+            if isinstance(exc, TooManyRequests):
+                raise PoolExhausted(
+                    f"too many requests are waiting for a connection to {node.name}"
+                ) from None
+            if isinstance(exc, PoolTimeout):
+                raise PoolExhausted(f"no connection to {node.name} became free in time") from None
+            raise
+        return Checkout(node, pool, conn, self.own_sessions, self.backends, share, key)
+
+    @asynccontextmanager
+    async def session(
+        self, node: Node, role: str | None = None, key: str = ""
+    ) -> AsyncIterator[Checkout]:
+        """take(), given back (clean) when the block ends."""
+        held = await self.take(node, role, key)
+        try:
+            yield held
+        finally:
+            await held.give_back()
+
+    async def in_recovery(self, node: Node) -> bool:
+        """pg_is_in_recovery() on one of the node's connections; False when it cannot tell."""
+        try:
+            async with self.session(node) as held:
+                return await in_recovery(held.conn)
+        except Exception:
+            return False
+
+
+async def in_recovery(conn: AsyncConnection[Any]) -> bool:
+    """pg_is_in_recovery() on this connection; False when it cannot tell."""
+    try:
+        cur = await conn.execute("SELECT pg_is_in_recovery()")
+        row = await cur.fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])

@@ -1,13 +1,24 @@
-"""A request's deadline and its client's disconnection, enforced without waiting on the server.
+"""Where a request's deadline is set and enforced: the one deadline of queries, transactions,
+streams and lanes, kept without waiting on the server.
 
-The request runs in its own task; the guard adds no task while it is quick. At the deadline
-it ends the connection in use (app/cluster/backends.py: psycopg's cancel request goes to
+A request's deadline is its statement timeout plus DEADLINE_GRACE_S (`Guard(timeout_ms)`),
+so the server's own statement_timeout (a clean 57014, the connection intact) wins whenever
+the server is alive to enforce it. At the deadline the guard ends the connection in use
+(app/sql/checkout.py Checkout.end, app/cluster/backends.py: psycopg's cancel request goes to
 the server and the socket is shut, so the statement fails at once with a connection error,
-whatever state the server is in: a frozen server cannot hold us; the backend is terminated
-if it runs on, and its connection counts against the pool until it is gone), or cancels the
-task while it still waits for a connection. When the request outlives
-WATCH_AFTER_S, a watcher starts listening for the client's disconnection and, if it leaves,
-gives up the same way.
+whatever state the server is in; the backend is terminated if it runs on, and its connection
+counts against the pool until it is gone), or cancels the guarded task while it has no
+connection (waiting for one, or for another task's answer), and the task raises QueryTimeout.
+
+Who uses it: Engine.run and Engine.transaction guard their own task; a stream's producer
+task is guarded, and the consumer's wait for the stream's head is guarded too
+(Engine.with_deadline); a lane's batch is guarded with `idle=True`: its deadline moves on
+with every answer, so a batch is held only to each answer coming within the timeout, and
+at the deadline only its connection is ended (the runner goes on with the next batch).
+
+A guard with `abort` (the HTTP client leaving) starts watching for it once the request has
+lasted WATCH_AFTER_S, and gives up the same way if it comes; quick requests never pay for
+the watcher task, which the guard itself ends when it exits.
 """
 
 from __future__ import annotations
@@ -28,6 +39,12 @@ WATCH_AFTER_S = 0.05
 # clean 57014 with the connection intact) wins whenever the server is alive to enforce it.
 DEADLINE_GRACE_S = 1.0
 
+# A timer may fire this much before its time; the deadline is then taken as reached.
+_EARLY_S = 0.001
+
+# Returns once the HTTP client has gone; awaited only if the request lasts.
+Abort = Callable[[], Awaitable[Any]]
+
 
 class Held(Protocol):
     """A connection in use, and how to end its statement (app/sql/checkout.py Checkout)."""
@@ -39,23 +56,34 @@ class Held(Protocol):
 
 
 class Guard:
-    """Bounds the current task by `timeout_s` and by `abort` (the client leaving)."""
+    """Bounds a task (or, without one, a connection's statement) by a deadline of
+    `timeout_ms` + `grace_s`, and by `abort` (the client leaving)."""
+
+    __slots__ = (
+        "_abort", "_aborted", "_deadline", "_expired", "_handle", "_held", "_idle", "_loop",
+        "_task", "_watcher", "severed", "timeout_ms", "timeout_s",
+    )  # fmt: skip
 
     def __init__(
         self,
-        timeout_s: float,
         timeout_ms: int,
-        abort: Callable[[], Awaitable[Any]] | None = None,
+        abort: Abort | None = None,
+        *,
+        grace_s: float = DEADLINE_GRACE_S,
+        idle: bool = False,
     ) -> None:
-        self.timeout_s = timeout_s
         self.timeout_ms = timeout_ms
+        self.timeout_s = timeout_ms / 1000 + grace_s
         self._abort = abort
+        # The deadline moves on with progress(): a bound on silence, not on the whole.
+        self._idle = idle
         self._held: Held | None = None
         self._expired = False
         self._aborted = False
         self._task: asyncio.Task[Any] | None = None
-        self._handles: list[asyncio.TimerHandle] = []
+        self._handle: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._deadline = 0.0
         self.severed = False
 
@@ -66,39 +94,43 @@ class Guard:
         return self._expired or self._aborted
 
     def use(self, held: Held | None) -> None:
-        """The connection the request is using now (None between connections)."""
+        """The connection the guarded work is using now (None between connections)."""
         self._held = held
 
-    async def __aenter__(self) -> Guard:
-        self._task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        # One timer for a quick request: the deadline is armed when the watch begins.
-        first = min(WATCH_AFTER_S, self.timeout_s)
+    def start(self, task: asyncio.Task[Any] | None = None) -> Guard:
+        """Arm the deadline; at it, end the connection in use, or cancel `task` when none is."""
+        self._task = task
+        loop = self._loop = asyncio.get_running_loop()
         self._deadline = loop.time() + self.timeout_s
-        self._handles.append(loop.call_later(first, self._later))
+        # One timer: a guard that watches for its client is first woken to start watching.
+        first = min(WATCH_AFTER_S, self.timeout_s) if self._abort is not None else self.timeout_s
+        self._handle = loop.call_later(first, self._wake)
         return self
 
-    def _later(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._deadline:
-            self._expire()
-            return
-        self._handles.append(loop.call_at(self._deadline, self._expire))
-        if self._abort is not None:
-            self._watch()
+    def progress(self) -> None:
+        """An answer came (idle guards): the deadline moves on from now."""
+        if self._idle and self._loop is not None:
+            self._deadline = self._loop.time() + self.timeout_s
+
+    def stop(self) -> None:
+        """The guarded work is over: no deadline, no watching."""
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+
+    async def __aenter__(self) -> Guard:
+        return self.start(asyncio.current_task())
 
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        for handle in self._handles:
-            handle.cancel()
-        if self._watcher is not None and not self._watcher.done():
-            self._watcher.cancel()
+    ) -> None:
+        self.stop()
         if exc is None:
-            return False
+            return
         if self._aborted:
             self._uncancel()
             raise ClientGone("the client disconnected; the statement was cancelled") from None
@@ -107,7 +139,17 @@ class Guard:
             raise QueryTimeout(
                 f"the statement did not finish within {self.timeout_ms} ms", sqlstate="57014"
             ) from None
-        return False
+
+    def _wake(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._deadline - now > _EARLY_S:  # woken to watch, or the deadline moved on
+            self._handle = self._loop.call_at(self._deadline, self._wake)
+            if self._abort is not None and self._watcher is None:
+                self._watcher = asyncio.ensure_future(self._wait_for_abort(self._abort))
+            return
+        self._expired = True
+        self.end()
 
     def _uncancel(self) -> None:
         if self._task is not None and self._task.cancelling():
@@ -131,12 +173,8 @@ class Guard:
         self._uncancel()
         return True
 
-    def _expire(self) -> None:
-        self._expired = True
-        self.end()
-
     def end(self) -> None:
-        """Give up now: end the statement in flight, or stop waiting for a connection."""
+        """Give up now: end the statement in flight, or stop the guarded task."""
         held = self._held
         if held is not None and not held.conn.closed:
             held.end()
@@ -144,11 +182,7 @@ class Guard:
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
-    def _watch(self) -> None:
-        assert self._abort is not None
-        self._watcher = asyncio.ensure_future(self._wait_for_abort(self._abort))
-
-    async def _wait_for_abort(self, abort: Callable[[], Awaitable[Any]]) -> None:
+    async def _wait_for_abort(self, abort: Abort) -> None:
         await abort()
         self._aborted = True
         self.end()

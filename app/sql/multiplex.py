@@ -4,7 +4,7 @@ Under load most of a request's cost on our side is the round trip itself: taking
 connection, one write, waking up for one read, giving the connection back. Here a plain
 read (autocommit, default timeout) that has run quickly before joins its node's lane; a
 runner holding a pooled connection sends every statement waiting in the lane at once, in
-libpq's pipeline mode (app/sql/pipeline.py), each followed by its own Sync. A Sync ends the
+libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync ends the
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
 autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
 
@@ -24,7 +24,7 @@ connection and gives the connection back before the next, so requests that need 
 connection of their own wait their turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
 the lane; once sent, its statement runs and the answer is thrown away. A statement over its
-max_rows or the response size is cancelled on the server (app/sql/pipeline.py Keep); a later
+max_rows or the response size is cancelled on the server (app/sql/pipeline Keep); a later
 one of the batch that the cancel hit instead comes back stale and is sent again, and the
 text leaves the key's lanes.
 """
@@ -42,17 +42,17 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from app.cluster.cluster import Cluster
 from app.cluster.node import Node, shut
 from app.errors import MirrorpoolError, PoolExhausted
-from app.settings import Settings
-from app.sql import checkout, pipeline, session
-from app.sql.checkout import Checkout
+from app.sql import pipeline, session
+from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
-from app.sql.guard import DEADLINE_GRACE_S
+from app.sql.guard import Guard
+from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.results import RowFormat, StatementResult
 from app.sql.tree import Tree
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -104,31 +104,30 @@ class Lane:
         self,
         node: Node,
         key: str,
-        cluster: Cluster,
-        settings: Settings,
+        options: LaneOptions,
+        checkouts: Checkouts,
         types: TypeNames,
         known: Known,
-        shares: bool = False,
+        supervisor: Supervisor,
     ) -> None:
         self.node = node
         self.key = key
-        # The key whose share of the pool the runners take ("": no share applies).
-        self._share_key = key if shares else ""
-        most = settings.pool_max_size
-        self._max_runners = min(most, node.share(None).limit) if shares else most
-        self.cluster = cluster
-        self.settings = settings
+        most = options.pool_max_size
+        # The runners take the key's share of the pool, when shares apply.
+        self._max_runners = min(most, node.share(None).limit) if checkouts.shares else most
+        self.options = options
+        self._checkouts = checkouts
+        self._supervisor = supervisor
         self.types = types
         self.known = known
         self.stats = LaneStats()
         self._pending: deque[Job] = deque()
         self._runners = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[AsyncConnection[Any]] = set()
 
     def submit(self, job: Job) -> None:
         """Queue a statement; start a runner while fewer run than the pool has connections."""
-        waiting = self.settings.pool_max_waiting
+        waiting = self.options.pool_max_waiting
         if waiting and len(self._pending) >= waiting:
             self._drop_abandoned()
             if len(self._pending) >= waiting:
@@ -137,10 +136,8 @@ class Lane:
                 )
         self._pending.append(job)
         if self._runners < self._max_runners:
+            self._supervisor.spawn(self._run(), name=f"lane-{self.node.name}")
             self._runners += 1
-            task = asyncio.ensure_future(self._run())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     def sever(self, error: BaseException) -> None:
         """The node is lost: fail what waits and shut the connections in flight."""
@@ -156,14 +153,7 @@ class Lane:
         try:
             while self._pending:
                 try:
-                    held = await checkout.take(
-                        self.cluster,
-                        self.node,
-                        None,
-                        self.settings.pool_timeout,
-                        True,
-                        self._share_key,
-                    )
+                    held = await self._checkouts.take(self.node, None, self.key)
                 except MirrorpoolError as exc:
                     self._expire(exc)
                     continue
@@ -180,7 +170,7 @@ class Lane:
 
     def _expire(self, error: MirrorpoolError) -> None:
         """No connection came in time: fail the jobs that waited the pool timeout."""
-        oldest = time.monotonic() - self.settings.pool_timeout
+        oldest = time.monotonic() - self.options.pool_timeout
         while self._pending and self._pending[0].queued <= oldest:
             _settle(self._pending.popleft().future, error=_copy(error))
 
@@ -200,7 +190,7 @@ class Lane:
         try:
             await self._run_batch(held, jobs)
         except (psycopg.Error, OSError) as exc:
-            # The connection broke (or was shut by the watchdog): what was sent may or may
+            # The connection broke (or was shut by the batch's guard): what was sent may or may
             # not have run. The pool drops the closed connection.
             for job in jobs:
                 _settle(job.future, error=_copy(exc))
@@ -214,18 +204,21 @@ class Lane:
     async def _run_batch(self, held: Checkout, jobs: list[Job]) -> None:
         conn = held.conn
         # Each statement has its own statement_timeout on the server: a batch is only held
-        # to an answer coming within it (plus the same grace as a request's deadline).
-        watchdog = _Watchdog(held, self.settings.statement_timeout_ms / 1000 + DEADLINE_GRACE_S)
+        # to each answer coming within it (plus a request's grace); past that, its
+        # connection is ended.
+        guard = Guard(self.options.statement_timeout_ms, idle=True)
+        guard.use(held)
+        guard.start()
         self._busy.add(conn)
         started = time.monotonic()
         try:
             units = await pipeline.run_units(
                 conn,
                 [[Command(j.sql, j.params, keep=self._keep(j))] for j in jobs],
-                watchdog.progress,
+                guard.progress,
             )
         finally:
-            watchdog.stop()
+            guard.stop()
             self._busy.discard(conn)
         self.stats.statements += len(jobs)
         self.stats.batches += 1
@@ -247,7 +240,7 @@ class Lane:
     def _keep(self, job: Job) -> Keep:
         """A job's rows: max_rows + 1 within the response bytes; over that it is stopped on
         the server (a pure read, in a unit of its own)."""
-        return Keep(job.max_rows + 1, Allowance(self.settings.max_response_bytes), stop=True)
+        return Keep(job.max_rows + 1, Allowance(self.options.max_response_bytes), stop=True)
 
     async def _settle_job(
         self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
@@ -273,33 +266,6 @@ class Lane:
             conn, self.node.name, self.types, reply, job.max_rows, job.row_format
         )
         _settle(job.future, result=answer)
-
-
-class _Watchdog:
-    """Ends a batch's connection when no answer has come for `limit_s` (a frozen server),
-    however long the batch as a whole takes."""
-
-    def __init__(self, held: Checkout, limit_s: float) -> None:
-        self._held = held
-        self._limit_s = limit_s
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._handle = self._loop.call_later(limit_s, self._check)
-
-    def progress(self) -> None:
-        """An answer came back."""
-        self._last = self._loop.time()
-
-    def stop(self) -> None:
-        """The batch is over."""
-        self._handle.cancel()
-
-    def _check(self) -> None:
-        idle = self._loop.time() - self._last
-        if idle >= self._limit_s:
-            self._held.end()
-        else:
-            self._handle = self._loop.call_later(self._limit_s - idle, self._check)
 
 
 class Known:
@@ -332,21 +298,31 @@ class Multiplexer:
     """The lanes, one per node and key, and what decides which statements take them."""
 
     def __init__(
-        self, cluster: Cluster, settings: Settings, types: TypeNames, shares: bool = False
+        self,
+        options: LaneOptions,
+        checkouts: Checkouts,
+        types: TypeNames,
+        supervisor: Supervisor,
     ) -> None:
         self.known = Known()
-        self._shares = shares
         self.lanes: dict[tuple[str, str], Lane] = {}
-        self._cluster = cluster
-        self._settings = settings
+        self._options = options
+        self._checkouts = checkouts
         self._types = types
+        self._supervisor = supervisor
 
     def lane(self, node: Node, key: str) -> Lane:
         """The node's lane for `key`, made on first use (keys are the configured ones)."""
         lane = self.lanes.get((node.name, key))
         if lane is None:
             lane = self.lanes[node.name, key] = Lane(
-                node, key, self._cluster, self._settings, self._types, self.known, self._shares
+                node,
+                key,
+                self._options,
+                self._checkouts,
+                self._types,
+                self.known,
+                self._supervisor,
             )
         return lane
 

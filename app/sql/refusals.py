@@ -34,7 +34,7 @@ the transaction to read-write; set_config() unless provably local; cursors WITH 
 functions whose effects escape a READ ONLY transaction (app/sql/catalog.py: large objects,
 advisory locks, notifications, other backends, server files, configuration, WAL,
 statistics, dblink).
-The read-only transaction is also rolled back, never committed (app/sql/engine.py), so what
+The read-only transaction is also rolled back, never committed (app/sql/transactions.py), so what
 a function the tree cannot see into did inside it is undone.
 """
 

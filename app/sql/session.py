@@ -136,7 +136,7 @@ def sets_anything(tree: Tree) -> bool:
     """True when the statement changes a setting, in any scope. A statement prepared by name
     after it, in the same transaction, would be read under that setting (a literal's time
     zone, array_nulls...) and keep that reading for every later key: such a transaction
-    prepares nothing (app/sql/engine.py)."""
+    prepares nothing (app/sql/transactions.py)."""
     return bool(tree.settings or tree.set_configs)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from app.errors import Forbidden, InvalidParameters, InvalidSQL, LimitExceeded
-from app.settings import Settings
 from app.sql import refusals, transaction_pooling
+from app.sql.options import StatementRules
 from app.sql.placeholders import BoundSQL, bind
 from app.sql.types import to_param
 
@@ -14,27 +14,27 @@ from app.sql.types import to_param
 def prepare(
     sql: str,
     params: list[Any] | dict[str, Any] | None,
-    settings: Settings,
+    rules: StatementRules,
     read_only: bool = False,
 ) -> BoundSQL:
     """Check the limits, bind `:name` or `$n` parameters, parse the statement, and adapt the
     values. Refuse what no request may run, and what a read-only request may not
     (app/sql/refusals.py); behind PgBouncer, statements that would change the shared server
     session (app/sql/transaction_pooling.py)."""
-    if len(sql) > settings.max_sql_length:
+    if len(sql) > rules.max_sql_length:
         raise LimitExceeded(
-            f"the SQL is {len(sql)} characters long; the limit is {settings.max_sql_length}"
+            f"the SQL is {len(sql)} characters long; the limit is {rules.max_sql_length}"
         )
     if "\x00" in sql:
         raise InvalidSQL("the SQL contains a NUL character, which PostgreSQL cannot accept")
     count = len(params) if params is not None else 0
-    if count > settings.max_params:
-        raise LimitExceeded(f"{count} parameters were sent; the limit is {settings.max_params}")
-    if _too_deep(params, settings.max_json_depth):
-        raise LimitExceeded(f"the parameters nest deeper than {settings.max_json_depth} levels")
+    if count > rules.max_params:
+        raise LimitExceeded(f"{count} parameters were sent; the limit is {rules.max_params}")
+    if _too_deep(params, rules.max_json_depth):
+        raise LimitExceeded(f"the parameters nest deeper than {rules.max_json_depth} levels")
     bound = bind(sql, params)
     tree = bound.tree
-    if settings.pgbouncer and (why := transaction_pooling.refusal(tree)) is not None:
+    if rules.pgbouncer and (why := transaction_pooling.refusal(tree)) is not None:
         raise InvalidSQL(why)
     if (why := refusals.refusal(tree, False)) is not None:
         raise InvalidSQL(why)

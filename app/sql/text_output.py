@@ -12,7 +12,7 @@ are stable, so no output is folded into a plan). They are set with `set_config(.
 inside the request's own transaction, with its limits, so they end with it (COMMIT or ROLLBACK) and
 never reach another request. A plan made under one style may hold it (a folded
 `'1 day'::interval::text`), so statements prepared by name under these styles are kept
-apart from those prepared under mirrorpool's (app/sql/pipeline.py Command.styles). The other pinned
+apart from those prepared under mirrorpool's (app/sql/pipeline Command.styles). The other pinned
 settings already are PostgreSQL's defaults (`extra_float_digits` 1, `bytea_output` hex,
 `standard_conforming_strings` on, UTF8), and `TimeZone` stays UTC: clients read the offset.
 

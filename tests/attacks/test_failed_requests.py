@@ -2,7 +2,7 @@
 and this test keeps it so. As the review found it:
 
 A statement's session effect is only recorded once its whole pipelined transaction has
-succeeded and been decoded (app/sql/engine.py _pipelined): when a later statement fails, or
+succeeded and been decoded (app/sql/transactions.py pipelined): when a later statement fails, or
 an answer cannot be decoded, the connection goes back to the pool without its reset, and
 what survives a ROLLBACK (prepared statements replaced from a DO block, a session advisory
 lock, the random seed) reaches the next key on that connection."""

@@ -1,9 +1,9 @@
 """Tenth review pass (attacker): POST /sql reads a result whole.
 
 /v1/query and /v1/transaction read rows in chunks and keep max_rows + 1 of them within
-MIRRORPOOL_MAX_RESPONSE_BYTES (app/sql/pipeline.py Keep), stopping a read over its limit on
+MIRRORPOOL_MAX_RESPONSE_BYTES (app/sql/pipeline Keep), stopping a read over its limit on
 the server. POST /sql (app/api/neon.py) runs with Limits.text_output, for which the engine
-sends its statements with `keep=None` (engine._pipelined, engine._statement): the pipeline's
+sends its statements with `keep=None` (transactions.pipelined, pgbouncer._statement): the pipeline's
 "our own command, read whole" branch. The whole result is then buffered in libpq before
 text_output.answer() looks at max_rows + 1 of it and neon._encode answers 507.
 

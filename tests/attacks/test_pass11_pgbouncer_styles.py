@@ -4,7 +4,7 @@ another client's function plans.
 Pass 9 left behind PgBouncer only the settings that change no reading of a literal
 (app/sql/transaction_pooling.py): a PL/pgSQL function's plans are made once per backend and
 keep the literals as read then, and a server session behind the pooler is never reset. But
-POST /sql itself runs under `SET LOCAL DateStyle = 'ISO, MDY'` there (engine._begin with
+POST /sql itself runs under `SET LOCAL DateStyle = 'ISO, MDY'` there (transactions.begin with
 text=True adds text_output.POSTGRES_STYLES to the local settings), where every other request
 runs under mirrorpool's pinned `ISO, YMD`. An ambiguous date literal in a function of the
 schema's own, `'03/04/05'::date`, is 2003-04-05 under YMD and 2005-03-04 under MDY.

@@ -5,7 +5,7 @@ Behind PgBouncer (MIRRORPOOL_PGBOUNCER=true) the server sessions are shared with
 other request and never reset: what survives a transaction there reaches the next key on
 that server connection. Statements that read the session's sequence values (lastval,
 currval) start with DISCARD SEQUENCES only when mirrorpool owns its sessions
-(app/sql/engine.py), so a read key reads the values another key's nextval() just took; and
+(app/sql/transactions.py), so a read key reads the values another key's nextval() just took; and
 setseed() and temporary types (CREATE DOMAIN pg_temp...) are not refused there."""
 
 from __future__ import annotations

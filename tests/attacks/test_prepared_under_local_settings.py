@@ -2,7 +2,7 @@
 and this test keeps it so. As the review found it:
 
 Third review pass. mirrorpool prepares a statement text by name on a connection the
-second time it runs there (app/sql/pipeline.py), and shares that prepared statement with
+second time it runs there (app/sql/pipeline), and shares that prepared statement with
 every key that later sends the same text on that connection. PostgreSQL reads a statement's
 literals once, when it is prepared: under the TimeZone, array_nulls, transform_null_equals,
 xmloption... of that moment, and only a changed search_path makes it read them again. A read

@@ -3,8 +3,8 @@ and this test keeps it so. As the review found it:
 
 Third review pass. /v1/query/stream goes through FastAPI, whose JSON reader accepts a lone
 UTF-16 surrogate escape ("\\ud800") in a string. The stream's statement is sent by psycopg's
-cursor (app/sql/engine.py _produce), not through the pipeline's dumping that turns a value
-it cannot send into a 400 (app/sql/pipeline.py _dump): the UnicodeEncodeError is no
+cursor (app/sql/streaming.py), not through the pipeline's dumping that turns a value
+it cannot send into a 400 (app/sql/pipeline/sending.py dump): the UnicodeEncodeError is no
 psycopg.Error and comes back as a 500. Every bad input should get a clear 4xx."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 and this test keeps it so. As the review found it:
 
 Fourth review pass. /v1/query/stream names its columns from inside the stream
-(app/sql/engine.py _produce): at the first row it calls TypeNames.columns(), which, for a type
+(app/sql/streaming.py): at the first row it calls TypeNames.columns(), which, for a type
 psycopg does not know (pg_snapshot, an enum, citext, any type of the schema's own), runs
 `SELECT ... FROM pg_catalog.pg_type` on the same connection. psycopg's cursor.stream() holds
 the connection's lock for the whole stream, so the lookup waits for a lock its own caller

@@ -1,0 +1,67 @@
+"""What every way of running a request shares: its limits, its outcome, and what each
+strategy reads (the engine's options, the nodes' type names)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.sql.columns import TypeNames
+from app.sql.options import EngineOptions
+from app.sql.pipeline import Allowance, Keep
+from app.sql.results import RowFormat, StatementResult
+from app.sql.types import SESSION_SETTINGS
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How long a request may run and how many rows it may return."""
+
+    timeout_ms: int
+    max_rows: int
+    read_only: bool = False
+    row_format: RowFormat = "array"
+    role: str | None = None
+    # The key that sent the request: its quick reads share lanes with its own only.
+    key: str = ""
+    # Values as PostgreSQL's own text, under its default output styles (app/sql/text_output.py).
+    text_output: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Results of a request, with the node that served it and how long it took."""
+
+    results: list[StatementResult]
+    node: str
+    duration_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Served by a node that was not the writer (a mirror, or any node while none takes writes).
+    from_mirror: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the strategies read: the engine's options and the type names of every node."""
+
+    options: EngineOptions
+    types: TypeNames
+
+    @property
+    def local_settings(self) -> dict[str, str] | None:
+        """What a transaction must SET LOCAL because its session does not carry it (behind
+        a transaction pooler), or None."""
+        return None if self.options.own_sessions else SESSION_SETTINGS
+
+    def keep(self, limits: Limits, stop: bool, allowance: Allowance | None = None) -> Keep:
+        """What to keep of a statement's rows: max_rows + 1 (the one more says it was cut),
+        within the request's bytes (MIRRORPOOL_MAX_RESPONSE_BYTES)."""
+        if allowance is None:
+            allowance = Allowance(self.options.max_response_bytes)
+        return Keep(limits.max_rows + 1, allowance, stop, text=limits.text_output)
+
+
+def ms_since(started: float) -> float:
+    """Milliseconds since `started` (time.perf_counter)."""
+    return round((time.perf_counter() - started) * 1000, 3)

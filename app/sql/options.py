@@ -1,0 +1,95 @@
+"""The values the query engine's parts need, taken from Settings once, at start-up.
+
+The engine, its lanes and statement preparation read these small frozen records, never the
+whole Settings: what a part depends on is in its constructor, and a test can build one
+without configuring a service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class LaneOptions:
+    """What the multiplexing lanes need (app/sql/multiplex.py)."""
+
+    pool_max_size: int
+    pool_max_waiting: int
+    pool_timeout: float
+    statement_timeout_ms: int
+    max_response_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> LaneOptions:
+        """The lanes' values from the service's settings."""
+        return cls(
+            pool_max_size=settings.pool_max_size,
+            pool_max_waiting=settings.pool_max_waiting,
+            pool_timeout=settings.pool_timeout,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            max_response_bytes=settings.max_response_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """What the engine needs (app/sql/engine.py)."""
+
+    # False behind a transaction pooler (MIRRORPOOL_PGBOUNCER): a pooled connection is then
+    # no server session of our own.
+    own_sessions: bool
+    # Quick plain reads share connections through lanes (MIRRORPOOL_MULTIPLEX).
+    multiplex: bool
+    # No key holds more than its share of a pool (app/cluster/share.py).
+    shares: bool
+    pool_timeout: float
+    plain_reads_from_mirror: bool
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    max_response_bytes: int
+    lanes: LaneOptions
+
+    @classmethod
+    def of(cls, settings: Settings) -> EngineOptions:
+        """The engine's values from the service's settings."""
+        return cls(
+            own_sessions=not settings.pgbouncer,
+            multiplex=settings.multiplex,
+            # With one key or none (auth disabled) there is no other key to share with.
+            shares=(
+                settings.auth == "keys"
+                and settings.key_max_pool_share < 1
+                and len(settings.all_api_keys()) > 1
+            ),
+            pool_timeout=settings.pool_timeout,
+            plain_reads_from_mirror=settings.plain_reads_from_mirror,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            max_response_bytes=settings.max_response_bytes,
+            lanes=LaneOptions.of(settings),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatementRules:
+    """What statement preparation checks a request's SQL and parameters against
+    (app/sql/statement.py)."""
+
+    max_sql_length: int
+    max_params: int
+    max_json_depth: int
+    # Behind PgBouncer: refuse what would change the shared server session.
+    pgbouncer: bool
+
+    @classmethod
+    def of(cls, settings: Settings) -> StatementRules:
+        """The rules from the service's settings."""
+        return cls(
+            max_sql_length=settings.max_sql_length,
+            max_params=settings.max_params,
+            max_json_depth=settings.max_json_depth,
+            pgbouncer=settings.pgbouncer,
+        )

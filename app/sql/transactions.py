@@ -1,0 +1,193 @@
+"""Transactions: a read-only request, one with its own timeout, /v1/transaction and POST /sql
+run their statements in a transaction of their own.
+
+On a session of our own the whole transaction is pipelined (`pipelined`): BEGIN, the limits
+(set_config(..., true)), every statement and its end go in one round trip, since no
+statement can use another's result; the first error stops the rest and names its statement.
+A read-only transaction is rolled back, never committed (session.closing). Behind PgBouncer
+the same transaction runs one statement at a time (app/sql/pgbouncer.py), opened by
+`begin`, ended by `end`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from app.errors import ResultTooLarge
+from app.sql import pipeline, session, text_output
+from app.sql.checkout import Checkout
+from app.sql.execution import Context, Limits
+from app.sql.failures import StatementFailed, rollback
+from app.sql.pipeline import Allowance, Command
+from app.sql.placeholders import BoundSQL
+from app.sql.results import StatementResult
+from app.sql.session import Isolation
+
+_OVER_THE_LIMITS = (
+    "a result is over MIRRORPOOL_MAX_ROWS or MIRRORPOOL_MAX_RESPONSE_BYTES; the transaction "
+    "was rolled back (select fewer rows with LIMIT)"
+)
+
+
+async def pipelined(
+    held: Checkout,
+    statements: list[BoundSQL],
+    limits: Limits,
+    isolation: Isolation | None,
+    ctx: Context,
+    deferrable: bool = False,
+) -> list[StatementResult]:
+    """BEGIN, the limits, every statement and the transaction's end in one round trip
+    (pipeline mode: the statements cannot use each other's results, so nothing waits for
+    them). Raises StatementFailed naming the statement that failed."""
+    conn = held.conn
+    # Marked before anything runs: a statement that fails, or whose answer cannot be made,
+    # may have changed the session all the same (a ROLLBACK does not undo a PREPARE, a
+    # session lock or the random seed).
+    for bound in statements:
+        held.mark(session.effect(bound.tree))
+    values = [str(limits.timeout_ms), str(ctx.options.lock_timeout_ms)]
+    opening = [
+        *(
+            [Command("DISCARD SEQUENCES", prepare=False)]
+            if any(session.reads_sequence_state(b.tree) for b in statements)
+            else []
+        ),
+        *(
+            Command(sql, prepare=False)
+            for sql in session.opening(isolation, limits.read_only, deferrable)
+        ),
+        Command(
+            text_output.LIMITS_AND_STYLES_SQL if limits.text_output else session.LOCAL_LIMITS_SQL,
+            values,
+            prepare=False,
+        ),
+    ]
+    first = len(opening)
+    prepare = not any(session.sets_anything(b.tree) for b in statements)
+    # The last statement over its limit may be stopped on the server when ending the
+    # transaction there loses nothing (stoppable).
+    stop = stoppable(statements, isolation, limits.read_only)
+    last = len(statements) - 1
+    styles = text_output.STYLES if limits.text_output else ""
+    # Text answers (POST /sql) over the limits fail (507) instead of arriving cut: a
+    # transaction that may write is ended only once its answers are known to fit.
+    end_later = limits.text_output and not limits.read_only
+    for attempt in (1, 2):
+        allowance = Allowance(ctx.options.max_response_bytes)
+        commands = [
+            *opening,
+            *(
+                Command(
+                    b.sql,
+                    b.params,
+                    prepare=prepare,
+                    keep=ctx.keep(limits, stop and i == last, allowance),
+                    styles=styles,
+                )
+                for i, b in enumerate(statements)
+            ),
+            *(
+                Command(sql, prepare=False)
+                for sql in session.closing(isolation, limits.read_only)
+                if not end_later
+            ),
+        ]
+        (unit,) = await pipeline.run_units(conn, [commands])
+        replies = unit.replies
+        # After a statement stopped on the server the transaction's end failed, or did not
+        # run: it only held reads, and is rolled back.
+        stopped = next((i for i, r in enumerate(replies) if r.stopped), len(replies))
+        failed = next((i for i, r in enumerate(replies[:stopped]) if r.error is not None), None)
+        if failed is None:
+            if stopped < len(replies):
+                await rollback(conn)
+            break
+        if unit.stale and attempt == 1:
+            # A prepared statement was gone or planned for an older schema: the transaction
+            # failed before it ran and is rolled back; run it once more.
+            await rollback(conn)
+            continue
+        error = replies[failed].error
+        assert error is not None
+        index = failed - first if first <= failed < first + len(statements) else None
+        raise StatementFailed(error, index)
+    if end_later:
+        cut = any(r.cut for r in replies[first : first + len(statements)])
+        await end_unless_cut(conn, cut, isolation, limits.read_only, limits.text_output)
+    results = []
+    node = held.node.name
+    for reply in replies[first : first + len(statements)]:
+        if reply.oversized:
+            held.mark(session.Effect.CLOSE)
+        if limits.text_output:
+            results.append(text_output.from_reply(reply, limits.max_rows))
+            continue
+        answer = await pipeline.answer(
+            conn, node, ctx.types, reply, limits.max_rows, limits.row_format
+        )
+        results.append(answer)
+    return results
+
+
+def begin(
+    ctx: Context,
+    read_only: bool,
+    isolation: Isolation | None,
+    timeout_ms: int,
+    statements: list[BoundSQL],
+    text: bool = False,
+    deferrable: bool = False,
+) -> Any:
+    """BEGIN and the transaction's limits as one simple query, with what the session does
+    not carry set LOCAL (behind PgBouncer)."""
+    local = ctx.local_settings
+    if text:  # Limits.text_output, behind PgBouncer: SET LOCAL, gone with the transaction
+        local = {**(local or {}), **text_output.POSTGRES_STYLES}
+    return session.begin_sql(
+        read_only=read_only,
+        isolation=isolation,
+        timeout_ms=timeout_ms,
+        lock_timeout_ms=ctx.options.lock_timeout_ms,
+        local_settings=local,
+        discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
+        deferrable=deferrable,
+    )
+
+
+def stoppable(statements: list[BoundSQL], isolation: Isolation | None, read_only: bool) -> bool:
+    """True when the transaction's last statement may be stopped on the server once it is
+    over its limit: ending the transaction there loses nothing (it only reads) and proves
+    nothing wrong (a serializable one's reads are proven only by its commit)."""
+    if isolation == "serializable":
+        return False
+    return read_only or all(session.pure_read(b.tree) for b in statements)
+
+
+async def end_unless_cut(
+    conn: AsyncConnection[Any],
+    cut: bool,
+    isolation: Isolation | None,
+    read_only: bool,
+    text_output: bool,
+) -> None:
+    """End the transaction; a text-answer one (POST /sql) that may write and has a result
+    over the limits is rolled back instead (507): its answer would be refused after its
+    writes were committed."""
+    if text_output and not read_only and cut:
+        await rollback(conn)
+        raise ResultTooLarge(_OVER_THE_LIMITS)
+    await end(conn, isolation, read_only)
+
+
+async def end(conn: AsyncConnection[Any], isolation: Isolation | None, read_only: bool) -> None:
+    """End a transaction run statement by statement: as it should end, or rolled back when
+    its last statement was stopped on the server (the cancel failed the transaction)."""
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+        await rollback(conn)
+        return
+    for statement in session.closing(isolation, read_only):
+        await conn.execute(statement)

@@ -1,0 +1,108 @@
+"""Pipelined execution on one connection (app/sql/pipeline): units on their own, rows kept
+to max_rows + 1 and the bytes allowed, a read over its limit stopped on the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.cluster.cluster import Cluster
+from app.sql import pipeline
+from app.sql.checkout import Checkout
+from app.sql.pipeline import Allowance, Command, Keep
+from app.sql.session import Effect
+from tests.unit.conftest import checkouts_of
+
+MANY = "SELECT g FROM generate_series(1, 2000000) AS g"
+
+
+async def scalar(held: Checkout, sql: str) -> Any:
+    cur = await held.conn.execute(sql)
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0]
+
+
+@pytest.fixture
+async def held(cluster: Cluster) -> Any:
+    async with checkouts_of(cluster).session(cluster.pick("write")) as checkout:
+        yield checkout
+
+
+async def test_a_read_stops_at_max_rows_plus_one_on_the_server(held: Checkout) -> None:
+    keep = Keep(11, Allowance(1 << 20), stop=True)
+    (unit,) = await pipeline.run_units(held.conn, [[Command(MANY, keep=keep)]])
+    (reply,) = unit.replies
+    assert reply.error is None
+    assert [row[0] for row in reply.rows] == list(range(1, 12))
+    assert reply.cut and reply.stopped
+    # Cancelled on the server long before its two million rows were all sent.
+    assert reply.seen < 200_000
+    assert reply.command == f"SELECT {reply.seen}"
+    # The connection is idle and usable after the cancel.
+    assert await scalar(held, "SELECT 7") == 7
+
+
+async def test_a_write_over_its_limit_runs_whole(held: Checkout) -> None:
+    held.mark(Effect.CLOSE)  # a temporary table: not for the next user of the connection
+    await held.conn.execute("CREATE TEMP TABLE written (n int)")
+    insert = "INSERT INTO written SELECT g FROM generate_series(1, 5000) AS g RETURNING n"
+    keep = Keep(11, Allowance(1 << 20), stop=False)
+    (unit,) = await pipeline.run_units(held.conn, [[Command(insert, keep=keep)]])
+    (reply,) = unit.replies
+    assert len(reply.rows) == 11 and reply.cut and not reply.stopped
+    assert reply.seen == 5000
+    assert reply.command == "INSERT 0 5000"
+    assert await scalar(held, "SELECT count(*) FROM written") == 5000
+
+
+async def test_rows_are_kept_within_the_bytes_allowed(held: Checkout) -> None:
+    allowance = Allowance(200)
+    keep = Keep(1000, allowance, stop=True)
+    sql = "SELECT repeat('x', 40) FROM generate_series(1, 100)"
+    (unit,) = await pipeline.run_units(held.conn, [[Command(sql, keep=keep)]])
+    (reply,) = unit.replies
+    assert 0 < len(reply.rows) < 10 and reply.cut
+    assert allowance.bytes < 200
+
+
+async def test_each_unit_succeeds_or_fails_on_its_own(held: Checkout) -> None:
+    keep = Keep(10)
+    units = await pipeline.run_units(
+        held.conn,
+        [
+            [Command("SELECT 1", keep=keep)],
+            [Command("SELECT 1 / 0", keep=keep)],
+            [Command("SELECT $1::int * 2", [21], keep=keep)],
+        ],
+    )
+    first, failed, third = (u.replies[0] for u in units)
+    assert first.rows == [(1,)]
+    assert failed.error is not None and failed.error.sqlstate == "22012"
+    assert third.rows == [(42,)]
+
+
+async def test_an_error_stops_the_rest_of_its_unit_only(held: Checkout) -> None:
+    keep = Keep(10)
+    units = await pipeline.run_units(
+        held.conn,
+        [
+            [Command("SELECT 1 / 0", keep=keep), Command("SELECT 2", keep=keep)],
+            [Command("SELECT 3", keep=keep)],
+        ],
+    )
+    broken, after = units[0].replies
+    assert broken.error is not None and broken.error.sqlstate == "22012"
+    assert after.error is not None  # not run: the server skipped it
+    assert units[1].replies[0].rows == [(3,)]
+
+
+async def test_a_text_run_twice_is_prepared_and_answers_the_same(held: Checkout) -> None:
+    command = [Command("SELECT $1::int + 1", [1], keep=Keep(10))]
+    first = await pipeline.run_units(held.conn, [command])
+    second = await pipeline.run_units(held.conn, [command])
+    assert first[0].replies[0].rows == second[0].replies[0].rows == [(2,)]
+    state = pipeline.state_of(held.conn)
+    assert any(key[0] == "SELECT $1::int + 1" for key in state.prepared)
+    assert await scalar(held, "SELECT count(*) FROM pg_prepared_statements") == 1
