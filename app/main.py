@@ -201,6 +201,7 @@ def create_app(
             app.state.login_warnings = await check_logins(cluster.nodes, settings, key_roles)
         cluster.warnings = list(app.state.login_warnings)
         await cluster.open()
+        await engine.open()
         freeze_startup_objects()
         logger.info(
             "mirrorpool %s started with nodes %s",

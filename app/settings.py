@@ -164,6 +164,15 @@ class Settings(BaseSettings):
     max_replica_lag_ms: int = Field(
         1_000, ge=0, description="Most replay lag a mirror may have to serve reads."
     )
+    schema_refresh_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="How often the catalog is checked for code that statements run out of the "
+        "parser's sight (views, triggers, defaults, policies, and the database's own function "
+        "names), whose effects get a connection reset; at once after a schema change made "
+        "through mirrorpool, every this many seconds for changes made around it.",
+    )
     promote_after_s: float | None = Field(
         None,
         gt=0,

@@ -113,6 +113,22 @@ class WorkerOut(BaseModel):
     )
 
 
+class SchemaOut(BaseModel):
+    """What the catalog says of code that statements run out of the parser's sight."""
+
+    known: bool = Field(
+        description="False before the first reading, and after a schema change made through "
+        "mirrorpool until the next one: meanwhile every statement that names a relation or "
+        "an unqualified function has its connection reset after it."
+    )
+    read_at: datetime | None = Field(description="When the catalog was last found current.")
+    relations_run_code: int = Field(
+        description="Relations whose reading or writing runs such code (a view's, a trigger's, "
+        "a default's, a policy's...): statements touching them are reset after."
+    )
+    own_functions: int = Field(description="Function names of the database's own.")
+
+
 class PoolStats(BaseModel):
     """Every node's pool and state, the writer, and the recent events."""
 
@@ -128,6 +144,7 @@ class PoolStats(BaseModel):
     workers: list[WorkerOut] = Field(
         default_factory=list, description="Every worker's pools; empty with one worker."
     )
+    schema_code: SchemaOut = Field(description="This worker's reading of the catalog.")
 
 
 def _node_stats(node: Node, cluster: Cluster, engine: Engine) -> NodeStats:
@@ -209,6 +226,19 @@ def _stats(cluster: Cluster, engine: Engine) -> PoolStats:
         event_counts=dict(cluster.events.counts),
         worker=os.getpid(),
         workers=_workers(cluster),
+        schema_code=_schema(engine),
+    )
+
+
+def _schema(engine: Engine) -> SchemaOut:
+    watch = engine.schema
+    facts = watch.current
+    read_at = watch.read_at_wall
+    return SchemaOut(
+        known=facts.known,
+        read_at=datetime.fromtimestamp(read_at, UTC) if read_at is not None else None,
+        relations_run_code=len(facts.read_coded | facts.write_coded),
+        own_functions=len(facts.own_functions),
     )
 
 

@@ -20,8 +20,9 @@ Rows are read in chunks and kept up to max_rows + 1 within the response bytes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from app.sql.multiplex import Multiplexer
 from app.sql.options import EngineOptions, StatementRules
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult
+from app.sql.schema_code import SchemaWatch
 from app.sql.session import Isolation
 from app.sql.streaming import Streams
 from app.supervisor import Supervisor
@@ -65,7 +67,11 @@ class Engine:
         # What statement.prepare checks requests against (the routes hand it over).
         self.rules = rules
         self.types = TypeNames()
-        self._ctx = Context(options, self.types)
+        # What the catalog says of code that runs out of the tree's sight: read at start-up
+        # (open()), again after a schema change, and every MIRRORPOOL_SCHEMA_REFRESH_S.
+        self.schema = SchemaWatch(self._ask_catalog, options.schema_refresh_s)
+        self._supervisor = supervisor
+        self._ctx = Context(options, self.types, self.schema)
         # False behind a transaction pooler: nothing a pooled connection carries can be
         # relied on (no plain fast path: every request is a transaction that SETs LOCAL
         # what it needs), and nothing may be reset in it.
@@ -76,7 +82,7 @@ class Engine:
         self._failures = Failures(cluster, self.checkouts)
         # Quick plain statements share connections, pipelined (app/sql/multiplex.py).
         self.mux = (
-            Multiplexer(options.lanes, self.checkouts, self.types, supervisor)
+            Multiplexer(options.lanes, self.checkouts, self.types, supervisor, self.schema)
             if options.multiplex and options.own_sessions
             else None
         )
@@ -84,6 +90,37 @@ class Engine:
         self._streams = Streams(self._ctx, self._failures, supervisor)
         self._inflight: dict[str, set[Guard]] = {n.name: set() for n in cluster.nodes}
         cluster.node_lost.connect(self._sever)
+
+    async def open(self, wait_s: float = 2.0) -> None:
+        """Start keeping the catalog's facts fresh. Wait (at most `wait_s` each) for the
+        cluster's first writer and the first reading: a worker then answers its first
+        requests with a writer known and without resetting every session."""
+        await self.cluster.wait_for_writer(wait_s)
+        self._supervisor.spawn(self.schema.run(), name="schema-code")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.schema.first_read.wait(), wait_s)
+
+    async def _ask_catalog(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A catalog query on the writer's monitor connection (else any reachable node's:
+        a mirror's catalog is the primary's)."""
+        nodes = [self.cluster.writer] if self.cluster.writer is not None else []
+        nodes += [n for n in self.cluster.nodes if n.state.reachable and n not in nodes]
+        if not nodes:
+            raise NodeFailed("no node is reachable to read the catalog from")
+        return await self.cluster.monitor.ask(nodes[0], query, params)
+
+    @asynccontextmanager
+    async def _changing(self, changes: bool) -> AsyncIterator[None]:
+        """Around a statement that may change the schema: the catalog's facts are unknown
+        from before it starts until read again after it ends (a reading taken while it ran
+        may predate its commit)."""
+        if changes:
+            self.schema.changed()
+        try:
+            yield
+        finally:
+            if changes:
+                self.schema.changed()
 
     def _sever(self, node: Node) -> None:
         """The node is down or fenced: fail its in-flight requests now (reads retry)."""
@@ -101,18 +138,23 @@ class Engine:
         finally:
             await held.give_back()
 
-    async def run(self, bound: BoundSQL, limits: Limits, abort: Abort | None = None) -> Outcome:
+    async def run(
+        self, bound: BoundSQL, limits: Limits, abort: Abort | None = None, _around: bool = False
+    ) -> Outcome:
         """Run one statement and fetch up to max_rows rows; the client leaving cancels it.
 
         A read-only request whose node fails mid-flight is retried once on another node
         within the same deadline; a write never is (it may have committed).
         """
+        if not _around and session.changes_schema(bound.tree):
+            async with self._changing(True):
+                return await self.run(bound, limits, abort, _around=True)
         intent: Intent = "read" if limits.read_only else "write"
         # A statement the parser shows to be a pure read is served by a mirror while no node
         # takes writes, and retried on another node like a read_only one: it changed nothing
         # that a second run would repeat.
         pure = limits.read_only or (
-            self.options.plain_reads_from_mirror and session.pure_read(bound.tree)
+            self.options.plain_reads_from_mirror and self._ctx.pure_read(bound.tree)
         )
         if pure and self.cluster.writer is None:
             intent = "read"
@@ -154,7 +196,7 @@ class Engine:
             plain_request
             and limits.role is None
             and mux is not None
-            and mux.known.quick(limits.key, bound.sql)
+            and mux.known.quick(limits.key, bound.tree, bound.sql)
         ):
             return node.name, await self._multiplexed(node, bound, limits)
         inflight = self._inflight[node.name]
@@ -230,7 +272,12 @@ class Engine:
         )
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
-        async with Guard(timeout_ms, abort) as guard, self._session(intent, role, key) as held:
+        changes = any(session.changes_schema(b.tree) for b in statements)
+        async with (
+            Guard(timeout_ms, abort) as guard,
+            self._changing(changes),
+            self._session(intent, role, key) as held,
+        ):
             conn, node = held.conn, held.node.name
             guard.use(held)
             inflight = self._inflight[node]

@@ -7,10 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.sql import session
 from app.sql.columns import TypeNames
 from app.sql.options import EngineOptions
 from app.sql.pipeline import Allowance, Keep
 from app.sql.results import RowFormat, StatementResult
+from app.sql.schema_code import SchemaWatch
+from app.sql.tree import Tree
 from app.sql.types import SESSION_SETTINGS
 
 
@@ -43,10 +46,20 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What the strategies read: the engine's options and the type names of every node."""
+    """What the strategies read: the engine's options, the type names of every node, and
+    what the catalog says of code that runs out of the tree's sight."""
 
     options: EngineOptions
     types: TypeNames
+    schema: SchemaWatch
+
+    def effect(self, tree: Tree) -> session.Effect:
+        """What the statement may leave in its session (app/sql/session.py), code of the
+        database's own that it runs unseen included."""
+        return session.effect_with(tree, self.schema.current)
+
+    def pure_read(self, tree: Tree) -> bool:
+        return session.pure_read_with(tree, self.schema.current)
 
     @property
     def local_settings(self) -> dict[str, str] | None:

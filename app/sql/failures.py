@@ -16,6 +16,7 @@ from app.sql import checkout
 from app.sql.checkout import Checkouts
 from app.sql.errors import database_error
 
+
 class StatementFailed(psycopg.Error):
     """A transaction failed: the error, and which statement raised it (if one)."""
 

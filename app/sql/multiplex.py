@@ -51,6 +51,7 @@ from app.sql.guard import Guard
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.results import RowFormat, StatementResult
+from app.sql.schema_code import SchemaWatch
 from app.sql.tree import Tree
 from app.supervisor import Supervisor
 
@@ -229,7 +230,7 @@ class Lane:
             started = unit.finished or started
             # Only pure reads join a lane; should one have changed the session all the same
             # (a reported parameter moved), the checkout resets it before reuse.
-            held.mark(session.effect(job.tree))
+            held.mark(self.known.effect(job.tree))
             if any(reply.oversized for reply in unit.replies):
                 held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
             try:
@@ -272,13 +273,23 @@ class Known:
     """How long reads took last, by key and SQL text: which ones are quick enough to share
     (one key's slow runs of a text take it out of that key's lanes only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, schema: SchemaWatch) -> None:
         self._seconds: dict[str, dict[str, float]] = {}
+        self._schema = schema
 
-    def quick(self, key: str, sql: str) -> bool:
-        """True when the statement is a plain read that ran quickly last time."""
+    def quick(self, key: str, tree: Tree, sql: str) -> bool:
+        """True when the statement is a plain read that ran quickly last time (and, as the
+        catalog says now, runs no code of the database's own out of sight)."""
         seconds = self._seconds.get(key, {}).get(sql)
-        return seconds is not None and seconds < QUICK_S
+        return (
+            seconds is not None
+            and seconds < QUICK_S
+            and not self._schema.current.runs_unseen_code(tree)
+        )
+
+    def effect(self, tree: Tree) -> session.Effect:
+        """What a statement run in a lane may leave in its session (app/sql/session.py)."""
+        return session.effect_with(tree, self._schema.current)
 
     def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
         """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
@@ -287,7 +298,7 @@ class Known:
         known = self._seconds.setdefault(key, {})
         last = known.get(sql)
         if last is None:
-            if not session.pure_read(tree):
+            if not session.pure_read_with(tree, self._schema.current):
                 return
             if len(known) >= MAX_KNOWN:
                 known.clear()
@@ -303,8 +314,9 @@ class Multiplexer:
         checkouts: Checkouts,
         types: TypeNames,
         supervisor: Supervisor,
+        schema: SchemaWatch,
     ) -> None:
-        self.known = Known()
+        self.known = Known(schema)
         self.lanes: dict[tuple[str, str], Lane] = {}
         self._options = options
         self._checkouts = checkouts

@@ -51,6 +51,8 @@ class EngineOptions:
     lock_timeout_ms: int
     max_response_bytes: int
     lanes: LaneOptions
+    # How often the catalog is read for code out of the tree's sight (app/sql/schema_code.py).
+    schema_refresh_s: float = 1.0
 
     @classmethod
     def of(cls, settings: Settings) -> EngineOptions:
@@ -70,6 +72,7 @@ class EngineOptions:
             lock_timeout_ms=settings.lock_timeout_ms,
             max_response_bytes=settings.max_response_bytes,
             lanes=LaneOptions.of(settings),
+            schema_refresh_s=settings.schema_refresh_s,
         )
 
 

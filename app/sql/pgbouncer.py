@@ -25,7 +25,7 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
     await conn.execute(
         begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output)
     )
-    stop = stoppable([bound], None, limits.read_only)
+    stop = stoppable([bound], None, limits.read_only, ctx)
     result = await _statement(held, bound, ctx.keep(limits, stop), limits, ctx)
     await end_unless_cut(conn, result.truncated, None, limits.read_only, limits.text_output)
     return result
@@ -56,7 +56,7 @@ async def transaction(
             )
         )
         allowance = Allowance(ctx.options.max_response_bytes)
-        stop = stoppable(statements, isolation, limits.read_only)
+        stop = stoppable(statements, isolation, limits.read_only, ctx)
         for position, bound in enumerate(statements):
             last = position == len(statements) - 1
             keep = ctx.keep(limits, stop and last, allowance)
@@ -76,7 +76,7 @@ async def _statement(
 ) -> StatementResult:
     """One statement of the transaction (one unit, nothing prepared)."""
     conn, node = held.conn, held.node.name
-    held.mark(session.effect(bound.tree))
+    held.mark(ctx.effect(bound.tree))
     command = Command(bound.sql, bound.params, prepare=False, keep=keep)
     (unit,) = await pipeline.run_units(conn, [[command]])
     (reply,) = unit.replies

@@ -24,8 +24,8 @@ async def run(
     A read over its limit is stopped on the server; a write's rows beyond it are read and
     dropped (stopping it would undo it)."""
     started = time.perf_counter()
-    held.mark(session.effect(bound.tree))
-    keep = ctx.keep(limits, session.pure_read(bound.tree))
+    held.mark(ctx.effect(bound.tree))
+    keep = ctx.keep(limits, ctx.pure_read(bound.tree))
     command = [Command(bound.sql, bound.params, keep=keep)]
     (unit,) = await pipeline.run_units(held.conn, [command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema

@@ -178,20 +178,20 @@ class SchemaCode:
     def runs_unseen_code(self, tree: Tree) -> bool:
         """True when the statement may run code of the database's own that it does not name
         as a call (or names by a name the tree takes for a catalog function's)."""
-        names = {name for _, name in tree.relations}
-        unqualified = {call[-1] for call in tree.calls if len(call) == 1}
         if not self.known:
-            return bool(names or tree.attributes or unqualified)
-        if names & self.read_coded:
-            return True
-        if {name for _, name in tree.written} & self.write_coded:
-            return True
+            return bool(tree.relation_names or tree.own_call_names)
         # `t.f` and `(expr).f` are calls of f when there is no such column or field, and an
         # unqualified name reaches the schema's own overload when its signature fits better.
-        return bool((tree.attributes | unqualified) & self.own_functions)
+        return not (
+            self.read_coded.isdisjoint(tree.relation_names)
+            and self.write_coded.isdisjoint(tree.written_names)
+            and self.own_functions.isdisjoint(tree.own_call_names)
+        )
 
 
 UNKNOWN = SchemaCode(frozenset(), frozenset(), frozenset(), known=False)
+# A schema with no code of its own (what a test of the lanes alone assumes).
+NOTHING = SchemaCode(frozenset(), frozenset(), frozenset())
 
 
 def assemble(
@@ -269,11 +269,25 @@ class SchemaWatch:
         self._ask = ask
         self.refresh_s = refresh_s
         self.current: SchemaCode = UNKNOWN
-        self.read_at: float | None = None
+        # When the catalog was last found current (time.time()).
+        self.read_at_wall: float | None = None
         self._fingerprint: str | None = None
         self._verdicts: dict[tuple[str, frozenset[str]], bool] = {}
         self._generation = 0
         self._wake = asyncio.Event()
+        # Set once the catalog has been read (or found unreadable) for the first time.
+        self.first_read = asyncio.Event()
+
+    @classmethod
+    def fixed(cls, facts: SchemaCode) -> SchemaWatch:
+        """A watch that never reads the catalog and always says `facts`."""
+
+        async def nothing(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+            raise RuntimeError("this watch reads no catalog")
+
+        watch = cls(nothing, 3600)
+        watch.current = facts
+        return watch
 
     def changed(self) -> None:
         """A statement that may change the schema ran: the facts are unknown until read."""
@@ -283,11 +297,12 @@ class SchemaWatch:
 
     async def read_now(self) -> bool:
         generation = self._generation
+        began = time.time()  # what is read reflects the catalog as of (at least) now
         try:
             rows = await self._ask(FINGERPRINT_SQL, [])
             fingerprint = str(rows[0][0])
             if fingerprint == self._fingerprint and self.current.known:
-                self.read_at = time.monotonic()
+                self.read_at_wall = began
                 return True
             facts, self._verdicts = await read(self._ask, self._verdicts)
         except Exception as exc:  # any failure leaves the facts as they were, or unknown
@@ -296,7 +311,7 @@ class SchemaWatch:
         if generation == self._generation:  # no change came in while reading
             self.current = facts
             self._fingerprint = fingerprint
-            self.read_at = time.monotonic()
+            self.read_at_wall = began
             return True
         return False
 
@@ -305,6 +320,7 @@ class SchemaWatch:
         while True:
             self._wake.clear()
             fresh = await self.read_now()
+            self.first_read.set()
             # (a change while reading has set the event: read again at once)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(

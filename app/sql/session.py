@@ -23,6 +23,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from app.sql import catalog, pipeline
+from app.sql.schema_code import SchemaCode
 from app.sql.tree import Tree
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
@@ -146,6 +147,30 @@ def _changes_a_setting(tree: Tree) -> bool:
     return bool(tree.set_configs) or any(
         s.kind != "VAR_SET_MULTI" or s.name == "session characteristics" for s in tree.settings
     )
+
+
+@lru_cache(maxsize=4096)
+def changes_schema(tree: Tree) -> bool:
+    """True for a statement that may create, change or drop what the catalog holds (any
+    statement but a query, DML and the few clean kinds; SELECT ... INTO): the facts of
+    app/sql/schema_code.py are unknown until the catalog is read again."""
+    return "IntoClause" in tree.kinds or any(
+        kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds
+    )
+
+
+def effect_with(tree: Tree, code: SchemaCode) -> Effect:
+    """What the statement may leave behind, counting the code of the database's own that it
+    runs out of the tree's sight (a view's, a trigger's, ...: app/sql/schema_code.py)."""
+    found = effect(tree)
+    if found is Effect.NONE and code.runs_unseen_code(tree):
+        return Effect.RESET
+    return found
+
+
+def pure_read_with(tree: Tree, code: SchemaCode) -> bool:
+    """pure_read(), and no code of the database's own runs out of sight."""
+    return pure_read(tree) and not code.runs_unseen_code(tree)
 
 
 def pure_read(tree: Tree) -> bool:

@@ -48,7 +48,7 @@ async def pipelined(
     # may have changed the session all the same (a ROLLBACK does not undo a PREPARE, a
     # session lock or the random seed).
     for bound in statements:
-        held.mark(session.effect(bound.tree))
+        held.mark(ctx.effect(bound.tree))
     values = [str(limits.timeout_ms), str(ctx.options.lock_timeout_ms)]
     opening = [
         *(
@@ -70,7 +70,7 @@ async def pipelined(
     prepare = not any(session.sets_anything(b.tree) for b in statements)
     # The last statement over its limit may be stopped on the server when ending the
     # transaction there loses nothing (stoppable).
-    stop = stoppable(statements, isolation, limits.read_only)
+    stop = stoppable(statements, isolation, limits.read_only, ctx)
     last = len(statements) - 1
     styles = text_output.STYLES if limits.text_output else ""
     # Text answers (POST /sql) over the limits fail (507) instead of arriving cut: a
@@ -158,13 +158,15 @@ def begin(
     )
 
 
-def stoppable(statements: list[BoundSQL], isolation: Isolation | None, read_only: bool) -> bool:
+def stoppable(
+    statements: list[BoundSQL], isolation: Isolation | None, read_only: bool, ctx: Context
+) -> bool:
     """True when the transaction's last statement may be stopped on the server once it is
     over its limit: ending the transaction there loses nothing (it only reads) and proves
     nothing wrong (a serializable one's reads are proven only by its commit)."""
     if isolation == "serializable":
         return False
-    return read_only or all(session.pure_read(b.tree) for b in statements)
+    return read_only or all(ctx.pure_read(b.tree) for b in statements)
 
 
 async def end_unless_cut(

@@ -117,6 +117,11 @@ class Tree:
     relations: frozenset[tuple[str | None, str]]
     # The relations an INSERT, UPDATE, DELETE or MERGE writes to, wherever it sits.
     written: frozenset[tuple[str | None, str]]
+    # Their bare names, and every name that may call a function of the database's own
+    # (attributes, unqualified calls): what app/sql/schema_code.py matches the catalog with.
+    relation_names: frozenset[str]
+    written_names: frozenset[str]
+    own_call_names: frozenset[str]
     set_configs: tuple[SetConfig, ...]
     settings: tuple[Setting, ...]
     # TransactionStmt kind: TRANS_STMT_BEGIN, TRANS_STMT_SAVEPOINT, ...
@@ -372,6 +377,11 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         ),
         relations=frozenset(seen.relations),
         written=frozenset(seen.written),
+        relation_names=frozenset(name for _, name in seen.relations),
+        written_names=frozenset(name for _, name in seen.written),
+        own_call_names=frozenset(
+            seen.attributes | {call[-1] for call in seen.calls if len(call) == 1}
+        ),
         set_configs=tuple(seen.set_configs),
         settings=tuple(seen.settings),
         transaction=transaction,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from psycopg import sql
 from app.api.auth import hash_key
 from app.devdb import SERVICE, LocalPair
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
+from tests.waiting import eventually
 
 KEYS = {name: f"{name}-{uuid.uuid4().hex}" for name in ("read", "write", "admin", "role", "role2")}
 
@@ -108,3 +110,17 @@ def restore_login(pair: LocalPair) -> Iterator[None]:
                 sql.Identifier(SERVICE), sql.Literal(pair.password_of(SERVICE))
             )
         )
+
+
+async def schema_seen(client: httpx.AsyncClient) -> None:
+    """Wait until the service has read the catalog after the schema changes made so far (as
+    the owner, around the service: it reads again every MIRRORPOOL_SCHEMA_REFRESH_S)."""
+    made = datetime.now(UTC)
+
+    async def seen() -> bool:
+        r = await client.get("/pool/stats", headers=headers("admin"))
+        assert r.status_code == 200, r.text
+        read_at = r.json()["schema_code"]["read_at"]
+        return read_at is not None and datetime.fromisoformat(read_at) > made
+
+    await eventually(seen, "the service to read the catalog after the schema change", 10)

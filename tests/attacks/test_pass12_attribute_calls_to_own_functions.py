@@ -27,12 +27,14 @@ import httpx
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import advisory_locks, query
+from tests.attacks.conftest import advisory_locks, query, schema_seen
 from tests.conftest import as_owner
 
 
 @pytest.fixture
-def own_functions(pair: LocalPair, world: dict[str, str]) -> None:
+async def own_functions(pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient) -> None:
+    """The schema's own code, made by its owner while the service runs; the tests start
+    once the service has read the catalog again (MIRRORPOOL_SCHEMA_REFRESH_S)."""
     as_owner(
         pair,
         "CREATE OR REPLACE FUNCTION public.set_tenant(t text) RETURNS text"
@@ -45,6 +47,7 @@ def own_functions(pair: LocalPair, world: dict[str, str]) -> None:
         "CREATE OR REPLACE FUNCTION public.upper(t text, remember bool) RETURNS text"
         " LANGUAGE sql AS $$ SELECT set_config('app.tenant', t, false) $$",
     )
+    await schema_seen(client)
 
 
 TENANT = "SELECT current_setting('app.tenant', true) AS t"

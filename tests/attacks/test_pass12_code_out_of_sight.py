@@ -18,12 +18,14 @@ import httpx
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import advisory_locks, query
+from tests.attacks.conftest import advisory_locks, query, schema_seen
 from tests.conftest import as_owner
 
 
 @pytest.fixture
-def out_of_sight(pair: LocalPair, world: dict[str, str]) -> None:
+async def out_of_sight(pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient) -> None:
+    """The schema's own code, made by its owner while the service runs; the tests start
+    once the service has read the catalog again (MIRRORPOOL_SCHEMA_REFRESH_S)."""
     as_owner(
         pair,
         "CREATE OR REPLACE FUNCTION public.claim_job(id bigint) RETURNS bool"
@@ -37,6 +39,7 @@ def out_of_sight(pair: LocalPair, world: dict[str, str]) -> None:
         "CREATE TRIGGER claim BEFORE INSERT ON public.queue"
         " FOR EACH ROW EXECUTE FUNCTION claim_on_insert()",
     )
+    await schema_seen(client)
 
 
 @pytest.mark.parametrize(

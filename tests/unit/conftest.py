@@ -12,6 +12,7 @@ import pytest
 from app.cluster.cluster import Cluster
 from app.devdb import LocalPair
 from app.sql.checkout import Checkouts
+from app.supervisor import Supervisor
 from tests.conftest import settings_for
 
 ClusterFactory = Callable[..., Any]
@@ -33,7 +34,7 @@ async def make_cluster(pair: LocalPair) -> AsyncIterator[ClusterFactory]:
 
     async def make(**overrides: Any) -> Cluster:
         values = {"application_name": f"mp_unit_{uuid.uuid4().hex[:8]}", **overrides}
-        cluster = Cluster(settings_for(pair, **values))
+        cluster = Cluster(settings_for(pair, **values), supervisor=Supervisor())
         made.append(cluster)
         await cluster.open()
         assert await cluster.wait_for_writer(10) is not None
@@ -42,6 +43,7 @@ async def make_cluster(pair: LocalPair) -> AsyncIterator[ClusterFactory]:
     yield make
     for cluster in made:
         await cluster.close(5)
+        await cluster.supervisor.close(5)
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ import pytest
 
 from app.cluster.cluster import Cluster
 from app.errors import PoolExhausted
+from app.sql import schema_code
 from app.sql.columns import TypeNames
 from app.sql.multiplex import Multiplexer
 from app.sql.options import LaneOptions
+from app.sql.schema_code import SchemaWatch
 from app.sql.tree import parse
 from app.supervisor import Supervisor
 from tests.unit.conftest import checkouts_of
@@ -31,7 +33,13 @@ def lanes(cluster: Cluster, supervisor: Supervisor, **overrides: Any) -> Multipl
         "max_response_bytes": 1 << 20,
         **overrides,
     }
-    return Multiplexer(LaneOptions(**values), checkouts_of(cluster), TypeNames(), supervisor)
+    return Multiplexer(
+        LaneOptions(**values),
+        checkouts_of(cluster),
+        TypeNames(),
+        supervisor,
+        SchemaWatch.fixed(schema_code.NOTHING),
+    )
 
 
 async def run(mux: Multiplexer, cluster: Cluster, sql: str, params: list[Any]) -> Any:
