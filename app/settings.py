@@ -259,6 +259,13 @@ class Settings(BaseSettings):
         description="Pipeline concurrent quick plain reads on shared pool connections, "
         "each on its own (off behind PgBouncer).",
     )
+    multiplex_quick_ms: float = Field(
+        5.0,
+        gt=0,
+        le=1000,
+        description="A plain read joins the lanes once it has run in under this many "
+        "milliseconds; one slower run takes it out.",
+    )
     allow_raw_sql: bool = Field(
         True, description="false: only named queries run; /v1/query and friends answer 403."
     )

@@ -57,7 +57,8 @@ from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-# A statement joins a lane once it has run in under this long; one slow run takes it out.
+# A statement joins a lane once it has run in under this long; one slow run takes it out
+# (MIRRORPOOL_MULTIPLEX_QUICK_MS).
 QUICK_S = 0.005
 # Statements sent in one pipeline at most.
 MAX_BATCH = 16
@@ -273,9 +274,10 @@ class Known:
     """How long reads took last, by key and SQL text: which ones are quick enough to share
     (one key's slow runs of a text take it out of that key's lanes only)."""
 
-    def __init__(self, schema: SchemaWatch) -> None:
+    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S) -> None:
         self._seconds: dict[str, dict[str, float]] = {}
         self._schema = schema
+        self._quick_s = quick_s
 
     def quick(self, key: str, tree: Tree, sql: str) -> bool:
         """True when the statement is a plain read that ran quickly last time (and, as the
@@ -283,7 +285,7 @@ class Known:
         seconds = self._seconds.get(key, {}).get(sql)
         return (
             seconds is not None
-            and seconds < QUICK_S
+            and seconds < self._quick_s
             and not self._schema.current.runs_unseen_code(tree)
         )
 
@@ -316,7 +318,7 @@ class Multiplexer:
         supervisor: Supervisor,
         schema: SchemaWatch,
     ) -> None:
-        self.known = Known(schema)
+        self.known = Known(schema, options.quick_s)
         self.lanes: dict[tuple[str, str], Lane] = {}
         self._options = options
         self._checkouts = checkouts

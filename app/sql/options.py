@@ -21,6 +21,8 @@ class LaneOptions:
     pool_timeout: float
     statement_timeout_ms: int
     max_response_bytes: int
+    # A statement joins the lanes once it has run in under this long.
+    quick_s: float = 0.005
 
     @classmethod
     def of(cls, settings: Settings) -> LaneOptions:
@@ -31,6 +33,7 @@ class LaneOptions:
             pool_timeout=settings.pool_timeout,
             statement_timeout_ms=settings.statement_timeout_ms,
             max_response_bytes=settings.max_response_bytes,
+            quick_s=settings.multiplex_quick_ms / 1000,
         )
 
 
