@@ -37,7 +37,7 @@ from app.sql.columns import TypeNames
 from app.sql.execution import Context, Limits, Outcome, ms_since
 from app.sql.failures import Failures, StatementFailed, rollback
 from app.sql.guard import Abort, Guard
-from app.sql.multiplex import Multiplexer
+from app.sql.multiplex import Multiplexer, WaitedForLock
 from app.sql.options import EngineOptions, StatementRules
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult
@@ -198,7 +198,11 @@ class Engine:
             and mux is not None
             and mux.known.quick(limits.key, bound.tree, bound.sql)
         ):
-            return node.name, await self._multiplexed(node, bound, limits)
+            try:
+                return node.name, await self._multiplexed(node, bound, limits)
+            except WaitedForLock:
+                pass  # undone there; it runs again below, where waiting holds up no one
+
         inflight = self._inflight[node.name]
         inflight.add(guard)
         try:

@@ -64,6 +64,13 @@ QUICK_S = 0.005
 MAX_BATCH = 16
 # Statement texts whose speed is remembered at most, per key.
 MAX_KNOWN = 4096
+# How long a write in a lane may wait for a lock (a row another transaction holds): past it,
+# its neighbours would wait too, so it is cancelled and runs again on its own connection.
+LANE_LOCK_WAIT = "20ms"
+# What a run that waited for a lock counts as: out of the lanes for a few quick runs.
+LOCK_WAITED_S = 1.0
+_LOCK_WAIT_SQL = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 @dataclass(slots=True)
@@ -78,6 +85,16 @@ class Job:
     future: asyncio.Future[StatementResult]
     queued: float = field(default_factory=time.monotonic)
     retried: bool = False
+
+    @property
+    def writes(self) -> bool:
+        return self.tree.kind != "SelectStmt"
+
+
+class WaitedForLock(Exception):
+    """A write in a lane waited for a lock longer than LANE_LOCK_WAIT: it was cancelled there
+    (its transaction undone) and must run again on a connection of its own, where waiting
+    holds up no one else."""
 
 
 @dataclass
@@ -214,11 +231,7 @@ class Lane:
         self._busy.add(conn)
         started = time.monotonic()
         try:
-            units = await pipeline.run_units(
-                conn,
-                [[Command(j.sql, j.params, keep=self._keep(j))] for j in jobs],
-                guard.progress,
-            )
+            units = await pipeline.run_units(conn, [self._unit(j) for j in jobs], guard.progress)
         finally:
             guard.stop()
             self._busy.discard(conn)
@@ -239,17 +252,24 @@ class Lane:
             except Exception as exc:  # this job's answer could not be made: its error only
                 _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
 
-    def _keep(self, job: Job) -> Keep:
-        """A job's rows: max_rows + 1 within the response bytes; over that it is stopped on
-        the server (a pure read, in a unit of its own)."""
-        return Keep(job.max_rows + 1, Allowance(self.options.max_response_bytes), stop=True)
+    def _unit(self, job: Job) -> list[Command]:
+        """A job's commands, closed by a Sync of their own. A write waits for locks no
+        longer than LANE_LOCK_WAIT (a setting local to its own implicit transaction), and is
+        never stopped over its limits (that would undo it): its extra rows are dropped."""
+        keep = Keep(
+            job.max_rows + 1, Allowance(self.options.max_response_bytes), stop=not job.writes
+        )
+        statement = Command(job.sql, job.params, keep=keep)
+        if job.writes:
+            return [Command(_LOCK_WAIT_SQL, [LANE_LOCK_WAIT]), statement]
+        return [statement]
 
     async def _settle_job(
         self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
     ) -> None:
         """Answer one job."""
-        (reply,) = unit.replies
-        if reply.stale and not job.retried:
+        reply = unit.replies[-1]
+        if unit.stale and not job.retried:
             # Our prepared statement was gone or planned for an older schema: it did not
             # run, so it can safely go again.
             job.retried = True
@@ -262,6 +282,11 @@ class Lane:
         # cancel, which may have hit one of them (sent again, as stale).
         self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
         if reply.error is not None:
+            if job.writes and reply.error.sqlstate == _LOCK_NOT_AVAILABLE:
+                # Out of the lane until quick runs of its own bring it back.
+                self.known.observe(self.key, job.tree, job.sql, LOCK_WAITED_S)
+                _settle(job.future, error=WaitedForLock(str(reply.error)))
+                return
             _settle(job.future, error=reply.error)
             return
         answer = await pipeline.answer(
@@ -300,7 +325,7 @@ class Known:
         known = self._seconds.setdefault(key, {})
         last = known.get(sql)
         if last is None:
-            if not session.pure_read_with(tree, self._schema.current):
+            if not session.may_share(tree, self._schema.current):
                 return
             if len(known) >= MAX_KNOWN:
                 known.clear()

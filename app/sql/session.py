@@ -173,6 +173,27 @@ def pure_read_with(tree: Tree, code: SchemaCode) -> bool:
     return pure_read(tree) and not code.runs_unseen_code(tree)
 
 
+# Data-changing statements that may share a lane when they leave the session as it was.
+_LANE_WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
+def lane_write(tree: Tree) -> bool:
+    """A plain INSERT, UPDATE, DELETE or MERGE proven to leave its session as it was: in
+    autocommit it is its own transaction, so it may share a lane (app/sql/multiplex.py)."""
+    return (
+        tree.kind in _LANE_WRITES
+        and not tree.temp
+        and "IntoClause" not in tree.kinds
+        and effect(tree) is Effect.NONE
+    )
+
+
+def may_share(tree: Tree, code: SchemaCode) -> bool:
+    """What may run in a lane: a pure read, or a plain write, that runs no code of the
+    database's own out of sight."""
+    return (pure_read(tree) or lane_write(tree)) and not code.runs_unseen_code(tree)
+
+
 def pure_read(tree: Tree) -> bool:
     """A query that writes nothing, locks no rows and is proven to leave its session as it
     was: what may share a connection with other requests' statements (app/sql/multiplex.py)."""

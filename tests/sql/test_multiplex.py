@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.devdb import LocalPair
+from app.devdb import OWNER, LocalPair
 from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
 from tests.waiting import eventually
 
@@ -96,30 +96,75 @@ async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_row(
     assert after["largest_batch"] > 4
 
 
-async def test_writes_and_locking_reads_keep_a_connection_of_their_own(
+async def test_writes_share_lanes_and_each_stands_alone(
     client: httpx.AsyncClient, pair: LocalPair
 ) -> None:
-    # A write or a locking read may wait on a row lock, which would hold up every statement
-    # pipelined behind it: they never share. Each insert still stands alone.
+    # A plain insert is its own transaction in autocommit, and in a lane too (its own Sync):
+    # one that fails (a duplicate) leaves its neighbours committed.
     table = fresh_table(pair, "k int UNIQUE, at timestamptz DEFAULT now()")
-    insert = f"INSERT INTO {table} (k) VALUES ($1)"
-    locking = f"SELECT k FROM {table} WHERE k = $1 FOR UPDATE"
-    assert (await q(client, insert, [-1])).status_code == 200
-    assert (await q(client, locking, [-1])).status_code == 200
+    insert = f"INSERT INTO {table} (k) VALUES ($1) RETURNING k"
+    warming = iter(range(-1, -1000, -1))
+
+    async def in_lane() -> bool:
+        before = (await lane(client))["statements"]
+        assert (await q(client, insert, [next(warming)])).status_code == 200
+        return bool((await lane(client))["statements"] > before)
+
+    await eventually(in_lane, "the insert to join the lane", timeout=20)
+    warmed = -next(warming) - 1
     before = await lane(client)
 
     answers = await asyncio.gather(*(q(client, insert, [i % 50]) for i in range(100)))
-    locked = await asyncio.gather(*(q(client, locking, [i]) for i in range(20)))
 
     ok = [a for a in answers if a.status_code == 200]
     refused = [a for a in answers if a.status_code != 200]
     assert len(ok) == 50
-    assert all(a.json()["rows_affected"] == 1 for a in ok)
+    assert sorted(a.json()["rows"][0][0] for a in ok) == list(range(50))
     assert {(a.status_code, a.json()["sqlstate"]) for a in refused} == {(409, "23505")}
     count = await q(client, f"SELECT count(*) AS n, count(DISTINCT k) AS k FROM {table}")
-    assert count.json()["rows"] == [["51", "51"]]
-    assert [a.status_code for a in locked] == [200] * 20
+    assert count.json()["rows"] == [[str(50 + warmed)] * 2]
+    after = await lane(client)
+    assert after["statements"] - before["statements"] >= 50
+    assert after["batches"] - before["batches"] < after["statements"] - before["statements"]
+
+
+async def test_locking_reads_keep_a_connection_of_their_own(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    table = fresh_table(pair, "k int UNIQUE")
+    as_owner(pair, f"INSERT INTO {table} SELECT g FROM generate_series(0, 19) g")
+    locking = f"SELECT k FROM {table} WHERE k = $1 FOR UPDATE"
+    assert (await q(client, locking, [0])).status_code == 200
+    before = await lane(client)
+    locked = await asyncio.gather(*(q(client, locking, [i]) for i in range(20)))
+    assert [a.json()["rows"] for a in locked] == [[[i]] for i in range(20)]
     assert (await lane(client))["statements"] == before["statements"]
+
+
+async def test_a_write_waiting_for_a_lock_holds_up_no_neighbour(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    table = fresh_table(pair, "id int PRIMARY KEY, n int")
+    as_owner(pair, f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 40) g")
+    bump = f"UPDATE {table} SET n = n + 1 WHERE id = $1 RETURNING n"
+    await warm(client, bump, [40])
+    with pair.primary.connect() as locker:  # holds row 1 until released
+        locker.autocommit = False
+        locker.execute(f"SET ROLE {OWNER}")
+        locker.execute(f"UPDATE {table} SET n = 100 WHERE id = 1")
+        before = await lane(client)
+        waiting = asyncio.ensure_future(q(client, bump, [1]))
+        started = time.monotonic()
+        neighbours = await asyncio.gather(*(q(client, bump, [i]) for i in range(2, 40)))
+        # (each neighbour answered while row 1 stayed locked: none waited behind it)
+        assert time.monotonic() - started < 5
+        assert [a.json()["rows"] for a in neighbours] == [[[1]]] * 38
+        assert not waiting.done()
+        locker.commit()
+    answer = await waiting
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["rows"] == [[101]]  # it ran once, after the lock was released
+    assert (await lane(client))["statements"] - before["statements"] >= 38
 
 
 async def test_a_failing_statement_leaves_its_batch_neighbours_alone(
