@@ -23,8 +23,8 @@ from app.api.inflight import InFlight, InFlightMiddleware
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
-from app.cluster.dsn import dsn_secrets, with_defaults
 from app.cluster.logins import check_logins
+from app.dsn import dsn_secrets, with_defaults
 from app.migrations.folder import MigrationFolder
 from app.migrations.runner import MigrationSettings, Migrator
 from app.redaction import configure_logging, redactor

@@ -14,11 +14,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout, TooManyRequests
 
 from app.cluster.backends import Backends
-from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog
 from app.cluster.failover import elect, find_aliases, newest_timeline
 from app.cluster.monitor import HealthMonitor
 from app.cluster.node import ConnectionCallback, Node, NodeState, Role
+from app.dsn import dsn_secrets
 from app.errors import (
     Conflict,
     NodeFailed,
