@@ -17,7 +17,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.auth import NEON_PATH, Keyring
 from app.api.errors import error_response
-from app.api.request_id import HEADER, assign_request_id, request_id_of
 from app.errors import Forbidden, MirrorpoolError, UnsupportedMediaType
 from app.settings import Settings
 
@@ -61,7 +60,7 @@ def is_json(content_type: bytes) -> bool:
 
 class RequestGate:
     """ASGI middleware: the header checks above, for every route (app/main.py puts it in
-    front of FastAPI's routes and of the fast lane alike)."""
+    the one stack, inside the request id)."""
 
     def __init__(self, app: ASGIApp, settings: Settings, keyring: Keyring) -> None:
         self.app = app
@@ -79,12 +78,8 @@ class RequestGate:
             if key is not None:
                 self.keyring.enter(key)
         except MirrorpoolError as exc:
-            # The fast lane gives requests their ids after the gate.
-            fresh = assign_request_id(scope) if request_id_of(scope) is None else None
             response = error_response(scope, exc)
             response.headers["connection"] = "close"
-            if fresh is not None:
-                response.headers[HEADER.decode()] = fresh
             await response(scope, receive, send)
             return
         if key is None:

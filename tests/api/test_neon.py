@@ -244,7 +244,7 @@ async def test_fastapi_serves_the_same_answers_without_the_fast_lane(pair: Local
     keys = [{"id": "neon", "sha256": hash_key(KEY), "scopes": ["write"]}]
     settings = settings_for(pair, auth="keys", api_keys=keys, fast_path=False)
     async with serving_ready(settings) as (app, client):
-        assert isinstance(app, MirrorpoolApp) and app.fast_lane is None  # FastAPI's route
+        assert isinstance(app, MirrorpoolApp) and not app.fast_answers  # FastAPI's route
         r = await sql(client, {"query": "SELECT $1::int8 AS n", "params": ["9007199254740993"]})
         assert r.json()["rows"] == [["9007199254740993"]]
         r = await sql(client, {"query": "SELECT 1 / 0"})
