@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, workers
 from app.api import admin, docs, errors, migrations, named, neon, pool, probes, query
@@ -68,6 +68,18 @@ class MirrorpoolApp(FastAPI):
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return ServerErrorMiddleware(app, handler=handlers.get(Exception), debug=self.debug)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every request into the stack; the lifespan through FastAPI's own. FastAPI's call
+        asks its telemetry, which mirrorpool does not turn on, whether it is on: a few
+        microseconds of every request, skipped."""
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's document, with mirrorpool's problem answers (app/api/errors.py)."""

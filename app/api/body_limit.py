@@ -34,8 +34,12 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(scope, send)
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await self._refuse(scope, send)
+                return
+            # The server reads no more of the body than its Content-Length: nothing to count.
+            await self.app(scope, receive, send)
             return
         received = 0
 
