@@ -76,6 +76,8 @@ class MirrorpoolApp(FastAPI):
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
             return
+        if self.root_path:
+            scope["root_path"] = self.root_path
         scope["app"] = self
         if self.middleware_stack is None:
             self.middleware_stack = self.build_middleware_stack()
