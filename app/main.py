@@ -12,17 +12,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, workers
 from app.api import admin, docs, errors, migrations, named, neon, pool, probes, query
 from app.api.access_log import AccessLogMiddleware, RepeatFolder
 from app.api.auth import Keyring
-from app.api.body_limit import BodyLimitMiddleware
 from app.api.fast_lane import FastAnswers, FastRoute, JsonEndpoint, ResponseEndpoint, route_at
 from app.api.gate import RequestGate
-from app.api.inflight import InFlight, InFlightMiddleware
+from app.api.inflight import InFlight
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
@@ -56,15 +54,16 @@ class MirrorpoolApp(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         """The one way in, outermost first: a last-resort 500 (for a fault in a middleware
         itself); the middlewares install_middleware adds (access log, metrics, request id,
-        gate, body limit, in-flight count); the error handlers (app/api/errors.py, the 500
-        included, so its answer carries the request id); the fast answers; FastAPI's router.
-        Starlette's own stack puts the 500 outside every middleware and has no place for the
-        fast answers; FastAPI's adds its telemetry, which mirrorpool does not turn on."""
+        the gate: headers, key, body limit, in-flight counts); the error handlers
+        (app/api/errors.py, the 500 included, so its answer carries the request id); the fast
+        answers; FastAPI's router. Starlette's own stack puts the 500 outside every middleware
+        and has no place for the fast answers; FastAPI's adds its telemetry, which mirrorpool
+        does not turn on."""
         handlers = dict(self.exception_handlers)
         app: ASGIApp = AsyncExitStackMiddleware(self.router)
         if self.fast_answers:
             app = FastAnswers(app, self.fast_answers)
-        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        app = errors.ProblemHandlers(app, handlers=handlers, debug=self.debug)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return ServerErrorMiddleware(app, handler=handlers.get(Exception), debug=self.debug)
@@ -172,9 +171,7 @@ def install_middleware(
     """The stack's middlewares (MirrorpoolApp.build_middleware_stack puts them together),
     and the fast answers at its centre."""
     # Added innermost first: the request id is given before anything can fail.
-    app.add_middleware(InFlightMiddleware, inflight=inflight)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(RequestGate, settings=settings, keyring=keyring)
+    app.add_middleware(RequestGate, settings=settings, keyring=keyring, inflight=inflight)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(AccessLogMiddleware, folder=folder)
