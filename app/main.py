@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
-from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, workers
@@ -52,13 +51,13 @@ class MirrorpoolApp(FastAPI):
     fast_answers: Mapping[str, FastRoute] = {}
 
     def build_middleware_stack(self) -> ASGIApp:
-        """The one way in, outermost first: a last-resort 500 (for a fault in a middleware
-        itself); the middlewares install_middleware adds (access log, metrics, request id,
-        the gate: headers, key, body limit, in-flight counts); the error handlers
-        (app/api/errors.py, the 500 included, so its answer carries the request id); the fast
-        answers; FastAPI's router. Starlette's own stack puts the 500 outside every middleware
-        and has no place for the fast answers; FastAPI's adds its telemetry, which mirrorpool
-        does not turn on."""
+        """The one way in, outermost first: the middlewares install_middleware adds (access
+        log, metrics, request id, the gate: headers, key, body limit, in-flight counts); the
+        error handlers (app/api/errors.py: every failure, the 500 included, so each answer
+        carries its request id and is logged and counted with its status); the fast answers;
+        FastAPI's router. Starlette's own stack puts the 500 outside every middleware and has
+        no place for the fast answers; FastAPI's adds its telemetry, which mirrorpool does not
+        turn on. A fault in the four middlewares themselves is uvicorn's to log and answer."""
         handlers = dict(self.exception_handlers)
         app: ASGIApp = AsyncExitStackMiddleware(self.router)
         if self.fast_answers:
@@ -66,7 +65,7 @@ class MirrorpoolApp(FastAPI):
         app = errors.ProblemHandlers(app, handlers=handlers, debug=self.debug)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
-        return ServerErrorMiddleware(app, handler=handlers.get(Exception), debug=self.debug)
+        return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Every request into the stack; the lifespan through FastAPI's own. FastAPI's call

@@ -67,8 +67,8 @@ class JsonEndpoint:
             request, self.engine, self.settings, partial(client_gone, receive), key
         )
         body = self.encode(outcome)
-        start = {"type": "http.response.start", "status": 200}
-        await send(start | {"headers": json_headers(body, outcome.node)})
+        headers = json_headers(body, outcome.node)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -11,8 +11,11 @@ import orjson
 import pytest
 
 from app.api.auth import hash_key
+from app.api.fast_lane import JsonEndpoint, route_at
 from app.devdb import LocalPair
-from app.main import MirrorpoolApp
+from app.main import MirrorpoolApp, create_app
+from app.service.bodies import QueryRequest
+from app.service.query import transaction_body
 from tests.conftest import serving_ready, settings_for
 
 WRITER = "paths-writer-key-0123456789"
@@ -275,3 +278,36 @@ async def test_both_ways_refuse_a_large_body_sent_in_chunks_alike(
     assert answers["fast"] == answers["fastapi"]
     assert [a["status"] for a in answers["fast"]] == [413, 413, 200]
     assert answers["fast"][0]["body"]["type"] == "urn:mirrorpool:problem:payload-too-large"
+
+
+async def test_an_unexpected_error_is_the_same_500_both_ways(pair: LocalPair) -> None:
+    # A fault in a route (a bug: no request should reach one) is answered by the one 500
+    # handler inside the stack, whichever way the route is answered.
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug, with a secret=hunter2 in its message")
+
+    async def broken_route(body: QueryRequest) -> Any:
+        return await broken(body)
+
+    answers = []
+    for fast in (True, False):
+        app = create_app(settings_for(pair, fast_path=fast))
+        app.add_api_route("/v1/broken", broken_route, methods=["POST"])
+        if fast:
+            endpoint = JsonEndpoint(
+                QueryRequest, broken, transaction_body, app.state.engine, app.state.settings,
+                app.state.keyring,
+            )  # fmt: skip
+            app.fast_answers = {"/v1/broken": (route_at(app.router, "/v1/broken"), endpoint)}
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                response = await c.post("/v1/broken", json={"sql": "SELECT 1"})
+                answers.append(comparable(response))
+                stats = (await c.get("/metrics")).text
+        assert 'method="POST",route="/v1/broken",status="500"' in stats
+    assert answers[0] == answers[1]
+    assert answers[0]["status"] == 500
+    assert answers[0]["headers"]["content-type"] == "application/problem+json"
+    assert answers[0]["body"]["type"] == "urn:mirrorpool:problem:internal"
+    assert "hunter2" not in str(answers[0])
