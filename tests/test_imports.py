@@ -10,34 +10,32 @@ from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app"
 
-# app/api modules that are not routes: the stack's middlewares, the fast answer and what
-# routes share (auth, errors, bodies of answers). Every other module in app/api has routes.
-NOT_ROUTES = frozenset(
-    {
-        "app.api.access_log",
-        "app.api.answers",
-        "app.api.auth",
-        "app.api.body_limit",
-        "app.api.connection_limits",
-        "app.api.deps",
-        "app.api.disconnect",
-        "app.api.errors",
-        "app.api.examples",
-        "app.api.fast_lane",
-        "app.api.gate",
-        "app.api.inflight",
-        "app.api.json_body",
-        "app.api.metrics",
-        "app.api.request_id",
-        "app.api.streaming",
-    }
-)
-
 
 def module_name(path: Path, root: Path = APP) -> str:
     """`app.api.query` for app/api/query.py, `app.cluster` for app/cluster/__init__.py."""
     parts = ["app", *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def has_routes(source: str) -> bool:
+    """True for a module that defines routes: it makes a `router = APIRouter(...)`."""
+    return any(
+        isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "router" for t in node.targets)
+        and isinstance(node.value, ast.Call)
+        and getattr(node.value.func, "id", getattr(node.value.func, "attr", None)) == "APIRouter"
+        for node in ast.walk(ast.parse(source))
+    )
+
+
+def route_modules(root: Path = APP) -> set[str]:
+    """The modules of app/api that define routes."""
+    return {module_name(p, root) for p in (root / "api").glob("*.py") if has_routes(p.read_text())}
+
+
+def route_imports(graph: Mapping[str, set[str]], routes: set[str]) -> dict[str, set[str]]:
+    """The modules of app/api that import a route module, and the route modules they import."""
+    return {m: graph[m] & routes for m in graph if m.startswith("app.api.") and graph[m] & routes}
 
 
 def _type_checking(node: ast.If) -> bool:
@@ -152,13 +150,12 @@ def test_the_layers_import_each_other_without_a_cycle() -> None:
     assert cycles(layer_graph(import_graph())) == []
 
 
-def test_no_route_module_imports_another() -> None:
+def test_no_module_of_app_api_imports_a_route_module() -> None:
     graph = import_graph()
-    routes = {m for m in graph if m.startswith("app.api.") and m not in NOT_ROUTES}
-    assert {"app.api.query", "app.api.named", "app.api.neon"} <= routes
-    assert {m: graph[m] & routes for m in routes if graph[m] & routes} == {}
-    # The fast answer and the other shared modules are below the routes, too.
-    assert {m: graph[m] & routes for m in NOT_ROUTES if graph.get(m, set()) & routes} == {}
+    routes = route_modules()
+    assert {"app.api.query", "app.api.named", "app.api.neon", "app.api.probes"} <= routes
+    assert "app.api.fast_lane" not in routes and "app.api.errors" not in routes
+    assert route_imports(graph, routes) == {}
 
 
 def test_the_service_layer_is_below_http() -> None:
@@ -180,14 +177,19 @@ def test_the_checks_see_a_cycle_and_a_route_importing_a_route(tmp_path: Path) ->
     (tmp_path / "settings.py").write_text("from app.cluster.dsn import parse\n")
     (tmp_path / "cluster" / "dsn.py").write_text("import re\n")
     (tmp_path / "cluster" / "node.py").write_text("from app.settings import Settings\n")
-    (tmp_path / "api" / "query.py").write_text("from . import named\n")
+    routes = "from fastapi import APIRouter\nrouter = APIRouter()\n"
+    (tmp_path / "api" / "query.py").write_text(routes + "from . import named\n")
     (tmp_path / "api" / "named.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from app.api import query\n"
+        routes
+        + "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from app.api import query\n"
     )
+    (tmp_path / "api" / "errors.py").write_text("import fastapi\nROUTER = fastapi.APIRouter()\n")
+    assert route_modules(tmp_path) == {"app.api.query", "app.api.named"}
     graph = import_graph(tmp_path)
     assert graph["app.api.query"] == {"app.api", "app.api.named"}
     assert graph["app.api.named"] == set()  # imports for type checkers only do not count
+    assert route_imports(graph, route_modules(tmp_path)) == {"app.api.query": {"app.api.named"}}
     assert cycles(graph) == []
     assert cycles(layer_graph(graph)) == [["app.cluster", "app.settings"]]
-    (tmp_path / "api" / "named.py").write_text("from app.api.query import QueryRequest\n")
+    (tmp_path / "api" / "named.py").write_text(routes + "from app.api.query import QueryRequest\n")
     assert cycles(import_graph(tmp_path)) == [["app.api.named", "app.api.query"]]
