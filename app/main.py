@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__, workers
 from app.api import admin, docs, errors, migrations, named, neon, pool, probes, query
-from app.api import metrics as metrics_api
 from app.api.access_log import AccessLogMiddleware, RepeatFolder
 from app.api.auth import Keyring
-from app.api.body_limit import BodyLimitMiddleware
-from app.api.fast_lane import FastQueryLane, is_query
+from app.api.fast_lane import FastAnswers, FastRoute, JsonEndpoint, ResponseEndpoint, route_at
 from app.api.gate import RequestGate
-from app.api.inflight import InFlight, InFlightMiddleware
+from app.api.inflight import InFlight
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.request_id import RequestIdMiddleware
 from app.cluster.cluster import Cluster
-from app.cluster.dsn import dsn_secrets, with_defaults
 from app.cluster.logins import check_logins
+from app.dsn import dsn_secrets, with_defaults
 from app.migrations.folder import MigrationFolder
 from app.migrations.runner import MigrationSettings, Migrator
 from app.redaction import configure_logging, redactor
+from app.service.bodies import QueryRequest, TransactionRequest
+from app.service.query import result_body, run_query, run_transaction, transaction_body
 from app.settings import Settings, load_settings
 from app.sql import named as named_queries
 from app.sql import session
@@ -45,18 +47,41 @@ migrations, and failover to a streaming mirror when the primary is lost.
 
 
 class MirrorpoolApp(FastAPI):
-    """FastAPI, with POST /v1/query answered before FastAPI's machinery when the fast lane
-    is on (it documents the route and serves it when the lane is off)."""
+    """FastAPI, with one middleware stack for every request (build_middleware_stack) and,
+    innermost in it, the fast answers of the query routes when MIRRORPOOL_FAST_PATH is on."""
 
-    fast_lane: ASGIApp | None = None
+    fast_answers: Mapping[str, FastRoute] = {}
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """The one way in, outermost first: the middlewares install_middleware adds (access
+        log, metrics, request id, the gate: headers, key, body limit, in-flight counts); the
+        error handlers (app/api/errors.py: every failure, the 500 included, so each answer
+        carries its request id and is logged and counted with its status); the fast answers;
+        FastAPI's router. Starlette's own stack puts the 500 outside every middleware and has
+        no place for the fast answers; FastAPI's adds its telemetry, which mirrorpool does not
+        turn on. A fault in the four middlewares themselves is uvicorn's to log and answer."""
+        handlers = dict(self.exception_handlers)
+        app: ASGIApp = AsyncExitStackMiddleware(self.router)
+        if self.fast_answers:
+            app = FastAnswers(app, self.fast_answers)
+        app = errors.ProblemHandlers(app, handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.fast_lane is not None and is_query(scope):
-            scope["app"] = self
-            scope["mirrorpool_route"] = scope["path"]
-            await self.fast_lane(scope, receive, send)
+        """Every request into the stack; the lifespan through FastAPI's own. FastAPI's call
+        asks its telemetry, which mirrorpool does not turn on, whether it is on: a few
+        microseconds of every request, skipped."""
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's document, with mirrorpool's problem answers (app/api/errors.py)."""
@@ -147,20 +172,36 @@ def install_middleware(
     engine: Engine,
     folder: RepeatFolder,
 ) -> None:
-    """Both stacks, in one place: FastAPI's routes, and the fast lane's, which passes the same
-    access log, metrics and gate."""
+    """The stack's middlewares (MirrorpoolApp.build_middleware_stack puts them together),
+    and the fast answers at its centre."""
     # Added innermost first: the request id is given before anything can fail.
-    app.add_middleware(InFlightMiddleware, inflight=inflight)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(RequestGate, settings=settings, keyring=keyring)
+    app.add_middleware(RequestGate, settings=settings, keyring=keyring, inflight=inflight)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(AccessLogMiddleware, folder=folder)
     if settings.fast_path:
-        lane = FastQueryLane(engine, settings, inflight, keyring)
-        app.fast_lane = AccessLogMiddleware(
-            MetricsMiddleware(RequestGate(lane, settings, keyring), metrics), folder
+        app.fast_answers = fast_answers(engine, settings, keyring)
+
+
+def fast_answers(engine: Engine, settings: Settings, keyring: Keyring) -> dict[str, FastRoute]:
+    """The query routes answered without FastAPI's per-request machinery (app/api/fast_lane.py),
+    each with the service function and encoder its FastAPI route calls."""
+    cut = partial(result_body, max_bytes=settings.max_response_bytes)
+    one = JsonEndpoint(QueryRequest, run_query, cut, engine, settings, keyring)
+    many = JsonEndpoint(
+        TransactionRequest, run_transaction, transaction_body, engine, settings, keyring
+    )
+    neon_sql = ResponseEndpoint(
+        partial(neon.answer, engine=engine, settings=settings, keyring=keyring)
+    )
+    return {
+        path: (route_at(router, path), endpoint)
+        for router, path, endpoint in (
+            (query.router, "/v1/query", one),
+            (query.router, "/v1/transaction", many),
+            (neon.router, neon.PATH, neon_sql),
         )
+    }
 
 
 def create_app(
@@ -191,7 +232,6 @@ def create_app(
     queries = named_queries.load(settings.queries_dir)
     migrator = build_migrator(cluster, settings)
     metrics = Metrics(cluster, migrator)
-    # The folder of repeated 503 access lines is shared by both middleware stacks.
     inflight, folder = InFlight(), RepeatFolder()
     key_roles = [(key.id, key.role) for key in settings.all_api_keys() if key.role]
 
@@ -245,6 +285,6 @@ def create_app(
     app.state.login_warnings = login_warnings
     errors.install(app)
     install_middleware(app, settings, keyring, inflight, metrics, engine, folder)
-    for module in (query, neon, named, migrations, admin, metrics_api, probes, pool):
+    for module in (query, neon, named, migrations, admin, probes, pool):
         app.include_router(module.router)
     return app

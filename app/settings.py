@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.cluster.dsn import InvalidDSN, parse_dsn, split_dsn_list
+from app.dsn import InvalidDSN, parse_dsn, split_dsn_list
 from app.errors import SettingsError
 
 ENV_PREFIX = "MIRRORPOOL_"

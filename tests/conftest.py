@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,39 @@ from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.main import create_app
 from app.settings import Settings, load_settings
 from tests.waiting import eventually, eventually_sync
+
+# How POST /v1/query, /v1/transaction and /sql are answered: by their fast answers
+# (app/api/fast_lane.py), or by their FastAPI routes (MIRRORPOOL_FAST_PATH=false). The apps and
+# servers the fixtures below build follow `request_path`; tests/api/conftest.py runs the
+# tests of the query routes both ways.
+REQUEST_PATHS = ("fast", "fastapi")
+
+
+@dataclass
+class _RequestPath:
+    fast_path: bool = True
+
+
+_REQUEST_PATH = _RequestPath()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--every-api-test-both-ways",
+        action="store_true",
+        help="run every test in tests/api with the fast answers and through FastAPI, not "
+        "only the tests of the query routes",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def request_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """ "fast" (the default) or "fastapi": how the apps and servers of this test answer the
+    query routes, unless a test's own settings say."""
+    path: str = getattr(request, "param", "fast")
+    _REQUEST_PATH.fast_path = path == "fast"
+    yield path
+    _REQUEST_PATH.fast_path = True
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +142,7 @@ def settings_for(pair: LocalPair, dbname: str = "postgres", **overrides: Any) ->
         "pool_max_size": 4,
         "shutdown_timeout": 5,
         "auth": "disabled",
+        "fast_path": _REQUEST_PATH.fast_path,
     }
     values.update(overrides)
     return load_settings(**values)
@@ -162,6 +197,7 @@ def start_server(pair: LocalPair, **env: str) -> LiveServer:
         "MIRRORPOOL_HEALTH_INTERVAL": "0.2",
         "MIRRORPOOL_LOG_LEVEL": "warning",
         "MIRRORPOOL_AUTH": "disabled",
+        "MIRRORPOOL_FAST_PATH": str(_REQUEST_PATH.fast_path).lower(),
     }
     if pair.mirrors:
         variables["MIRRORPOOL_MIRROR_DSN"] = ",".join(m.dsn(user=SERVICE) for m in pair.mirrors)
@@ -198,8 +234,8 @@ def stop_server(server: LiveServer) -> None:
 
 
 @pytest.fixture(scope="session")
-def live_server(pair: LocalPair) -> Iterator[LiveServer]:
-    """One real server on the shared pair."""
+def live_server(pair: LocalPair, request_path: str) -> Iterator[LiveServer]:
+    """One real server on the shared pair (one for each request path)."""
     server = start_server(pair)
     yield server
     stop_server(server)

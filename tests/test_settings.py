@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from app.cluster.dsn import split_dsn_list
+from app.dsn import split_dsn_list
 from app.errors import SettingsError
 from app.settings import LogLevel, load_settings
 

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import ApiKey, scoped
+from app.api.auth import scoped
 from app.api.deps import ClusterDep
 from app.api.errors import problem_responses
 from app.api.json_body import JsonRoute
+from app.service.keys import ApiKey
 
 router = APIRouter(tags=["admin"], route_class=JsonRoute)
 AdminKey = Annotated[ApiKey, Depends(scoped("admin"))]

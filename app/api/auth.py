@@ -1,4 +1,5 @@
-"""API keys and scopes: who may do what, checked once per request.
+"""API keys over HTTP: the key a request sends, found once per request (what a key may
+do: app/service/keys.py).
 
 Keys are configured as SHA-256 hashes only (MIRRORPOOL_API_KEYS / MIRRORPOOL_API_KEYS_FILE)
 and sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Scopes:
@@ -17,39 +18,20 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import unquote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
-from app.errors import Forbidden, TooManyRequests, Unauthorized
+from app.errors import TooManyRequests, Unauthorized
+from app.service.keys import ANONYMOUS, ApiKey, ScopeName, require
 from app.settings import ApiKeyConfig, Settings
-
-ScopeName = Literal["read", "write", "migrate", "admin"]
 
 # For the OpenAPI document and the /docs Authorize button; checking is done below.
 bearer = HTTPBearer(auto_error=False, description="An API key as a bearer token.")
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key.")
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """An authenticated caller."""
-
-    id: str
-    scopes: frozenset[str]
-    role: str | None
-
-    def can(self, scope: ScopeName) -> bool:
-        """True when the key holds `scope` (write includes read)."""
-        return scope in self.scopes or (scope == "read" and "write" in self.scopes)
-
-
-# The identity used when authentication is switched off: allowed everything, no role.
-ANONYMOUS = ApiKey("anonymous", frozenset({"read", "write", "migrate", "admin"}), None)
 
 
 def hash_key(key: str) -> str:
@@ -139,12 +121,6 @@ def connection_password(scope: Scope) -> str | None:
     except ValueError:
         return None
     return unquote(password) if password else None
-
-
-def require(key: ApiKey, *scopes: ScopeName) -> None:
-    """403 unless the key holds one of `scopes`."""
-    if not any(key.can(s) for s in scopes):
-        raise Forbidden(f"key {key.id!r} lacks the {' or '.join(scopes)} scope for this request")
 
 
 def caller_of(scope: Scope, keyring: Keyring) -> ApiKey:

@@ -1,83 +1,44 @@
-"""Refuses request bodies over the limit with 413 before anything parses them."""
+"""Request bodies over MIRRORPOOL_MAX_BODY_BYTES are refused with 413 before anything parses
+them: by their Content-Length in the gate (app/api/gate.py), or, sent without one, as their
+bytes arrive (`limited`)."""
 
 from __future__ import annotations
 
-import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive
 
-from app.api.request_id import request_id_of
 from app.errors import ClientGone, PayloadTooLarge
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, for routes answered straight from ASGI (app/api/fast_lane.py):
-    413 when Content-Length, or the bytes actually sent, exceed `limit`."""
-    length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+def too_large(limit: int) -> PayloadTooLarge:
+    """The error of a body over `limit` bytes."""
+    return PayloadTooLarge(f"the request body is larger than {limit} bytes")
+
+
+def limited(receive: Receive, limit: int) -> Receive:
+    """`receive` for a body sent without Content-Length: PayloadTooLarge, raised inside the
+    app (its error handlers answer 413 problem+json), once more than `limit` bytes came."""
+    received = 0
+
+    async def counting_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large(limit)
+        return message
+
+    return counting_receive
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body, for endpoints answered without Starlette's Request (the fast
+    answer, /sql); the gate has already bounded it."""
     chunks = []
-    size = 0
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone("the client disconnected before sending the whole request")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-class BodyLimitMiddleware:
-    """413 problem when Content-Length, or the bytes actually sent, exceed `limit`."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(scope, send)
-            return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    # Raised inside the app, so its error handler answers 413 problem+json.
-                    raise PayloadTooLarge(f"the request body is larger than {self.limit} bytes")
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "type": "urn:mirrorpool:problem:payload-too-large",
-                "title": "The request body is too large",
-                "status": 413,
-                "detail": f"the request body is larger than {self.limit} bytes",
-                "request_id": request_id_of(scope),
-            }
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

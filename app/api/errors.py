@@ -12,8 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from app import errors as e
 from app.api import examples
@@ -305,6 +307,47 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+class ProblemHandlers(ExceptionMiddleware):
+    """ASGI: what the app inside raises, answered by the handlers install() registers (the
+    500 included), in one frame where Starlette's ExceptionMiddleware takes two and a
+    request object for every request: every await of every request passes it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        # Where FastAPI's routes find the same handlers (starlette.routing.request_response).
+        scope["starlette.exception_handlers"] = (self._exception_handlers, self._status_handlers)
+        started = False
+
+        async def sender(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sender)
+        except Exception as exc:
+            handler = None
+            if isinstance(exc, StarletteHTTPException):
+                handler = self._status_handlers.get(exc.status_code)
+            if handler is None:
+                handler = next(
+                    (self._exception_handlers[c] for c in type(exc).__mro__
+                     if c in self._exception_handlers),
+                    None,
+                )  # fmt: skip
+            if handler is None:
+                raise
+            if started:
+                raise RuntimeError("an error after the answer had started") from exc
+            response = await handler(StarletteRequest(scope, receive, send), exc)  # type: ignore[arg-type,misc]
+            if response is not None:
+                await response(scope, receive, sender)
+            exc.__traceback__ = None  # an instance raised again keeps no old frames
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -1,136 +1,104 @@
-"""The hot paths: POST /v1/query, /v1/transaction and /sql served straight from ASGI.
+"""The fast answer: POST /v1/query, /v1/transaction and /sql as plain ASGI endpoints.
 
-FastAPI's per-request machinery (middleware stack, routing, dependency solving) costs more
-CPU than the query itself. This lane reads the body, validates it with the same
-pydantic model (in pydantic-core, from the raw bytes), runs it through the same
-`run_query` or `run_transaction`, and sends the bytes back (/sql: the same `neon.answer` as
-its FastAPI route). Every other request, and these when MIRRORPOOL_FAST_PATH=false, go
-through FastAPI, which also documents them.
+FastAPI's per-request machinery (routing, dependency solving, its request and response
+objects) costs more CPU than the query itself. These endpoints skip it, and only it: they are
+the innermost layer of the one middleware stack (app/main.py), so their requests pass the
+same request id, gate, body limit, in-flight count, access log, metrics and error handlers
+as every other, in the same order. An endpoint reads the body as its FastAPI route does
+(app/api/json_body.py), validates it with the same model, runs the same service function
+(app/service/query.py) and answers the same bytes and headers (app/api/answers.py); what it
+raises is answered by the same handlers (app/api/errors.py). With MIRRORPOOL_FAST_PATH=false
+the FastAPI routes, which also document these paths, answer them instead.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api import neon
-from app.api.auth import ApiKey, Keyring, caller_of
+from app.api.answers import json_headers
+from app.api.auth import Keyring, caller_of
 from app.api.body_limit import read_body
 from app.api.disconnect import client_gone
-from app.api.errors import error_response, problem_response, validation_problem
-from app.api.inflight import InFlight
-from app.api.json_body import check_unique_keys
-from app.api.query import NODE_HEADER as NODE
-from app.api.query import (
-    QueryRequest,
-    TransactionRequest,
-    result_body,
-    run_query,
-    run_transaction,
-    transaction_body,
-)
-from app.api.request_id import HEADER, assign_request_id
-from app.errors import MirrorpoolError
+from app.api.json_body import model_of
+from app.service.keys import ApiKey
 from app.settings import Settings
 from app.sql.engine import Abort, Engine, Outcome
 
-logger = logging.getLogger(__name__)
-
-NODE_HEADER = NODE.lower().encode()
-
-
-@dataclass(frozen=True, slots=True)
-class _Route:
-    """How the lane answers one path: the body's model, the work, the answer's encoding."""
-
-    model: type[BaseModel]
-    run: Callable[[Any, Engine, Settings, Abort, ApiKey], Awaitable[Outcome]]
-    encode: Callable[[Outcome, Settings], bytes]
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+# A path's route (the FastAPI route that documents it) and its fast answer.
+FastRoute = tuple[BaseRoute, Endpoint]
 
 
-ROUTES = {
-    "/v1/query": _Route(
-        QueryRequest, run_query, lambda out, settings: result_body(out, settings.max_response_bytes)
-    ),
-    "/v1/transaction": _Route(
-        TransactionRequest, run_transaction, lambda out, settings: transaction_body(out)
-    ),
-}
-
-
-def _parts(response: Response) -> tuple[int, list[Any], bytes]:
-    return response.status_code, list(response.raw_headers), bytes(response.body)
-
-
-def is_query(scope: Scope) -> bool:
-    """True for the requests the lane answers."""
-    return bool(
-        scope["type"] == "http"
-        and (scope["path"] in ROUTES or scope["path"] == neon.PATH)
-        and scope["method"] == "POST"
+def route_at(router: APIRouter, path: str) -> BaseRoute:
+    """The POST route of `router` at `path`."""
+    return next(
+        route
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path == path and "POST" in (route.methods or ())
     )
 
 
-class FastQueryLane:
-    """Answers POST /v1/query and /v1/transaction straight from ASGI (see app/main.py)."""
+@dataclass(frozen=True, slots=True)
+class JsonEndpoint:
+    """A JSON route's fast answer: the body's model, the service function, its encoder."""
 
-    def __init__(
-        self, engine: Engine, settings: Settings, inflight: InFlight, keyring: Keyring
-    ) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.inflight = inflight
-        self.keyring = keyring
+    model: type[BaseModel]
+    run: Callable[[Any, Engine, Settings, Abort, ApiKey], Awaitable[Outcome]]
+    encode: Callable[[Outcome], bytes]
+    engine: Engine
+    settings: Settings
+    keyring: Keyring
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = assign_request_id(scope)
-        self.inflight.enter()
-        try:
-            status, headers, body = await self._answer(scope, receive)
-        finally:
-            self.inflight.leave()
-        headers.append((HEADER, rid.encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        """Answer one request; what fails is raised to the stack's error handlers."""
+        key = caller_of(scope, self.keyring)  # identified and counted by the gate
+        request = model_of(self.model, await read_body(receive))
+        outcome = await self.run(
+            request, self.engine, self.settings, partial(client_gone, receive), key
+        )
+        body = self.encode(outcome)
+        headers = json_headers(body, outcome.node)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _answer(self, scope: Scope, receive: Receive) -> tuple[int, list[Any], bytes]:
-        try:
-            if scope["path"] == neon.PATH:
-                neon_answer = await neon.answer(
-                    scope, receive, self.engine, self.settings, self.keyring
-                )
-                return _parts(neon_answer)
-            route = ROUTES[scope["path"]]
-            key = caller_of(scope, self.keyring)  # counted by the gate (app/api/gate.py)
-            body = await read_body(scope, receive, self.settings.max_body_bytes)
-            try:
-                request = route.model.model_validate_json(body)
-            except ValidationError as exc:
-                return _parts(validation_problem(scope, exc.errors(include_input=False)))
-            check_unique_keys(body)
-            outcome = await route.run(
-                request, self.engine, self.settings, partial(client_gone, receive), key
-            )
-            answer = route.encode(outcome, self.settings)
-        except MirrorpoolError as exc:
-            return _parts(error_response(scope, exc))
-        except Exception:
-            logger.exception("unexpected error in POST %s", scope["path"])
-            return _parts(problem_response(
-                scope, 500, "internal", "Internal error",
-                "an unexpected error occurred; the service log has the details under this "
-                "request id",
-            ))  # fmt: skip
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(answer)).encode()),
-            (NODE_HEADER, outcome.node.encode()),
-        ]
-        return 200, headers, answer
+
+@dataclass(frozen=True, slots=True)
+class ResponseEndpoint:
+    """A fast answer that is its route's own function of the scope (Neon's /sql)."""
+
+    answer: Callable[[Scope, Receive], Awaitable[Response]]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the route's answer."""
+        response = await self.answer(scope, receive)
+        await response(scope, receive, send)
+
+
+class FastAnswers:
+    """ASGI, inside the stack's error handlers: a POST to one of `endpoints` is answered by
+    it, as the route at that path (`scope["route"]`, which metrics and the access log read);
+    every other request goes on to FastAPI (`app`)."""
+
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, FastRoute]) -> None:
+        self.app = app
+        self.endpoints = dict(endpoints)
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine of its own: the answer is awaited by the caller, one frame less on
+        # every suspension of the request.
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = self.endpoints.get(scope["path"])
+            if found is not None:
+                scope["route"], endpoint = found
+                return endpoint(scope, receive, send)
+        return self.app(scope, receive, send)

@@ -7,6 +7,11 @@
 - Routes that need a key get it checked here, so a request without a valid key is answered
   401 before its body is read, and a request counts against its key's in-flight limit from
   its headers on, not from when its (perhaps slow) body has arrived.
+- A request let in is counted in flight until it is answered (the lifespan waits for those
+  at shutdown, app/api/inflight.py), and against its key's limit.
+- A body over MIRRORPOOL_MAX_BODY_BYTES is 413: by its Content-Length here, or, sent without
+  one, once its bytes go over (app/api/body_limit.py). The server reads no more of a body
+  than its Content-Length says, so a body that has one is not counted again.
 
 Every refusal closes the connection, so an unread body costs nothing either.
 """
@@ -16,8 +21,9 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.auth import NEON_PATH, Keyring
+from app.api.body_limit import limited, too_large
 from app.api.errors import error_response
-from app.api.request_id import HEADER, assign_request_id, request_id_of
+from app.api.inflight import InFlight
 from app.errors import Forbidden, MirrorpoolError, UnsupportedMediaType
 from app.settings import Settings
 
@@ -61,43 +67,49 @@ def is_json(content_type: bytes) -> bool:
 
 class RequestGate:
     """ASGI middleware: the header checks above, for every route (app/main.py puts it in
-    front of FastAPI's routes and of the fast lane alike)."""
+    the one stack, inside the request id)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, keyring: Keyring) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, keyring: Keyring, inflight: InFlight
+    ) -> None:
         self.app = app
         self.keyring = keyring
+        self.inflight = inflight
         self.check_origin = settings.auth == "disabled"
         self.check_host = self.check_origin and not settings.allow_remote_without_auth
+        self.max_body = settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
-            self._check(scope)
+            length = self._check(scope)
             key = self.keyring.identify(scope) if needs_key(scope["path"]) else None
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                raise too_large(self.max_body)
             if key is not None:
                 self.keyring.enter(key)
         except MirrorpoolError as exc:
-            # The fast lane gives requests their ids after the gate.
-            fresh = assign_request_id(scope) if request_id_of(scope) is None else None
             response = error_response(scope, exc)
             response.headers["connection"] = "close"
-            if fresh is not None:
-                response.headers[HEADER.decode()] = fresh
             await response(scope, receive, send)
             return
-        if key is None:
-            await self.app(scope, receive, send)
-            return
-        scope.setdefault("state", {})["api_key"] = key
+        if length is None:
+            receive = limited(receive, self.max_body)
+        if key is not None:
+            scope.setdefault("state", {})["api_key"] = key
+        self.inflight.enter()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.keyring.leave(key)
+            self.inflight.leave()
+            if key is not None:
+                self.keyring.leave(key)
 
-    def _check(self, scope: Scope) -> None:
-        host = origin = content_type = None
+    def _check(self, scope: Scope) -> bytes | None:
+        """The checks of the request's site and body type; its Content-Length, if any."""
+        host = origin = content_type = length = None
         body = False
         for name, value in scope["headers"]:
             if name == b"host":
@@ -107,6 +119,7 @@ class RequestGate:
             elif name == b"content-type":
                 content_type = value
             elif name == b"content-length":
+                length = value
                 body = value != b"0"
             elif name == b"transfer-encoding":
                 body = True
@@ -117,6 +130,7 @@ class RequestGate:
                 "the request body must be JSON, sent with Content-Type: application/json"
                 + (f" (got {content_type.decode('latin-1')!r})" if content_type else "")
             )
+        return length
 
     def _check_site(self, host: bytes | None, origin: bytes | None) -> None:
         authority = (host or b"").decode("latin-1")

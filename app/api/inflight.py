@@ -1,11 +1,10 @@
-"""Counts in-flight HTTP requests so shutdown can wait for them before closing the pools."""
+"""Counts in-flight HTTP requests (the gate, app/api/gate.py, counts them in and out) so
+shutdown can wait for them before closing the pools."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class InFlight:
@@ -32,21 +31,3 @@ class InFlight:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         return self.count == 0
-
-
-class InFlightMiddleware:
-    """ASGI middleware that keeps an InFlight count of HTTP requests."""
-
-    def __init__(self, app: ASGIApp, inflight: InFlight) -> None:
-        self.app = app
-        self.inflight = inflight
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.inflight.enter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.inflight.leave()

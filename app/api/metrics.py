@@ -1,4 +1,5 @@
-"""GET /metrics: Prometheus text format, from request counters and the cluster's own state.
+"""What GET /metrics shows (app/api/probes.py serves it): request counters, and the cluster's
+own state.
 
 Request figures are counted as requests finish; node, pool and event figures are read from
 the cluster when Prometheus scrapes, so they never drift from what /pool/stats shows.
@@ -10,25 +11,20 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import workers
-from app.api.auth import require
 from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
 from app.cluster.node import Role
 from app.errors import ClientGone, DatabaseError, MirrorpoolError, NodeFailed, QueryTimeout
 from app.migrations.history import State, current_version
 from app.migrations.runner import Migrator
-
-router = APIRouter(tags=["probes"])
 
 
 class Metrics:
@@ -220,7 +216,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or scope.get("mirrorpool_route", "unmatched")
+            template = getattr(route, "path", None) or "unmatched"
             key = (template, scope["method"], status)
             instruments = self._instruments.get(key)
             if instruments is None:
@@ -231,21 +227,6 @@ class MetricsMiddleware:
                 )
             instruments[0].inc()
             instruments[1].observe(time.perf_counter() - started)
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics",
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format."}},
-)
-async def metrics(request: Request) -> Response:
-    """Requests, latency, nodes, pools, replication lag, cluster events and query problems.
-    Open unless MIRRORPOOL_METRICS_PUBLIC=false (then it needs the admin scope)."""
-    if not request.app.state.settings.metrics_public:
-        require(request.app.state.keyring.identify(request.scope), "admin")
-    registry: Metrics = request.app.state.metrics
-    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 _PROBLEM_KINDS: tuple[tuple[type[MirrorpoolError], str], ...] = (

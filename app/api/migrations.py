@@ -9,13 +9,14 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api import examples
-from app.api.auth import ANONYMOUS, ApiKey, scoped
+from app.api.auth import scoped
 from app.api.errors import problem_responses
 from app.api.json_body import JsonRoute
 from app.errors import MigrationDrift, MirrorpoolError, RequestError
 from app.migrations.history import State, current_version
 from app.migrations.runner import Migrator
 from app.migrations.versions import Version
+from app.service.keys import ANONYMOUS, ApiKey
 
 router = APIRouter(tags=["migrations"], route_class=JsonRoute)
 audit = logging.getLogger("app.audit")

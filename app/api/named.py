@@ -11,15 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from app.api import examples
-from app.api.auth import ApiKey, counted, require, scoped
+from app.api.answers import json_response
+from app.api.auth import counted, scoped
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import disconnected
 from app.api.errors import problem_responses
 from app.api.json_body import JsonRoute
-from app.api.query import QueryResponse, limits_for, result_response
 from app.errors import NotFound
+from app.service.bodies import QueryResponse
+from app.service.keys import ApiKey, require
+from app.service.query import result_body, run_named
 from app.sql.named import NamedQuery
-from app.sql.statement import prepare
 
 router = APIRouter(tags=["query"], route_class=JsonRoute)
 
@@ -100,16 +102,16 @@ async def run_query(
     named = queries.get(name)
     if named is None:
         raise NotFound(f"no named query {name!r}; GET /v1/queries lists them")
-    require(key, "read" if named.read_only else "write")
     body = body or RunNamedQuery()
-    limits = limits_for(
-        settings,
-        key,
-        timeout_ms=body.timeout_ms or named.timeout_ms,
+    outcome = await run_named(
+        named,
+        body.params,
+        timeout_ms=body.timeout_ms,
         max_rows=body.max_rows,
-        read_only=named.read_only,
         row_format=body.row_format,
+        engine=engine,
+        settings=settings,
+        abort=partial(disconnected, request),
+        key=key,
     )
-    bound = prepare(named.sql, body.params, engine.rules, read_only=limits.read_only)
-    outcome = await engine.run(bound, limits, partial(disconnected, request))
-    return result_response(outcome, settings.max_response_bytes)
+    return json_response(result_body(outcome, settings.max_response_bytes), outcome.node)

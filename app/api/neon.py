@@ -32,28 +32,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from app.api.auth import NEON_PATH, ApiKey, Keyring, caller_of, require
+from app.api.answers import json_response
+from app.api.auth import NEON_PATH, Keyring, caller_of
 from app.api.body_limit import read_body
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import client_gone
 from app.api.errors import error_response, problem_responses, validation_problem
 from app.api.json_body import check_unique_keys
-from app.api.query import NODE_HEADER, check_raw_sql, limits_for
 from app.errors import (
     DatabaseError,
     InvalidParameters,
-    LimitExceeded,
     MirrorpoolError,
     RequestError,
     ResultTooLarge,
 )
+from app.service.keys import ApiKey, require
+from app.service.query import bind_all, check_raw_sql, check_statement_count, limits_for
 from app.settings import Settings
 from app.sql import refusals, session
 from app.sql.engine import Abort, Engine, Outcome
+from app.sql.off_loop import prepared
 from app.sql.placeholders import BoundSQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
-from app.sql.statement import prepare
 
 router = APIRouter(tags=["neon"])
 
@@ -163,7 +164,7 @@ async def sql_over_http(request: Request, engine: EngineDep, settings: SettingsD
 async def answer(
     scope: Scope, receive: Receive, engine: Engine, settings: Settings, keyring: Keyring
 ) -> Response:
-    """The answer to one POST /sql, from its route or straight from ASGI (the fast lane)."""
+    """The answer to one POST /sql, from its route or as the fast answer (app/main.py)."""
     try:
         # The key as a bearer token (the driver's authToken), else as the connection
         # string's password (app/api/auth.py presented_key); counted by the gate.
@@ -171,14 +172,14 @@ async def answer(
         require(key, "read", "write")
         check_raw_sql(settings)
         array_mode = _flag(scope, b"neon-array-mode") is True  # a bad header: before it runs
-        body = _parse(await read_body(scope, receive, settings.max_body_bytes))
+        body = _parse(await read_body(receive))
         outcome = await _run(body, scope, engine, settings, key, partial(client_gone, receive))
         encoded = _encode(outcome, body, array_mode, settings)
     except ValidationError as exc:
         return _with_message(validation_problem(scope, exc.errors(include_input=False)))
     except MirrorpoolError as exc:
         return error(scope, exc)
-    return Response(encoded, media_type="application/json", headers={NODE_HEADER: outcome.node})
+    return json_response(encoded, outcome.node)
 
 
 def _flag(scope: Scope, header: bytes) -> bool | None:
@@ -248,7 +249,7 @@ async def _run(
         limits = limits_for(
             settings, key, timeout_ms=None, max_rows=None, read_only=False, row_format="array"
         )
-        bound = prepare(body.query, _params(body), engine.rules, read_only=limits.read_only)
+        bound = await prepared(body.query, _params(body), engine.rules, read_only=limits.read_only)
         # A query the tree proves a pure read runs READ ONLY, as /v1/query's read_only: a
         # mirror may serve it, and it is retried there when its node fails mid-flight.
         read_only = limits.read_only or _pure_read(bound)
@@ -257,20 +258,12 @@ async def _run(
     read_only = _flag(scope, b"neon-batch-read-only") is True
     deferrable = _flag(scope, b"neon-batch-deferrable") is True
     isolation = _isolation(scope)
-    if len(body.queries) > settings.max_statements:
-        raise LimitExceeded(
-            f"{len(body.queries)} queries were sent; the limit is {settings.max_statements}"
-        )
+    check_statement_count(len(body.queries), settings, "queries")
     limits = limits_for(
         settings, key, timeout_ms=None, max_rows=None, read_only=read_only, row_format="array"
     )
-    statements: list[BoundSQL] = []
-    for index, query in enumerate(body.queries):
-        try:
-            statements.append(prepare(query.query, _params(query), engine.rules, limits.read_only))
-        except MirrorpoolError as exc:
-            exc.extra["statement_index"] = index
-            raise
+    queries = ((query.query, _params(query)) for query in body.queries)
+    statements = await bind_all(queries, engine.rules, limits.read_only)
     return await engine.transaction(
         statements,
         isolation=isolation,

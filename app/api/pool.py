@@ -11,12 +11,13 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from app import workers
-from app.api.auth import Keyring, require
+from app.api.auth import Keyring
 from app.api.deps import ClusterDep, EngineDep, SettingsDep
 from app.api.errors import problem_responses
 from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
 from app.cluster.node import Node, Role
+from app.service.keys import require
 from app.sql.engine import Engine
 
 router = APIRouter(tags=["probes"])

@@ -1,4 +1,5 @@
-"""Health probes: /health (summary), /health/live (process) and /health/ready (can serve)."""
+"""Health probes: /health (summary), /health/live (process), /health/ready (can serve), and
+/metrics (Prometheus text format, app/api/metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import os
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from app.api.auth import Keyring
 from app.api.deps import ClusterDep, SettingsDep
+from app.api.metrics import Metrics
 from app.cluster.cluster import HealthStatus
 from app.cluster.node import Role
 from app.errors import Unauthorized
+from app.service.keys import require
 from app.settings import Settings
 
 router = APIRouter(tags=["probes"])
@@ -158,3 +162,18 @@ async def ready(
         writer=cluster.writer.name if cluster.writer else None,
         readers=readers,
     )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text format."}},
+)
+async def metrics(request: Request) -> Response:
+    """Requests, latency, nodes, pools, replication lag, cluster events and query problems.
+    Open unless MIRRORPOOL_METRICS_PUBLIC=false (then it needs the admin scope)."""
+    if not request.app.state.settings.metrics_public:
+        require(request.app.state.keyring.identify(request.scope), "admin")
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -22,9 +22,19 @@ def new_request_id() -> str:
 
 def assign_request_id(scope: Scope) -> str:
     """The caller's X-Request-ID when sane, else a new one; stored in the scope's state."""
-    given = next((v for k, v in scope["headers"] if k == HEADER), b"")
-    rid = given.decode() if _VALID.fullmatch(given) else new_request_id()
-    scope.setdefault("state", {})["request_id"] = rid
+    rid = None
+    for name, value in scope["headers"]:
+        if name == HEADER:
+            if _VALID.fullmatch(value):
+                rid = value.decode()
+            break
+    if rid is None:
+        rid = new_request_id()
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = {"request_id": rid}
+    else:
+        state["request_id"] = rid
     return rid
 
 
@@ -44,12 +54,11 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = assign_request_id(scope)
+        header = (HEADER, assign_request_id(scope).encode())
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (HEADER, rid.encode())]
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         await self.app(scope, receive, send_with_id)

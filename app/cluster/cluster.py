@@ -19,12 +19,12 @@ from psycopg import AsyncConnection
 
 from app.cluster import failover
 from app.cluster.backends import Backends
-from app.cluster.dsn import dsn_secrets
 from app.cluster.events import EventKind, EventLog, Signal
 from app.cluster.failover import Decision, NodeFacts, Standing
 from app.cluster.monitor import HealthMonitor
 from app.cluster.node import ConnectionCallback, Node, NodeState
 from app.cluster.routing import Intent, Routing
+from app.dsn import dsn_secrets
 from app.errors import Conflict, NodeFailed, NotFound, SettingsError
 from app.redaction import redactor
 from app.settings import Settings

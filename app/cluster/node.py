@@ -15,8 +15,8 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
-from app.cluster.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.cluster.share import KeyShare, share_of
+from app.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)

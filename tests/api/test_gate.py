@@ -24,8 +24,9 @@ READ_TIMEOUT_S = 1.5
 
 
 @pytest.fixture(scope="module")
-def server(pair: LocalPair) -> Iterator[LiveServer]:
-    """A server with a key allowed 2 requests in flight, and a 1.5 s read timeout."""
+def server(pair: LocalPair, request_path: str) -> Iterator[LiveServer]:
+    """A server with a key allowed 2 requests in flight, and a 1.5 s read timeout (one for
+    each request path)."""
     keys = [{"id": "gate", "sha256": hash_key(KEY), "scopes": ["read", "write"]}]
     live = start_server(
         pair,

@@ -22,11 +22,12 @@ HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(work_dir: Path) -> Iterator[LiveServer]:
-    """A server on a pair of its own: the fuzzer holds an admin key and may well promote."""
+def server(work_dir: Path, request_path: str) -> Iterator[LiveServer]:
+    """A server on a pair of its own: the fuzzer holds an admin key and may well promote
+    (one for each request path)."""
     scopes = ["read", "write", "migrate", "admin"]
     keys = [{"id": "fuzz", "sha256": hash_key(KEY), "scopes": scopes}]
-    with LocalPair(work_dir / "hostile") as own:
+    with LocalPair(work_dir / f"hostile-{request_path}") as own:
         as_owner(own, "CREATE TABLE hostile_t (v text)")
         live = start_server(own, MIRRORPOOL_AUTH="keys", MIRRORPOOL_API_KEYS=json.dumps(keys))
         yield live

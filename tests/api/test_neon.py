@@ -13,7 +13,6 @@ import pytest
 
 from app.api.auth import hash_key
 from app.devdb import LocalPair
-from app.main import MirrorpoolApp
 from tests.conftest import as_owner, serving_ready, settings_for
 
 KEY = f"neon-key-{uuid.uuid4().hex}"
@@ -238,19 +237,6 @@ async def test_every_builtin_type_is_answered_as_postgresql_prints_it(
     )
     types = [f["dataTypeID"] for f in r.json()["fields"]]
     assert types[:3] == [21, 23, 20] and types[BUILTIN_VALUES.index("ARRAY[1, NULL, 3]")] == 1007
-
-
-async def test_fastapi_serves_the_same_answers_without_the_fast_lane(pair: LocalPair) -> None:
-    keys = [{"id": "neon", "sha256": hash_key(KEY), "scopes": ["write"]}]
-    settings = settings_for(pair, auth="keys", api_keys=keys, fast_path=False)
-    async with serving_ready(settings) as (app, client):
-        assert isinstance(app, MirrorpoolApp) and app.fast_lane is None  # FastAPI's route
-        r = await sql(client, {"query": "SELECT $1::int8 AS n", "params": ["9007199254740993"]})
-        assert r.json()["rows"] == [["9007199254740993"]]
-        r = await sql(client, {"query": "SELECT 1 / 0"})
-        assert (r.status_code, r.json()["code"]) == (400, "22012")
-        r = await sql(client, {"query": "SELECT 1"}, {**HEADERS, "Neon-Connection-String": "x"})
-        assert r.status_code == 401
 
 
 async def test_the_statement_timeout_applies(pair: LocalPair) -> None:

@@ -11,8 +11,8 @@ from app.api import examples
 from app.api.errors import Problem
 from app.api.migrations import ApplyIn
 from app.api.named import RunNamedQuery
-from app.api.query import QueryRequest, StreamRequest, TransactionRequest
 from app.devdb import LocalPair
+from app.service.bodies import QueryRequest, StreamRequest, TransactionRequest
 from tests.conftest import serving, settings_for
 
 OPEN = {"/health", "/health/live", "/health/ready", "/metrics"}

@@ -134,10 +134,11 @@ def test_client_disconnect_cancels_the_statement(live_server: LiveServer, pair: 
 def test_statements_without_rows_are_sent_to_v1_query(
     live_server: LiveServer, pair: LocalPair
 ) -> None:
+    table = f"stream_no_rows_{uuid.uuid4().hex[:8]}"  # its own, however often it runs
     as_owner(
         pair,
-        "CREATE TABLE IF NOT EXISTS stream_no_rows_t (v int)",
-        "GRANT SELECT, INSERT ON stream_no_rows_t TO mirrorpool",
+        f"CREATE TABLE {table} (v int)",
+        f"GRANT SELECT, INSERT ON {table} TO mirrorpool",
         "CREATE OR REPLACE PROCEDURE stream_no_rows_p() LANGUAGE sql AS $$ SELECT 1 $$",
         "CREATE OR REPLACE PROCEDURE stream_out_p(OUT n int) LANGUAGE sql AS $$ SELECT 7 $$",
     )
@@ -146,8 +147,8 @@ def test_statements_without_rows_are_sent_to_v1_query(
         return httpx.post(live_server.url + "/v1/query/stream", json={"sql": sql}, timeout=10)
 
     for sql in (
-        "INSERT INTO stream_no_rows_t VALUES (1)",
-        "UPDATE stream_no_rows_t SET v = 2",
+        f"INSERT INTO {table} VALUES (1)",
+        f"UPDATE {table} SET v = 2",
         "SET search_path = public",
         "CALL stream_no_rows_p()",  # decided by the server's description of it
     ):
@@ -160,11 +161,9 @@ def test_statements_without_rows_are_sent_to_v1_query(
     do = stream("DO $$ BEGIN END $$")  # refused everywhere, and saying why
     assert (do.status_code, do.json()["type"]) == (400, "urn:mirrorpool:problem:invalid-sql")
     assert "DO blocks" in do.json()["detail"]
-    count = httpx.post(
-        live_server.url + "/v1/query", json={"sql": "SELECT count(*) FROM stream_no_rows_t"}
-    )
+    count = httpx.post(live_server.url + "/v1/query", json={"sql": f"SELECT count(*) FROM {table}"})
     assert count.json()["rows"] == [["0"]]  # the INSERT never ran
-    returning = stream("INSERT INTO stream_no_rows_t VALUES (5) RETURNING v").text.splitlines()
+    returning = stream(f"INSERT INTO {table} VALUES (5) RETURNING v").text.splitlines()
     assert returning[1] == "[5]"
     out = stream("CALL stream_out_p(NULL)").text.splitlines()
     assert out[1] == "[7]"

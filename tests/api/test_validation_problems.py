@@ -1,5 +1,5 @@
 """Validation problems read the same on every route: a JSON path into the body and a plain
-message, whichever layer (the fast lane or FastAPI) turned the request down."""
+message, whichever way (the fast answer or FastAPI) turned the request down."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from tests.conftest import serving, settings_for
 JSON = {"content-type": "application/json"}
 
 
-@pytest.fixture(params=[True, False], ids=["fast-lane", "fastapi"])
-async def client(
-    pair: LocalPair, request: pytest.FixtureRequest
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(settings_for(pair, fast_path=request.param)) as (_, served):
+@pytest.fixture
+async def client(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
+    # Both ways in: tests/api/conftest.py runs this module with each request path.
+    async with serving(settings_for(pair)) as (_, served):
         yield served
 
 

@@ -23,13 +23,12 @@ COUNTER = re.compile(
 
 
 @pytest.fixture(scope="module")
-def two_workers(pair: LocalPair) -> Iterator[LiveServer]:
+def two_workers(pair: LocalPair, request_path: str) -> Iterator[LiveServer]:
     server = start_server(
         pair, MIRRORPOOL_WORKERS="2", MIRRORPOOL_POOL_MIN_SIZE="1", MIRRORPOOL_POOL_MAX_SIZE="2"
     )
-    # /health answers once one worker is up; the other may still be opening its pools (on a
-    # busy machine, seconds later). Both have published once they are listed.
-    eventually_sync(lambda: len(live_workers(server)) == 2, "both workers to be up", timeout=30)
+    # Ready is one worker ready: the other may still be starting.
+    eventually_sync(lambda: len(live_workers(server)) == 2, "both workers to be live", timeout=30)
     yield server
     stop_server(server)
 

@@ -112,9 +112,7 @@ def test_one_keys_long_statements_do_not_stall_another_keys_requests(pair: Local
                 waited = 0.0
                 while not all(f.done() for f in flood):
                     started = time.monotonic()
-                    victim = await client.post(
-                        "/v1/query", json={"sql": "SELECT 1"}, headers=other
-                    )
+                    victim = await client.post("/v1/query", json={"sql": "SELECT 1"}, headers=other)
                     waited = max(waited, time.monotonic() - started)
                     assert victim.status_code == 200, victim.text
                 answers = await asyncio.gather(*flood)

@@ -16,9 +16,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from app.cluster.dsn import parse_dsn
 from app.cluster.logins import LoginPrivileges, privileges_of
 from app.devdb import OWNER, SERVICE, LocalPair
+from app.dsn import parse_dsn
 
 
 @contextmanager

@@ -26,8 +26,8 @@ import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
 
 from app.api.auth import hash_key
-from app.cluster.dsn import parse_dsn
 from app.devdb import SUPERUSER, LocalPair, free_ports
+from app.dsn import parse_dsn
 from app.settings import load_settings
 from tests.conftest import start_server, stop_server
 from tests.deploy import REPO

@@ -31,8 +31,8 @@ import pytest
 import yaml
 from psycopg import sql
 
-from app.cluster.dsn import parse_dsn
 from app.devdb import LocalPair
+from app.dsn import parse_dsn
 from app.settings import ENV_PREFIX, Settings, load_settings
 from tests.deploy import REPO, status_of
 from tests.deploy.database import (
