@@ -101,13 +101,16 @@ class Engine:
             await asyncio.wait_for(self.schema.first_read.wait(), wait_s)
 
     async def _ask_catalog(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A catalog query on the writer's monitor connection (else any reachable node's:
-        a mirror's catalog is the primary's)."""
+        """A catalog query on a pool connection of the writer (else of any reachable node: a
+        mirror's catalog is the primary's). Not on the health monitor's connection: a slow
+        reading must never look like a node that stopped answering its probes."""
         nodes = [self.cluster.writer] if self.cluster.writer is not None else []
         nodes += [n for n in self.cluster.nodes if n.state.reachable and n not in nodes]
         if not nodes:
             raise NodeFailed("no node is reachable to read the catalog from")
-        return await self.cluster.monitor.ask(nodes[0], query, params)
+        async with self.checkouts.session(nodes[0]) as held:
+            cur = await held.conn.execute(query, params, prepare=False)
+            return await cur.fetchall()
 
     @asynccontextmanager
     async def _changing(self, changes: bool) -> AsyncIterator[None]:

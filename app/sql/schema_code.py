@@ -277,6 +277,7 @@ class SchemaWatch:
         self._wake = asyncio.Event()
         # Set once the catalog has been read (or found unreadable) for the first time.
         self.first_read = asyncio.Event()
+        self._failing = False
 
     @classmethod
     def fixed(cls, facts: SchemaCode) -> SchemaWatch:
@@ -306,8 +307,11 @@ class SchemaWatch:
                 return True
             facts, self._verdicts = await read(self._ask, self._verdicts)
         except Exception as exc:  # any failure leaves the facts as they were, or unknown
-            logger.warning("could not read the schema's own code from the catalog: %s", exc)
+            if not self._failing:  # once, not every second while it lasts
+                logger.warning("could not read the schema's own code from the catalog: %s", exc)
+            self._failing = True
             return False
+        self._failing = False
         if generation == self._generation:  # no change came in while reading
             self.current = facts
             self._fingerprint = fingerprint

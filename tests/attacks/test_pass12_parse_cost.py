@@ -120,6 +120,6 @@ def test_one_keys_long_statements_do_not_stall_another_keys_requests(pair: Local
                 return waited
 
         waited = asyncio.run(attack())
-        assert waited < 0.5, f"another key's SELECT 1 waited {waited:.2f} s behind the parses"
+        assert waited < 1.0, f"another key's SELECT 1 waited {waited:.2f} s behind the parses"
     finally:
         stop_server(server)
