@@ -259,6 +259,12 @@ class Settings(BaseSettings):
         description="Pipeline concurrent quick plain reads on shared pool connections, "
         "each on its own (off behind PgBouncer).",
     )
+    multiplex_writes: bool = Field(
+        False,
+        description="Let quick plain writes (INSERT, UPDATE, DELETE, MERGE) share the lanes too, "
+        "each its own transaction. A write queued behind its key's other statements may then "
+        "still commit after its own request was answered 504.",
+    )
     multiplex_quick_ms: float = Field(
         5.0,
         gt=0,

@@ -249,7 +249,9 @@ async def _run(
         limits = limits_for(
             settings, key, timeout_ms=None, max_rows=None, read_only=False, row_format="array"
         )
-        bound = await prepared(body.query, _params(body), engine.rules, read_only=limits.read_only)
+        bound = await prepared(
+            body.query, _params(body), engine.rules, read_only=limits.read_only, key=limits.key
+        )
         # A query the tree proves a pure read runs READ ONLY, as /v1/query's read_only: a
         # mirror may serve it, and it is retried there when its node fails mid-flight.
         read_only = limits.read_only or _pure_read(bound)
@@ -263,7 +265,7 @@ async def _run(
         settings, key, timeout_ms=None, max_rows=None, read_only=read_only, row_format="array"
     )
     queries = ((query.query, _params(query)) for query in body.queries)
-    statements = await bind_all(queries, engine.rules, limits.read_only)
+    statements = await bind_all(queries, engine.rules, limits.read_only, limits.key)
     return await engine.transaction(
         statements,
         isolation=isolation,

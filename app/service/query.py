@@ -65,14 +65,14 @@ def check_statement_count(count: int, settings: Settings, noun: str = "statement
 
 
 async def bind_all(
-    statements: Iterable[tuple[str, Params]], rules: StatementRules, read_only: bool
+    statements: Iterable[tuple[str, Params]], rules: StatementRules, read_only: bool, key: str
 ) -> list[BoundSQL]:
     """A transaction's statements, bound; a failure names its `statement_index` (raised
     while `statements` reads a statement's parameters, too)."""
     bound: list[BoundSQL] = []
     try:
         for sql, params in statements:
-            bound.append(await prepared(sql, params, rules, read_only=read_only))
+            bound.append(await prepared(sql, params, rules, read_only=read_only, key=key))
     except MirrorpoolError as exc:
         exc.extra["statement_index"] = len(bound)
         raise
@@ -93,7 +93,9 @@ async def run_query(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    bound = await prepared(body.sql, body.params, engine.rules, read_only=limits.read_only)
+    bound = await prepared(
+        body.sql, body.params, engine.rules, read_only=limits.read_only, key=limits.key
+    )
     return await engine.run(bound, limits, abort)
 
 
@@ -113,7 +115,7 @@ async def run_transaction(
         row_format=body.row_format,
     )
     bound = await bind_all(
-        ((s.sql, s.params) for s in body.statements), engine.rules, limits.read_only
+        ((s.sql, s.params) for s in body.statements), engine.rules, limits.read_only, limits.key
     )
     return await engine.transaction(
         bound,
@@ -144,7 +146,7 @@ async def stream_statement(
         read_only=body.read_only,
         row_format=body.row_format,
     )
-    bound = await prepared(body.sql, body.params, rules, read_only=limits.read_only)
+    bound = await prepared(body.sql, body.params, rules, read_only=limits.read_only, key=limits.key)
     if returns_rows(bound.tree) is False:
         raise InvalidSQL(NO_ROWS_TO_STREAM)
     return bound, limits
@@ -173,7 +175,9 @@ async def run_named(
         read_only=named.read_only,
         row_format=row_format,
     )
-    bound = await prepared(named.sql, params, engine.rules, read_only=limits.read_only)
+    bound = await prepared(
+        named.sql, params, engine.rules, read_only=limits.read_only, key=limits.key
+    )
     return await engine.run(bound, limits, abort)
 
 

@@ -149,7 +149,8 @@ class Engine:
         A read-only request whose node fails mid-flight is retried once on another node
         within the same deadline; a write never is (it may have committed).
         """
-        if not _around and session.changes_schema(bound.tree):
+        # (a read-only request changes no schema: PostgreSQL refuses it DDL)
+        if not _around and not limits.read_only and session.changes_schema(bound.tree):
             async with self._changing(True):
                 return await self.run(bound, limits, abort, _around=True)
         intent: Intent = "read" if limits.read_only else "write"
@@ -279,7 +280,7 @@ class Engine:
         )
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
-        changes = any(session.changes_schema(b.tree) for b in statements)
+        changes = not read_only and any(session.changes_schema(b.tree) for b in statements)
         async with (
             Guard(timeout_ms, abort) as guard,
             self._changing(changes),

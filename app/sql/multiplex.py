@@ -299,10 +299,11 @@ class Known:
     """How long reads took last, by key and SQL text: which ones are quick enough to share
     (one key's slow runs of a text take it out of that key's lanes only)."""
 
-    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S) -> None:
+    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S, writes: bool = False) -> None:
         self._seconds: dict[str, dict[str, float]] = {}
         self._schema = schema
         self._quick_s = quick_s
+        self._writes = writes
 
     def quick(self, key: str, tree: Tree, sql: str) -> bool:
         """True when the statement is a plain read that ran quickly last time (and, as the
@@ -325,7 +326,7 @@ class Known:
         known = self._seconds.setdefault(key, {})
         last = known.get(sql)
         if last is None:
-            if not session.may_share(tree, self._schema.current):
+            if not session.may_share(tree, self._schema.current, self._writes):
                 return
             if len(known) >= MAX_KNOWN:
                 known.clear()
@@ -343,7 +344,7 @@ class Multiplexer:
         supervisor: Supervisor,
         schema: SchemaWatch,
     ) -> None:
-        self.known = Known(schema, options.quick_s)
+        self.known = Known(schema, options.quick_s, options.writes)
         self.lanes: dict[tuple[str, str], Lane] = {}
         self._options = options
         self._checkouts = checkouts

@@ -23,6 +23,8 @@ class LaneOptions:
     max_response_bytes: int
     # A statement joins the lanes once it has run in under this long.
     quick_s: float = 0.005
+    # Plain writes may share the lanes too (MIRRORPOOL_MULTIPLEX_WRITES).
+    writes: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> LaneOptions:
@@ -34,6 +36,7 @@ class LaneOptions:
             statement_timeout_ms=settings.statement_timeout_ms,
             max_response_bytes=settings.max_response_bytes,
             quick_s=settings.multiplex_quick_ms / 1000,
+            writes=settings.multiplex_writes,
         )
 
 

@@ -69,12 +69,6 @@ SELECT k.conrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.
 FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
 WHERE k.contype = 'c' AND c.relnamespace {_OURS}
 UNION ALL
-SELECT att.attrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, 0)
-FROM pg_catalog.pg_constraint k
-JOIN pg_catalog.pg_attribute att ON att.atttypid = k.contypid AND att.attnum > 0
-JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
-WHERE k.contype = 'c' AND k.contypid <> 0 AND NOT att.attisdropped AND c.relnamespace {_OURS}
-UNION ALL
 SELECT i.indrelid, false, true, pg_catalog.pg_get_indexdef(i.indexrelid)
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AND c.relnamespace {_OURS}
@@ -108,13 +102,55 @@ SELECT k.conrelid, false, true FROM pg_catalog.pg_constraint k
 WHERE k.conrelid <> 0
   AND k.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_constraint'::regclass)
 UNION ALL
-SELECT att.attrelid, false, true
-FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_attribute att ON att.atttypid = k.contypid
-WHERE k.contypid <> 0 AND NOT att.attisdropped
-  AND k.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_constraint'::regclass)
-UNION ALL
 SELECT i.indrelid, false, true FROM pg_catalog.pg_index i
 WHERE i.indexrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
+"""
+
+# A domain's checks, as printed back (its type; the text, or NULL when it uses a function of
+# the database's own): casting to the domain, or writing a column of it (or of an array or
+# composite holding it, or of a domain over it), runs them. Casts whose function is the
+# database's own, by their source or target type of the database's own (one of them is: only
+# a type's owner may make a cast; a catalog type on the other side runs nothing by itself).
+TYPE_CODE_SQL = f"""
+SELECT k.contypid, CASE WHEN EXISTS (
+           SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+           WHERE d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid
+             AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.pronamespace {_OURS})
+       THEN NULL ELSE 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, 0) END
+FROM pg_catalog.pg_constraint k WHERE k.contype = 'c' AND k.contypid <> 0
+UNION ALL
+SELECT v.t, NULL FROM pg_catalog.pg_cast k
+JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc AND p.pronamespace {_OURS},
+LATERAL (VALUES (k.castsource), (k.casttarget)) AS v(t)
+JOIN pg_catalog.pg_type ty ON ty.oid = v.t AND ty.typnamespace {_OURS}
+"""
+
+# Types and what they are made of (a domain's base, an array's element, a composite's
+# fields), the database's own and the catalog's arrays of them.
+TYPES_SQL = f"""
+SELECT t.oid, t.typname, t.typbasetype, t.typelem, t.typrelid FROM pg_catalog.pg_type t
+WHERE t.typnamespace {_OURS} OR t.typtype = 'd'
+"""
+
+# Every column of the database's own relations (and of composite types), by type.
+COLUMNS_SQL = f"""
+SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relnamespace {_OURS}
+"""
+
+# Writing a relation writes others too: a parent its partitions and inheritance children, a
+# referenced table the referencing ones its foreign keys cascade to. (written, also written)
+WRITE_EDGES_SQL = """
+SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i
+UNION
+SELECT k.confrelid, k.conrelid FROM pg_catalog.pg_constraint k
+WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))
+"""
+
+# The database's own operators (a call of their function that no call names).
+OWN_OPERATORS_SQL = f"""
+SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o WHERE o.oprnamespace {_OURS}
 """
 
 # What a view reads (reading it runs their code too; writing an updatable view writes them),
@@ -137,13 +173,17 @@ OWN_FUNCTIONS_SQL = f"""
 SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 """
 
-# Changes to any of these catalogs change this text (a new row version has a new xmin, a
-# dropped row changes the count): read first, the rest only when it differs.
+# Changes to any of these catalogs change this text: a new row version has a new xmin, a
+# dropped row is gone from the sum. (A sum over every row's (oid, xmin), not the largest
+# xmin: a change committed by an older transaction after a newer one's keeps the largest.)
+_ROW_KEYS = {"pg_inherits": "inhrelid::text || '.' || inhparent::text", "pg_index": "indexrelid"}
 FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
-    f"(SELECT count(*) || '.' || coalesce(max(xmin::text::bigint), 0) FROM pg_catalog.{table})"
+    f"(SELECT count(*) || '.' || coalesce(sum(pg_catalog.hashtext("
+    f"{_ROW_KEYS.get(table, 'oid')}::text || '.' || xmin::text)::bigint), 0) "
+    f"FROM pg_catalog.{table})"
     for table in (
         "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
-        "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type",
+        "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type", "pg_inherits",
     )
 ) + ")"  # fmt: skip
 
@@ -167,8 +207,11 @@ def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
 @dataclass(frozen=True, slots=True)
 class SchemaCode:
     """What the catalog says runs out of sight: relation names whose reading or writing runs
-    code that is not clean, and the names of the database's own functions. `known` is False
-    until the catalog has been read, and after a schema change until it is read anew."""
+    code that is not clean, and the names by which a statement may call code of the
+    database's own without a call of it in its tree (its functions, in attribute notation or
+    overloading a catalog name; its operators; the types whose casts or checks are its code).
+    `known` is False until the catalog has been read, and after a schema change until it is
+    read anew."""
 
     read_coded: frozenset[str]
     write_coded: frozenset[str]
@@ -194,14 +237,47 @@ UNKNOWN = SchemaCode(frozenset(), frozenset(), frozenset(), known=False)
 NOTHING = SchemaCode(frozenset(), frozenset(), frozenset())
 
 
+@dataclass(frozen=True, slots=True)
+class Type:
+    """A type and what it is made of (0: nothing)."""
+
+    name: str
+    base: int
+    element: int
+    fields_of: int
+
+
+def coded_types(
+    types: dict[int, Type], checked: set[int], columns: dict[int, set[int]]
+) -> set[int]:
+    """The types whose values run code when made: `checked` (domains with checks that are
+    not clean, types with casts of the database's own), and, to any depth, domains over
+    them, arrays of them and composites with a field of them."""
+    coded = set(checked)
+    changed = True
+    while changed:
+        changed = False
+        for oid, t in types.items():
+            if oid in coded:
+                continue
+            parts = {t.base, t.element} | columns.get(t.fields_of, set())
+            if parts & coded:
+                coded.add(oid)
+                changed = True
+    return coded
+
+
 def assemble(
     coded: Iterable[tuple[int, bool, bool]],
     view_edges: Iterable[tuple[int, int]],
     names: Iterable[tuple[int, str]],
     own_functions: Iterable[str],
+    write_edges: Iterable[tuple[int, int]] = (),
 ) -> SchemaCode:
     """The facts from the catalog's rows: the relations with code of their own, then every
-    view that reads (or writes through to) one of them, to any depth."""
+    view that reads (or writes through to) one of them, and every relation whose writing
+    writes one (a parent its partitions, a cascading foreign key its referencing table), to
+    any depth."""
     reads: set[int] = set()
     writes: set[int] = set()
     for relid, on_read, on_write in coded:
@@ -210,6 +286,7 @@ def assemble(
         if on_write:
             writes.add(relid)
     edges = list(view_edges)
+    also_written = list(write_edges)
     changed = True
     while changed:
         changed = False
@@ -219,6 +296,10 @@ def assemble(
                 changed = True
             if base in writes and view not in writes:
                 writes.add(view)
+                changed = True
+        for written, also in also_written:
+            if also in writes and written not in writes:
+                writes.add(written)
                 changed = True
     by_oid = dict(names)
     return SchemaCode(
@@ -249,13 +330,40 @@ async def read(
         coded.append((int(relid), bool(on_read), bool(on_write)))
     for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
         coded.append((int(relid), bool(on_read), bool(on_write)))
+    # Types whose values run code: checked domains, types with casts of the database's own;
+    # then the columns of any type made of them.
+    checked: set[int] = set()
+    for typid, text in await ask(TYPE_CODE_SQL, []):
+        if text is not None:
+            key = (str(text), own)
+            clean = known.get(key)
+            if clean is None:
+                clean = stored_code_is_clean(key[0], own)
+            judged[key] = clean
+            if clean:
+                continue
+        checked.add(int(typid))
+    types = {
+        int(r[0]): Type(str(r[1]), int(r[2]), int(r[3]), int(r[4]))
+        for r in await ask(TYPES_SQL, [])
+    }
+    columns: dict[int, set[int]] = {}
+    for relid, typid in await ask(COLUMNS_SQL, []):
+        columns.setdefault(int(relid), set()).add(int(typid))
+    typed = coded_types(types, checked, columns)
+    # A column of such a type runs its code when written, and its casts when read.
+    coded += [(relid, True, True) for relid, used in columns.items() if used & typed]
+    type_names = {types[t].name for t in typed if t in types}
+    operators = {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}
     edges = await ask(VIEW_EDGES_SQL, [])
     names = await ask(NAMES_SQL, [])
+    write_edges = await ask(WRITE_EDGES_SQL, [])
     facts = assemble(
         coded,
         ((int(r[0]), int(r[1])) for r in edges),
         ((int(r[0]), str(r[1])) for r in names),
-        own,
+        own | operators | type_names,
+        ((int(r[0]), int(r[1])) for r in write_edges),
     )
     return facts, judged
 
@@ -278,6 +386,7 @@ class SchemaWatch:
         # Set once the catalog has been read (or found unreadable) for the first time.
         self.first_read = asyncio.Event()
         self._failing = False
+        self._before: SchemaCode | None = None
 
     @classmethod
     def fixed(cls, facts: SchemaCode) -> SchemaWatch:
@@ -293,6 +402,10 @@ class SchemaWatch:
     def changed(self) -> None:
         """A statement that may change the schema ran: the facts are unknown until read."""
         self._generation += 1
+        if self.current.known:
+            # kept to be restored if the catalog turns out unchanged (a refused DDL, a
+            # function that changed nothing): the unknown then lasts one fingerprint
+            self._before = self.current
         self.current = UNKNOWN
         self._wake.set()
 
@@ -302,7 +415,11 @@ class SchemaWatch:
         try:
             rows = await self._ask(FINGERPRINT_SQL, [])
             fingerprint = str(rows[0][0])
-            if fingerprint == self._fingerprint and self.current.known:
+            if fingerprint == self._fingerprint and (self.current.known or self._before):
+                if generation != self._generation:
+                    return False  # a change came in while reading: read again
+                if not self.current.known and self._before is not None:
+                    self.current, self._before = self._before, None
                 self.read_at_wall = began
                 return True
             facts, self._verdicts = await read(self._ask, self._verdicts)
@@ -313,6 +430,7 @@ class SchemaWatch:
             return False
         self._failing = False
         if generation == self._generation:  # no change came in while reading
+            self._before = None
             self.current = facts
             self._fingerprint = fingerprint
             self.read_at_wall = began

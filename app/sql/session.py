@@ -91,6 +91,10 @@ def effect(tree: Tree) -> Effect:
         tree.kinds & _CLOSE_KINDS
         or tree.maybe_called & catalog.SURVIVES_RESET
         or custom_settings(tree)
+        # A function of the database's own may do what no reset undoes: define a custom
+        # setting's placeholder (`app.tenant` reads '' instead of NULL ever after), seed
+        # random(). Only a new backend forgets that.
+        or calls_own_code(tree)
         # PL/pgSQL compiles a function once per backend and keeps it through DISCARD ALL,
         # with the names its body reads (`prices.amount%TYPE`) resolved as the session then
         # saw them: under a temporary table, or a search path of the request's own, every
@@ -149,13 +153,27 @@ def _changes_a_setting(tree: Tree) -> bool:
     )
 
 
+def calls_own_code(tree: Tree) -> bool:
+    """True when the statement calls a function that is not the catalog's (by a name no
+    pg_catalog function has, or qualified by another schema)."""
+    return any(
+        not catalog.catalog_or_dblink(call[-1])
+        or (len(call) > 1 and call[-2] not in ("pg_catalog",))
+        for call in tree.calls
+        if call
+    )
+
+
 @lru_cache(maxsize=4096)
 def changes_schema(tree: Tree) -> bool:
     """True for a statement that may create, change or drop what the catalog holds (any
-    statement but a query, DML and the few clean kinds; SELECT ... INTO): the facts of
-    app/sql/schema_code.py are unknown until the catalog is read again."""
-    return "IntoClause" in tree.kinds or any(
-        kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds
+    statement but a query, DML and the few clean kinds; SELECT ... INTO; a call of the
+    database's own code, which may run DDL): the facts of app/sql/schema_code.py are unknown
+    until the catalog is read again."""
+    return (
+        "IntoClause" in tree.kinds
+        or any(kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds)
+        or calls_own_code(tree)
     )
 
 
@@ -163,8 +181,11 @@ def effect_with(tree: Tree, code: SchemaCode) -> Effect:
     """What the statement may leave behind, counting the code of the database's own that it
     runs out of the tree's sight (a view's, a trigger's, ...: app/sql/schema_code.py)."""
     found = effect(tree)
-    if found is Effect.NONE and code.runs_unseen_code(tree):
-        return Effect.RESET
+    if found is not Effect.CLOSE and code.runs_unseen_code(tree):
+        # Known code of the database's own may leave what only a new backend forgets (see
+        # effect()); while the catalog is being read again (a few milliseconds around a
+        # schema change) a reset is all it gets.
+        return Effect.CLOSE if code.known else Effect.RESET
     return found
 
 
@@ -188,10 +209,10 @@ def lane_write(tree: Tree) -> bool:
     )
 
 
-def may_share(tree: Tree, code: SchemaCode) -> bool:
-    """What may run in a lane: a pure read, or a plain write, that runs no code of the
-    database's own out of sight."""
-    return (pure_read(tree) or lane_write(tree)) and not code.runs_unseen_code(tree)
+def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
+    """What may run in a lane: a pure read, or with `writes` a plain write, that runs no code
+    of the database's own out of sight."""
+    return (pure_read(tree) or (writes and lane_write(tree))) and not code.runs_unseen_code(tree)
 
 
 def pure_read(tree: Tree) -> bool:

@@ -67,6 +67,9 @@ _JSON_FUNC_OPS = {
     "JSON_QUERY_OP": "json_query",
     "JSON_VALUE_OP": "json_value",
 }
+# Nodes naming an operator or a type, and the field that holds the name.
+_NAMED_BY = {"A_Expr": "name", "TypeName": "names"}
+_NAMES = frozenset({"A_Indirection", "ColumnRef", *_NAMED_BY})
 _TRUE_TEXTS = frozenset({"t", "true", "y", "yes", "on", "1"})
 _FALSE_TEXTS = frozenset({"f", "false", "n", "no", "off", "0"})
 
@@ -343,6 +346,8 @@ class _Collect:
     kinds: set[str]
     calls: set[Name]
     attributes: set[str]
+    # Operators and type names: what may run code of the database's own without a call.
+    operators: set[str]
     relations: set[tuple[str | None, str]]
     written: set[tuple[str | None, str]]
     set_configs: list[SetConfig]
@@ -356,7 +361,7 @@ class _Collect:
 def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
     kind = next(iter(stmt), "")
     body = stmt.get(kind, {})
-    seen = _Collect(body, set(), set(), set(), set(), set(), [], [])
+    seen = _Collect(body, set(), set(), set(), set(), set(), set(), [], [])
     for node_type, fields in _nodes(stmt):
         seen.kinds.add(node_type)
         _note(node_type, fields, seen)
@@ -380,7 +385,7 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         relation_names=frozenset(name for _, name in seen.relations),
         written_names=frozenset(name for _, name in seen.written),
         own_call_names=frozenset(
-            seen.attributes | {call[-1] for call in seen.calls if len(call) == 1}
+            seen.attributes | seen.operators | {call[-1] for call in seen.calls if len(call) == 1}
         ),
         set_configs=tuple(seen.set_configs),
         settings=tuple(seen.settings),
@@ -411,10 +416,8 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
         seen.relations.add((schema, fields.get("relname", "")))
         if fields.get("relpersistence") == "t" or _is_temp_schema(schema):
             seen.temp = True
-    elif node_type == "A_Indirection":
-        seen.attributes.update(_strings(fields.get("indirection")))
-    elif node_type == "ColumnRef":
-        seen.attributes.update(_strings(fields.get("fields"))[1:])
+    elif node_type in _NAMES:
+        _note_names(node_type, fields, seen)
     elif node_type in _WRITES:
         target = fields.get("relation") or {}
         seen.written.add((target.get("schemaname"), target.get("relname", "")))
@@ -430,6 +433,20 @@ def _note(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
         seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
     if not seen.temp and _names_temp(fields):
         seen.temp = True
+
+
+def _note_names(node_type: str, fields: dict[str, Any], seen: _Collect) -> None:
+    """Names that may reach code of the database's own without a call of it written."""
+    if node_type == "A_Indirection":
+        seen.attributes.update(_strings(fields.get("indirection")))
+    elif node_type == "ColumnRef":
+        seen.attributes.update(_strings(fields.get("fields"))[1:])
+    else:
+        # an operator runs its function, a type its casts and checks: one of the
+        # database's own is matched by name (app/sql/schema_code.py)
+        named = _strings(fields.get(_NAMED_BY[node_type]))
+        if named:
+            seen.operators.add(named[-1])
 
 
 def _note_call(fields: dict[str, Any], seen: _Collect) -> None:

@@ -25,7 +25,9 @@ from tests.waiting import eventually
 async def api(pair: LocalPair) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     # A plain select counts as quick under 15 ms here, not 5: on a busy machine (the suite
     # beside other work) one run of a batch over 5 ms took a statement out of the lane.
-    settings = settings_for(pair, pool_max_size=2, pool_max_waiting=1000, multiplex_quick_ms=15)
+    settings = settings_for(
+        pair, pool_max_size=2, pool_max_waiting=1000, multiplex_quick_ms=15, multiplex_writes=True
+    )
     async with serving_ready(settings) as served:
         yield served
 
