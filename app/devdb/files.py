@@ -58,7 +58,7 @@ def save_state(pair: LocalPair) -> None:
     pair.state_file.chmod(0o600)
 
 
-def env_lines(pair: LocalPair) -> list[str]:
+def env_file_lines(pair: LocalPair) -> list[str]:
     """`.devdb/env`: the MIRRORPOOL_* DSNs of the pair (passwords from PGPASSFILE) and
     libpq's variables, for `source .devdb/env`, the CLI and psql."""
     service = [n.dsn(password=False, user=SERVICE) for n in pair.nodes]

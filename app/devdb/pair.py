@@ -15,7 +15,13 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from app.devdb import files
+from app.devdb.files import (
+    env_file_lines,
+    load_state,
+    save_state,
+    write_node_conf,
+    write_passfile,
+)
 from app.devdb.logins import DEMO_SQL, OWNER, SERVICE, SUPERUSER, set_up_logins
 from app.devdb.node import LocalNode, StopMode
 from app.devdb.system import (
@@ -67,7 +73,7 @@ class LocalPair:
             pair = cls(base_dir)
         except DevDBError:
             return None
-        known = files.load_state(pair.state_file)
+        known = load_state(pair.state_file)
         if known is None or known.leader not in known.names:
             return None
         pair.mirror_count = len(known.names) - 1
@@ -164,7 +170,7 @@ class LocalPair:
             if self.mirror_count == 1
             else [f"mirror{i + 1}" for i in range(self.mirror_count)]
         )
-        known = files.load_state(self.state_file)
+        known = load_state(self.state_file)
         if known and known.names != names:
             raise DevDBError(
                 f"{self.base_dir} holds a pair with nodes {known.names}, not {names}; "
@@ -194,8 +200,8 @@ class LocalPair:
                 set_up_logins(leader, self.passwords)
                 if all(m.in_recovery() for m in self.followers):
                     wait_until(self.streaming, 30, f"the mirrors to stream from {leader.name}")
-            files.save_state(self)
-            files.write_passfile(self)
+            save_state(self)
+            write_passfile(self)
         except BaseException:
             self.stop("immediate")
             raise
@@ -241,7 +247,7 @@ class LocalPair:
             pwfile.unlink(missing_ok=True)
         with (primary.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\ninclude_if_exists = 'mirrorpool.conf'\n")
-        files.write_node_conf(self, primary)
+        write_node_conf(self, primary)
         primary.start()
         for mirror in self.mirrors:
             self._make_data_dir(mirror)
@@ -252,7 +258,7 @@ class LocalPair:
             )  # fmt: skip
             (mirror.data_dir / "standby.signal").touch()
             self.run_as.own(mirror.data_dir / "standby.signal")
-            files.write_node_conf(self, mirror)
+            write_node_conf(self, mirror)
             mirror.start()
 
     def heal(self) -> str | None:
@@ -279,11 +285,11 @@ class LocalPair:
         how = {n.name: self._rejoin(n, newest) for n in stale}
         if moved:
             # The mirrors that never diverged follow the new leader from here on.
-            files.write_node_conf(self, newest)
+            write_node_conf(self, newest)
             for node in self.followers:
                 if node.name not in how:
                     self._ensure_slot(newest, node.name)
-                    files.write_node_conf(self, node)
+                    write_node_conf(self, node)
                     node.restart()
         if not stale:
             return f"{newest.name} leads since a failover; the mirrors now stream from it"
@@ -316,7 +322,7 @@ class LocalPair:
         (node.data_dir / "standby.signal").touch()
         self.run_as.own(node.data_dir / "standby.signal")
         # pg_rewind copied the leader's configuration: this node's own goes back.
-        files.write_node_conf(self, node)
+        write_node_conf(self, node)
         node.start()
         # A slot the old primary kept for its mirror would hold WAL here for good.
         with node.connect() as conn:
@@ -349,7 +355,7 @@ class LocalPair:
         for node in self.nodes:
             if not (node.data_dir / "PG_VERSION").exists():
                 raise DevDBError(f"{node.data_dir} is not a data folder; remove {self.base_dir}")
-            files.write_node_conf(self, node)
+            write_node_conf(self, node)
 
     def _make_data_dir(self, node: LocalNode) -> None:
         node.data_dir.mkdir(mode=0o700)
@@ -374,7 +380,7 @@ class LocalPair:
     def env_lines(self) -> list[str]:
         """`.devdb/env`: the MIRRORPOOL_* DSNs of the pair (passwords from PGPASSFILE) and
         libpq's variables, for `source .devdb/env`, the CLI and psql."""
-        return files.env_lines(self)
+        return env_file_lines(self)
 
     def processes(self) -> list[int]:
         """Pids of every server process of the pair: postmasters and their children."""
