@@ -50,20 +50,20 @@ from app.sql.columns import TypeNames
 from app.sql.guard import Guard
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
+from app.sql.quick import Known
 from app.sql.results import RowFormat, StatementResult
 from app.sql.schema_code import SchemaWatch
 from app.sql.tree import Tree
 from app.supervisor import Supervisor
 
+# Known (which texts are quick) lives in app/sql/quick.py; it is named here too, where the
+# lanes' callers have always found it.
+__all__ = ["Job", "Known", "Lane", "LaneStats", "Multiplexer", "WaitedForLock"]
+
 logger = logging.getLogger(__name__)
 
-# A statement joins a lane once it has run in under this long; one slow run takes it out
-# (MIRRORPOOL_MULTIPLEX_QUICK_MS).
-QUICK_S = 0.005
 # Statements sent in one pipeline at most.
 MAX_BATCH = 16
-# Statement texts whose speed is remembered at most, per key.
-MAX_KNOWN = 4096
 # How long a write in a lane may wait for a lock (a row another transaction holds): past it,
 # its neighbours would wait too, so it is cancelled and runs again on its own connection.
 LANE_LOCK_WAIT = "20ms"
@@ -293,43 +293,6 @@ class Lane:
             conn, self.node.name, self.types, reply, job.max_rows, job.row_format
         )
         _settle(job.future, result=answer)
-
-
-class Known:
-    """How long reads took last, by key and SQL text: which ones are quick enough to share
-    (one key's slow runs of a text take it out of that key's lanes only)."""
-
-    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S) -> None:
-        self._seconds: dict[str, dict[str, float]] = {}
-        self._schema = schema
-        self._quick_s = quick_s
-
-    def quick(self, key: str, tree: Tree, sql: str) -> bool:
-        """True when the statement is a plain read that ran quickly last time (and, as the
-        catalog says now, runs no code of the database's own out of sight)."""
-        seconds = self._seconds.get(key, {}).get(sql)
-        return (
-            seconds is not None
-            and seconds < self._quick_s
-            and not self._schema.current.runs_unseen_code(tree)
-        )
-
-    def effect(self, tree: Tree) -> session.Effect:
-        """What a statement run in a lane may leave in its session (app/sql/session.py)."""
-        return session.effect_with(tree, self._schema.current)
-
-    def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
-        """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
-        figure down. Only pure reads (session.pure_read) are ever remembered, at most
-        MAX_KNOWN texts per key (a key that sends too many forgets its own, no one else's)."""
-        known = self._seconds.setdefault(key, {})
-        last = known.get(sql)
-        if last is None:
-            if not session.may_share(tree, self._schema.current):
-                return
-            if len(known) >= MAX_KNOWN:
-                known.clear()
-        known[sql] = seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
 
 
 class Multiplexer:
