@@ -36,7 +36,6 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -48,6 +47,7 @@ from app.sql import pipeline, session
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
 from app.sql.guard import Guard
+from app.sql.lane_jobs import Job, LaneStats, WaitedForLock
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.quick import Known
@@ -56,8 +56,8 @@ from app.sql.schema_code import SchemaWatch
 from app.sql.tree import Tree
 from app.supervisor import Supervisor
 
-# Known (which texts are quick) lives in app/sql/quick.py; it is named here too, where the
-# lanes' callers have always found it.
+# Known (which texts are quick) lives in app/sql/quick.py, Job, LaneStats and WaitedForLock in
+# app/sql/lane_jobs.py; they are named here too, where the lanes' callers have always found them.
 __all__ = ["Job", "Known", "Lane", "LaneStats", "Multiplexer", "WaitedForLock"]
 
 logger = logging.getLogger(__name__)
@@ -71,49 +71,6 @@ LANE_LOCK_WAIT = "20ms"
 LOCK_WAITED_S = 1.0
 _LOCK_WAIT_SQL = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"
-
-
-@dataclass(slots=True)
-class Job:
-    """One statement waiting in a lane, and the future its request awaits."""
-
-    sql: str
-    tree: Tree
-    params: list[Any]
-    max_rows: int
-    row_format: RowFormat
-    future: asyncio.Future[StatementResult]
-    queued: float = field(default_factory=time.monotonic)
-    retried: bool = False
-
-    @property
-    def writes(self) -> bool:
-        return self.tree.kind != "SelectStmt"
-
-
-class WaitedForLock(Exception):
-    """A write in a lane waited for a lock longer than LANE_LOCK_WAIT: it was cancelled there
-    (its transaction undone) and must run again on a connection of its own, where waiting
-    holds up no one else."""
-
-
-@dataclass
-class LaneStats:
-    """Counters shown in /pool/stats."""
-
-    statements: int = 0
-    batches: int = 0
-    largest_batch: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """The counters, with the mean batch size."""
-        mean = round(self.statements / self.batches, 2) if self.batches else 0.0
-        return {
-            "statements": self.statements,
-            "batches": self.batches,
-            "mean_batch": mean,
-            "largest_batch": self.largest_batch,
-        }
 
 
 class Lane:
