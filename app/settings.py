@@ -6,20 +6,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.dsn import InvalidDSN, parse_dsn, split_dsn_list
 from app.errors import SettingsError
+from app.settings_keys import ApiKeyConfig, read_keys_file
+
+# ApiKeyConfig lives in app/settings_keys.py; it is named here too, where it has always been.
+__all__ = [
+    "ENV_PREFIX",
+    "ApiKeyConfig",
+    "LogLevel",
+    "Settings",
+    "describe_validation_error",
+    "load_settings",
+]
 
 ENV_PREFIX = "MIRRORPOOL_"
 
@@ -32,17 +34,6 @@ class LogLevel(StrEnum):
     WARNING = "warning"
     ERROR = "error"
     CRITICAL = "critical"
-
-
-class ApiKeyConfig(BaseModel):
-    """One API key: its id, the hex SHA-256 of the key, its scopes, an optional role."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    scopes: list[Literal["read", "write", "migrate", "admin"]] = Field(min_length=1)
-    role: str | None = Field(None, min_length=1, max_length=63)
 
 
 class Settings(BaseSettings):
@@ -365,8 +356,7 @@ class Settings(BaseSettings):
         keys = list(self.api_keys)
         if self.api_keys_file is not None:
             try:
-                raw = self.api_keys_file.read_text()
-                keys += TypeAdapter(list[ApiKeyConfig]).validate_json(raw)
+                keys += read_keys_file(self.api_keys_file)
             except (OSError, ValidationError) as exc:
                 raise SettingsError(
                     f"{ENV_PREFIX}API_KEYS_FILE: cannot read keys from {self.api_keys_file}: "

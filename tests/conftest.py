@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL pairs from app/devdb.py and the app running against them."""
+"""Shared fixtures: real PostgreSQL pairs from app/devdb/ and the app running against them."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def database(pair: LocalPair) -> Iterator[str]:
 
 def as_owner(pair: LocalPair, *statements: str, dbname: str = "postgres") -> None:
     """Run statements as the schema's owner, as a migration would: the service's own login
-    creates nothing (app/devdb.py), and may use what the owner creates."""
+    creates nothing (app/devdb/logins.py), and may use what the owner creates."""
     with pair.primary.connect(dbname, user=OWNER) as conn:
         for statement in statements:
             conn.execute(statement)

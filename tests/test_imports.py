@@ -1,6 +1,6 @@
 """How the app's modules import each other, read from their source with `ast`: no cycle,
 between modules or between the layers (DESIGN.md: imports point down only), and no route
-module importing another."""
+module importing another. And how long they are: none over 400 lines (issue 19)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app"
+# The longest a module of app/ may be, in lines: past it, it is split along its seams.
+MAX_MODULE_LINES = 400
 
 
 def module_name(path: Path, root: Path = APP) -> str:
@@ -193,3 +195,24 @@ def test_the_checks_see_a_cycle_and_a_route_importing_a_route(tmp_path: Path) ->
     assert cycles(layer_graph(graph)) == [["app.cluster", "app.settings"]]
     (tmp_path / "api" / "named.py").write_text(routes + "from app.api.query import QueryRequest\n")
     assert cycles(import_graph(tmp_path)) == [["app.api.named", "app.api.query"]]
+
+
+def long_modules(root: Path = APP, most: int = MAX_MODULE_LINES) -> dict[str, int]:
+    """The modules under `root` longer than `most` lines, with their lengths."""
+    lengths = {
+        path.relative_to(root).as_posix(): len(path.read_text().splitlines())
+        for path in sorted(root.rglob("*.py"))
+    }
+    return {name: lines for name, lines in lengths.items() if lines > most}
+
+
+def test_no_module_of_app_is_over_400_lines() -> None:
+    assert len(list(APP.rglob("*.py"))) > 50
+    assert long_modules() == {}
+
+
+def test_the_length_check_sees_a_module_over_the_limit(tmp_path: Path) -> None:
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "tree.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (tmp_path / "settings.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    assert long_modules(tmp_path) == {"sql/tree.py": MAX_MODULE_LINES + 1}

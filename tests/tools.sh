@@ -7,7 +7,7 @@
 set -euo pipefail
 
 TOOLS=(
-    "initdb postgresql"       # app/devdb.py: initdb, postgres, pg_basebackup, pg_rewind
+    "initdb postgresql"       # app/devdb/: initdb, postgres, pg_basebackup, pg_rewind
     "pg_rewind postgresql"
     "pgbouncer pgbouncer"     # tests/cluster/test_pgbouncer.py, tests/attacks/test_pgbouncer_*
     "chromium chromium"       # tests/api/test_docs.py renders /docs

@@ -1,5 +1,5 @@
 """The quick start's demo for `make run`: named queries over the local pair's demo tables
-(app/devdb.py's DEMO_SQL), served when the project has no queries folder of its own."""
+(app/devdb/logins.py's DEMO_SQL), served when the project has no queries folder of its own."""
 
 from pathlib import Path
 

@@ -36,7 +36,6 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -48,22 +47,23 @@ from app.sql import pipeline, session
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
 from app.sql.guard import Guard
+from app.sql.lane_jobs import Job, LaneStats, WaitedForLock
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
+from app.sql.quick import Known
 from app.sql.results import RowFormat, StatementResult
 from app.sql.schema_code import SchemaWatch
 from app.sql.tree import Tree
 from app.supervisor import Supervisor
 
+# Known (which texts are quick) lives in app/sql/quick.py, Job, LaneStats and WaitedForLock in
+# app/sql/lane_jobs.py; they are named here too, where the lanes' callers have always found them.
+__all__ = ["Job", "Known", "Lane", "LaneStats", "Multiplexer", "WaitedForLock"]
+
 logger = logging.getLogger(__name__)
 
-# A statement joins a lane once it has run in under this long; one slow run takes it out
-# (MIRRORPOOL_MULTIPLEX_QUICK_MS).
-QUICK_S = 0.005
 # Statements sent in one pipeline at most.
 MAX_BATCH = 16
-# Statement texts whose speed is remembered at most, per key.
-MAX_KNOWN = 4096
 # How long a write in a lane may wait for a lock (a row another transaction holds): past it,
 # its neighbours would wait too, so it is cancelled and runs again on its own connection.
 LANE_LOCK_WAIT = "20ms"
@@ -71,49 +71,6 @@ LANE_LOCK_WAIT = "20ms"
 LOCK_WAITED_S = 1.0
 _LOCK_WAIT_SQL = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"
-
-
-@dataclass(slots=True)
-class Job:
-    """One statement waiting in a lane, and the future its request awaits."""
-
-    sql: str
-    tree: Tree
-    params: list[Any]
-    max_rows: int
-    row_format: RowFormat
-    future: asyncio.Future[StatementResult]
-    queued: float = field(default_factory=time.monotonic)
-    retried: bool = False
-
-    @property
-    def writes(self) -> bool:
-        return self.tree.kind != "SelectStmt"
-
-
-class WaitedForLock(Exception):
-    """A write in a lane waited for a lock longer than LANE_LOCK_WAIT: it was cancelled there
-    (its transaction undone) and must run again on a connection of its own, where waiting
-    holds up no one else."""
-
-
-@dataclass
-class LaneStats:
-    """Counters shown in /pool/stats."""
-
-    statements: int = 0
-    batches: int = 0
-    largest_batch: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        """The counters, with the mean batch size."""
-        mean = round(self.statements / self.batches, 2) if self.batches else 0.0
-        return {
-            "statements": self.statements,
-            "batches": self.batches,
-            "mean_batch": mean,
-            "largest_batch": self.largest_batch,
-        }
 
 
 class Lane:
@@ -293,44 +250,6 @@ class Lane:
             conn, self.node.name, self.types, reply, job.max_rows, job.row_format
         )
         _settle(job.future, result=answer)
-
-
-class Known:
-    """How long reads took last, by key and SQL text: which ones are quick enough to share
-    (one key's slow runs of a text take it out of that key's lanes only)."""
-
-    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S, writes: bool = False) -> None:
-        self._seconds: dict[str, dict[str, float]] = {}
-        self._schema = schema
-        self._quick_s = quick_s
-        self._writes = writes
-
-    def quick(self, key: str, tree: Tree, sql: str) -> bool:
-        """True when the statement is a plain read that ran quickly last time (and, as the
-        catalog says now, runs no code of the database's own out of sight)."""
-        seconds = self._seconds.get(key, {}).get(sql)
-        return (
-            seconds is not None
-            and seconds < self._quick_s
-            and not self._schema.current.runs_unseen_code(tree)
-        )
-
-    def effect(self, tree: Tree) -> session.Effect:
-        """What a statement run in a lane may leave in its session (app/sql/session.py)."""
-        return session.effect_with(tree, self._schema.current)
-
-    def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
-        """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
-        figure down. Only pure reads (session.pure_read) are ever remembered, at most
-        MAX_KNOWN texts per key (a key that sends too many forgets its own, no one else's)."""
-        known = self._seconds.setdefault(key, {})
-        last = known.get(sql)
-        if last is None:
-            if not session.may_share(tree, self._schema.current, self._writes):
-                return
-            if len(known) >= MAX_KNOWN:
-                known.clear()
-        known[sql] = seconds if last is None or seconds > last else last * 0.5 + seconds * 0.5
 
 
 class Multiplexer:

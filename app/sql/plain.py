@@ -10,9 +10,9 @@ import time
 from app.sql import pipeline, session
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
-from app.sql.multiplex import Known
 from app.sql.pipeline import Command
 from app.sql.placeholders import BoundSQL
+from app.sql.quick import Known
 from app.sql.results import StatementResult
 
 

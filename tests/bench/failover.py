@@ -277,7 +277,7 @@ def process_group(argv: list[str], log: Path, env: dict[str, str] | None = None)
     with log.open("w") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            # Gone with the bench, even after its kill -9 (one prctl call, as app/devdb.py).
+            # Gone with the bench, even after its kill -9 (one prctl call, as app/devdb/system.py).
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )  # fmt: skip
     try:

@@ -1,11 +1,11 @@
 """A real Patroni cluster for the tests: one etcd and two Patroni members, from Debian's packages.
 
 Everything runs on 127.0.0.1, on free ports, under one folder, as the unprivileged user the
-local pair's servers run as (app/devdb.py RunAs), with short timings (ttl 10 s, loop_wait
+local pair's servers run as (app/devdb/system.py RunAs), with short timings (ttl 10 s, loop_wait
 1 s, retry_timeout 3 s) so that a failover takes seconds. Replication is synchronous
 (Patroni's synchronous_mode): a commit is acknowledged only once the replica has it, so an
 acknowledged write lost in a failover is a fault of whoever routed it, not of asynchronous
-replication. The service's logins are made as on the local pair (app/devdb.py).
+replication. The service's logins are made as on the local pair (app/devdb/logins.py).
 
 Install the packages with `apt-get install patroni etcd-server` (.ci/run does).
 """

@@ -1,7 +1,7 @@
 """Tests of what ships beside the code: the image, the lock, deploy/ (compose, Kubernetes,
 Prometheus). They run offline, with no Docker engine and no Kubernetes cluster; what deploy/
 does to a database (its init SQL, its migrate command, its logins) runs for real on local
-PostgreSQL servers (app/devdb.py, tests/deploy/database.py)."""
+PostgreSQL servers (app/devdb/, tests/deploy/database.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Running deploy/'s own SQL and commands for real, on a local PostgreSQL server (app/devdb.py)
+"""Running deploy/'s own SQL and commands for real, on a local PostgreSQL server (app/devdb/)
 that stands for the one a deployment starts with, then looking at what it made of the logins:
 what a user would meet when mirrorpool starts, migrates and serves through them."""
 
@@ -24,7 +24,7 @@ from app.dsn import parse_dsn
 @contextmanager
 def fresh_server(folder: Path) -> Iterator[LocalPair]:
     """A primary of its own, with no mirror, that has only its superuser as logins: the
-    harness's own owner and service logins (app/devdb.py) carry names deploy/ uses too, so
+    harness's own owner and service logins (app/devdb/logins.py) carry names deploy/ uses too, so
     they are renamed out of the way, as if they had never been made."""
     with LocalPair(folder, mirrors=0) as pair, pair.primary.connect() as conn:
         for login in (SERVICE, OWNER):

@@ -1,0 +1,150 @@
+"""The catalog queries app/sql/schema_code.py reads code out of the parse tree's sight with:
+what each relation runs when read or written, what types run when made, what writing a
+relation writes too, the names of the database's own functions and operators, and the
+fingerprint that says whether any of it changed."""
+
+# The schemas of the database's own (not the catalog's).
+_OURS = (
+    "NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace,"
+    " 'pg_toast'::regnamespace)"
+)
+
+# The code each relation runs, as PostgreSQL prints it back: (relation, runs when read, runs
+# when written, text or NULL when any text counts). The catalog records no dependency on
+# pinned (built-in) functions, so the texts are read with the tree; the database's own
+# functions, operators and casts are found by dependency as well (CODE_DEPENDENCIES_SQL).
+CODE_TEXTS_SQL = f"""
+SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1', pg_catalog.pg_get_ruledef(r.oid)
+FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+WHERE c.relnamespace {_OURS}
+UNION ALL
+SELECT p.polrelid, true, true, 'SELECT '
+       || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ', '
+       || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), 'true')
+FROM pg_catalog.pg_policy p
+UNION ALL
+SELECT a.adrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(a.adbin, a.adrelid)
+FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_class c ON c.oid = a.adrelid
+WHERE c.relnamespace {_OURS}
+UNION ALL
+SELECT k.conrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.conrelid)
+FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+WHERE k.contype = 'c' AND c.relnamespace {_OURS}
+UNION ALL
+SELECT i.indrelid, false, true, pg_catalog.pg_get_indexdef(i.indexrelid)
+FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AND c.relnamespace {_OURS}
+UNION ALL
+SELECT t.tgrelid, false, true, NULL
+FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
+"""
+
+# Objects that use a function, operator or cast of the database's own, by dependency.
+CODE_DEPENDENCIES_SQL = f"""
+WITH own AS (
+    SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
+), uses AS (
+    SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+    WHERE (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own))
+       OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (
+           SELECT o.oid FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM own)))
+       OR (d.refclassid = 'pg_catalog.pg_cast'::regclass AND d.refobjid IN (
+           SELECT k.oid FROM pg_catalog.pg_cast k WHERE k.castfunc IN (SELECT oid FROM own)))
+)
+SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1' FROM pg_catalog.pg_rewrite r
+WHERE r.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_rewrite'::regclass)
+UNION ALL
+SELECT p.polrelid, true, true FROM pg_catalog.pg_policy p
+WHERE p.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_policy'::regclass)
+UNION ALL
+SELECT a.adrelid, false, true FROM pg_catalog.pg_attrdef a
+WHERE a.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_attrdef'::regclass)
+UNION ALL
+SELECT k.conrelid, false, true FROM pg_catalog.pg_constraint k
+WHERE k.conrelid <> 0
+  AND k.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_constraint'::regclass)
+UNION ALL
+SELECT i.indrelid, false, true FROM pg_catalog.pg_index i
+WHERE i.indexrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
+"""
+
+# A domain's checks, as printed back (its type; the text, or NULL when it uses a function of
+# the database's own): casting to the domain, or writing a column of it (or of an array or
+# composite holding it, or of a domain over it), runs them. Casts whose function is the
+# database's own, by their source or target type of the database's own (one of them is: only
+# a type's owner may make a cast; a catalog type on the other side runs nothing by itself).
+TYPE_CODE_SQL = f"""
+SELECT k.contypid, CASE WHEN EXISTS (
+           SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+           WHERE d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid
+             AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.pronamespace {_OURS})
+       THEN NULL ELSE 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, 0) END
+FROM pg_catalog.pg_constraint k WHERE k.contype = 'c' AND k.contypid <> 0
+UNION ALL
+SELECT v.t, NULL FROM pg_catalog.pg_cast k
+JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc AND p.pronamespace {_OURS},
+LATERAL (VALUES (k.castsource), (k.casttarget)) AS v(t)
+JOIN pg_catalog.pg_type ty ON ty.oid = v.t AND ty.typnamespace {_OURS}
+"""
+
+# Types and what they are made of (a domain's base, an array's element, a composite's
+# fields), the database's own and the catalog's arrays of them.
+TYPES_SQL = f"""
+SELECT t.oid, t.typname, t.typbasetype, t.typelem, t.typrelid FROM pg_catalog.pg_type t
+WHERE t.typnamespace {_OURS} OR t.typtype = 'd'
+"""
+
+# Every column of the database's own relations (and of composite types), by type.
+COLUMNS_SQL = f"""
+SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relnamespace {_OURS}
+"""
+
+# Writing a relation writes others too: a parent its partitions and inheritance children, a
+# referenced table the referencing ones its foreign keys cascade to. (written, also written)
+WRITE_EDGES_SQL = """
+SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i
+UNION
+SELECT k.confrelid, k.conrelid FROM pg_catalog.pg_constraint k
+WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))
+"""
+
+# The database's own operators (a call of their function that no call names).
+OWN_OPERATORS_SQL = f"""
+SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o WHERE o.oprnamespace {_OURS}
+"""
+
+# What a view reads (reading it runs their code too; writing an updatable view writes them),
+# and what a rule's actions write.
+VIEW_EDGES_SQL = """
+SELECT r.ev_class, d.refobjid
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+ AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
+GROUP BY 1, 2
+"""
+
+NAMES_SQL = f"""
+SELECT c.oid, c.relname FROM pg_catalog.pg_class c
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND c.relnamespace {_OURS}
+"""
+
+OWN_FUNCTIONS_SQL = f"""
+SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
+"""
+
+# Changes to any of these catalogs change this text: a new row version has a new xmin, a
+# dropped row is gone from the sum. (A sum over every row's (oid, xmin), not the largest
+# xmin: a change committed by an older transaction after a newer one's keeps the largest.)
+_ROW_KEYS = {"pg_inherits": "inhrelid::text || '.' || inhparent::text", "pg_index": "indexrelid"}
+FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
+    f"(SELECT count(*) || '.' || coalesce(sum(pg_catalog.hashtext("
+    f"{_ROW_KEYS.get(table, 'oid')}::text || '.' || xmin::text)::bigint), 0) "
+    f"FROM pg_catalog.{table})"
+    for table in (
+        "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
+        "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type", "pg_inherits",
+    )
+) + ")"  # fmt: skip

@@ -1,0 +1,285 @@
+"""The walk over one statement's raw parse tree (pglast's JSON form): every node, depth
+first, and what each says, gathered into `Seen` for app/sql/tree.py to turn into a `Tree`.
+
+The walk knows pglast's JSON: a node is wrapped in a one-key object naming its type except in
+the fields of a fixed node type, which pglast's own AST classes name. What a node says is
+recorded by its type: calls (also SQL/JSON syntax, which PostgreSQL 15 reads as calls),
+relations named and written, attributes that may be calls, set_config() and SET, temporary
+objects, WITH HOLD cursors, row locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast as pg_ast
+
+# DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
+CURSOR_OPT_HOLD = 0x0020
+
+Name = tuple[str, ...]
+# The data-changing statements, wherever they sit (a CTE, EXPLAIN ANALYZE, a rule).
+_WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+# Functions whose last argument says whether the setting lasts for the transaction only.
+SET_CONFIG = "set_config"
+# Nodes that pglast's parser (PostgreSQL 18) makes of what older servers read as calls.
+_SQL_JSON_CALLS = {
+    "JsonParseExpr": "json",
+    "JsonScalarExpr": "json_scalar",
+    "JsonSerializeExpr": "json_serialize",
+    "JsonObjectConstructor": "json_object",
+    "JsonArrayConstructor": "json_array",
+    "JsonArrayQueryConstructor": "json_array",
+    "JsonObjectAgg": "json_objectagg",
+    "JsonArrayAgg": "json_arrayagg",
+    "JsonTable": "json_table",
+    "MergeSupportFunc": "merge_action",
+    "JsonFuncExpr": None,  # by its op
+}
+_JSON_FUNC_OPS = {
+    "JSON_EXISTS_OP": "json_exists",
+    "JSON_QUERY_OP": "json_query",
+    "JSON_VALUE_OP": "json_value",
+}
+_TRUE_TEXTS = frozenset({"t", "true", "y", "yes", "on", "1"})
+
+
+@dataclass(frozen=True, slots=True)
+class SetConfig:
+    """One set_config() call: the setting's name and value (None when computed) and whether
+    it is provably local to the transaction (its third argument the literal true)."""
+
+    name: str | None
+    local: bool
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One SET / RESET statement: its kind (VAR_SET_VALUE, VAR_RESET_ALL, ...), the setting
+    it names (None for RESET ALL), whether it is LOCAL, the names inside SET TRANSACTION
+    / SET SESSION CHARACTERISTICS (transaction_read_only, ...), and its values as written
+    (None for one that is not a literal)."""
+
+    kind: str
+    name: str | None
+    local: bool
+    options: frozenset[str]
+    values: tuple[str | None, ...] = ()
+
+
+def _typed_fields() -> dict[str, dict[str, str]]:
+    """For each node type, its fields that hold one node of a fixed concrete type.
+
+    pglast's JSON (libpg_query's) wraps a node in a one-key object naming its type only where
+    the field may hold any node (Node*, lists); a field of a fixed type (CreateStmt.relation
+    is a RangeVar*, CallStmt.funccall a FuncCall*) holds the bare fields. pglast's own AST
+    classes say which fields those are.
+    """
+    classes = {
+        name: cls
+        for name, cls in vars(pg_ast).items()
+        if isinstance(cls, type) and issubclass(cls, pg_ast.Node)
+    }
+    concrete = set(classes) - {"Node", "Expr"}
+    typed: dict[str, dict[str, str]] = {}
+    for name, cls in classes.items():
+        slots = getattr(cls, "__slots__", None)
+        if not isinstance(slots, dict):
+            continue
+        fields = {
+            field: info.c_type[:-1]
+            for field, info in slots.items()
+            if info.c_type.endswith("*") and info.c_type[:-1] in concrete
+        }
+        if fields:
+            typed[name] = fields
+    return typed
+
+
+_TYPED = _typed_fields()
+
+
+def _nodes(root: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every node of a tree as (type, fields), depth first."""
+    stack: list[tuple[str, dict[str, Any]]] = list(_wrapped(root))
+    while stack:
+        node_type, fields = stack.pop()
+        yield node_type, fields
+        typed = _TYPED.get(node_type, {})
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                bare = typed.get(key)
+                if bare is not None:
+                    stack.append((bare, value))
+                else:
+                    stack.extend(_wrapped(value))
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, dict):
+                        stack.extend(_wrapped(item))
+
+
+def _wrapped(value: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The node a `{"Type": {fields}}` object holds (none for a bare value)."""
+    for key, fields in value.items():
+        if key[:1].isupper() and isinstance(fields, dict):
+            yield key, fields
+
+
+def _strings(items: list[Any] | None) -> Name:
+    """A qualified name from a list of String nodes."""
+    return tuple(i["String"]["sval"] for i in items or () if "String" in i)
+
+
+def _const_text(node: dict[str, Any] | None) -> str | None:
+    """The text of a string constant (also under a cast), else None."""
+    if not node:
+        return None
+    if "TypeCast" in node:
+        return _const_text(node["TypeCast"].get("arg"))
+    const = node.get("A_Const")
+    if const is not None and "sval" in const:
+        return str(const["sval"].get("sval", ""))
+    return None
+
+
+def _is_true(node: dict[str, Any] | None) -> bool:
+    """The literal true: `true`, or a string PostgreSQL reads as true (`'on'`, `'t'`...)."""
+    if not node:
+        return False
+    const = node.get("A_Const")
+    if const is not None and "boolval" in const:
+        return bool(const["boolval"].get("boolval", False))
+    text = _const_text(node)
+    return text is not None and text.strip().lower() in _TRUE_TEXTS
+
+
+def _is_temp_schema(name: str | None) -> bool:
+    return name is not None and name.startswith("pg_temp")
+
+
+@dataclass
+class Seen:
+    """What the walk saw in one statement's tree."""
+
+    top: dict[str, Any]
+    kinds: set[str]
+    calls: set[Name]
+    attributes: set[str]
+    # Operators and type names: what may run code of the database's own without a call.
+    operators: set[str]
+    relations: set[tuple[str | None, str]]
+    written: set[tuple[str | None, str]]
+    set_configs: list[SetConfig]
+    settings: list[Setting]
+    temp: bool = False
+    hold_cursor: bool = False
+    locks: bool = False
+    writes: bool = False
+
+
+def walk(stmt: dict[str, Any]) -> Seen:
+    """What every node of one statement's tree says (`stmt` is {"Type": {fields}})."""
+    kind = next(iter(stmt), "")
+    seen = Seen(stmt.get(kind, {}), set(), set(), set(), set(), set(), set(), [], [])
+    for node_type, fields in _nodes(stmt):
+        seen.kinds.add(node_type)
+        _note(node_type, fields, seen)
+    seen.writes = seen.writes or bool(seen.kinds & _WRITES)
+    return seen
+
+
+def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
+    """Record what one node says."""
+    if node_type in _SQL_JSON_CALLS:
+        # SQL/JSON syntax of PostgreSQL 16 and later: a server of 15 reads the same text as a
+        # call, to whatever function of that name the search path finds.
+        op = fields.get("op", "")
+        seen.calls.add((_SQL_JSON_CALLS[node_type] or _JSON_FUNC_OPS.get(op, "json_value"),))
+    if node_type == "FuncCall":
+        _note_call(fields, seen)
+    elif node_type == "RangeVar":
+        schema = fields.get("schemaname")
+        seen.relations.add((schema, fields.get("relname", "")))
+        if fields.get("relpersistence") == "t" or _is_temp_schema(schema):
+            seen.temp = True
+    elif node_type in _NAMES:
+        _note_names(node_type, fields, seen)
+    elif node_type in _WRITES:
+        target = fields.get("relation") or {}
+        seen.written.add((target.get("schemaname"), target.get("relname", "")))
+    elif node_type == "LockingClause":
+        seen.locks = True
+    elif node_type == "IntoClause":
+        seen.writes = True
+    elif node_type == "VariableSetStmt" and fields is seen.top:
+        # (only the statement itself: one inside ALTER ROLE / SYSTEM / FUNCTION ... SET sets
+        # nothing for this session)
+        seen.settings.append(_setting(fields))
+    elif node_type == "DeclareCursorStmt":
+        seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
+    if not seen.temp and _names_temp(fields):
+        seen.temp = True
+
+
+# Nodes naming an operator or a type, and the field that holds the name.
+_NAMED_BY = {"A_Expr": "name", "TypeName": "names"}
+_NAMES = frozenset({"A_Indirection", "ColumnRef", *_NAMED_BY})
+
+
+def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
+    """Names that may reach code of the database's own without a call of it written."""
+    if node_type == "A_Indirection":
+        seen.attributes.update(_strings(fields.get("indirection")))
+    elif node_type == "ColumnRef":
+        seen.attributes.update(_strings(fields.get("fields"))[1:])
+    else:
+        # an operator runs its function, a type its casts and checks: one of the
+        # database's own is matched by name (app/sql/schema_code.py)
+        named = _strings(fields.get(_NAMED_BY[node_type]))
+        if named:
+            seen.operators.add(named[-1])
+
+
+def _note_call(fields: dict[str, Any], seen: Seen) -> None:
+    name = _strings(fields.get("funcname"))
+    seen.calls.add(name)
+    if name and name[-1] == SET_CONFIG:
+        args = fields.get("args") or []
+        setting = _const_text(args[0]) if args else None
+        local = len(args) == 3 and _is_true(args[2])
+        value = _const_text(args[1]) if len(args) > 1 else None
+        seen.set_configs.append(SetConfig(setting.lower() if setting else None, local, value))
+
+
+def _setting(fields: dict[str, Any]) -> Setting:
+    args = fields.get("args") or ()
+    options = frozenset(str(o["DefElem"].get("defname", "")) for o in args if "DefElem" in o)
+    setting = fields.get("name")
+    return Setting(
+        fields.get("kind", ""),
+        str(setting).lower() if setting else None,
+        bool(fields.get("is_local")),
+        options,
+        tuple(_const_text(a) for a in args if "DefElem" not in a),
+    )
+
+
+def _names_temp(fields: dict[str, Any]) -> bool:
+    """True when a node names something in the session's temporary schema: a qualified name
+    (a list of String nodes: a domain, type, function, conversion, operator ...) or a target
+    schema (ALTER ... SET SCHEMA) in pg_temp. PostgreSQL looks relations and types up there
+    first, so whatever is created there shadows the database's own for this session."""
+    for key, value in fields.items():
+        if isinstance(value, list) and len(value) > 1:
+            name = [item["String"].get("sval") for item in value if "String" in item]
+            if len(name) == len(value) and any(_is_temp_schema(n) for n in name[:-1]):
+                return True
+        elif key in ("newschema", "schemaname") and _is_temp_schema(
+            value if isinstance(value, str) else None
+        ):
+            return True
+    return False
