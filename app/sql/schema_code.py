@@ -186,31 +186,30 @@ async def read(
     known = verdicts or {}
     judged: dict[tuple[str, frozenset[str]], bool] = {}
     coded: list[tuple[int, bool, bool]] = []
+
+    def clean(text: Any) -> bool:
+        """Whether printed code is clean (NULL: code of the database's own, never clean),
+        judged once per text and set of own names."""
+        if text is None:
+            return False
+        key = (str(text), own)
+        verdict = known.get(key)
+        if verdict is None:
+            verdict = stored_code_is_clean(key[0], own)
+        judged[key] = verdict
+        return verdict
+
     for relid, on_read, on_write, text in await ask(CODE_TEXTS_SQL, []):
-        if text is not None:
-            key = (str(text), own)
-            clean = known.get(key)
-            if clean is None:
-                clean = stored_code_is_clean(key[0], own)
-            judged[key] = clean
-            if clean:
-                continue
-        coded.append((int(relid), bool(on_read), bool(on_write)))
+        if not clean(text):
+            coded.append((int(relid), bool(on_read), bool(on_write)))
     for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
         coded.append((int(relid), bool(on_read), bool(on_write)))
     # Types whose values run code: checked domains, types with casts of the database's own;
     # then the columns of any type made of them.
     checked: set[int] = set()
     for typid, text in await ask(TYPE_CODE_SQL, []):
-        if text is not None:
-            key = (str(text), own)
-            clean = known.get(key)
-            if clean is None:
-                clean = stored_code_is_clean(key[0], own)
-            judged[key] = clean
-            if clean:
-                continue
-        checked.add(int(typid))
+        if not clean(text):
+            checked.add(int(typid))
     types = {
         int(r[0]): Type(str(r[1]), int(r[2]), int(r[3]), int(r[4]))
         for r in await ask(TYPES_SQL, [])
