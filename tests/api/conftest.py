@@ -3,7 +3,8 @@ through FastAPI (MIRRORPOOL_FAST_PATH=false), which must answer alike.
 
 The other modules here test what comes before the app (connection limits), what neither way
 changes (probes, health details, docs, the OpenAPI document and its generated client, log
-redaction, workers, named queries, which FastAPI answers either way) or, for
+redaction, the access log, which one middleware writes for both, workers, named queries,
+which FastAPI answers either way) or, for
 test_request_paths.py, both ways side by side already: they run once, with the fast answers,
 unless pytest is given --every-api-test-both-ways.
 """
@@ -18,7 +19,6 @@ from tests.conftest import REQUEST_PATHS
 
 BOTH_WAYS = frozenset(
     {
-        "test_access_log.py",
         "test_auth.py",
         "test_bounded_results.py",
         "test_gate.py",

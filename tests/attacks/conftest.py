@@ -65,6 +65,8 @@ async def client(
         "pool_min_size": 1,
         "pool_max_size": 1,
         "role_pool_max_size": 1,
+        # the attacks' own schema changes are made around the service: read them soon
+        "schema_refresh_s": 0.1,
     }
     values.update(overrides)
     settings = settings_for(pair, **values)
