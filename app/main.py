@@ -258,6 +258,7 @@ def create_app(
                     inflight.count,
                     settings.shutdown_timeout,
                 )
+            await engine.close()
             await cluster.close(timeout=settings.shutdown_timeout)
             await supervisor.close(settings.shutdown_timeout)
             folder.flush()  # repeated 503 lines still counted

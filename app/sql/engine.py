@@ -75,6 +75,7 @@ class Engine:
         # What the catalog says of code that runs out of the tree's sight: read at start-up
         # (open()), again after a schema change, and every MIRRORPOOL_SCHEMA_REFRESH_S.
         self.schema = SchemaWatch(self._ask_catalog, options.schema_refresh_s)
+        self._schema_task: asyncio.Task[None] | None = None
         self._supervisor = supervisor
         self._ctx = Context(options, self.types, self.schema)
         # False behind a transaction pooler: nothing a pooled connection carries can be
@@ -101,9 +102,17 @@ class Engine:
         cluster's first writer and the first reading: a worker then answers its first
         requests with a writer known and without resetting every session."""
         await self.cluster.wait_for_writer(wait_s)
-        self._supervisor.spawn(self.schema.run(), name="schema-code")
+        self._schema_task = self._supervisor.spawn(self.schema.run(), name="schema-code")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.schema.first_read.wait(), wait_s)
+
+    async def close(self) -> None:
+        """Stop reading the catalog, before the pools close: a reading holds a pool
+        connection, which the pools' close would wait for."""
+        task = self._schema_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
     async def _ask_catalog(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A catalog query on a pool connection of the writer (else of any reachable node: a
