@@ -111,6 +111,9 @@ VOLATILE_FUNCTIONS = _load("volatile_functions.txt")
 made by VOLATILE_SQL)."""
 
 CLEAN_FUNCTIONS = (STABLE_FUNCTIONS - RUNS_SQL_TEXT) | HARMLESS_VOLATILE
+# Volatile catalog functions not known to be harmless: called in attribute notation
+# (`(42).pg_advisory_lock`), or from stored code, they may change the session.
+UNVETTED_VOLATILE = VOLATILE_FUNCTIONS - HARMLESS_VOLATILE
 """Catalog functions that leave nothing behind in a session."""
 
 # Functions whose effects escape a READ ONLY transaction, or reach past the request: other

@@ -47,7 +47,8 @@ from app.sql.tree import Tree, is_catalog_call, parse
 
 logger = logging.getLogger(__name__)
 
-# Runs one catalog query on some node and returns its rows (the health monitor's `ask`).
+# Runs one catalog query on some node and returns its rows (app/sql/engine.py _ask_catalog:
+# on a pool connection, in a transaction with a short lock timeout).
 Ask = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 
 # What stored code may call and still leave nothing behind: the vetted catalog functions, and
@@ -66,9 +67,9 @@ def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
         return False
     if any(not is_catalog_call(call, STORED_CLEAN) for call in tree.calls):
         return False
-    unqualified = {call[-1] for call in tree.calls if len(call) == 1}
-    return not ((tree.attributes | unqualified) & own_functions) and not (
-        tree.attributes & catalog.VOLATILE_FUNCTIONS - catalog.HARMLESS_VOLATILE
+    # (own_call_names: attributes, unqualified calls, operators and types, as for requests)
+    return own_functions.isdisjoint(tree.own_call_names) and catalog.UNVETTED_VOLATILE.isdisjoint(
+        tree.attributes
     )
 
 
@@ -282,7 +283,8 @@ class SchemaWatch:
         try:
             rows = await self._ask(FINGERPRINT_SQL, [])
             fingerprint = str(rows[0][0])
-            if fingerprint == self._fingerprint and (self.current.known or self._before):
+            unchanged = fingerprint == self._fingerprint
+            if unchanged and (self.current.known or self._before is not None):
                 if generation != self._generation:
                     return False  # a change came in while reading: read again
                 if not self.current.known and self._before is not None:

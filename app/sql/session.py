@@ -69,7 +69,6 @@ _CLEAN_KINDS = frozenset(
 # library into the backend for good.
 _CLOSE_KINDS = frozenset({"DoStmt", "LoadStmt", "CreateExtensionStmt", "AlterExtensionStmt"})
 
-_UNVETTED_VOLATILE = catalog.VOLATILE_FUNCTIONS - catalog.HARMLESS_VOLATILE
 
 # Parameters the server reports whenever they change: a change means the session was altered.
 _REPORTED = (
@@ -112,7 +111,7 @@ def effect(tree: Tree) -> Effect:
         # zone, a function's cached plans) would outlive it; DISCARD ALL drops them.
         or _changes_a_setting(tree)
         # A volatile catalog function called in attribute notation, `(42).pg_advisory_lock`.
-        or bool(tree.attributes & _UNVETTED_VOLATILE)
+        or bool(tree.attributes & catalog.UNVETTED_VOLATILE)
         or tree.hold_cursor
         or bool(tree.unvetted_calls)
     )
@@ -157,8 +156,7 @@ def calls_own_code(tree: Tree) -> bool:
     """True when the statement calls a function that is not the catalog's (by a name no
     pg_catalog function has, or qualified by another schema)."""
     return any(
-        not catalog.catalog_or_dblink(call[-1])
-        or (len(call) > 1 and call[-2] not in ("pg_catalog",))
+        not catalog.catalog_or_dblink(call[-1]) or (len(call) > 1 and call[-2] != "pg_catalog")
         for call in tree.calls
         if call
     )
