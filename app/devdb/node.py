@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
@@ -14,7 +15,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from app.devdb.logins import SUPERUSER
-from app.devdb.system import alive, children_of, wait_until, wait_until_answering
+from app.devdb.system import alive, all_stopped, children_of, wait_until, wait_until_answering
 
 if TYPE_CHECKING:
     from app.devdb.pair import LocalPair
@@ -137,10 +138,17 @@ class LocalNode:
         """SIGSTOP the server and its backends: connections stay open but nothing answers."""
         if self._proc is None or self._frozen:
             return
-        self._frozen = self.processes()
-        for pid in self._frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        # The postmaster first, and only once it has stopped (it may be in
+        # the middle of a fork) list its children, until the listing holds
+        # still: a backend forked meanwhile would otherwise go on answering.
+        held: list[int] = []
+        while new := [pid for pid in self.processes() if pid not in held]:
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            held += new
+            wait_until(partial(all_stopped, new), 5, f"{self.name} to stop")
+        self._frozen = held
 
     def thaw(self) -> None:
         """SIGCONT what freeze() stopped."""

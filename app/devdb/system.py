@@ -196,6 +196,18 @@ def alive(pid: int) -> bool:
     return state[state.rfind(")") + 2] != "Z"
 
 
+def all_stopped(pids: list[int]) -> bool:
+    """True once every process is stopped by a signal (or gone)."""
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if state[state.rfind(")") + 2] not in "TtZX":
+            return False
+    return True
+
+
 def wait_until(
     condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
 ) -> None:
