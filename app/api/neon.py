@@ -49,10 +49,8 @@ from app.errors import (
 from app.service.keys import ApiKey, require
 from app.service.query import bind_all, check_raw_sql, check_statement_count, limits_for
 from app.settings import Settings
-from app.sql import refusals, session
 from app.sql.engine import Abort, Engine, Outcome
 from app.sql.off_loop import prepared
-from app.sql.placeholders import BoundSQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 
@@ -252,10 +250,10 @@ async def _run(
         bound = await prepared(
             body.query, _params(body), engine.rules, read_only=limits.read_only, key=limits.key
         )
-        # A query the tree proves a pure read runs READ ONLY, as /v1/query's read_only: a
-        # mirror may serve it, and it is retried there when its node fails mid-flight.
-        read_only = limits.read_only or _pure_read(bound)
-        limits = dataclasses.replace(limits, read_only=read_only, text_output=True)
+        # A query the tree proves a pure read is served and retried as /v1/query's are: by a
+        # mirror while no node takes writes, on another node when its own fails mid-flight,
+        # and through its key's lanes once it is known to be quick (app/sql/engine.py).
+        limits = dataclasses.replace(limits, text_output=True)
         return await engine.run(bound, limits, abort)
     read_only = _flag(scope, b"neon-batch-read-only") is True
     deferrable = _flag(scope, b"neon-batch-deferrable") is True
@@ -279,10 +277,6 @@ async def _run(
         deferrable=deferrable,
         text_output=True,
     )
-
-
-def _pure_read(bound: BoundSQL) -> bool:
-    return session.pure_read(bound.tree) and refusals.refusal(bound.tree, True) is None
 
 
 def _encode(

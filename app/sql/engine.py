@@ -179,11 +179,13 @@ class Engine:
         )
         if pure and self.cluster.writer is None:
             intent = "read"
+        # Text answers (POST /sql) take the plain path only for pure reads: a write over the
+        # limits must fail (507) uncommitted, which only a transaction ended later can do.
         plain_request = (
             self.own_sessions
             and not limits.read_only
             and limits.timeout_ms == self.options.statement_timeout_ms
-            and not limits.text_output
+            and (not limits.text_output or self._ctx.pure_read(bound.tree))
             and not session.reads_sequence_state(bound.tree)
         )
         started = time.perf_counter()
@@ -272,6 +274,7 @@ class Engine:
                 bound.params,
                 limits.max_rows,
                 limits.row_format,
+                limits.text_output,
             )
         except psycopg.Error as exc:
             raise await self._failures.error(exc, None, node.name, "write") from None

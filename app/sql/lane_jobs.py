@@ -26,6 +26,8 @@ class Job:
     future: asyncio.Future[StatementResult]
     queued: float = field(default_factory=time.monotonic)
     retried: bool = False
+    # Answered as PostgreSQL's own text under its default styles (POST /sql).
+    text: bool = False
 
     @property
     def writes(self) -> bool:

@@ -43,7 +43,7 @@ from psycopg import AsyncConnection
 
 from app.cluster.node import Node, shut
 from app.errors import MirrorpoolError, PoolExhausted
-from app.sql import pipeline, session
+from app.sql import pipeline, plain, session, text_output
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
 from app.sql.guard import Guard
@@ -214,8 +214,13 @@ class Lane:
         longer than LANE_LOCK_WAIT (a setting local to its own implicit transaction), and is
         never stopped over its limits (that would undo it): its extra rows are dropped."""
         keep = Keep(
-            job.max_rows + 1, Allowance(self.options.max_response_bytes), stop=not job.writes
+            job.max_rows + 1,
+            Allowance(self.options.max_response_bytes),
+            stop=not job.writes,
+            text=job.text,
         )
+        if job.text:  # a pure read answered as text: its styles, local to its unit
+            return plain.commands_for(job.sql, job.params, keep, True)
         statement = Command(job.sql, job.params, keep=keep)
         if job.writes:
             return [Command(_LOCK_WAIT_SQL, [LANE_LOCK_WAIT]), statement]
@@ -226,6 +231,7 @@ class Lane:
     ) -> None:
         """Answer one job."""
         reply = unit.replies[-1]
+        error = next((r.error for r in unit.replies if r.error is not None), None)
         if unit.stale and not job.retried:
             # Our prepared statement was gone or planned for an older schema: it did not
             # run, so it can safely go again.
@@ -238,13 +244,16 @@ class Lane:
         # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
         # cancel, which may have hit one of them (sent again, as stale).
         self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
-        if reply.error is not None:
-            if job.writes and reply.error.sqlstate == _LOCK_NOT_AVAILABLE:
+        if error is not None:
+            if job.writes and error.sqlstate == _LOCK_NOT_AVAILABLE:
                 # Out of the lane until quick runs of its own bring it back.
                 self.known.observe(self.key, job.tree, job.sql, LOCK_WAITED_S)
-                _settle(job.future, error=WaitedForLock(str(reply.error)))
+                _settle(job.future, error=WaitedForLock(str(error)))
                 return
-            _settle(job.future, error=reply.error)
+            _settle(job.future, error=error)
+            return
+        if job.text:
+            _settle(job.future, result=text_output.from_reply(reply, job.max_rows))
             return
         answer = await pipeline.answer(
             conn, self.node.name, self.types, reply, job.max_rows, job.row_format
@@ -294,10 +303,13 @@ class Multiplexer:
         params: list[Any],
         max_rows: int,
         row_format: RowFormat,
+        text: bool = False,
     ) -> StatementResult:
-        """Run one statement through the node's lane for `key`; raises what psycopg raised."""
+        """Run one statement through the node's lane for `key`; raises what psycopg raised.
+        `text`: a pure read answered as PostgreSQL's own text (POST /sql)."""
         future: asyncio.Future[StatementResult] = asyncio.get_running_loop().create_future()
-        self.lane(node, key).submit(Job(sql, tree, params, max_rows, row_format, future))
+        job = Job(sql, tree, params, max_rows, row_format, future, text=text)
+        self.lane(node, key).submit(job)
         return await future
 
     def sever(self, node: Node, error: BaseException) -> None:

@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
-from app.sql import pipeline, session
+from app.sql import pipeline, session, text_output
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
-from app.sql.pipeline import Command
+from app.sql.pipeline import Command, Keep
 from app.sql.placeholders import BoundSQL
 from app.sql.quick import Known
 from app.sql.results import StatementResult
+
+
+def commands_for(sql: str, params: list[Any], keep: Keep, text: bool) -> list[Command]:
+    """A statement's commands, for one Sync of their own. A pure read answered as text
+    (POST /sql) runs under PostgreSQL's default styles, set local to its implicit
+    transaction first, and is prepared apart from those run under mirrorpool's styles."""
+    statement = Command(sql, params, keep=keep, styles=text_output.STYLES if text else "")
+    return [Command(text_output.STYLES_SQL), statement] if text else [statement]
 
 
 async def run(
@@ -26,19 +35,24 @@ async def run(
     started = time.perf_counter()
     held.mark(ctx.effect(bound.tree))
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
-    command = [Command(bound.sql, bound.params, keep=keep)]
+    command = commands_for(bound.sql, bound.params, keep, limits.text_output)
     (unit,) = await pipeline.run_units(held.conn, [command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema
-        command = [Command(bound.sql, bound.params, keep=ctx.keep(limits, keep.stop))]
+        keep = ctx.keep(limits, keep.stop)
+        command = commands_for(bound.sql, bound.params, keep, limits.text_output)
         (unit,) = await pipeline.run_units(held.conn, [command])
-    (reply,) = unit.replies
-    if reply.error is not None:
-        raise reply.error
+    reply = unit.replies[-1]
+    error = next((r.error for r in unit.replies if r.error is not None), None)
+    if error is not None:
+        raise error
     if reply.oversized:
         held.mark(session.Effect.CLOSE)
-    result = await pipeline.answer(
-        held.conn, held.node.name, ctx.types, reply, limits.max_rows, limits.row_format
-    )
+    if limits.text_output:
+        result = text_output.from_reply(reply, limits.max_rows)
+    else:
+        result = await pipeline.answer(
+            held.conn, held.node.name, ctx.types, reply, limits.max_rows, limits.row_format
+        )
     if known is not None and limits.role is None:
         # A text that had to be stopped stays out of the lanes: stopping it there costs its
         # neighbours a cancel.

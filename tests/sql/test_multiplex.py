@@ -314,3 +314,48 @@ async def test_a_frozen_server_cannot_hold_multiplexed_requests(make_pair: PairF
         # Each request's deadline is its timeout plus one second of grace.
         assert elapsed < 3.0, elapsed
         assert {a.status_code for a in answers} <= {503, 504}, [a.text for a in answers]
+
+
+async def neon_sql(client: httpx.AsyncClient, sql: str, params: list[Any]) -> httpx.Response:
+    """POST /sql as Neon's driver sends it (array mode, values as PostgreSQL's text)."""
+    return await client.post(
+        "/sql",
+        json={"query": sql, "params": params},
+        headers={"Neon-Array-Mode": "true", "Neon-Raw-Text-Output": "true"},
+    )
+
+
+async def test_sql_reads_share_the_lanes_each_under_its_own_styles(
+    client: httpx.AsyncClient,
+) -> None:
+    # POST /sql answers in PostgreSQL's default styles, /v1/query in ISO 8601: in one batch
+    # each statement's styles are local to its own Sync.
+    sql = (
+        "SELECT $1::int * interval '1 day 02:03:04' AS i, current_setting('IntervalStyle') AS s"
+    )
+
+    async def sql_in_lane() -> bool:
+        before = (await lane(client))["statements"]
+        answer = await neon_sql(client, sql, ["1"])
+        assert answer.status_code == 200, answer.text
+        return bool((await lane(client))["statements"] > before)
+
+    await eventually(sql_in_lane, "the /sql statement to join the lane", timeout=20)
+    await warm(client, sql, [1])
+    before = await lane(client)
+    answers = await asyncio.gather(
+        *(neon_sql(client, sql, [str(n)]) if n % 2 else q(client, sql, [n]) for n in range(1, 41))
+    )
+    for n, answer in enumerate(answers, start=1):
+        assert answer.status_code == 200, answer.text
+        h, rest = divmod(7384 * n, 3600)
+        m, s = divmod(rest, 60)
+        if n % 2:
+            days = "1 day" if n == 1 else f"{n} days"
+            assert answer.json()["rows"] == [[f"{days} {h:02d}:{m:02d}:{s:02d}", "postgres"]]
+        else:
+            time_part = "".join(f"{v}{unit}" for v, unit in ((h, "H"), (m, "M"), (s, "S")) if v)
+            assert answer.json()["rows"] == [[f"P{n}DT{time_part}", "iso_8601"]]
+    after = await lane(client)
+    assert after["statements"] - before["statements"] >= 30
+    assert after["largest_batch"] > 1
