@@ -11,7 +11,8 @@ that plan for the backend, so a /sql request must read literals as every other r
 are stable, so no output is folded into a plan). They are set with `set_config(..., true)`
 inside the request's own transaction, with its limits, so they end with it (COMMIT or ROLLBACK) and
 never reach another request; a pure read runs in autocommit, on the plain path or in a lane,
-with the styles set first in its own implicit transaction, which its Sync ends. A plan made under one style may hold it (a folded
+with the styles set first in its own implicit transaction, which its Sync ends. A plan made
+under one style may hold it (a folded
 `'1 day'::interval::text`), so statements prepared by name under these styles are kept
 apart from those prepared under mirrorpool's (app/sql/pipeline Command.styles). The other pinned
 settings already are PostgreSQL's defaults (`extra_float_digits` 1, `bytea_output` hex,
