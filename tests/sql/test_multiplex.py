@@ -330,9 +330,7 @@ async def test_sql_reads_share_the_lanes_each_under_its_own_styles(
 ) -> None:
     # POST /sql answers in PostgreSQL's default styles, /v1/query in ISO 8601: in one batch
     # each statement's styles are local to its own Sync.
-    sql = (
-        "SELECT $1::int * interval '1 day 02:03:04' AS i, current_setting('IntervalStyle') AS s"
-    )
+    sql = "SELECT $1::int * interval '1 day 02:03:04' AS i, current_setting('IntervalStyle') AS s"
 
     async def sql_in_lane() -> bool:
         before = (await lane(client))["statements"]
