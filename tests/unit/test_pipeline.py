@@ -9,6 +9,7 @@ import pytest
 
 from app.cluster.cluster import Cluster
 from app.sql import pipeline
+from app.sql.pipeline import syncing
 from app.sql.checkout import Checkout
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.session import Effect
@@ -106,3 +107,23 @@ async def test_a_text_run_twice_is_prepared_and_answers_the_same(held: Checkout)
     state = pipeline.state_of(held.conn)
     assert any(key[0] == "SELECT $1::int + 1" for key in state.prepared)
     assert await scalar(held, "SELECT count(*) FROM pg_prepared_statements") == 1
+
+
+async def test_a_batch_of_queued_syncs_goes_out_whole(held: Checkout) -> None:
+    # Every unit's Sync is queued with libpq's PQsendPipelineSync (psycopg's libpq here is
+    # 17 or later) and the batch is flushed once as the reading starts: large parameters
+    # (past libpq's own flush threshold) and small ones, each unit answered on its own.
+    assert syncing._send_sync() is not None
+    keep = Keep(10)
+    units = [
+        [Command("SELECT length($1::text), $2::int", ["x" * (n * 20_000), n], keep=keep)]
+        for n in range(16)
+    ]
+    units[7] = [Command("SELECT 1 / 0", keep=keep)]
+    replies = [u.replies[0] for u in await pipeline.run_units(held.conn, units)]
+    for n, reply in enumerate(replies):
+        if n == 7:
+            assert reply.error is not None and reply.error.sqlstate == "22012"
+        else:
+            assert reply.error is None and reply.rows == [(n * 20_000, n)]
+    assert await scalar(held, "SELECT 7") == 7

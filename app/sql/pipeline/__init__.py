@@ -41,6 +41,7 @@ from app.sql.pipeline.answering import answer, error_of, reply
 from app.sql.pipeline.commands import Allowance, Command, Keep, Key, Reply, UnitReply
 from app.sql.pipeline.reading import OK, SYNC, Reading, Slot, collect, read
 from app.sql.pipeline.sending import ConnState, dump, forget_prepared, send, state_of
+from app.sql.pipeline.syncing import queue_sync
 
 __all__ = [
     "Allowance",
@@ -95,7 +96,7 @@ async def run_units(
                 send(pgconn, state, naming, c, d, len(sent))
                 for c, d in zip(unit, dumped, strict=True)
             ]
-            pgconn.pipeline_sync()
+            queue_sync(pgconn)  # sent with the batch, in one write, as the reading starts
             sent.append((index, slots))
         if sent:
             reading = Reading([slots for _, slots in sent], progress)
