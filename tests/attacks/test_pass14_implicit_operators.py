@@ -10,7 +10,9 @@ them up by name (make_op) all the same:
   `x >= a AND x <= b` and resolves ">=" and "<=" by name;
 - `CASE x WHEN y ...` is a CaseExpr: each WHEN is `x = y`, "=" resolved by name;
 - `x IN (SELECT ...)` and `x op ANY / ALL (SELECT ...)` are SubLinks: their operator is in
-  SubLink.operName, which the walk does not read.
+  SubLink.operName, which the walk does not read;
+- `JOIN ... USING (c)` and `NATURAL JOIN` compare the columns with "=", resolved by name for
+  their types (here an enum of the schema's own with an "=" of its own).
 
 So with an operator of the database's own reached this way, the statement reads as a query
 that calls nothing: a pure read, Effect.NONE. What the operator's function left in the
@@ -48,6 +50,15 @@ async def own_operators(
             " FUNCTION = public.claim14)"
             for op in _OPERATORS
         ),
+        "DO $$ BEGIN CREATE TYPE public.mood14 AS ENUM ('calm', 'busy');"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        "CREATE OR REPLACE FUNCTION public.claim14m(a public.mood14, b public.mood14)"
+        " RETURNS bool LANGUAGE sql AS $$ SELECT pg_try_advisory_lock(1409) $$",
+        "DROP OPERATOR IF EXISTS public.= (public.mood14, public.mood14)",
+        "CREATE OPERATOR public.= (LEFTARG = public.mood14, RIGHTARG = public.mood14,"
+        " FUNCTION = public.claim14m)",
+        "CREATE TABLE IF NOT EXISTS public.moods14 (m public.mood14)",
+        "INSERT INTO public.moods14 SELECT 'calm' WHERE NOT EXISTS (SELECT FROM public.moods14)",
     )
     await schema_seen(client)
     yield
@@ -56,6 +67,7 @@ async def own_operators(
     as_owner(
         pair,
         *(f"DROP OPERATOR IF EXISTS public.{op} (text, int)" for op in _OPERATORS),
+        "DROP OPERATOR IF EXISTS public.= (public.mood14, public.mood14)",
         "DROP FUNCTION IF EXISTS public.claim14(text, int)",
     )
 
@@ -69,6 +81,8 @@ async def own_operators(
         ("read", "SELECT id FROM pub WHERE v IN (SELECT 6)"),
         ("read", "SELECT id FROM pub WHERE v <<@>> ANY (SELECT 7)"),
         ("write", "SELECT id FROM pub WHERE v <<@>> ALL (SELECT 8)"),
+        ("read", "SELECT 1 FROM moods14 a JOIN moods14 b USING (m)"),
+        ("read", "SELECT 1 FROM moods14 a NATURAL JOIN moods14 b"),
     ],
     ids=[
         "between-own-le-ge",
@@ -77,6 +91,8 @@ async def own_operators(
         "in-subquery-own-eq",
         "any-subquery-own-operator",
         "all-subquery-write-key",
+        "join-using-own-eq",
+        "natural-join-own-eq",
     ],
 )
 async def test_no_session_lock_outlives_an_operator_picked_by_name(
