@@ -9,9 +9,8 @@ import pytest
 
 from app.cluster.cluster import Cluster
 from app.sql import pipeline
-from app.sql.pipeline import syncing
 from app.sql.checkout import Checkout
-from app.sql.pipeline import Allowance, Command, Keep
+from app.sql.pipeline import Allowance, Command, Keep, syncing
 from app.sql.session import Effect
 from tests.unit.conftest import checkouts_of
 
