@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import AsyncConnection, pq
@@ -35,14 +35,21 @@ from app.errors import PoolExhausted
 from app.sql import session
 from app.sql.session import Effect
 
+if TYPE_CHECKING:
+    from app.sql.schema_code import SchemaCode, SchemaWatch
+    from app.sql.tree import Tree
+
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
+# How long a connection whose statements ran while the catalog was being read again waits
+# for a reading before it is closed rather than judged.
+LATER_WAIT_S = 2.0
 
 
 class Checkout:
     """A pooled connection held by one request, and what it needs before it goes back."""
 
     __slots__ = (
-        "_backends", "_before", "_key", "_pid", "_pool", "_share", "_user",
+        "_backends", "_before", "_key", "_later", "_pid", "_pool", "_share", "_user", "_watch",
         "conn", "effect", "node", "own_session",
     )  # fmt: skip
 
@@ -68,10 +75,30 @@ class Checkout:
         # Behind a transaction pooler the backend is not the connection's: no pid to watch.
         self._pid = conn.info.backend_pid if own_session else 0
         self._user = conn.info.user
+        # Statements that ran while the catalog was being read again, to be judged once it
+        # is (later()), with the facts known before, and the watch to ask.
+        self._later: list[tuple[Tree, SchemaCode | None]] = []
 
     def mark(self, effect: Effect) -> None:
         """A statement may have left this in the session."""
         self.effect = max(self.effect, effect)
+
+    def later(self, tree: Tree, watch: SchemaWatch) -> None:
+        """A statement that may run code of the database's own out of sight ran while the
+        catalog was being read again: judged before the connection goes back, with the facts
+        of a reading begun after it ended (and those known before, for a change that
+        removed code), or closed when no reading comes within LATER_WAIT_S."""
+        self._later.append((tree, watch.last_known))
+        self._watch = watch
+
+    async def _judge_later(self) -> None:
+        facts = await self._watch.facts_since(time.monotonic(), LATER_WAIT_S)
+        for tree, before in self._later:
+            if facts is None:
+                self.mark(Effect.CLOSE)
+                break
+            self.mark(session.effect_with(tree, facts if before is None else facts.union(before)))
+        self._later.clear()
 
     def end(self) -> None:
         """Its request gives up: stop the statement on the server now, without waiting."""
@@ -84,13 +111,16 @@ class Checkout:
         busy = _busy(conn)
         try:
             if self.own_session and not busy:
-                needed = self.effect
-                if needed is Effect.NONE and session.snapshot(conn) != self._before:
-                    needed = Effect.RESET
                 try:
+                    if self._later:
+                        await self._judge_later()
+                    needed = self.effect
+                    if needed is Effect.NONE and session.snapshot(conn) != self._before:
+                        needed = Effect.RESET
                     await session.restore(conn, needed)
                 except BaseException:
-                    # Cancelled mid-reset: what the session holds is unknown, so it goes.
+                    # Cancelled mid-judgement or mid-reset: what the session holds is
+                    # unknown, so it goes.
                     busy = True
                     raise
         finally:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.sql import session
+from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
 from app.sql.options import EngineOptions
 from app.sql.pipeline import Allowance, Keep
@@ -53,10 +54,11 @@ class Context:
     types: TypeNames
     schema: SchemaWatch
 
-    def effect(self, tree: Tree) -> session.Effect:
-        """What the statement may leave in its session (app/sql/session.py), code of the
-        database's own that it runs unseen included."""
-        return session.effect_with(tree, self.schema.current)
+    def mark(self, held: Checkout, tree: Tree) -> None:
+        """Note on the checkout what the statement may leave in its session (app/sql/session.py),
+        code of the database's own that it runs unseen included: judged when the connection
+        goes back if the catalog is being read again meanwhile."""
+        mark(held, tree, self.schema)
 
     def pure_read(self, tree: Tree) -> bool:
         return session.pure_read_with(tree, self.schema.current)
@@ -73,6 +75,18 @@ class Context:
         if allowance is None:
             allowance = Allowance(self.options.max_response_bytes)
         return Keep(limits.max_rows + 1, allowance, stop, text=limits.text_output)
+
+
+def mark(held: Checkout, tree: Tree, watch: SchemaWatch) -> None:
+    """Context.mark, for the lanes too (app/sql/quick.py)."""
+    facts = watch.current
+    if facts.known:
+        held.mark(session.effect_with(tree, facts))
+        return
+    found = session.effect(tree)
+    held.mark(found)
+    if found is not session.Effect.CLOSE and facts.runs_unseen_code(tree):
+        held.later(tree, watch)
 
 
 def ms_since(started: float) -> float:

@@ -201,7 +201,7 @@ class Lane:
             started = unit.finished or started
             # Only pure reads join a lane; should one have changed the session all the same
             # (a reported parameter moved), the checkout resets it before reuse.
-            held.mark(self.known.effect(job.tree))
+            self.known.mark(held, job.tree)
             if any(reply.oversized for reply in unit.replies):
                 held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
             try:

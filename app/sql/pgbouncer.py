@@ -76,7 +76,7 @@ async def _statement(
 ) -> StatementResult:
     """One statement of the transaction (one unit, nothing prepared)."""
     conn, node = held.conn, held.node.name
-    held.mark(ctx.effect(bound.tree))
+    ctx.mark(held, bound.tree)
     command = Command(bound.sql, bound.params, prepare=False, keep=keep)
     (unit,) = await pipeline.run_units(conn, [[command]])
     (reply,) = unit.replies

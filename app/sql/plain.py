@@ -33,7 +33,7 @@ async def run(
     A read over its limit is stopped on the server; a write's rows beyond it are read and
     dropped (stopping it would undo it)."""
     started = time.perf_counter()
-    held.mark(ctx.effect(bound.tree))
+    ctx.mark(held, bound.tree)
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
     command = commands_for(bound.sql, bound.params, keep, limits.text_output)
     (unit,) = await pipeline.run_units(held.conn, [command])

@@ -6,6 +6,8 @@ take it out of that key's lanes only.
 from __future__ import annotations
 
 from app.sql import session
+from app.sql.checkout import Checkout
+from app.sql.execution import mark
 from app.sql.schema_code import SchemaWatch
 from app.sql.tree import Tree
 
@@ -31,15 +33,20 @@ class Known:
         """True when the statement is a plain read that ran quickly last time (and, as the
         catalog says now, runs no code of the database's own out of sight)."""
         seconds = self._seconds.get(key, {}).get(sql)
+        # While the catalog is being read again the facts last known decide: the lane's
+        # connection is judged anew once it is read (execution.mark), and a statement of a
+        # key's lane shares its connection with that key's statements only.
+        facts = self._schema.settled
         return (
             seconds is not None
             and seconds < self._quick_s
-            and not self._schema.current.runs_unseen_code(tree)
+            and facts is not None
+            and not facts.runs_unseen_code(tree)
         )
 
-    def effect(self, tree: Tree) -> session.Effect:
-        """What a statement run in a lane may leave in its session (app/sql/session.py)."""
-        return session.effect_with(tree, self._schema.current)
+    def mark(self, held: Checkout, tree: Tree) -> None:
+        """Note what a statement run in a lane may leave in its session (execution.mark)."""
+        mark(held, tree, self._schema)
 
     def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
         """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
@@ -48,7 +55,8 @@ class Known:
         known = self._seconds.setdefault(key, {})
         last = known.get(sql)
         if last is None:
-            if not session.may_share(tree, self._schema.current, self._writes):
+            facts = self._schema.settled
+            if facts is None or not session.may_share(tree, facts, self._writes):
                 return
             if len(known) >= MAX_KNOWN:
                 known.clear()

@@ -100,6 +100,15 @@ class SchemaCode:
             and self.own_functions.isdisjoint(tree.own_call_names)
         )
 
+    def union(self, other: SchemaCode) -> SchemaCode:
+        """Facts that count the code either holds (what ran while the schema changed from
+        one to the other)."""
+        return SchemaCode(
+            self.read_coded | other.read_coded,
+            self.write_coded | other.write_coded,
+            self.own_functions | other.own_functions,
+        )
+
 
 UNKNOWN = SchemaCode(frozenset(), frozenset(), frozenset(), known=False)
 # A schema with no code of its own (what a test of the lanes alone assumes).
@@ -255,6 +264,12 @@ class SchemaWatch:
         self.first_read = asyncio.Event()
         self._failing = False
         self._before: SchemaCode | None = None
+        # The facts last known (what the lanes go by while they are being read again), and
+        # the newest reading that succeeded: when it began (time.monotonic()) and what it
+        # found, for statements judged once the catalog is read (facts_since).
+        self.last_known: SchemaCode | None = None
+        self._latest: tuple[float, SchemaCode] | None = None
+        self._read_done = asyncio.Event()
 
     @classmethod
     def fixed(cls, facts: SchemaCode) -> SchemaWatch:
@@ -264,47 +279,93 @@ class SchemaWatch:
             raise RuntimeError("this watch reads no catalog")
 
         watch = cls(nothing, 3600)
-        watch.current = facts
+        watch.current = watch.last_known = facts
         return watch
 
     def changed(self) -> None:
         """A statement that may change the schema ran: the facts are unknown until read."""
         self._generation += 1
-        if self.current.known:
-            # kept to be restored if the catalog turns out unchanged (a refused DDL, a
-            # function that changed nothing): the unknown then lasts one fingerprint
-            self._before = self.current
-        self.current = UNKNOWN
+        # (the facts known are kept to be restored if the catalog turns out unchanged: a
+        # refused DDL, a function that changed nothing; the unknown then lasts one fingerprint)
+        self._forget()
         self._wake.set()
 
     async def read_now(self) -> bool:
         generation = self._generation
         began = time.time()  # what is read reflects the catalog as of (at least) now
+        started = time.monotonic()
+        fingerprint: str | None = None
         try:
             rows = await self._ask(FINGERPRINT_SQL, [])
             fingerprint = str(rows[0][0])
             unchanged = fingerprint == self._fingerprint
             if unchanged and (self.current.known or self._before is not None):
+                same = self.current if self.current.known else self._before
+                assert same is not None
+                self._publish(started, same)
                 if generation != self._generation:
                     return False  # a change came in while reading: read again
-                if not self.current.known and self._before is not None:
-                    self.current, self._before = self._before, None
+                if not self.current.known:
+                    self._before = None
+                    self._know(same)
                 self.read_at_wall = began
                 return True
             facts, self._verdicts = await read(self._ask, self._verdicts)
-        except Exception as exc:  # any failure leaves the facts as they were, or unknown
+        except Exception as exc:
             if not self._failing:  # once, not every second while it lasts
                 logger.warning("could not read the schema's own code from the catalog: %s", exc)
             self._failing = True
+            if fingerprint is not None and fingerprint != self._fingerprint:
+                # The catalog changed and could not be read (a table lock held past the
+                # reading's lock timeout): what was known no longer holds.
+                self._forget()
             return False
         self._failing = False
+        self._publish(started, facts)
         if generation == self._generation:  # no change came in while reading
             self._before = None
-            self.current = facts
+            self._know(facts)
             self._fingerprint = fingerprint
             self.read_at_wall = began
             return True
         return False
+
+    def _know(self, facts: SchemaCode) -> None:
+        self.current = self.last_known = facts
+
+    def _forget(self) -> None:
+        if self.current.known:
+            self._before = self.current
+        self.current = UNKNOWN
+
+    def _publish(self, started: float, facts: SchemaCode) -> None:
+        """A reading that began at `started` found `facts`: they hold for every statement
+        that had ended by then."""
+        self._latest = (started, facts)
+        done, self._read_done = self._read_done, asyncio.Event()
+        done.set()
+
+    async def facts_since(self, since: float, timeout: float) -> SchemaCode | None:
+        """The facts of a reading begun at `since` (time.monotonic()) or later, asking for
+        one; None when none succeeds within `timeout` seconds. A statement that ended by
+        `since` saw no schema such a reading misses, whatever changes come after it."""
+        deadline = time.monotonic() + timeout
+        while self._latest is None or self._latest[0] < since:
+            self._wake.set()
+            done = self._read_done
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(done.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self._latest[1]
+
+    @property
+    def settled(self) -> SchemaCode | None:
+        """The facts now, or while they are being read again the last ones known."""
+        return self.current if self.current.known else self.last_known
 
     async def run(self) -> None:
         """Keep the facts fresh (a supervised task for the service's lifetime)."""

@@ -13,25 +13,51 @@ _OURS = (
 # when written, text or NULL when any text counts). The catalog records no dependency on
 # pinned (built-in) functions, so the texts are read with the tree; the database's own
 # functions, operators and casts are found by dependency as well (CODE_DEPENDENCIES_SQL).
+# Printing an expression back takes a lock on the relations it names, so what names a
+# relation another session holds (or waits for) in ACCESS EXCLUSIVE mode (a LOCK TABLE, a
+# migration's ALTER) is not printed but counted as code (NULL): the reading need not wait for
+# the lock, and the relation runs nothing meanwhile anyway.
 CODE_TEXTS_SQL = f"""
-SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1', pg_catalog.pg_get_ruledef(r.oid)
+WITH held AS (
+    SELECT l.relation AS oid FROM pg_catalog.pg_locks l
+    WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+      AND l.pid <> pg_catalog.pg_backend_pid() AND l.database = (
+          SELECT d.oid FROM pg_catalog.pg_database d
+          WHERE d.datname = pg_catalog.current_database())
+), blocked AS (
+    SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+    WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM held)
+)
+SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1',
+       CASE WHEN r.ev_class IN (SELECT oid FROM held) OR (
+                'pg_catalog.pg_rewrite'::regclass, r.oid) IN (SELECT * FROM blocked)
+            THEN NULL ELSE pg_catalog.pg_get_ruledef(r.oid) END
 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
 WHERE c.relnamespace {_OURS}
 UNION ALL
-SELECT p.polrelid, true, true, 'SELECT '
-       || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ', '
-       || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), 'true')
+SELECT p.polrelid, true, true,
+       CASE WHEN p.polrelid IN (SELECT oid FROM held) OR (
+                'pg_catalog.pg_policy'::regclass, p.oid) IN (SELECT * FROM blocked)
+            THEN NULL ELSE 'SELECT '
+                || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), 'true') || ', '
+                || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), 'true') END
 FROM pg_catalog.pg_policy p
 UNION ALL
-SELECT a.adrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(a.adbin, a.adrelid)
+SELECT a.adrelid, false, true,
+       CASE WHEN a.adrelid IN (SELECT oid FROM held) THEN NULL
+            ELSE 'SELECT ' || pg_catalog.pg_get_expr(a.adbin, a.adrelid) END
 FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_class c ON c.oid = a.adrelid
 WHERE c.relnamespace {_OURS}
 UNION ALL
-SELECT k.conrelid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.conrelid)
+SELECT k.conrelid, false, true,
+       CASE WHEN k.conrelid IN (SELECT oid FROM held) THEN NULL
+            ELSE 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.conrelid) END
 FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
 WHERE k.contype = 'c' AND c.relnamespace {_OURS}
 UNION ALL
-SELECT i.indrelid, false, true, pg_catalog.pg_get_indexdef(i.indexrelid)
+SELECT i.indrelid, false, true,
+       CASE WHEN i.indrelid IN (SELECT oid FROM held) THEN NULL
+            ELSE pg_catalog.pg_get_indexdef(i.indexrelid) END
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
 WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AND c.relnamespace {_OURS}
 UNION ALL

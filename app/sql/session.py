@@ -180,10 +180,11 @@ def effect_with(tree: Tree, code: SchemaCode) -> Effect:
     runs out of the tree's sight (a view's, a trigger's, ...: app/sql/schema_code.py)."""
     found = effect(tree)
     if found is not Effect.CLOSE and code.runs_unseen_code(tree):
-        # Known code of the database's own may leave what only a new backend forgets (see
-        # effect()); while the catalog is being read again (a few milliseconds around a
-        # schema change) a reset is all it gets.
-        return Effect.CLOSE if code.known else Effect.RESET
+        # Code of the database's own may leave what only a new backend forgets (see
+        # effect()). While the catalog is being read again (unknown facts) every statement
+        # that may reach such code counts: app/sql/execution.py mark() judges those once the
+        # reading is in, rather than close every connection meanwhile.
+        return Effect.CLOSE
     return found
 
 

@@ -96,7 +96,7 @@ class Streams:
         conn, node = held.conn, held.node.name
         types = self._ctx.types
         await queue.put(("node", node))
-        held.mark(self._ctx.effect(bound.tree))
+        self._ctx.mark(held, bound.tree)
         try:
             await conn.execute(begin(self._ctx, limits.read_only, None, limits.timeout_ms, [bound]))
             # The stream holds its connection until its last row: type names the node has

@@ -48,7 +48,7 @@ async def pipelined(
     # may have changed the session all the same (a ROLLBACK does not undo a PREPARE, a
     # session lock or the random seed).
     for bound in statements:
-        held.mark(ctx.effect(bound.tree))
+        ctx.mark(held, bound.tree)
     values = [str(limits.timeout_ms), str(ctx.options.lock_timeout_ms)]
     opening = [
         *(

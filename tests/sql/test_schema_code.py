@@ -168,3 +168,48 @@ def test_the_watch_reads_again_only_after_a_change(pair: LocalPair) -> None:
     finally:
         with pair.primary.connect() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_locked_table_counts_as_code_and_holds_up_no_reading(pair: LocalPair) -> None:
+    # Printing a default or a view back takes a lock on the relations it names: with one of
+    # them held in ACCESS EXCLUSIVE mode by another session, the reading does not wait for
+    # it (and fail at its lock timeout, leaving the old facts standing) but counts what names
+    # that relation as code, and reads everything else as usual.
+    name = f"db_{uuid.uuid4().hex[:12]}"
+    with pair.primary.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER {OWNER}")
+    try:
+        as_owner(
+            pair,
+            "CREATE TABLE held (id int DEFAULT 1 + 1)",
+            "CREATE VIEW over_held AS SELECT id FROM held",
+            "CREATE TABLE free (id int DEFAULT 3)",
+            "CREATE VIEW over_free AS SELECT id FROM free",
+            dbname=name,
+        )
+        with psycopg.connect(pair.primary.dsn(name, user=OWNER)) as locker:
+            locker.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")  # (its transaction)
+
+            async def go() -> tuple[schema_code.SchemaCode | None, bool]:
+                dsn = pair.primary.dsn(name, user=SERVICE)
+                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                    await conn.execute("SET lock_timeout = '200ms'")
+
+                    async def ask(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+                        cur = await conn.execute(query, params)
+                        return await cur.fetchall()
+
+                    watch = schema_code.SchemaWatch(ask, refresh_s=60)
+                    since = asyncio.get_running_loop().time()
+                    read = await watch.read_now()
+                    # A statement that had ended before this reading began is judged by it.
+                    return await watch.facts_since(since, timeout=1), read
+
+            facts, read = asyncio.run(go())
+        assert read and facts is not None
+        assert {"held", "over_held"} <= facts.write_coded | facts.read_coded
+        assert "over_held" in facts.read_coded
+        assert not {"free", "over_free"} & (facts.write_coded | facts.read_coded)
+    finally:
+        with pair.primary.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
