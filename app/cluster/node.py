@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
-from app.cluster.share import KeyShare, share_of
+from app.cluster.share import KeyShare, Refills, share_of
 from app.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.settings import Settings
 
@@ -137,6 +137,8 @@ class Node:
         self.state = NodeState()
         self._settings = settings
         self._configure = configure
+        # Per pool (by name): who waits for the pool's next new connection.
+        self.refills: dict[str, Refills] = {}
         self._passwords = {
             role: secret.get_secret_value() for role, secret in settings.role_passwords.items()
         }
@@ -160,6 +162,13 @@ class Node:
             "cursor_factory": AsyncRawCursor,
             "prepare_threshold": None,
         }
+        refills = self.refills[name] = Refills()
+
+        async def configure(conn: AsyncConnection[Any]) -> None:
+            if self._configure is not None:
+                await self._configure(conn)
+            refills.opened()
+
         return AsyncConnectionPool(
             dsn,
             open=False,
@@ -172,7 +181,7 @@ class Node:
             max_idle=settings.pool_max_idle,
             reconnect_timeout=POOL_RECONNECT_S,
             kwargs=kwargs,
-            configure=self._configure,
+            configure=configure,
         )
 
     def login_dsn(self, role: str) -> str:

@@ -82,3 +82,36 @@ class KeyShare:
             self._held[key] = held
         else:
             self._held.pop(key, None)
+
+
+class Refills:
+    """The connections a pool opens, each handed to the first caller waiting for one: a key
+    whose statement closed its connection holds its share until the pool has opened another
+    (app/sql/checkout.py), so the logins it costs come out of its own share, not out of the
+    connections other keys are using."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def opened(self) -> None:
+        """The pool opened a connection: the first caller waiting for one goes on."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def replaced(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the pool's next new connection."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)

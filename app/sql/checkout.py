@@ -131,8 +131,15 @@ class Checkout:
                 await self._release()
 
     async def _release(self) -> None:
+        closed = self.conn.closed
         try:
             await self._pool.putconn(self.conn)
+            if closed and self._share is not None and not self._pool.closed:
+                # The pool opens a connection in its place: the key's share is held until it
+                # has, so the logins a key's statements cost come out of its own share.
+                refills = self.node.refills.get(self._pool.name)
+                if refills is not None:
+                    await refills.replaced(self._pool.timeout)
         finally:
             if self._share is not None:
                 self._share.release(self._key)
