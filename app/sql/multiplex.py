@@ -42,7 +42,8 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.cluster.node import Node, shut
-from app.errors import MirrorpoolError, PoolExhausted
+from app.errors import MirrorpoolError, OutcomeUnknown, PoolExhausted, QueryTimeout
+from app.redaction import redactor
 from app.sql import pipeline, session
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
@@ -51,9 +52,8 @@ from app.sql.lane_jobs import Job, LaneStats, WaitedForLock
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.quick import Known
-from app.sql.results import RowFormat, StatementResult
+from app.sql.results import StatementResult
 from app.sql.schema_code import SchemaWatch
-from app.sql.tree import Tree
 from app.supervisor import Supervisor
 
 # Known (which texts are quick) lives in app/sql/quick.py, Job, LaneStats and WaitedForLock in
@@ -69,8 +69,28 @@ MAX_BATCH = 16
 LANE_LOCK_WAIT = "20ms"
 # What a run that waited for a lock counts as: out of the lanes for a few quick runs.
 LOCK_WAITED_S = 1.0
-_LOCK_WAIT_SQL = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"
+# A write whose statement timeout has less than this left is not sent: it would be
+# cancelled on the server at once, or finish past its time.
+MIN_BUDGET_S = 0.002
+# Before a batch's writes, the server notes when it began the batch (a setting of the
+# lanes' own on their connections) ...
+_BATCH_STARTED_SQL = (
+    "SELECT pg_catalog.set_config('mirrorpool.lane_batch',"
+    " EXTRACT(epoch FROM pg_catalog.clock_timestamp())::text, false)"
+)
+# ... and each write's unit gets, local to its own transaction, the lock wait and what is
+# left of its statement timeout once the statements ahead of it ran ($2: what was left when
+# the batch was sent, in ms). Nothing left: the setting fails (22023) and the write is not
+# run (the rest of its unit is skipped), so the server never runs a write past its time.
+_WRITE_LIMITS_SQL = (
+    "SELECT pg_catalog.set_config('lock_timeout', $1, true),"
+    " pg_catalog.set_config('statement_timeout', CASE WHEN ms >= 1"
+    " THEN ms::int8::text ELSE 'its time ran out' END, true)"
+    " FROM (SELECT $2::float8 - (EXTRACT(epoch FROM pg_catalog.clock_timestamp())"
+    " - pg_catalog.current_setting('mirrorpool.lane_batch')::float8) * 1000 AS ms) AS left_ms"
+)
+_OUT_OF_TIME = "22023"
 
 
 class Lane:
@@ -152,10 +172,17 @@ class Lane:
 
     def _take(self) -> list[Job]:
         jobs: list[Job] = []
+        now = time.monotonic()
         while self._pending and len(jobs) < MAX_BATCH:
             job = self._pending.popleft()
-            if not job.future.done():  # its request gave up while it waited
-                jobs.append(job)
+            if job.future.done():  # its request gave up while it waited
+                continue
+            if job.writes:
+                if job.timeout_at - now < MIN_BUDGET_S:  # its time ran out in the queue
+                    _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
+                    continue
+                job.sent = True  # from here on, its outcome is the server's to tell
+            jobs.append(job)
         return jobs
 
     async def _batch(self, held: Checkout) -> None:
@@ -167,13 +194,15 @@ class Lane:
             await self._run_batch(held, jobs)
         except (psycopg.Error, OSError) as exc:
             # The connection broke (or was shut by the batch's guard): what was sent may or may
-            # not have run. The pool drops the closed connection.
+            # not have run. A read fails with the error (and may be retried elsewhere); a
+            # write's outcome is unknown. The pool drops the closed connection.
             for job in jobs:
-                _settle(job.future, error=_copy(exc))
+                _settle(job.future, error=_unknown(exc) if job.writes else _copy(exc))
             await conn.close()
         except BaseException as exc:
             for job in jobs:
-                _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
+                failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
+                _settle(job.future, error=_unknown(failed) if job.writes else failed)
             await conn.close()
             raise
 
@@ -187,15 +216,21 @@ class Lane:
         guard.start()
         self._busy.add(conn)
         started = time.monotonic()
+        units = [self._unit(job, started) for job in jobs]
+        writes = any(job.writes for job in jobs)
+        if writes:
+            units.insert(0, [Command(_BATCH_STARTED_SQL)])
         try:
-            units = await pipeline.run_units(conn, [self._unit(j) for j in jobs], guard.progress)
+            replies = await pipeline.run_units(conn, units, guard.progress)
         finally:
             guard.stop()
             self._busy.discard(conn)
+        if writes:
+            del replies[0]
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        for job, unit in zip(jobs, units, strict=True):
+        for job, unit in zip(jobs, replies, strict=True):
             # Each statement's own time: from the previous one's answer to its own.
             seconds = unit.finished - started if unit.finished else 0.0
             started = unit.finished or started
@@ -207,18 +242,21 @@ class Lane:
             try:
                 await self._settle_job(conn, job, unit, seconds)
             except Exception as exc:  # this job's answer could not be made: its error only
-                _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
+                failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
+                _settle(job.future, error=_unknown(failed) if job.writes else failed)
 
-    def _unit(self, job: Job) -> list[Command]:
+    def _unit(self, job: Job, now: float) -> list[Command]:
         """A job's commands, closed by a Sync of their own. A write waits for locks no
-        longer than LANE_LOCK_WAIT (a setting local to its own implicit transaction), and is
-        never stopped over its limits (that would undo it): its extra rows are dropped."""
+        longer than LANE_LOCK_WAIT and runs no longer than what is left of its statement
+        timeout (settings local to its own implicit transaction), and is never stopped over
+        its limits (that would undo it): its extra rows are dropped."""
         keep = Keep(
             job.max_rows + 1, Allowance(self.options.max_response_bytes), stop=not job.writes
         )
         statement = Command(job.sql, job.params, keep=keep)
         if job.writes:
-            return [Command(_LOCK_WAIT_SQL, [LANE_LOCK_WAIT]), statement]
+            left_ms = (job.timeout_at - now) * 1000
+            return [Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]), statement]
         return [statement]
 
     async def _settle_job(
@@ -230,6 +268,7 @@ class Lane:
             # Our prepared statement was gone or planned for an older schema: it did not
             # run, so it can safely go again.
             job.retried = True
+            job.sent = False
             try:
                 self.submit(job)
             except MirrorpoolError as exc:
@@ -238,6 +277,13 @@ class Lane:
         # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
         # cancel, which may have hit one of them (sent again, as stale).
         self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
+        limits = unit.replies[0].error if job.writes else None
+        if limits is not None:  # the write did not run (the rest of its unit was skipped)
+            if limits.sqlstate == _OUT_OF_TIME:  # its time ran out behind the ones ahead
+                _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
+            else:
+                _settle(job.future, error=limits)
+            return
         if reply.error is not None:
             if job.writes and reply.error.sqlstate == _LOCK_NOT_AVAILABLE:
                 # Out of the lane until quick runs of its own bring it back.
@@ -285,20 +331,11 @@ class Multiplexer:
             )
         return lane
 
-    async def run(
-        self,
-        node: Node,
-        key: str,
-        sql: str,
-        tree: Tree,
-        params: list[Any],
-        max_rows: int,
-        row_format: RowFormat,
-    ) -> StatementResult:
-        """Run one statement through the node's lane for `key`; raises what psycopg raised."""
-        future: asyncio.Future[StatementResult] = asyncio.get_running_loop().create_future()
-        self.lane(node, key).submit(Job(sql, tree, params, max_rows, row_format, future))
-        return await future
+    async def run(self, node: Node, key: str, job: Job) -> StatementResult:
+        """Run one statement through the node's lane for `key`; raises what psycopg raised
+        (a write whose connection was lost after it was sent: OutcomeUnknown)."""
+        self.lane(node, key).submit(job)
+        return await job.future
 
     def sever(self, node: Node, error: BaseException) -> None:
         """Fail the node's multiplexed statements now."""
@@ -315,6 +352,23 @@ class Multiplexer:
                 total.batches += lane.stats.batches
                 total.largest_batch = max(total.largest_batch, lane.stats.largest_batch)
         return total
+
+
+def _not_run(timeout_ms: int) -> QueryTimeout:
+    """A write whose statement timeout ran out before it could start: it did not run."""
+    return QueryTimeout(
+        f"the statement did not finish within {timeout_ms} ms (it waited behind others"
+        " and was not run)",
+        sqlstate="57014",
+    )
+
+
+def _unknown(exc: BaseException) -> OutcomeUnknown:
+    """A write was sent and its connection failed before its outcome came back."""
+    return OutcomeUnknown(
+        "the connection was lost after the write was sent: the write may or may not have"
+        f" committed ({redactor.scrub(str(exc).strip()) or type(exc).__name__})"
+    )
 
 
 def _copy(exc: BaseException) -> BaseException:

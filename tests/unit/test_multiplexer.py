@@ -13,7 +13,7 @@ from app.cluster.cluster import Cluster
 from app.errors import PoolExhausted
 from app.sql import schema_code
 from app.sql.columns import TypeNames
-from app.sql.multiplex import Multiplexer
+from app.sql.multiplex import Job, Multiplexer
 from app.sql.options import LaneOptions
 from app.sql.schema_code import SchemaWatch
 from app.sql.tree import parse
@@ -44,7 +44,8 @@ def lanes(cluster: Cluster, supervisor: Supervisor, **overrides: Any) -> Multipl
 
 async def run(mux: Multiplexer, cluster: Cluster, sql: str, params: list[Any]) -> Any:
     node = cluster.pick("write")
-    return await mux.run(node, "key", sql, parse(sql), params, 100, "array")
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return await mux.run(node, "key", Job(sql, parse(sql), params, 100, "array", future))
 
 
 async def test_statements_waiting_together_share_a_batch_each_settled_alone(
