@@ -251,10 +251,10 @@ class Settings(BaseSettings):
         "each on its own (off behind PgBouncer).",
     )
     multiplex_writes: bool = Field(
-        False,
+        True,
         description="Let quick plain writes (INSERT, UPDATE, DELETE, MERGE) share the lanes too, "
-        "each its own transaction. A write queued behind its key's other statements may then "
-        "still commit after its own request was answered 504.",
+        "each its own transaction with its own deadline on the server (false: each takes a "
+        "pooled connection of its own).",
     )
     multiplex_quick_ms: float = Field(
         5.0,
