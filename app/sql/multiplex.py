@@ -8,13 +8,25 @@ libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync 
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
 autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
 
-Only statements whose parse trees prove them pure reads take the lanes (app/sql/session.py
-pure_read: a query that writes nothing, locks no rows, and calls only vetted catalog
-functions, so it cannot change the session its neighbours run in). What stays out: writes
-and locking reads (a statement waiting on a row lock would hold up every statement behind
-it), statements never seen before or seen to be slow, anything with its own timeout, login
-or transaction, and everything behind PgBouncer (the lanes prepare statements by name).
-Those take a pooled connection of their own.
+Only statements whose parse trees prove them pure reads (app/sql/session.py pure_read: a
+query that writes nothing, locks no rows, and calls only vetted catalog functions, so it
+cannot change the session its neighbours run in) or plain writes (session.lane_write, unless
+MIRRORPOOL_MULTIPLEX_WRITES=false) take the lanes. What stays out: locking reads (a
+statement waiting on a row lock would hold up every statement behind it), statements never
+seen before or seen to be slow, anything with its own timeout, login or transaction, and
+everything behind PgBouncer (the lanes prepare statements by name). Those take a pooled
+connection of their own.
+
+A write is answered only with the truth. One whose statement timeout ran out while it waited
+in the lane is not sent (`_take`). One sent runs under what is left of its statement timeout,
+set local to its own implicit transaction and counted on the server from when the server
+began its batch (a batch with writes first notes the server's clock in the setting
+`mirrorpool.lane_batch`), so the statements ahead of it count; with nothing left it is not
+run. Its request waits for
+that outcome past its own deadline (app/sql/guard.py Guard.spare). A write whose connection
+broke after it was sent is answered OutcomeUnknown. It waits for a lock no longer than
+LANE_LOCK_WAIT; past that it is undone and runs again on a connection of its own
+(WaitedForLock), where waiting holds up no neighbour.
 
 Each key has lanes of its own (one per node): a statement of one key never waits in a batch
 behind another key's, so a key that makes a "quick" text slow (`pg_sleep($1)`, a range it
@@ -23,10 +35,10 @@ widens) delays only itself. A key's lanes run on at most its share of the pool
 connection and gives the connection back before the next, so requests that need a
 connection of their own wait their turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
-the lane; once sent, its statement runs and the answer is thrown away. A statement over its
-max_rows or the response size is cancelled on the server (app/sql/pipeline Keep); a later
-one of the batch that the cancel hit instead comes back stale and is sent again, and the
-text leaves the key's lanes.
+the lane; once sent, a read runs and its answer is thrown away (a write: see above). A
+statement over its max_rows or the response size is cancelled on the server
+(app/sql/pipeline Keep); a later one of the batch that the cancel hit instead comes back
+stale and is sent again, and the text leaves the key's lanes.
 """
 
 from __future__ import annotations
