@@ -493,3 +493,35 @@ async def test_behind_pgbouncer_writes_take_no_lane(pair: LocalPair, work_dir: P
     assert {a.json()["sqlstate"] for a in answers if a.status_code != 200} == {"23505"}
     primary = next(n for n in stats["nodes"] if n["name"] == "primary")
     assert primary["multiplexing"] is None
+
+
+async def test_a_frozen_server_cannot_hold_lane_writes_nor_make_them_lie(
+    make_pair: PairFactory,
+) -> None:
+    own = make_pair(mirrors=0)
+    as_owner(own, "CREATE TABLE frozen_notes (tag text)")
+    insert = "INSERT INTO frozen_notes (tag) VALUES ($1) RETURNING tag"
+    settings = settings_for(own, pool_max_size=2, statement_timeout_ms=500, multiplex_quick_ms=15)
+    async with serving_ready(settings) as (_, client):
+        await warm(client, insert, ["warm"])
+        own.primary.freeze()
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(q(client, insert, [f"f{i}"]) for i in range(20)))
+            elapsed = time.monotonic() - started
+        finally:
+            own.primary.thaw()
+        # Sent ones: the batch's connection is shut after 0.5 s + 1 s without an answer, or
+        # when the node is found down; those still waiting in the lane fail then too.
+        assert elapsed < 3.0, elapsed
+        kinds = [a.json()["type"].rsplit(":", 1)[-1] for a in answers]
+        assert set(kinds) <= {"outcome-unknown", "timeout", "node-failed"}, kinds
+        assert "outcome-unknown" in kinds  # (the first were sent before the freeze was seen)
+        with own.primary.connect() as conn:
+            rows = conn.execute("SELECT tag FROM frozen_notes").fetchall()
+        committed = {r[0] for r in rows}
+        for i, (kind, answer) in enumerate(zip(kinds, answers, strict=True)):
+            if kind != "outcome-unknown":  # told it timed out or failed: it never ran
+                assert f"f{i}" not in committed, answer.text
+            else:
+                assert answer.json()["retryable"] is False
