@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     )
     multiplex: bool = Field(
         True,
-        description="Pipeline concurrent quick plain reads on shared pool connections, "
+        description="Pipeline concurrent quick plain statements on shared pool connections, "
         "each on its own (off behind PgBouncer).",
     )
     multiplex_writes: bool = Field(
@@ -260,7 +260,7 @@ class Settings(BaseSettings):
         5.0,
         gt=0,
         le=1000,
-        description="A plain read joins the lanes once it has run in under this many "
+        description="A plain statement joins the lanes once it has run in under this many "
         "milliseconds; one slower run takes it out.",
     )
     allow_raw_sql: bool = Field(

@@ -91,6 +91,9 @@ _BATCH_STARTED_SQL = (
     "SELECT pg_catalog.set_config('mirrorpool.lane_batch',"
     " EXTRACT(epoch FROM pg_catalog.clock_timestamp())::text, false)"
 )
+# (cleared after the batch: another key's request on the connection reads nothing of when a
+# batch ran) ...
+_BATCH_ENDED_SQL = "SELECT pg_catalog.set_config('mirrorpool.lane_batch', '', false)"
 # ... and each write's unit gets, local to its own transaction, the lock wait and what is
 # left of its statement timeout once the statements ahead of it ran ($2: what was left when
 # the batch was sent, in ms). Nothing left: the setting fails (22023) and the write is not
@@ -232,13 +235,14 @@ class Lane:
         writes = any(job.writes for job in jobs)
         if writes:
             units.insert(0, [Command(_BATCH_STARTED_SQL)])
+            units.append([Command(_BATCH_ENDED_SQL)])
         try:
             replies = await pipeline.run_units(conn, units, guard.progress)
         finally:
             guard.stop()
             self._busy.discard(conn)
         if writes:
-            del replies[0]
+            replies = replies[1:-1]
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
