@@ -216,8 +216,7 @@ class Lane:
             await conn.close()
         except BaseException as exc:
             for job in jobs:
-                failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
-                _settle(job.future, error=_unknown(failed) if job.writes else failed)
+                _settle(job.future, error=_failed(job, exc))
             await conn.close()
             raise
 
@@ -236,30 +235,49 @@ class Lane:
         if writes:
             units.insert(0, [Command(_BATCH_STARTED_SQL)])
             units.append([Command(_BATCH_ENDED_SQL)])
+        first = 1 if writes else 0
+        last = [started]
+        # Jobs whose answer needs a type looked up, once the batch is over.
+        later: list[tuple[Job, pipeline.UnitReply]] = []
+
+        seen: set[int] = set()
+
+        def settled(index: int, unit: pipeline.UnitReply) -> None:
+            # Each job is answered as its own Sync comes back, not at the batch's end.
+            # Each statement's own time: from the previous unit's answer to its own.
+            seconds = unit.finished - last[0] if unit.finished else 0.0
+            last[0] = unit.finished or last[0]
+            seen.add(index)
+            if not first <= index < first + len(jobs):
+                return  # the batch's own clock
+            job = jobs[index - first]
+            try:
+                if not self._settle_job(held, job, unit, seconds):
+                    later.append((job, unit))
+            except Exception as exc:  # this job's answer could not be made: its error only
+                _settle(job.future, error=_failed(job, exc))
+
         try:
-            replies = await pipeline.run_units(conn, units, guard.progress)
+            replies = await pipeline.run_units(conn, units, guard.progress, settled)
         finally:
             guard.stop()
             self._busy.discard(conn)
-        if writes:
-            replies = replies[1:-1]
+        for index, unit in enumerate(replies):
+            if index not in seen:  # not sent: a parameter could not be (its error says so)
+                settled(index, unit)
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        for job, unit in zip(jobs, replies, strict=True):
-            # Each statement's own time: from the previous one's answer to its own.
-            seconds = unit.finished - started if unit.finished else 0.0
-            started = unit.finished or started
-            # Only pure reads join a lane; should one have changed the session all the same
-            # (a reported parameter moved), the checkout resets it before reuse.
-            held.mark(self.known.effect(job.tree))
-            if any(reply.oversized for reply in unit.replies):
-                held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
+        for job, unit in later:
             try:
-                await self._settle_job(conn, job, unit, seconds)
-            except Exception as exc:  # this job's answer could not be made: its error only
-                failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
-                _settle(job.future, error=_unknown(failed) if job.writes else failed)
+                answer = await pipeline.answer(
+                    conn, self.node.name, self.types, unit.replies[-1], job.max_rows,
+                    job.row_format,
+                )  # fmt: skip
+            except Exception as exc:
+                _settle(job.future, error=_failed(job, exc))
+            else:
+                _settle(job.future, result=answer)
 
     def _unit(self, job: Job, now: float) -> list[Command]:
         """A job's commands, closed by a Sync of their own. A write waits for locks no
@@ -275,10 +293,16 @@ class Lane:
             return [Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]), statement]
         return [statement]
 
-    async def _settle_job(
-        self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
-    ) -> None:
-        """Answer one job."""
+    def _settle_job(
+        self, held: Checkout, job: Job, unit: pipeline.UnitReply, seconds: float
+    ) -> bool:
+        """Answer one job as its Sync came; False when its answer needs a type looked up
+        (on the connection, once the batch is over)."""
+        # Only pure reads and plain writes join a lane; should one have changed the session
+        # all the same (a reported parameter moved), the checkout resets it before reuse.
+        held.mark(self.known.effect(job.tree))
+        if any(reply.oversized for reply in unit.replies):
+            held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
         reply = unit.replies[-1]
         if unit.stale and not job.retried:
             # Our prepared statement was gone or planned for an older schema: it did not
@@ -289,7 +313,7 @@ class Lane:
                 self.submit(job)
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
-            return
+            return True
         # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
         # cancel, which may have hit one of them (sent again, as stale).
         self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
@@ -299,19 +323,22 @@ class Lane:
                 _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
             else:
                 _settle(job.future, error=limits)
-            return
+            return True
         if reply.error is not None:
             if job.writes and reply.error.sqlstate == _LOCK_NOT_AVAILABLE:
                 # Out of the lane until quick runs of its own bring it back.
                 self.known.observe(self.key, job.tree, job.sql, LOCK_WAITED_S)
                 _settle(job.future, error=WaitedForLock(str(reply.error)))
-                return
+                return True
             _settle(job.future, error=reply.error)
-            return
-        answer = await pipeline.answer(
-            conn, self.node.name, self.types, reply, job.max_rows, job.row_format
+            return True
+        answer = pipeline.answer_known(
+            held.conn, self.node.name, self.types, reply, job.max_rows, job.row_format
         )
+        if answer is None:
+            return False
         _settle(job.future, result=answer)
+        return True
 
 
 class Multiplexer:
@@ -368,6 +395,12 @@ class Multiplexer:
                 total.batches += lane.stats.batches
                 total.largest_batch = max(total.largest_batch, lane.stats.largest_batch)
         return total
+
+
+def _failed(job: Job, exc: BaseException) -> BaseException:
+    """A job whose answer could not be made: a write's outcome is then unknown."""
+    failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
+    return _unknown(failed) if job.writes else failed
 
 
 def _not_run(timeout_ms: int) -> QueryTimeout:
