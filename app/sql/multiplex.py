@@ -1,12 +1,13 @@
-"""Multiplexing: concurrent quick reads share pooled connections, pipelined.
+"""Multiplexing: concurrent quick plain statements share pooled connections, pipelined.
 
 Under load most of a request's cost on our side is the round trip itself: taking a pooled
 connection, one write, waking up for one read, giving the connection back. Here a plain
-read (autocommit, default timeout) that has run quickly before joins its node's lane; a
+statement (autocommit, default timeout) that has run quickly before joins its node's lane; a
 runner holding a pooled connection sends every statement waiting in the lane at once, in
 libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync ends the
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
-autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
+autocommit, and each is answered as its own Sync comes back; only the round trips are shared.
+Npgsql's multiplexing works the same way.
 
 Only statements whose parse trees prove them pure reads (app/sql/session.py pure_read: a
 query that writes nothing, locks no rows, and calls only vetted catalog functions, so it
