@@ -236,49 +236,18 @@ class Lane:
         if writes:
             units.insert(0, [Command(_BATCH_STARTED_SQL)])
             units.append([Command(_BATCH_ENDED_SQL)])
-        first = 1 if writes else 0
-        last = [started]
-        # Jobs whose answer needs a type looked up, once the batch is over.
-        later: list[tuple[Job, pipeline.UnitReply]] = []
-
-        seen: set[int] = set()
-
-        def settled(index: int, unit: pipeline.UnitReply) -> None:
-            # Each job is answered as its own Sync comes back, not at the batch's end.
-            # Each statement's own time: from the previous unit's answer to its own.
-            seconds = unit.finished - last[0] if unit.finished else 0.0
-            last[0] = unit.finished or last[0]
-            seen.add(index)
-            if not first <= index < first + len(jobs):
-                return  # the batch's own clock
-            job = jobs[index - first]
-            try:
-                if not self._settle_job(held, job, unit, seconds):
-                    later.append((job, unit))
-            except Exception as exc:  # this job's answer could not be made: its error only
-                _settle(job.future, error=_failed(job, exc))
-
+        answers = _Answers(self, held, jobs, 1 if writes else 0, started)
         try:
-            replies = await pipeline.run_units(conn, units, guard.progress, settled)
+            replies = await pipeline.run_units(conn, units, guard.progress, answers.settled)
         finally:
             guard.stop()
             self._busy.discard(conn)
-        for index, unit in enumerate(replies):
-            if index not in seen:  # not sent: a parameter could not be (its error says so)
-                settled(index, unit)
+            answers.close()  # (their outcomes are known, whatever became of the units after)
+        answers.unsent(replies)
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        for job, unit in later:
-            try:
-                answer = await pipeline.answer(
-                    conn, self.node.name, self.types, unit.replies[-1], job.max_rows,
-                    job.row_format,
-                )  # fmt: skip
-            except Exception as exc:
-                _settle(job.future, error=_failed(job, exc))
-            else:
-                _settle(job.future, result=answer)
+        await answers.looked_up(conn)
 
     def _unit(self, job: Job, now: float) -> list[Command]:
         """A job's commands, closed by a Sync of their own. A write waits for locks no
@@ -294,7 +263,7 @@ class Lane:
             return [Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]), statement]
         return [statement]
 
-    def _settle_job(
+    def settle_job(
         self, held: Checkout, job: Job, unit: pipeline.UnitReply, seconds: float
     ) -> bool:
         """Answer one job as its Sync came; False when its answer needs a type looked up
@@ -340,6 +309,80 @@ class Lane:
             return False
         _settle(job.future, result=answer)
         return True
+
+
+class _Answers:
+    """A batch's jobs, answered from their units' replies as they come back: together at the
+    batch's end while the batch is quick (answers that trickle out bring requests that
+    trickle in, in smaller batches), and each as its own Sync comes once the batch has run
+    longer than a quick statement takes, so a slow statement holds up none before it."""
+
+    def __init__(
+        self, lane: Lane, held: Checkout, jobs: list[Job], first: int, started: float
+    ) -> None:
+        self._lane = lane
+        self._held = held
+        self._jobs = jobs
+        self._first = first  # the index of the first job's unit (the batch's clock first)
+        self._last = started
+        self._eager = started + lane.options.quick_s
+        self._seen: set[int] = set()
+        self._ready: list[tuple[int, pipeline.UnitReply, float]] = []
+        # Jobs whose answer needs a type looked up on the connection, after the batch.
+        self._later: list[tuple[Job, pipeline.UnitReply]] = []
+        # (the loop's clock is time.monotonic(); uvloop's too, to the millisecond)
+        self._timer = asyncio.get_running_loop().call_later(lane.options.quick_s, self._flush)
+
+    def settled(self, index: int, unit: pipeline.UnitReply) -> None:
+        """A unit's Sync came back (pipeline.run_units)."""
+        # Each statement's own time: from the previous unit's answer to its own.
+        seconds = unit.finished - self._last if unit.finished else 0.0
+        self._last = unit.finished or self._last
+        self._seen.add(index)
+        self._ready.append((index, unit, seconds))
+        if unit.finished > self._eager:  # (before it, the timer answers what is ready)
+            self._flush()
+
+    def close(self) -> None:
+        """The batch is over (or broke): answer every unit that came back."""
+        self._timer.cancel()
+        self._flush()
+
+    def unsent(self, replies: list[pipeline.UnitReply]) -> None:
+        """Answer the units that were not sent (a parameter could not be: their error)."""
+        for index, unit in enumerate(replies):
+            if index not in self._seen:
+                self._answer(index, unit, 0.0)
+
+    async def looked_up(self, conn: AsyncConnection[Any]) -> None:
+        """Answer the jobs whose column types had to be looked up."""
+        lane = self._lane
+        for job, unit in self._later:
+            try:
+                answer = await pipeline.answer(
+                    conn, lane.node.name, lane.types, unit.replies[-1], job.max_rows,
+                    job.row_format,
+                )  # fmt: skip
+            except Exception as exc:
+                _settle(job.future, error=_failed(job, exc))
+            else:
+                _settle(job.future, result=answer)
+
+    def _flush(self) -> None:
+        for ready in self._ready:
+            self._answer(*ready)
+        self._ready.clear()
+
+    def _answer(self, index: int, unit: pipeline.UnitReply, seconds: float) -> None:
+        position = index - self._first
+        if not 0 <= position < len(self._jobs):
+            return  # the batch's own clock
+        job = self._jobs[position]
+        try:
+            if not self._lane.settle_job(self._held, job, unit, seconds):
+                self._later.append((job, unit))
+        except Exception as exc:  # this job's answer could not be made: its error only
+            _settle(job.future, error=_failed(job, exc))
 
 
 class Multiplexer:
