@@ -6,8 +6,8 @@ statement (autocommit, default timeout) that has run quickly before joins its no
 runner holding a pooled connection sends every statement waiting in the lane at once, in
 libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync ends the
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
-autocommit, and each is answered as its own Sync comes back; only the round trips are shared.
-Npgsql's multiplexing works the same way.
+autocommit; only the round trips are shared. Npgsql's multiplexing works the same way. A
+quick batch answers its jobs at its end, a slow one each as its own Sync comes (_Answers).
 
 Only statements whose parse trees prove them pure reads (app/sql/session.py pure_read: a
 query that writes nothing, locks no rows, and calls only vetted catalog functions, so it
