@@ -120,10 +120,15 @@ async def run_units(
                     settled(index, unit)
 
             reading.progress = synced
-            while reading.unit < len(sent):
-                await conn.wait(read(pgconn, reading, state.tx))
-                if reading.stop is not None:
-                    await _stop(conn, reading)
+            try:
+                while reading.unit < len(sent):
+                    await conn.wait(read(pgconn, reading, state.tx))
+                    if reading.stop is not None:
+                        await _stop(conn, reading)
+            finally:
+                # (a cycle, reading -> synced -> reading, would keep every result read,
+                # however large, until the cyclic collector ran)
+                reading.progress = None
         pgconn.exit_pipeline_mode()
     except BaseException:
         await conn.close()
