@@ -362,10 +362,13 @@ async def test_a_write_not_sent_by_its_deadline_is_dropped_and_never_runs(
         holder = asyncio.ensure_future(
             client.post(
                 "/v1/transaction",
-                json={"statements": [{"sql": "SELECT pg_sleep(2.5)"}], "timeout_ms": 4000},
+                json={
+                    "statements": [{"sql": "SELECT pg_sleep(2.5) AS holds_the_pool"}],
+                    "timeout_ms": 4000,
+                },
             )
         )
-        await eventually(lambda: bool(active(pair, "%pg_sleep(2.5)%")), "the holder to run")
+        await eventually(lambda: bool(active(pair, "%holds_the_pool%")), "the holder to run")
         started = time.monotonic()
         answer = await q(client, insert, ["late", 0])
         elapsed = time.monotonic() - started
