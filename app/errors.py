@@ -116,6 +116,11 @@ class QueryTimeout(MirrorpoolError):
     """The request overran its deadline; the statement was cancelled."""
 
 
+class OutcomeUnknown(MirrorpoolError):
+    """A write was sent and its connection was lost (or went silent past its bound) before
+    its outcome came back: it may or may not have committed. Not to be retried blindly."""
+
+
 class ClientGone(MirrorpoolError):
     """The HTTP client disconnected; its statement was cancelled."""
 

@@ -247,20 +247,20 @@ class Settings(BaseSettings):
     )
     multiplex: bool = Field(
         True,
-        description="Pipeline concurrent quick plain reads on shared pool connections, "
+        description="Pipeline concurrent quick plain statements on shared pool connections, "
         "each on its own (off behind PgBouncer).",
     )
     multiplex_writes: bool = Field(
-        False,
+        True,
         description="Let quick plain writes (INSERT, UPDATE, DELETE, MERGE) share the lanes too, "
-        "each its own transaction. A write queued behind its key's other statements may then "
-        "still commit after its own request was answered 504.",
+        "each its own transaction with its own deadline on the server (false: each takes a "
+        "pooled connection of its own).",
     )
     multiplex_quick_ms: float = Field(
         5.0,
         gt=0,
         le=1000,
-        description="A plain read joins the lanes once it has run in under this many "
+        description="A plain statement joins the lanes once it has run in under this many "
         "milliseconds; one slower run takes it out.",
     )
     allow_raw_sql: bool = Field(

@@ -49,6 +49,7 @@ _PROBLEMS: dict[type[e.MirrorpoolError], tuple[int, str, str]] = {
     e.NodeFailed: (503, "node-failed", "The database node failed during the request"),
     e.ClusterError: (503, "unavailable", "The database is unavailable"),
     e.QueryTimeout: (504, "timeout", "The statement timed out"),
+    e.OutcomeUnknown: (503, "outcome-unknown", "The write's outcome is unknown"),
     e.ClientGone: (499, "client-closed-request", "The client closed the request"),
     e.DatabaseError: (400, "database-error", "The database rejected the statement"),
     # The deployment's files, not the request, are wrong: a server-side error.
@@ -163,6 +164,8 @@ def error_response(scope: Scope | None, exc: e.MirrorpoolError) -> Response:
     if isinstance(exc, e.ClusterError):
         extra["retryable"] = True
         headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, e.OutcomeUnknown):
+        extra["retryable"] = False  # it may have committed: no Retry-After either
     elif isinstance(exc, e.TooManyRequests):
         headers["Retry-After"] = "1"
     elif isinstance(exc, e.Unauthorized):

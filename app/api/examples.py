@@ -117,7 +117,9 @@ PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
         429, "too-many-requests", "Too many requests in flight",
         "key 'orders-svc' already has 64 requests in flight",
     )),
-    503: ("No node can serve it now (a failover); retry after Retry-After.", _problem(
+    503: ("No node can serve it now (a failover); retry after Retry-After. Or, as "
+          "outcome-unknown (retryable false, no Retry-After): a write was sent and its "
+          "connection was lost before its outcome came back.", _problem(
         503, "no-writer", "No writable database node is available",
         "no writable node is reachable; retry shortly", retryable=True,
     )),

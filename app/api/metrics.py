@@ -22,7 +22,14 @@ from app import workers
 from app.cluster.cluster import Cluster
 from app.cluster.events import EventKind
 from app.cluster.node import Role
-from app.errors import ClientGone, DatabaseError, MirrorpoolError, NodeFailed, QueryTimeout
+from app.errors import (
+    ClientGone,
+    DatabaseError,
+    MirrorpoolError,
+    NodeFailed,
+    OutcomeUnknown,
+    QueryTimeout,
+)
 from app.migrations.history import State, current_version
 from app.migrations.runner import Migrator
 
@@ -47,7 +54,8 @@ class Metrics:
         )
         self.problems = Counter(
             "mirrorpool_query_problems",
-            "Failed statements by kind: timeout, cancelled (client left), node_failed, database.",
+            "Failed statements by kind: timeout, cancelled (client left), node_failed, "
+            "outcome_unknown, database.",
             ["kind"],
             registry=self.registry,
         )
@@ -233,6 +241,7 @@ _PROBLEM_KINDS: tuple[tuple[type[MirrorpoolError], str], ...] = (
     (QueryTimeout, "timeout"),
     (ClientGone, "cancelled"),
     (NodeFailed, "node_failed"),
+    (OutcomeUnknown, "outcome_unknown"),
     (DatabaseError, "database"),
 )
 

@@ -63,6 +63,12 @@ class TextField:
     modifier: int
 
 
+def _shape(node: str, result: Any) -> tuple[Any, ...]:
+    return (node, *(
+        (result.fname(i), result.ftype(i)) for i in range(result.nfields)
+    ))  # fmt: skip
+
+
 class TypeNames:
     """Names of type OIDs: built-ins from psycopg, others looked up once per database."""
 
@@ -71,21 +77,38 @@ class TypeNames:
         self._known: dict[tuple[str, int], str] = {}
         self._shapes: dict[tuple[Any, ...], list[Column]] = {}
 
+    def known_result(
+        self, conn: AsyncConnection[Any], node: str, result: Any
+    ) -> list[Column] | None:
+        """Describe a libpq result without a query: a shape met before, or one of types
+        already known (None when a type needs looking up: of_result() does)."""
+        if result is None or not result.nfields:
+            return []
+        shape = _shape(node, result)
+        cached = self._shapes.get(shape)
+        if cached is None:
+            description = [Field(name.decode(), oid) for name, oid in shape[1:]]
+            if not self.knows(conn, node, description):
+                return None
+            cached = self._remember(shape, self.as_known(conn, node, description))
+        return cached
+
     async def of_result(self, conn: AsyncConnection[Any], node: str, result: Any) -> list[Column]:
         """Describe a libpq result; a shape met before costs a dictionary lookup."""
         if result is None or not result.nfields:
             return []
-        shape = (node, *(
-            (result.fname(i), result.ftype(i)) for i in range(result.nfields)
-        ))  # fmt: skip
+        shape = _shape(node, result)
         cached = self._shapes.get(shape)
         if cached is None:
             cursor_like = [Field(name.decode(), oid) for name, oid in shape[1:]]
-            cached = await self.columns(conn, node, cursor_like)
-            if len(self._shapes) >= _MAX_SHAPES:
-                self._shapes.clear()
-            self._shapes[shape] = cached
+            cached = self._remember(shape, await self.columns(conn, node, cursor_like))
         return cached
+
+    def _remember(self, shape: tuple[Any, ...], columns: list[Column]) -> list[Column]:
+        if len(self._shapes) >= _MAX_SHAPES:
+            self._shapes.clear()
+        self._shapes[shape] = columns
+        return columns
 
     async def columns(
         self, conn: AsyncConnection[Any], node: str, description: list[Any] | None

@@ -30,14 +30,14 @@ import psycopg
 
 from app.cluster.cluster import Cluster, Intent
 from app.cluster.node import Node
-from app.errors import NodeFailed
+from app.errors import MirrorpoolError, NodeFailed, OutcomeUnknown, QueryTimeout
 from app.sql import pgbouncer, plain, session, transactions
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
 from app.sql.execution import Context, Limits, Outcome, ms_since
 from app.sql.failures import Failures, StatementFailed, rollback
 from app.sql.guard import Abort, Guard
-from app.sql.multiplex import Multiplexer, WaitedForLock
+from app.sql.multiplex import Job, Multiplexer, WaitedForLock
 from app.sql.options import EngineOptions, StatementRules
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult
@@ -222,9 +222,16 @@ class Engine:
             and mux.known.quick(limits.key, bound.tree, bound.sql)
         ):
             try:
-                return node.name, await self._multiplexed(node, bound, limits)
+                return node.name, await self._multiplexed(node, bound, limits, guard)
             except WaitedForLock:
-                pass  # undone there; it runs again below, where waiting holds up no one
+                # Undone there; it runs again below, where waiting holds up no one (unless
+                # its deadline passed while it was out: then it stays undone).
+                if guard.expired:
+                    raise QueryTimeout(
+                        f"the statement did not finish within {limits.timeout_ms} ms"
+                        " (it waited for a lock and was undone)",
+                        sqlstate="57014",
+                    ) from None
 
         inflight = self._inflight[node.name]
         inflight.add(guard)
@@ -247,37 +254,53 @@ class Engine:
             else:
                 result = await pgbouncer.run(held, bound, limits, self._ctx)
         except OSError as exc:  # the socket broke under libpq (shut by a deadline, ...)
-            raise await self._failures.error(
+            error = await self._failures.error(
                 psycopg.OperationalError(str(exc)), conn, node.name, intent
-            ) from None
+            )
+            raise _sent_write_lost(error, bound, limits) from None
         except psycopg.Error as exc:
             await rollback(conn)
             if isinstance(exc, StatementFailed):
                 exc = exc.cause
-            raise await self._failures.error(exc, conn, node.name, intent) from None
+            error = await self._failures.error(exc, conn, node.name, intent)
+            raise _sent_write_lost(error, bound, limits) from None
         finally:
             inflight.discard(guard)
             guard.use(None)
             await held.give_back()
         return node.name, result
 
-    async def _multiplexed(self, node: Node, bound: BoundSQL, limits: Limits) -> StatementResult:
-        """A quick plain statement through the node's lane. Its deadline and its client's
-        leaving are the request's guard's: this request stops waiting, the batch goes on."""
+    async def _multiplexed(
+        self, node: Node, bound: BoundSQL, limits: Limits, guard: Guard
+    ) -> StatementResult:
+        """A quick plain statement through the node's lane. A read's deadline and its
+        client's leaving are the request's guard's: this request stops waiting, the batch
+        goes on. A write not sent by its deadline is dropped the same way; once sent, its
+        request waits for its real outcome (Guard.spare), which the server bounds: the write
+        runs under what is left of its statement timeout (app/sql/multiplex.py)."""
         assert self.mux is not None
+        future: asyncio.Future[StatementResult] = asyncio.get_running_loop().create_future()
+        job = Job(
+            bound.sql,
+            bound.tree,
+            bound.params,
+            limits.max_rows,
+            limits.row_format,
+            future,
+            timeout_at=time.monotonic() + limits.timeout_ms / 1000,
+            text=limits.text_output,
+        )
+        if job.writes:
+            guard.spare(job.in_flight)
         try:
-            return await self.mux.run(
-                node,
-                limits.key,
-                bound.sql,
-                bound.tree,
-                bound.params,
-                limits.max_rows,
-                limits.row_format,
-                limits.text_output,
-            )
+            return await self.mux.run(node, limits.key, job)
         except psycopg.Error as exc:
             raise await self._failures.error(exc, None, node.name, "write") from None
+        except OutcomeUnknown:
+            self._failures.lost(node.name)
+            raise
+        finally:
+            guard.spare(None)
 
     async def transaction(
         self,
@@ -347,3 +370,15 @@ class Engine:
         finishes: giving up cancels it and raises QueryTimeout (ClientGone)."""
         async with Guard(timeout_ms, abort):
             return await work
+
+
+def _sent_write_lost(error: MirrorpoolError, bound: BoundSQL, limits: Limits) -> MirrorpoolError:
+    """A statement that may write, whose connection failed while it ran (lost, or shut at
+    its deadline because the server did not answer its own timeout): its outcome is
+    unknown, and it must not be answered as retryable. Reads keep their error (retried on
+    another node when pure)."""
+    if not isinstance(error, NodeFailed) or limits.read_only or session.pure_read(bound.tree):
+        return error
+    return OutcomeUnknown(
+        f"{error.detail}: the write was sent, and may or may not have committed", **error.extra
+    )

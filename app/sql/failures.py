@@ -59,6 +59,12 @@ class Failures:
             )
         return error
 
+    def lost(self, node: str) -> None:
+        """A connection to `node` was lost under a request: the cluster looks at it at once."""
+        target = self._cluster.node(node)
+        if target is not None:
+            self._cluster.report_failure(target)
+
     async def _in_recovery(self, node: str, conn: AsyncConnection[Any] | None) -> bool:
         """pg_is_in_recovery() on this connection, or on another of the node's."""
         if conn is not None:

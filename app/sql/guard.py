@@ -16,6 +16,12 @@ task is guarded, and the consumer's wait for the stream's head is guarded too
 with every answer, so a batch is held only to each answer coming within the timeout, and
 at the deadline only its connection is ended (the runner goes on with the next batch).
 
+A write sent in a lane (app/sql/multiplex.py) is not stopped at its request's deadline: it
+shares its connection, so ending that would end its neighbours, and it may still commit. Its
+request waits for its real outcome instead (`Guard.spare`), which the server bounds (the
+write's own statement_timeout, app/sql/multiplex.py); should nothing come within one more
+timeout, the request gives up and raises OutcomeUnknown, never QueryTimeout.
+
 A guard with `abort` (the HTTP client leaving) starts watching for it once the request has
 lasted WATCH_AFTER_S, and gives up the same way if it comes; quick requests never pay for
 the watcher task, which the guard itself ends when it exits.
@@ -31,7 +37,7 @@ from typing import Any, Protocol
 from psycopg import AsyncConnection
 
 from app.cluster.node import shut
-from app.errors import ClientGone, QueryTimeout
+from app.errors import ClientGone, OutcomeUnknown, QueryTimeout
 
 # Quick requests never pay for a watcher task.
 WATCH_AFTER_S = 0.05
@@ -61,7 +67,8 @@ class Guard:
 
     __slots__ = (
         "_abort", "_aborted", "_deadline", "_expired", "_handle", "_held", "_idle", "_loop",
-        "_task", "_watcher", "severed", "timeout_ms", "timeout_s",
+        "_overdue", "_spare", "_spared", "_task", "_watcher", "severed", "timeout_ms",
+        "timeout_s",
     )  # fmt: skip
 
     def __init__(
@@ -86,6 +93,10 @@ class Guard:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadline = 0.0
         self.severed = False
+        # While this says so, the deadline does not stop the task (spare()).
+        self._spare: Callable[[], bool] | None = None
+        self._spared = False
+        self._overdue = False
 
     @property
     def expired(self) -> bool:
@@ -96,6 +107,13 @@ class Guard:
     def use(self, held: Held | None) -> None:
         """The connection the guarded work is using now (None between connections)."""
         self._held = held
+
+    def spare(self, in_flight: Callable[[], bool] | None) -> None:
+        """While `in_flight()` is true (a write sent in a lane, its outcome not back), the
+        deadline does not stop the task: the request waits for the write's outcome. It waits
+        one more timeout at most; then the task is stopped and the guard raises
+        OutcomeUnknown. The client leaving stops it at once, as before (the write runs on)."""
+        self._spare = in_flight
 
     def start(self, task: asyncio.Task[Any] | None = None) -> Guard:
         """Arm the deadline; at it, end the connection in use, or cancel `task` when none is."""
@@ -134,6 +152,15 @@ class Guard:
         if self._aborted:
             self._uncancel()
             raise ClientGone("the client disconnected; the statement was cancelled") from None
+        if self._overdue:
+            self._uncancel()
+            raise OutcomeUnknown(
+                "the write was sent, and its outcome did not come back within twice its"
+                " deadline: the write may or may not have committed"
+            ) from None
+        spared = self._spared and not isinstance(exc, asyncio.CancelledError)
+        if spared or isinstance(exc, OutcomeUnknown):
+            return  # the write's own outcome, as the server told it (or that it is unknown)
         if self._expired and not isinstance(exc, ClientGone):
             self._uncancel()
             raise QueryTimeout(
@@ -149,6 +176,17 @@ class Guard:
                 self._watcher = asyncio.ensure_future(self._wait_for_abort(self._abort))
             return
         self._expired = True
+        spare = self._spare
+        if spare is not None and not self._spared and not self._aborted and spare():
+            self._spared = True
+            self._handle = self._loop.call_later(self.timeout_s, self._give_up)
+            return
+        self.end()
+
+    def _give_up(self) -> None:
+        """A spared write's outcome did not come within one more timeout."""
+        if self._spare is not None and self._spare():
+            self._overdue = True
         self.end()
 
     def _uncancel(self) -> None:

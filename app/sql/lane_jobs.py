@@ -6,6 +6,7 @@ a lock and must run again on its own) and `LaneStats`, the counters /pool/stats 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,14 +25,24 @@ class Job:
     max_rows: int
     row_format: RowFormat
     future: asyncio.Future[StatementResult]
+    # When its statement timeout runs out (time.monotonic()): a write not sent by then is
+    # not sent at all, and one sent gets what is left as a statement_timeout of its own.
+    timeout_at: float = math.inf
     queued: float = field(default_factory=time.monotonic)
     retried: bool = False
+    # Handed to the server (in a batch): a write's outcome is then the server's to tell.
+    sent: bool = False
     # Answered as PostgreSQL's own text under its default styles (POST /sql).
     text: bool = False
 
     @property
     def writes(self) -> bool:
         return self.tree.kind != "SelectStmt"
+
+    def in_flight(self) -> bool:
+        """True while a write was sent and its outcome has not come back: its request waits
+        for that outcome rather than answer at its deadline (app/sql/guard.py Guard.spare)."""
+        return self.sent and not self.future.done()
 
 
 class WaitedForLock(Exception):

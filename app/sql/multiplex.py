@@ -1,20 +1,33 @@
-"""Multiplexing: concurrent quick reads share pooled connections, pipelined.
+"""Multiplexing: concurrent quick plain statements share pooled connections, pipelined.
 
 Under load most of a request's cost on our side is the round trip itself: taking a pooled
 connection, one write, waking up for one read, giving the connection back. Here a plain
-read (autocommit, default timeout) that has run quickly before joins its node's lane; a
+statement (autocommit, default timeout) that has run quickly before joins its node's lane; a
 runner holding a pooled connection sends every statement waiting in the lane at once, in
 libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync ends the
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
-autocommit; only the round trips are shared. Npgsql's multiplexing works the same way.
+autocommit; only the round trips are shared. Npgsql's multiplexing works the same way. A
+quick batch answers its jobs at its end, a slow one each as its own Sync comes (_Answers).
 
-Only statements whose parse trees prove them pure reads take the lanes (app/sql/session.py
-pure_read: a query that writes nothing, locks no rows, and calls only vetted catalog
-functions, so it cannot change the session its neighbours run in). What stays out: writes
-and locking reads (a statement waiting on a row lock would hold up every statement behind
-it), statements never seen before or seen to be slow, anything with its own timeout, login
-or transaction, and everything behind PgBouncer (the lanes prepare statements by name).
-Those take a pooled connection of their own.
+Only statements whose parse trees prove them pure reads (app/sql/session.py pure_read: a
+query that writes nothing, locks no rows, and calls only vetted catalog functions, so it
+cannot change the session its neighbours run in) or plain writes (session.lane_write, unless
+MIRRORPOOL_MULTIPLEX_WRITES=false) take the lanes. What stays out: locking reads (a
+statement waiting on a row lock would hold up every statement behind it), statements never
+seen before or seen to be slow, anything with its own timeout, login or transaction, and
+everything behind PgBouncer (the lanes prepare statements by name). Those take a pooled
+connection of their own.
+
+A write is answered only with the truth. One whose statement timeout ran out while it waited
+in the lane is not sent (`_take`). One sent runs under what is left of its statement timeout,
+set local to its own implicit transaction and counted on the server from when the server
+began its batch (a batch with writes first notes the server's clock in the setting
+`mirrorpool.lane_batch`), so the statements ahead of it count; with nothing left it is not
+run. Its request waits for
+that outcome past its own deadline (app/sql/guard.py Guard.spare). A write whose connection
+broke after it was sent is answered OutcomeUnknown. It waits for a lock no longer than
+LANE_LOCK_WAIT; past that it is undone and runs again on a connection of its own
+(WaitedForLock), where waiting holds up no neighbour.
 
 Each key has lanes of its own (one per node): a statement of one key never waits in a batch
 behind another key's, so a key that makes a "quick" text slow (`pg_sleep($1)`, a range it
@@ -23,10 +36,10 @@ widens) delays only itself. A key's lanes run on at most its share of the pool
 connection and gives the connection back before the next, so requests that need a
 connection of their own wait their turn in the pool's queue.
 A request that gives up (deadline, client gone) before its statement is sent is dropped from
-the lane; once sent, its statement runs and the answer is thrown away. A statement over its
-max_rows or the response size is cancelled on the server (app/sql/pipeline Keep); a later
-one of the batch that the cancel hit instead comes back stale and is sent again, and the
-text leaves the key's lanes.
+the lane; once sent, a read runs and its answer is thrown away (a write: see above). A
+statement over its max_rows or the response size is cancelled on the server
+(app/sql/pipeline Keep); a later one of the batch that the cancel hit instead comes back
+stale and is sent again, and the text leaves the key's lanes.
 """
 
 from __future__ import annotations
@@ -42,7 +55,8 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.cluster.node import Node, shut
-from app.errors import MirrorpoolError, PoolExhausted
+from app.errors import MirrorpoolError, OutcomeUnknown, PoolExhausted, QueryTimeout
+from app.redaction import redactor
 from app.sql import pipeline, plain, session, text_output
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
@@ -51,9 +65,8 @@ from app.sql.lane_jobs import Job, LaneStats, WaitedForLock
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.quick import Known
-from app.sql.results import RowFormat, StatementResult
+from app.sql.results import StatementResult
 from app.sql.schema_code import SchemaWatch
-from app.sql.tree import Tree
 from app.supervisor import Supervisor
 
 # Known (which texts are quick) lives in app/sql/quick.py, Job, LaneStats and WaitedForLock in
@@ -69,8 +82,31 @@ MAX_BATCH = 16
 LANE_LOCK_WAIT = "20ms"
 # What a run that waited for a lock counts as: out of the lanes for a few quick runs.
 LOCK_WAITED_S = 1.0
-_LOCK_WAIT_SQL = "SELECT pg_catalog.set_config('lock_timeout', $1, true)"
 _LOCK_NOT_AVAILABLE = "55P03"
+# A write whose statement timeout has less than this left is not sent: it would be
+# cancelled on the server at once, or finish past its time.
+MIN_BUDGET_S = 0.002
+# Before a batch's writes, the server notes when it began the batch (a setting of the
+# lanes' own on their connections) ...
+_BATCH_STARTED_SQL = (
+    "SELECT pg_catalog.set_config('mirrorpool.lane_batch',"
+    " EXTRACT(epoch FROM pg_catalog.clock_timestamp())::text, false)"
+)
+# (cleared after the batch: another key's request on the connection reads nothing of when a
+# batch ran) ...
+_BATCH_ENDED_SQL = "SELECT pg_catalog.set_config('mirrorpool.lane_batch', '', false)"
+# ... and each write's unit gets, local to its own transaction, the lock wait and what is
+# left of its statement timeout once the statements ahead of it ran ($2: what was left when
+# the batch was sent, in ms). Nothing left: the setting fails (22023) and the write is not
+# run (the rest of its unit is skipped), so the server never runs a write past its time.
+_WRITE_LIMITS_SQL = (
+    "SELECT pg_catalog.set_config('lock_timeout', $1, true),"
+    " pg_catalog.set_config('statement_timeout', CASE WHEN ms >= 1"
+    " THEN ms::int8::text ELSE 'its time ran out' END, true)"
+    " FROM (SELECT $2::float8 - (EXTRACT(epoch FROM pg_catalog.clock_timestamp())"
+    " - pg_catalog.current_setting('mirrorpool.lane_batch')::float8) * 1000 AS ms) AS left_ms"
+)
+_OUT_OF_TIME = "22023"
 
 
 class Lane:
@@ -152,10 +188,17 @@ class Lane:
 
     def _take(self) -> list[Job]:
         jobs: list[Job] = []
+        now = time.monotonic()
         while self._pending and len(jobs) < MAX_BATCH:
             job = self._pending.popleft()
-            if not job.future.done():  # its request gave up while it waited
-                jobs.append(job)
+            if job.future.done():  # its request gave up while it waited
+                continue
+            if job.writes:
+                if job.timeout_at - now < MIN_BUDGET_S:  # its time ran out in the queue
+                    _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
+                    continue
+                job.sent = True  # from here on, its outcome is the server's to tell
+            jobs.append(job)
         return jobs
 
     async def _batch(self, held: Checkout) -> None:
@@ -167,13 +210,14 @@ class Lane:
             await self._run_batch(held, jobs)
         except (psycopg.Error, OSError) as exc:
             # The connection broke (or was shut by the batch's guard): what was sent may or may
-            # not have run. The pool drops the closed connection.
+            # not have run. A read fails with the error (and may be retried elsewhere); a
+            # write's outcome is unknown. The pool drops the closed connection.
             for job in jobs:
-                _settle(job.future, error=_copy(exc))
+                _settle(job.future, error=_unknown(exc) if job.writes else _copy(exc))
             await conn.close()
         except BaseException as exc:
             for job in jobs:
-                _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
+                _settle(job.future, error=_failed(job, exc))
             await conn.close()
             raise
 
@@ -187,32 +231,29 @@ class Lane:
         guard.start()
         self._busy.add(conn)
         started = time.monotonic()
+        units = [self._unit(job, started) for job in jobs]
+        writes = any(job.writes for job in jobs)
+        if writes:
+            units.insert(0, [Command(_BATCH_STARTED_SQL)])
+            units.append([Command(_BATCH_ENDED_SQL)])
+        answers = _Answers(self, held, jobs, 1 if writes else 0, started)
         try:
-            units = await pipeline.run_units(conn, [self._unit(j) for j in jobs], guard.progress)
+            replies = await pipeline.run_units(conn, units, guard.progress, answers.settled)
         finally:
             guard.stop()
             self._busy.discard(conn)
+            answers.close()  # (their outcomes are known, whatever became of the units after)
+        answers.unsent(replies)
         self.stats.statements += len(jobs)
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
-        for job, unit in zip(jobs, units, strict=True):
-            # Each statement's own time: from the previous one's answer to its own.
-            seconds = unit.finished - started if unit.finished else 0.0
-            started = unit.finished or started
-            # Only pure reads join a lane; should one have changed the session all the same
-            # (a reported parameter moved), the checkout resets it before reuse.
-            self.known.mark(held, job.tree)
-            if any(reply.oversized for reply in unit.replies):
-                held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
-            try:
-                await self._settle_job(conn, job, unit, seconds)
-            except Exception as exc:  # this job's answer could not be made: its error only
-                _settle(job.future, error=psycopg.InterfaceError(f"multiplexing failed: {exc!r}"))
+        await answers.looked_up(conn)
 
-    def _unit(self, job: Job) -> list[Command]:
+    def _unit(self, job: Job, now: float) -> list[Command]:
         """A job's commands, closed by a Sync of their own. A write waits for locks no
-        longer than LANE_LOCK_WAIT (a setting local to its own implicit transaction), and is
-        never stopped over its limits (that would undo it): its extra rows are dropped."""
+        longer than LANE_LOCK_WAIT and runs no longer than what is left of its statement
+        timeout (settings local to its own implicit transaction), and is never stopped over
+        its limits (that would undo it): its extra rows are dropped."""
         keep = Keep(
             job.max_rows + 1,
             Allowance(self.options.max_response_bytes),
@@ -223,42 +264,136 @@ class Lane:
             return plain.commands_for(job.sql, job.params, keep, True)
         statement = Command(job.sql, job.params, keep=keep)
         if job.writes:
-            return [Command(_LOCK_WAIT_SQL, [LANE_LOCK_WAIT]), statement]
+            left_ms = (job.timeout_at - now) * 1000
+            return [Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]), statement]
         return [statement]
 
-    async def _settle_job(
-        self, conn: AsyncConnection[Any], job: Job, unit: pipeline.UnitReply, seconds: float
-    ) -> None:
-        """Answer one job."""
+    def settle_job(
+        self, held: Checkout, job: Job, unit: pipeline.UnitReply, seconds: float
+    ) -> bool:
+        """Answer one job as its Sync came; False when its answer needs a type looked up
+        (on the connection, once the batch is over)."""
+        # Only pure reads and plain writes join a lane; should one have changed the session
+        # all the same (a reported parameter moved), the checkout resets it before reuse.
+        self.known.mark(held, job.tree)
+        if any(reply.oversized for reply in unit.replies):
+            held.mark(session.Effect.CLOSE)  # libpq's buffer grew for it: not kept
         reply = unit.replies[-1]
-        error = next((r.error for r in unit.replies if r.error is not None), None)
         if unit.stale and not job.retried:
             # Our prepared statement was gone or planned for an older schema: it did not
             # run, so it can safely go again.
             job.retried = True
+            job.sent = False
             try:
                 self.submit(job)
             except MirrorpoolError as exc:
                 _settle(job.future, error=exc)
-            return
+            return True
         # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
         # cancel, which may have hit one of them (sent again, as stale).
         self.known.observe(self.key, job.tree, job.sql, math.inf if reply.stopped else seconds)
-        if error is not None:
-            if job.writes and error.sqlstate == _LOCK_NOT_AVAILABLE:
+        # A write's limits, or a text answer's styles, come first in its unit: when they
+        # failed, the statement did not run (the rest of its unit was skipped).
+        first = unit.replies[0].error if job.writes or job.text else None
+        if first is not None:
+            if job.writes and first.sqlstate == _OUT_OF_TIME:  # its time ran out behind others
+                _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
+            else:
+                _settle(job.future, error=first)
+            return True
+        if reply.error is not None:
+            if job.writes and reply.error.sqlstate == _LOCK_NOT_AVAILABLE:
                 # Out of the lane until quick runs of its own bring it back.
                 self.known.observe(self.key, job.tree, job.sql, LOCK_WAITED_S)
-                _settle(job.future, error=WaitedForLock(str(error)))
-                return
-            _settle(job.future, error=error)
-            return
-        if job.text:
-            _settle(job.future, result=text_output.from_reply(reply, job.max_rows))
-            return
-        answer = await pipeline.answer(
-            conn, self.node.name, self.types, reply, job.max_rows, job.row_format
+                _settle(job.future, error=WaitedForLock(str(reply.error)))
+                return True
+            _settle(job.future, error=reply.error)
+            return True
+        answer = (
+            text_output.from_reply(reply, job.max_rows)
+            if job.text
+            else pipeline.answer_known(
+                held.conn, self.node.name, self.types, reply, job.max_rows, job.row_format
+            )
         )
+        if answer is None:
+            return False
         _settle(job.future, result=answer)
+        return True
+
+
+class _Answers:
+    """A batch's jobs, answered from their units' replies as they come back: together at the
+    batch's end while the batch is quick (answers that trickle out bring requests that
+    trickle in, in smaller batches), and each as its own Sync comes once the batch has run
+    longer than a quick statement takes, so a slow statement holds up none before it."""
+
+    def __init__(
+        self, lane: Lane, held: Checkout, jobs: list[Job], first: int, started: float
+    ) -> None:
+        self._lane = lane
+        self._held = held
+        self._jobs = jobs
+        self._first = first  # the index of the first job's unit (the batch's clock first)
+        self._last = started
+        self._eager = started + lane.options.quick_s
+        self._seen: set[int] = set()
+        self._ready: list[tuple[int, pipeline.UnitReply, float]] = []
+        # Jobs whose answer needs a type looked up on the connection, after the batch.
+        self._later: list[tuple[Job, pipeline.UnitReply]] = []
+        # (the loop's clock is time.monotonic(); uvloop's too, to the millisecond)
+        self._timer = asyncio.get_running_loop().call_later(lane.options.quick_s, self._flush)
+
+    def settled(self, index: int, unit: pipeline.UnitReply) -> None:
+        """A unit's Sync came back (pipeline.run_units)."""
+        # Each statement's own time: from the previous unit's answer to its own.
+        seconds = unit.finished - self._last if unit.finished else 0.0
+        self._last = unit.finished or self._last
+        self._seen.add(index)
+        self._ready.append((index, unit, seconds))
+        if unit.finished > self._eager:  # (before it, the timer answers what is ready)
+            self._flush()
+
+    def close(self) -> None:
+        """The batch is over (or broke): answer every unit that came back."""
+        self._timer.cancel()
+        self._flush()
+
+    def unsent(self, replies: list[pipeline.UnitReply]) -> None:
+        """Answer the units that were not sent (a parameter could not be: their error)."""
+        for index, unit in enumerate(replies):
+            if index not in self._seen:
+                self._answer(index, unit, 0.0)
+
+    async def looked_up(self, conn: AsyncConnection[Any]) -> None:
+        """Answer the jobs whose column types had to be looked up."""
+        lane = self._lane
+        for job, unit in self._later:
+            try:
+                answer = await pipeline.answer(
+                    conn, lane.node.name, lane.types, unit.replies[-1], job.max_rows,
+                    job.row_format,
+                )  # fmt: skip
+            except Exception as exc:
+                _settle(job.future, error=_failed(job, exc))
+            else:
+                _settle(job.future, result=answer)
+
+    def _flush(self) -> None:
+        for ready in self._ready:
+            self._answer(*ready)
+        self._ready.clear()
+
+    def _answer(self, index: int, unit: pipeline.UnitReply, seconds: float) -> None:
+        position = index - self._first
+        if not 0 <= position < len(self._jobs):
+            return  # the batch's own clock
+        job = self._jobs[position]
+        try:
+            if not self._lane.settle_job(self._held, job, unit, seconds):
+                self._later.append((job, unit))
+        except Exception as exc:  # this job's answer could not be made: its error only
+            _settle(job.future, error=_failed(job, exc))
 
 
 class Multiplexer:
@@ -294,23 +429,11 @@ class Multiplexer:
             )
         return lane
 
-    async def run(
-        self,
-        node: Node,
-        key: str,
-        sql: str,
-        tree: Tree,
-        params: list[Any],
-        max_rows: int,
-        row_format: RowFormat,
-        text: bool = False,
-    ) -> StatementResult:
-        """Run one statement through the node's lane for `key`; raises what psycopg raised.
-        `text`: a pure read answered as PostgreSQL's own text (POST /sql)."""
-        future: asyncio.Future[StatementResult] = asyncio.get_running_loop().create_future()
-        job = Job(sql, tree, params, max_rows, row_format, future, text=text)
+    async def run(self, node: Node, key: str, job: Job) -> StatementResult:
+        """Run one statement through the node's lane for `key`; raises what psycopg raised
+        (a write whose connection was lost after it was sent: OutcomeUnknown)."""
         self.lane(node, key).submit(job)
-        return await future
+        return await job.future
 
     def sever(self, node: Node, error: BaseException) -> None:
         """Fail the node's multiplexed statements now."""
@@ -327,6 +450,29 @@ class Multiplexer:
                 total.batches += lane.stats.batches
                 total.largest_batch = max(total.largest_batch, lane.stats.largest_batch)
         return total
+
+
+def _failed(job: Job, exc: BaseException) -> BaseException:
+    """A job whose answer could not be made: a write's outcome is then unknown."""
+    failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
+    return _unknown(failed) if job.writes else failed
+
+
+def _not_run(timeout_ms: int) -> QueryTimeout:
+    """A write whose statement timeout ran out before it could start: it did not run."""
+    return QueryTimeout(
+        f"the statement did not finish within {timeout_ms} ms (it waited behind others"
+        " and was not run)",
+        sqlstate="57014",
+    )
+
+
+def _unknown(exc: BaseException) -> OutcomeUnknown:
+    """A write was sent and its connection failed before its outcome came back."""
+    return OutcomeUnknown(
+        "the connection was lost after the write was sent: the write may or may not have"
+        f" committed ({redactor.scrub(str(exc).strip()) or type(exc).__name__})"
+    )
 
 
 def _copy(exc: BaseException) -> BaseException:

@@ -24,7 +24,7 @@ class LaneOptions:
     # A statement joins the lanes once it has run in under this long.
     quick_s: float = 0.005
     # Plain writes may share the lanes too (MIRRORPOOL_MULTIPLEX_WRITES).
-    writes: bool = False
+    writes: bool = True
 
     @classmethod
     def of(cls, settings: Settings) -> LaneOptions:

@@ -22,7 +22,7 @@ class Known:
     """How long reads took last, by key and SQL text: which ones are quick enough to share
     (one key's slow runs of a text take it out of that key's lanes only)."""
 
-    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S, writes: bool = False) -> None:
+    def __init__(self, schema: SchemaWatch, quick_s: float = QUICK_S, writes: bool = True) -> None:
         self._seconds: dict[str, dict[str, float]] = {}
         self._schema = schema
         self._quick_s = quick_s

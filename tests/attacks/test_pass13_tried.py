@@ -34,7 +34,7 @@ def overrides(pair: LocalPair, world: dict[str, str]) -> dict[str, Any]:
         "INSERT INTO public.counter13 VALUES (1, 0) ON CONFLICT DO NOTHING",
         "CREATE TABLE IF NOT EXISTS public.notes13 (v text)",
     )
-    # (writes in the lanes, which are off by default: what is tried here is how they hold)
+    # (writes in the lanes, the default, named here: what is tried here is how they hold)
     return {"pool_max_size": 3, "multiplex_quick_ms": 15, "multiplex_writes": True}
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="one more 1-worker mirrorpool target with these MIRRORPOOL_* settings "
+        "(e.g. MIRRORPOOL_MULTIPLEX_WRITES=false), measured in the same run",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the loop and the 1-worker targets: no 2 workers, baseline, PgBouncer, "
+        "streaming or memory cases; the results go to quick.md, not latest.*",
+    )
     args = parser.parse_args()
+    also = [dict(pair.split("=", 1) for pair in spec.split(",")) for spec in args.also]
     if shutil.which("wrk") is None:
         print("bench: wrk is missing (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -280,7 +296,12 @@ def main() -> int:
             for sql in SETUP_SQL:
                 conn.execute(sql)
         via = None if bouncer is None else Bouncer(bouncer.dsn(user=SERVICE), owner)
-        cells = measure(dsn, workloads, levels, args.seconds, via)
+        if args.quick:
+            via = None
+        cells = measure(dsn, workloads, levels, args.seconds, via, also, args.quick)
+        if args.quick:
+            quick_report(cells, args.seconds)
+            return 0
         servers_env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
         server = start_mirrorpool(dsn, 1, servers_env)
         try:
@@ -307,15 +328,22 @@ class Bouncer:
 
 
 def start_mirrorpool(
-    dsn: str, workers: int, env: dict[str, str], via: Bouncer | None = None
+    dsn: str,
+    workers: int,
+    env: dict[str, str],
+    via: Bouncer | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Server:
+    """A mirrorpool target; `settings` (MIRRORPOOL_* of its own, --also) are named in it."""
     port = free_ports(1)[0]
     behind = {} if via is None else {
         "MIRRORPOOL_PGBOUNCER": "true", "MIRRORPOOL_MIGRATIONS_DSN": via.direct,
     }  # fmt: skip
+    own = settings or {}
     return Server(
         f"mirrorpool, {workers} worker{'s' if workers > 1 else ''}"
-        + (" via PgBouncer" if via is not None else ""),
+        + (" via PgBouncer" if via is not None else "")
+        + "".join(f", {k.removeprefix('MIRRORPOOL_')}={v}" for k, v in own.items()),
         [sys.executable, "-m", "app", "serve"],
         env | behind | {
             "MIRRORPOOL_PRIMARY_DSN": dsn, "MIRRORPOOL_PORT": str(port),
@@ -324,7 +352,7 @@ def start_mirrorpool(
             "MIRRORPOOL_POOL_MIN_SIZE": str(POOL_SIZE // workers),
             "MIRRORPOOL_POOL_MAX_SIZE": str(POOL_SIZE // workers),
             "MIRRORPOOL_POOL_MAX_WAITING": "0",
-        },
+        } | own,
         port,
     )  # fmt: skip
 
@@ -341,7 +369,13 @@ def start_baseline(dsn: str, env: dict[str, str]) -> Server:
 
 
 def measure(
-    dsn: str, workloads: list[Workload], levels: list[int], seconds: float, via: Bouncer | None
+    dsn: str,
+    workloads: list[Workload],
+    levels: list[int],
+    seconds: float,
+    via: Bouncer | None,
+    also: list[dict[str, str]] = [],  # noqa: B006 (never changed)
+    quick: bool = False,
 ) -> list[Cell]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
     cells: list[Cell] = []
@@ -352,12 +386,12 @@ def measure(
             if via is not None and not workload.neon:
                 cells.append(run_raw(via.dsn, workload, c, seconds, via_pgbouncer=True))
                 print(f"bench: {cells[-1]}", flush=True)
-    starters: list[Callable[[], Server]] = [
-        lambda: start_mirrorpool(dsn, 1, env),
-        lambda: start_mirrorpool(dsn, 2, env),
-        lambda: start_baseline(dsn, env),
-    ]
-    if via is not None:
+    starters: list[Callable[[], Server]] = [lambda: start_mirrorpool(dsn, 1, env)]
+    # One more 1-worker target per --also, in the same run: the same loop figures to compare.
+    starters += [partial(start_mirrorpool, dsn, 1, env, settings=own) for own in also]
+    if not quick:
+        starters += [lambda: start_mirrorpool(dsn, 2, env), lambda: start_baseline(dsn, env)]
+    if via is not None and not quick:
         starters.append(lambda: start_mirrorpool(via.dsn, 1, env, via))
     for start in starters:
         server = start()
@@ -424,6 +458,27 @@ def report(
         json.dumps({"cells": [c.__dict__ for c in cells], "streaming": streaming}, indent=1)
     )
     chart(cells)
+    print("\n".join(lines))
+
+
+def quick_report(cells: list[Cell], seconds: float) -> None:
+    """--quick: req/s and the ratio to the loop of the same run, to tests/bench/results/quick.md
+    (not tracked: latest.* stay the full run's)."""
+    raw = {(c.workload, c.concurrency): c.rps for c in cells if c.target == RAW}
+    lines = [
+        f"# mirrorpool quick benchmark ({seconds:g} s per cell, pool size {POOL_SIZE})",
+        "",
+        "| workload | concurrency | target | req/s | x raw loop | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        ratio = c.rps / raw[(c.workload, c.concurrency)]
+        lines.append(
+            f"| {c.workload} | {c.concurrency} | {c.target} | {c.rps:,.0f} | {ratio:.2f} "
+            f"| {c.p50_ms} | {c.p99_ms} | {c.errors} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "quick.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

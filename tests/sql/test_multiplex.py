@@ -10,14 +10,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from app.devdb import OWNER, LocalPair
+from app.devdb import OWNER, SERVICE, LocalPair
 from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
+from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually
 
 
@@ -357,3 +359,218 @@ async def test_sql_reads_share_the_lanes_each_under_its_own_styles(
     after = await lane(client)
     assert after["statements"] - before["statements"] >= 30
     assert after["largest_batch"] > 1
+
+
+# --- writes: what each one's request is told is true ----------------------------------
+
+SLEEPING_INSERT = "INSERT INTO {} (tag) SELECT $1::text FROM pg_sleep($2::float8) RETURNING tag"
+
+
+def active(pair: LocalPair, like: str) -> list[int]:
+    """Backends of the service running a statement like `like` (their pids)."""
+    with pair.primary.connect() as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND state = 'active'"
+            " AND query LIKE %s AND pid <> pg_backend_pid()",
+            [SERVICE, like],
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def tagged(pair: LocalPair, table: str, tag: str) -> int:
+    with pair.primary.connect() as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table} WHERE tag = %s", [tag]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def terminate(pair: LocalPair, pids: list[int]) -> None:
+    with pair.primary.connect() as conn:
+        for pid in pids:
+            conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+async def test_a_write_not_sent_by_its_deadline_is_dropped_and_never_runs(
+    pair: LocalPair,
+) -> None:
+    table = fresh_table(pair, "tag text")
+    insert = SLEEPING_INSERT.format(table)
+    settings = settings_for(
+        pair, pool_max_size=1, pool_timeout=10, statement_timeout_ms=500, multiplex_quick_ms=15
+    )
+    async with serving_ready(settings) as (_, client):
+        await warm(client, insert, ["warm", 0])
+        before = await lane(client)
+        # A transaction with a longer timeout of its own holds the pool's only connection:
+        # the lane's runner waits for it, and the write waits in the lane.
+        holder = asyncio.ensure_future(
+            client.post(
+                "/v1/transaction",
+                json={
+                    "statements": [{"sql": "SELECT pg_sleep(2.5) AS holds_the_pool"}],
+                    "timeout_ms": 4000,
+                },
+            )
+        )
+        await eventually(lambda: bool(active(pair, "%holds_the_pool%")), "the holder to run")
+        started = time.monotonic()
+        answer = await q(client, insert, ["late", 0])
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 504, answer.text
+        assert answer.json()["sqlstate"] == "57014"
+        assert elapsed < 0.5 + 1.0 + 0.5, elapsed  # its deadline: 500 ms + 1 s of grace
+        assert (await holder).status_code == 200
+        # The lane ran on once the connection was free: the dropped write was not sent.
+        assert (await q(client, insert, ["after", 0])).status_code == 200
+        assert tagged(pair, table, "after") == 1
+        assert tagged(pair, table, "late") == 0
+        assert (await lane(client))["statements"] - before["statements"] == 1
+
+
+async def test_a_write_whose_lane_connection_is_lost_after_it_was_sent_is_outcome_unknown(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    table = fresh_table(pair, "tag text")
+    insert = SLEEPING_INSERT.format(table)
+    read = "SELECT $1::int AS n"
+    await warm(client, insert, ["warm", 0])
+    await warm(client, read, [1])
+    before = await lane(client)
+    writing = asyncio.ensure_future(q(client, insert, ["lost", 30]))
+    pids = await asyncio.wait_for(_running(pair, f"%{table}%"), 10)
+    # Reads queued behind it in the same lane are answered too, from another batch or as
+    # failed: nothing waits on the lost connection.
+    reads = asyncio.ensure_future(asyncio.gather(*(q(client, read, [i]) for i in range(8))))
+    terminate(pair, pids)
+    started = time.monotonic()
+    answer = await asyncio.wait_for(writing, 10)
+    assert time.monotonic() - started < 3
+    assert answer.status_code == 503, answer.text
+    body = answer.json()
+    assert body["type"] == "urn:mirrorpool:problem:outcome-unknown"
+    assert body["retryable"] is False
+    assert "may or may not have committed" in body["detail"]
+    assert "retry-after" not in answer.headers
+    read_answers = await asyncio.wait_for(reads, 10)
+    assert all(a.status_code in (200, 503) for a in read_answers), [a.text for a in read_answers]
+    assert [a.json()["rows"] for a in read_answers if a.status_code == 200] == [
+        [[i]] for i, a in enumerate(read_answers) if a.status_code == 200
+    ]
+    assert (await lane(client))["statements"] > before["statements"]
+    # (it was terminated before its commit: the server undid it, as the answer allowed)
+    assert tagged(pair, table, "lost") == 0
+    # The lane serves the key's next writes on a new connection.
+    assert (await q(client, insert, ["next", 0])).status_code == 200
+    assert tagged(pair, table, "next") == 1
+
+
+async def test_a_plain_write_whose_connection_is_lost_is_outcome_unknown_too(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    # Never quick (its first run sleeps): it keeps a pooled connection of its own.
+    table = fresh_table(pair, "tag text")
+    insert = SLEEPING_INSERT.format(table)
+    before = await lane(client)
+    writing = asyncio.ensure_future(q(client, insert, ["lost", 30]))
+    pids = await asyncio.wait_for(_running(pair, f"%{table}%"), 10)
+    terminate(pair, pids)
+    answer = await asyncio.wait_for(writing, 10)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["type"] == "urn:mirrorpool:problem:outcome-unknown"
+    assert answer.json()["retryable"] is False
+    assert (await lane(client))["statements"] == before["statements"]
+    # A read whose connection is lost is no write: it is answered as before (here, retried
+    # or told the node failed, retryable).
+    reading = asyncio.ensure_future(q(client, "SELECT pg_sleep(1.5), 'read' AS lost_read"))
+    pids = await asyncio.wait_for(_running(pair, "%lost_read%"), 10)
+    terminate(pair, pids)
+    read_answer = await asyncio.wait_for(reading, 10)
+    if read_answer.status_code != 200:
+        assert read_answer.json()["type"] == "urn:mirrorpool:problem:node-failed", read_answer.text
+
+
+async def _running(pair: LocalPair, like: str) -> list[int]:
+    pids: list[int] = []
+
+    def found() -> bool:
+        pids[:] = active(pair, like)
+        return bool(pids)
+
+    await eventually(found, f"a statement like {like} to run")
+    return pids
+
+
+async def test_lane_writes_leave_no_timeout_of_their_own_behind(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    table = fresh_table(pair, "tag text")
+    insert = SLEEPING_INSERT.format(table)
+    await warm(client, insert, ["warm", 0])
+    answers = await asyncio.gather(*(q(client, insert, [f"t{i}", 0]) for i in range(40)))
+    assert [a.status_code for a in answers] == [200] * 40
+    shown = await asyncio.gather(
+        *(q(client, "SELECT current_setting('statement_timeout') AS s,"
+                    " current_setting('lock_timeout') AS l,"
+                    " coalesce(current_setting('mirrorpool.lane_batch', true), '') AS b")
+          for _ in range(8))
+    )  # fmt: skip
+    # (nor when the lanes' last batch of writes ran there)
+    assert {tuple(a.json()["rows"][0]) for a in shown} == {("30s", "5s", "")}
+
+
+async def test_behind_pgbouncer_writes_take_no_lane(pair: LocalPair, work_dir: Path) -> None:
+    table = fresh_table(pair, "k int UNIQUE")
+    insert = f"INSERT INTO {table} (k) VALUES ($1) RETURNING k"
+    with LocalPgBouncer(pair, work_dir / f"mux-bouncer-{uuid.uuid4().hex[:6]}") as bouncer:
+        settings = settings_for(
+            pair,
+            primary_dsn=bouncer.dsn("postgres", user=SERVICE),
+            mirror_dsn=None,
+            pgbouncer=True,
+            migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
+            health_threshold=3,
+            multiplex_quick_ms=15,
+        )
+        assert settings.multiplex_writes  # (the default)
+        async with serving_ready(settings) as (_, behind):
+            for i in range(5):  # as often as a lane would need to take it
+                assert (await q(behind, insert, [-i - 1])).status_code == 200
+            answers = await asyncio.gather(*(q(behind, insert, [i % 20]) for i in range(40)))
+            stats = (await behind.get("/pool/stats")).json()
+    assert sorted(a.json()["rows"][0][0] for a in answers if a.status_code == 200) == list(
+        range(20)
+    )
+    assert {a.json()["sqlstate"] for a in answers if a.status_code != 200} == {"23505"}
+    primary = next(n for n in stats["nodes"] if n["name"] == "primary")
+    assert primary["multiplexing"] is None
+
+
+async def test_a_frozen_server_cannot_hold_lane_writes_nor_make_them_lie(
+    make_pair: PairFactory,
+) -> None:
+    own = make_pair(mirrors=0)
+    as_owner(own, "CREATE TABLE frozen_notes (tag text)")
+    insert = "INSERT INTO frozen_notes (tag) VALUES ($1) RETURNING tag"
+    settings = settings_for(own, pool_max_size=2, statement_timeout_ms=500, multiplex_quick_ms=15)
+    async with serving_ready(settings) as (_, client):
+        await warm(client, insert, ["warm"])
+        own.primary.freeze()
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(q(client, insert, [f"f{i}"]) for i in range(20)))
+            elapsed = time.monotonic() - started
+        finally:
+            own.primary.thaw()
+        # Sent ones: the batch's connection is shut after 0.5 s + 1 s without an answer, or
+        # when the node is found down; those still waiting in the lane fail then too.
+        assert elapsed < 3.0, elapsed
+        kinds = [a.json()["type"].rsplit(":", 1)[-1] for a in answers]
+        assert set(kinds) <= {"outcome-unknown", "timeout", "node-failed"}, kinds
+        assert "outcome-unknown" in kinds  # (the first were sent before the freeze was seen)
+        with own.primary.connect() as conn:
+            rows = conn.execute("SELECT tag FROM frozen_notes").fetchall()
+        committed = {r[0] for r in rows}
+        for i, (kind, answer) in enumerate(zip(kinds, answers, strict=True)):
+            if kind != "outcome-unknown":  # told it timed out or failed: it never ran
+                assert f"f{i}" not in committed, answer.text
+            else:
+                assert answer.json()["retryable"] is False

@@ -4,6 +4,7 @@ batch, each is settled on its own, and runners are the supervisor's tasks."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
@@ -13,7 +14,7 @@ from app.cluster.cluster import Cluster
 from app.errors import PoolExhausted
 from app.sql import schema_code
 from app.sql.columns import TypeNames
-from app.sql.multiplex import Multiplexer
+from app.sql.multiplex import Job, Multiplexer
 from app.sql.options import LaneOptions
 from app.sql.schema_code import SchemaWatch
 from app.sql.tree import parse
@@ -44,7 +45,8 @@ def lanes(cluster: Cluster, supervisor: Supervisor, **overrides: Any) -> Multipl
 
 async def run(mux: Multiplexer, cluster: Cluster, sql: str, params: list[Any]) -> Any:
     node = cluster.pick("write")
-    return await mux.run(node, "key", sql, parse(sql), params, 100, "array")
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    return await mux.run(node, "key", Job(sql, parse(sql), params, 100, "array", future))
 
 
 async def test_statements_waiting_together_share_a_batch_each_settled_alone(
@@ -92,3 +94,28 @@ async def test_runners_are_the_supervisors_and_stop_with_it(cluster: Cluster) ->
         await supervisor.close(timeout_s=5)
         assert supervisor.running == 0
     waiting.cancel()
+
+
+async def test_each_statement_is_answered_as_its_own_sync_comes_back(cluster: Cluster) -> None:
+    supervisor = Supervisor()
+    mux = lanes(cluster, supervisor)
+    checkouts = checkouts_of(cluster)
+    node = cluster.pick("write")
+    answered: dict[str, float] = {}
+
+    async def timed(name: str, sql: str, params: list[Any]) -> None:
+        await run(mux, cluster, sql, params)
+        answered[name] = time.monotonic()
+
+    # Both wait in one batch, the quick one first: its answer does not wait for the slow one.
+    async with checkouts.session(node), checkouts.session(node):
+        quick = asyncio.ensure_future(timed("quick", SQL, [1]))
+        await eventually(lambda: len(mux.lane(node, "key")._pending) == 1, "the first to wait")
+        slow = asyncio.ensure_future(timed("slow", "SELECT pg_sleep($1::float8)", [1.0]))
+        await eventually(lambda: len(mux.lane(node, "key")._pending) == 2, "both to wait")
+        released = time.monotonic()
+    await asyncio.gather(quick, slow)
+    assert mux.stats(node.name).batches == 1
+    assert answered["slow"] - released >= 1.0
+    assert answered["quick"] - released < 0.5, answered["quick"] - released
+    await supervisor.close()

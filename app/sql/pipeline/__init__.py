@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection
 
-from app.sql.pipeline.answering import answer, error_of, reply
+from app.sql.pipeline.answering import answer, answer_known, error_of, reply
 from app.sql.pipeline.commands import Allowance, Command, Keep, Key, Reply, UnitReply
 from app.sql.pipeline.reading import OK, SYNC, Reading, Slot, collect, read
 from app.sql.pipeline.sending import ConnState, dump, forget_prepared, send, state_of
@@ -51,6 +51,7 @@ __all__ = [
     "Reply",
     "UnitReply",
     "answer",
+    "answer_known",
     "describe",
     "forget_prepared",
     "run_units",
@@ -67,10 +68,13 @@ async def run_units(
     conn: AsyncConnection[Any],
     units: Sequence[Sequence[Command]],
     progress: Callable[[], None] | None = None,
+    settled: Callable[[int, UnitReply], None] | None = None,
 ) -> list[UnitReply]:
     """Send every unit at once, each closed by a Sync, and return each command's reply.
 
-    `progress` is called as each unit's Sync comes back. A command whose parameters cannot
+    `progress` is called as each unit's Sync comes back, and then `settled` with the unit's
+    index and its replies, while the units after it are still running (neither may raise,
+    nor use the connection). A command whose parameters cannot
     be sent gets a Reply with that error, its unit is not sent at all, and the unit's other
     commands get empty Replies. A broken connection raises (psycopg.Error or OSError), and
     so does cancellation; the connection is then closed, its state being unknown.
@@ -81,6 +85,8 @@ async def run_units(
     sent: list[tuple[int, list[Slot]]] = []
     naming: dict[Key, bytes] = {}  # names prepared by this run, shared by its later units
     reading: Reading | None = None
+    encoding = conn.info.encoding
+    stale: list[bytes] = []
     pgconn.enter_pipeline_mode()
     try:
         for index, unit in enumerate(units):
@@ -99,22 +105,35 @@ async def run_units(
             queue_sync(pgconn)  # sent with the batch, in one write, as the reading starts
             sent.append((index, slots))
         if sent:
-            reading = Reading([slots for _, slots in sent], progress)
-            while reading.unit < len(sent):
-                await conn.wait(read(pgconn, reading, state.tx))
-                if reading.stop is not None:
-                    await _stop(conn, reading)
-            for (index, _), finished in zip(sent, reading.times, strict=True):
-                out[index].finished = finished
+            reading = run = Reading([slots for _, slots in sent], None)
+
+            def synced() -> None:
+                # A unit's replies as its Sync comes: a cancel sent later, for a unit after
+                # it, cannot have reached it.
+                index, slots = sent[run.unit]
+                unit = out[index]
+                unit.finished = run.times[-1]
+                cancelled_from = run.cancelled_from
+                unit.replies = [reply(state, s, encoding, stale, cancelled_from) for s in slots]
+                if progress is not None:
+                    progress()
+                if settled is not None:
+                    settled(index, unit)
+
+            reading.progress = synced
+            try:
+                while reading.unit < len(sent):
+                    await conn.wait(read(pgconn, reading, state.tx))
+                    if reading.stop is not None:
+                        await _stop(conn, reading)
+            finally:
+                # (a cycle, reading -> synced -> reading, would keep every result read,
+                # however large, until the cyclic collector ran)
+                reading.progress = None
         pgconn.exit_pipeline_mode()
     except BaseException:
         await conn.close()
         raise
-    encoding = conn.info.encoding
-    stale: list[bytes] = []
-    cancelled_from = reading.cancelled_from if reading is not None else None
-    for index, slots in sent:
-        out[index].replies = [reply(state, slot, encoding, stale, cancelled_from) for slot in slots]
     for name in stale:
         if not conn.closed:  # still planned for the old schema: drop it on the server
             await conn.execute(f"DEALLOCATE {name.decode()}", prepare=False)

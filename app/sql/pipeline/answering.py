@@ -39,6 +39,24 @@ async def answer(
     )
 
 
+def answer_known(
+    conn: AsyncConnection[Any],
+    node: str,
+    types: TypeNames,
+    reply: Reply,
+    max_rows: int,
+    row_format: RowFormat,
+) -> StatementResult | None:
+    """answer() without a wait, for a result whose column types are known already (None
+    when they are not: answer() looks them up)."""
+    columns = types.known_result(conn, node, reply.result)
+    if columns is None:
+        return None
+    return statement_result(
+        columns, reply.rows, reply.command, reply.rowcount, max_rows, row_format, reply.cut
+    )
+
+
 def reply(
     state: ConnState, slot: Slot, encoding: str, stale: list[bytes], cancelled_from: int | None
 ) -> Reply:
