@@ -7,7 +7,7 @@ runner holding a pooled connection sends every statement waiting in the lane at 
 libpq's pipeline mode (app/sql/pipeline), each followed by its own Sync. A Sync ends the
 implicit transaction, so each statement succeeds or fails on its own, exactly as it would in
 autocommit; only the round trips are shared. Npgsql's multiplexing works the same way. A
-quick batch answers its jobs at its end, a slow one each as its own Sync comes (_Answers).
+quick batch answers its jobs at its end, a slow one each as its own Sync comes (Answers).
 
 Only statements whose parse trees prove them pure reads (app/sql/session.py pure_read: a
 query that writes nothing, locks no rows, and calls only vetted catalog functions, so it
@@ -44,7 +44,6 @@ stale and is sent again, and the text leaves the key's lanes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -55,12 +54,12 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.cluster.node import Node, shut
-from app.errors import MirrorpoolError, OutcomeUnknown, PoolExhausted, QueryTimeout
-from app.redaction import redactor
+from app.errors import MirrorpoolError, PoolExhausted
 from app.sql import pipeline, plain, session, text_output
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
 from app.sql.guard import Guard
+from app.sql.lane_answers import Answers, copy_error, failed, not_run, settle, unknown
 from app.sql.lane_jobs import Job, LaneStats, WaitedForLock
 from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
@@ -70,7 +69,8 @@ from app.sql.schema_code import SchemaWatch
 from app.supervisor import Supervisor
 
 # Known (which texts are quick) lives in app/sql/quick.py, Job, LaneStats and WaitedForLock in
-# app/sql/lane_jobs.py; they are named here too, where the lanes' callers have always found them.
+# app/sql/lane_jobs.py, how a batch's jobs are answered in app/sql/lane_answers.py; the first
+# are named here too, where the lanes' callers have always found them.
 __all__ = ["Job", "Known", "Lane", "LaneStats", "Multiplexer", "WaitedForLock"]
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Lane:
     def sever(self, error: BaseException) -> None:
         """The node is lost: fail what waits and shut the connections in flight."""
         while self._pending:
-            _settle(self._pending.popleft().future, error=error)
+            settle(self._pending.popleft().future, error=error)
         for conn in list(self._busy):
             shut(conn)
 
@@ -176,7 +176,7 @@ class Lane:
         except Exception as exc:  # a bug here must not leave requests waiting forever
             logger.exception("multiplexing runner for %s failed", self.node.name)
             while self._pending:
-                _settle(self._pending.popleft().future, error=_copy(exc))
+                settle(self._pending.popleft().future, error=copy_error(exc))
         finally:
             self._runners -= 1
 
@@ -184,7 +184,7 @@ class Lane:
         """No connection came in time: fail the jobs that waited the pool timeout."""
         oldest = time.monotonic() - self.options.pool_timeout
         while self._pending and self._pending[0].queued <= oldest:
-            _settle(self._pending.popleft().future, error=_copy(error))
+            settle(self._pending.popleft().future, error=copy_error(error))
 
     def _take(self) -> list[Job]:
         jobs: list[Job] = []
@@ -195,7 +195,7 @@ class Lane:
                 continue
             if job.writes:
                 if job.timeout_at - now < MIN_BUDGET_S:  # its time ran out in the queue
-                    _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
+                    settle(job.future, error=not_run(self.options.statement_timeout_ms))
                     continue
                 job.sent = True  # from here on, its outcome is the server's to tell
             jobs.append(job)
@@ -213,11 +213,11 @@ class Lane:
             # not have run. A read fails with the error (and may be retried elsewhere); a
             # write's outcome is unknown. The pool drops the closed connection.
             for job in jobs:
-                _settle(job.future, error=_unknown(exc) if job.writes else _copy(exc))
+                settle(job.future, error=unknown(exc) if job.writes else copy_error(exc))
             await conn.close()
         except BaseException as exc:
             for job in jobs:
-                _settle(job.future, error=_failed(job, exc))
+                settle(job.future, error=failed(job, exc))
             await conn.close()
             raise
 
@@ -236,7 +236,7 @@ class Lane:
         if writes:
             units.insert(0, [Command(_BATCH_STARTED_SQL)])
             units.append([Command(_BATCH_ENDED_SQL)])
-        answers = _Answers(self, held, jobs, 1 if writes else 0, started)
+        answers = Answers(self, held, jobs, 1 if writes else 0, started)
         try:
             replies = await pipeline.run_units(conn, units, guard.progress, answers.settled)
         finally:
@@ -287,7 +287,7 @@ class Lane:
             try:
                 self.submit(job)
             except MirrorpoolError as exc:
-                _settle(job.future, error=exc)
+                settle(job.future, error=exc)
             return True
         # A text that had to be stopped leaves the lane: stopping it cost its neighbours a
         # cancel, which may have hit one of them (sent again, as stale).
@@ -297,17 +297,17 @@ class Lane:
         first = unit.replies[0].error if job.writes or job.text else None
         if first is not None:
             if job.writes and first.sqlstate == _OUT_OF_TIME:  # its time ran out behind others
-                _settle(job.future, error=_not_run(self.options.statement_timeout_ms))
+                settle(job.future, error=not_run(self.options.statement_timeout_ms))
             else:
-                _settle(job.future, error=first)
+                settle(job.future, error=first)
             return True
         if reply.error is not None:
             if job.writes and reply.error.sqlstate == _LOCK_NOT_AVAILABLE:
                 # Out of the lane until quick runs of its own bring it back.
                 self.known.observe(self.key, job.tree, job.sql, LOCK_WAITED_S)
-                _settle(job.future, error=WaitedForLock(str(reply.error)))
+                settle(job.future, error=WaitedForLock(str(reply.error)))
                 return True
-            _settle(job.future, error=reply.error)
+            settle(job.future, error=reply.error)
             return True
         answer = (
             text_output.from_reply(reply, job.max_rows)
@@ -318,82 +318,8 @@ class Lane:
         )
         if answer is None:
             return False
-        _settle(job.future, result=answer)
+        settle(job.future, result=answer)
         return True
-
-
-class _Answers:
-    """A batch's jobs, answered from their units' replies as they come back: together at the
-    batch's end while the batch is quick (answers that trickle out bring requests that
-    trickle in, in smaller batches), and each as its own Sync comes once the batch has run
-    longer than a quick statement takes, so a slow statement holds up none before it."""
-
-    def __init__(
-        self, lane: Lane, held: Checkout, jobs: list[Job], first: int, started: float
-    ) -> None:
-        self._lane = lane
-        self._held = held
-        self._jobs = jobs
-        self._first = first  # the index of the first job's unit (the batch's clock first)
-        self._last = started
-        self._eager = started + lane.options.quick_s
-        self._seen: set[int] = set()
-        self._ready: list[tuple[int, pipeline.UnitReply, float]] = []
-        # Jobs whose answer needs a type looked up on the connection, after the batch.
-        self._later: list[tuple[Job, pipeline.UnitReply]] = []
-        # (the loop's clock is time.monotonic(); uvloop's too, to the millisecond)
-        self._timer = asyncio.get_running_loop().call_later(lane.options.quick_s, self._flush)
-
-    def settled(self, index: int, unit: pipeline.UnitReply) -> None:
-        """A unit's Sync came back (pipeline.run_units)."""
-        # Each statement's own time: from the previous unit's answer to its own.
-        seconds = unit.finished - self._last if unit.finished else 0.0
-        self._last = unit.finished or self._last
-        self._seen.add(index)
-        self._ready.append((index, unit, seconds))
-        if unit.finished > self._eager:  # (before it, the timer answers what is ready)
-            self._flush()
-
-    def close(self) -> None:
-        """The batch is over (or broke): answer every unit that came back."""
-        self._timer.cancel()
-        self._flush()
-
-    def unsent(self, replies: list[pipeline.UnitReply]) -> None:
-        """Answer the units that were not sent (a parameter could not be: their error)."""
-        for index, unit in enumerate(replies):
-            if index not in self._seen:
-                self._answer(index, unit, 0.0)
-
-    async def looked_up(self, conn: AsyncConnection[Any]) -> None:
-        """Answer the jobs whose column types had to be looked up."""
-        lane = self._lane
-        for job, unit in self._later:
-            try:
-                answer = await pipeline.answer(
-                    conn, lane.node.name, lane.types, unit.replies[-1], job.max_rows,
-                    job.row_format,
-                )  # fmt: skip
-            except Exception as exc:
-                _settle(job.future, error=_failed(job, exc))
-            else:
-                _settle(job.future, result=answer)
-
-    def _flush(self) -> None:
-        for ready in self._ready:
-            self._answer(*ready)
-        self._ready.clear()
-
-    def _answer(self, index: int, unit: pipeline.UnitReply, seconds: float) -> None:
-        position = index - self._first
-        if not 0 <= position < len(self._jobs):
-            return  # the batch's own clock
-        job = self._jobs[position]
-        try:
-            if not self._lane.settle_job(self._held, job, unit, seconds):
-                self._later.append((job, unit))
-        except Exception as exc:  # this job's answer could not be made: its error only
-            _settle(job.future, error=_failed(job, exc))
 
 
 class Multiplexer:
@@ -450,51 +376,3 @@ class Multiplexer:
                 total.batches += lane.stats.batches
                 total.largest_batch = max(total.largest_batch, lane.stats.largest_batch)
         return total
-
-
-def _failed(job: Job, exc: BaseException) -> BaseException:
-    """A job whose answer could not be made: a write's outcome is then unknown."""
-    failed = psycopg.InterfaceError(f"multiplexing failed: {exc!r}")
-    return _unknown(failed) if job.writes else failed
-
-
-def _not_run(timeout_ms: int) -> QueryTimeout:
-    """A write whose statement timeout ran out before it could start: it did not run."""
-    return QueryTimeout(
-        f"the statement did not finish within {timeout_ms} ms (it waited behind others"
-        " and was not run)",
-        sqlstate="57014",
-    )
-
-
-def _unknown(exc: BaseException) -> OutcomeUnknown:
-    """A write was sent and its connection failed before its outcome came back."""
-    return OutcomeUnknown(
-        "the connection was lost after the write was sent: the write may or may not have"
-        f" committed ({redactor.scrub(str(exc).strip()) or type(exc).__name__})"
-    )
-
-
-def _copy(exc: BaseException) -> BaseException:
-    """A fresh exception like `exc` for each waiter (one shared instance would pile up
-    every waiter's traceback on it)."""
-    try:
-        fresh = type(exc)(*exc.args)
-    except Exception:
-        return exc
-    if isinstance(exc, MirrorpoolError) and isinstance(fresh, MirrorpoolError):
-        fresh.extra = dict(exc.extra)
-    return fresh
-
-
-def _settle(
-    future: asyncio.Future[StatementResult],
-    result: StatementResult | None = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    elif result is not None:
-        future.set_result(result)
