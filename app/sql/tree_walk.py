@@ -235,15 +235,14 @@ _NAMED_BY = {"A_Expr": "name", "TypeName": "names", "SortBy": "useOp"}
 # - `x IN (SELECT ...)`: a SubLink of ANY with no operator named, `=` (transformSubLink;
 #   one that names its operator, `x op ANY / ALL (SELECT ...)`, is read by its operName);
 # - `JOIN ... USING (c)` and NATURAL JOIN: `=` for the columns' types
-#   (transformJoinUsingClause);
-# - a recursive CTE's CYCLE clause: `<>` for the cycle mark's type (analyzeCTE; `=` is
-#   recorded too).
+#   (transformJoinUsingClause).
 # What the raw tree spells is recorded as written: `IN (list)` (an A_Expr named `=` or
 # `<>`), NULLIF and IS DISTINCT FROM (`=`), LIKE, ILIKE and SIMILAR TO (`~~`, `~~*`, `~`),
 # `op ANY / ALL (array)`, a row comparison, OPERATOR(schema.op), ORDER BY ... USING op.
 # What PostgreSQL finds through a type's operator classes instead of by name (GROUP BY,
 # DISTINCT, ORDER BY, UNION, GREATEST / LEAST, a merge or hash join, ON CONFLICT's arbiter,
-# a window's RANGE offsets, array and record comparisons) needs no name: only a superuser
+# a window's RANGE offsets, array and record comparisons, a recursive CTE's CYCLE mark)
+# needs no name: only a superuser
 # can make an operator class, so those operators are the catalog's or a superuser's.
 # (Every form that does look an operator up by name is a node of the raw tree, so its names
 # are recorded where it is: treating an own `=`, `<`, ... as reached by every statement
@@ -256,8 +255,7 @@ _BETWEEN = {
     "AEXPR_NOT_BETWEEN_SYM": ("<", ">"),
 }
 _NAMES = frozenset(
-    {"A_Indirection", "ColumnRef", "CaseExpr", "SubLink", "JoinExpr", "CTECycleClause"}
-    | set(_NAMED_BY)
+    {"A_Indirection", "ColumnRef", "CaseExpr", "SubLink", "JoinExpr"} | set(_NAMED_BY)
 )
 
 
@@ -279,8 +277,6 @@ def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
     elif node_type == "JoinExpr":
         if fields.get("usingClause") or fields.get("isNatural"):
             seen.operators.add("=")
-    elif node_type == "CTECycleClause":
-        seen.operators.update(("<>", "="))
     else:
         seen.operators.update(_BETWEEN.get(fields.get("kind", ""), ()))
         # an operator runs its function, a type its casts and checks: one of the
