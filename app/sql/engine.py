@@ -359,9 +359,19 @@ class Engine:
         """Yield ("node", name), ("columns", [...]), ("rows", [...])..., ("end", result)
         (app/sql/streaming.py)."""
         intent: Intent = "read" if limits.read_only else "write"
-        return self._streams.stream(
-            bound, limits, chunk_rows, lambda: self._session(intent, limits.role, limits.key)
-        )
+        # As in run(): the facts are unknown from before a statement that may change the
+        # schema starts until read again after its commit (the checkout's end).
+        changes = not limits.read_only and session.changes_schema(bound.tree)
+
+        @asynccontextmanager
+        async def checkout() -> AsyncIterator[Checkout]:
+            async with (
+                self._changing(changes),
+                self._session(intent, limits.role, limits.key) as held,
+            ):
+                yield held
+
+        return self._streams.stream(bound, limits, chunk_rows, checkout)
 
     async def with_deadline(
         self, work: Awaitable[T], timeout_ms: int, abort: Abort | None = None

@@ -9,7 +9,7 @@ from app.sql import session
 from app.sql.checkout import Checkout
 from app.sql.execution import mark
 from app.sql.schema_code import SchemaWatch
-from app.sql.tree import Tree
+from app.sql.tree import CACHEABLE_LENGTH, Tree
 
 # A statement joins a lane once it has run in under this long; one slow run takes it out
 # (MIRRORPOOL_MULTIPLEX_QUICK_MS).
@@ -51,12 +51,18 @@ class Known:
     def observe(self, key: str, tree: Tree, sql: str, seconds: float) -> None:
         """Remember a run (failed ones too): a slow one counts at once, quick ones bring the
         figure down. Only pure reads (session.pure_read) are ever remembered, at most
-        MAX_KNOWN texts per key (a key that sends too many forgets its own, no one else's)."""
+        MAX_KNOWN texts per key (a key that sends too many forgets its own, no one else's),
+        none longer than the parse cache keeps (CACHEABLE_LENGTH): what is held per text stays
+        as bounded as the parse cache bounds it."""
         known = self._seconds.setdefault(key, {})
         last = known.get(sql)
         if last is None:
             facts = self._schema.settled
-            if facts is None or not session.may_share(tree, facts, self._writes):
+            if (
+                len(sql) > CACHEABLE_LENGTH
+                or facts is None
+                or not session.may_share(tree, facts, self._writes)
+            ):
                 return
             if len(known) >= MAX_KNOWN:
                 known.clear()

@@ -40,10 +40,8 @@ a function the tree cannot see into did inside it is undone.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from app.sql import catalog
-from app.sql.tree import Tree
+from app.sql.tree import Tree, kept_on_tree
 
 _PREPARED = {
     "PrepareStmt": "PREPARE",
@@ -121,10 +119,19 @@ def ends_transaction(tree: Tree) -> bool:
     return tree.transaction is not None and tree.transaction not in _SAVEPOINTS
 
 
-@lru_cache(maxsize=4096)
 def refusal(tree: Tree, read_only: bool) -> str | None:
     """Why the statement may not run here, or None when it may."""
-    return _always(tree) or (_read_only(tree) if read_only else None)
+    return _refusal_read_only(tree) if read_only else _refusal_any(tree)
+
+
+@kept_on_tree
+def _refusal_any(tree: Tree) -> str | None:
+    return _always(tree)
+
+
+@kept_on_tree
+def _refusal_read_only(tree: Tree) -> str | None:
+    return _always(tree) or _read_only(tree)
 
 
 def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule

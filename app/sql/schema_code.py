@@ -214,12 +214,14 @@ async def read(
             coded.append((int(relid), bool(on_read), bool(on_write)))
     for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
         coded.append((int(relid), bool(on_read), bool(on_write)))
-    # Types whose values run code: checked domains, types with casts of the database's own;
-    # then the columns of any type made of them.
+    # Types whose values run code: checked domains, types with casts of the database's own
+    # (also when read), domains with defaults (only when written); then the columns of any
+    # type made of them.
     checked: set[int] = set()
-    for typid, text in await ask(TYPE_CODE_SQL, []):
+    defaulted: set[int] = set()
+    for typid, text, on_read in await ask(TYPE_CODE_SQL, []):
         if not clean(text):
-            checked.add(int(typid))
+            (checked if on_read else defaulted).add(int(typid))
     types = {
         int(r[0]): Type(str(r[1]), int(r[2]), int(r[3]), int(r[4]))
         for r in await ask(TYPES_SQL, [])
@@ -228,8 +230,13 @@ async def read(
     for relid, typid in await ask(COLUMNS_SQL, []):
         columns.setdefault(int(relid), set()).add(int(typid))
     typed = coded_types(types, checked, columns)
+    # (a composite or an array takes no default from a domain it holds: counting them is
+    # more than needed, never less)
+    typed_written = coded_types(types, checked | defaulted, columns)
     # A column of such a type runs its code when written, and its casts when read.
-    coded += [(relid, True, True) for relid, used in columns.items() if used & typed]
+    coded += [
+        (relid, bool(used & typed), True) for relid, used in columns.items() if used & typed_written
+    ]
     type_names = {types[t].name for t in typed if t in types}
     operators = {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}
     edges = await ask(VIEW_EDGES_SQL, [])

@@ -10,7 +10,10 @@ _OURS = (
 )
 
 # The code each relation runs, as PostgreSQL prints it back: (relation, runs when read, runs
-# when written, text or NULL when any text counts). The catalog records no dependency on
+# when written, text or NULL when any text counts). A partition key's expressions run when a
+# row is routed into the partitioned table, and as its partitions' constraint when one is
+# written directly: they count for the whole partition tree (a sub-partitioned table's own
+# key for its own subtree). The catalog records no dependency on
 # pinned (built-in) functions, so the texts are read with the tree; the database's own
 # functions, operators and casts are found by dependency as well (CODE_DEPENDENCIES_SQL).
 # Printing an expression back takes a lock on the relations it names, so what names a
@@ -63,9 +66,15 @@ WHERE (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL) AND c.relnamespace {_OUR
 UNION ALL
 SELECT t.tgrelid, false, true, NULL
 FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
+UNION ALL
+SELECT r.relid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(p.partexprs, p.partrelid)
+FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_class c ON c.oid = p.partrelid,
+LATERAL pg_catalog.pg_partition_tree(p.partrelid) r
+WHERE p.partexprs IS NOT NULL AND c.relnamespace {_OURS}
 """
 
-# Objects that use a function, operator or cast of the database's own, by dependency.
+# Objects that use a function, operator or cast of the database's own, by dependency. (A
+# partition key's dependencies are recorded on the partitioned table itself.)
 CODE_DEPENDENCIES_SQL = f"""
 WITH own AS (
     SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
@@ -92,22 +101,41 @@ WHERE k.conrelid <> 0
 UNION ALL
 SELECT i.indrelid, false, true FROM pg_catalog.pg_index i
 WHERE i.indexrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
+UNION ALL
+SELECT r.relid, false, true FROM pg_catalog.pg_partitioned_table p,
+LATERAL pg_catalog.pg_partition_tree(p.partrelid) r
+WHERE p.partrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
 """
 
-# A domain's checks, as printed back (its type; the text, or NULL when it uses a function of
-# the database's own): casting to the domain, or writing a column of it (or of an array or
-# composite holding it, or of a domain over it), runs them. Casts whose function is the
-# database's own, by their source or target type of the database's own (one of them is: only
-# a type's owner may make a cast; a catalog type on the other side runs nothing by itself).
+# Code that making a value of a type runs, as printed back: (type, text or NULL when it uses
+# a function or operator of the database's own, runs when read). A domain's checks run on
+# casting to it and on writing a column of it (or of an array or composite holding it, or of
+# a domain over it); its DEFAULT runs when a row is written without the column's value, so
+# only on writing. Casts whose function is the database's own, by their source or target
+# type of the database's own (one of them is: only a type's owner may make a cast; a catalog
+# type on the other side runs nothing by itself).
 TYPE_CODE_SQL = f"""
+WITH own AS (
+    SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
+), uses AS (
+    SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+    WHERE d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_type'::regclass)
+      AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own))
+       OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (
+           SELECT o.oid FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM own))))
+)
 SELECT k.contypid, CASE WHEN EXISTS (
-           SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
-           WHERE d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid
-             AND d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.pronamespace {_OURS})
-       THEN NULL ELSE 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, 0) END
+           SELECT FROM uses u
+           WHERE u.classid = 'pg_catalog.pg_constraint'::regclass AND u.objid = k.oid)
+       THEN NULL ELSE 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, 0) END, true
 FROM pg_catalog.pg_constraint k WHERE k.contype = 'c' AND k.contypid <> 0
 UNION ALL
-SELECT v.t, NULL FROM pg_catalog.pg_cast k
+SELECT t.oid, CASE WHEN EXISTS (
+           SELECT FROM uses u WHERE u.classid = 'pg_catalog.pg_type'::regclass AND u.objid = t.oid)
+       THEN NULL ELSE 'SELECT ' || pg_catalog.pg_get_expr(t.typdefaultbin, 0) END, false
+FROM pg_catalog.pg_type t WHERE t.typdefaultbin IS NOT NULL
+UNION ALL
+SELECT v.t, NULL, true FROM pg_catalog.pg_cast k
 JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc AND p.pronamespace {_OURS},
 LATERAL (VALUES (k.castsource), (k.casttarget)) AS v(t)
 JOIN pg_catalog.pg_type ty ON ty.oid = v.t AND ty.typnamespace {_OURS}
@@ -164,7 +192,11 @@ SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 # Changes to any of these catalogs change this text: a new row version has a new xmin, a
 # dropped row is gone from the sum. (A sum over every row's (oid, xmin), not the largest
 # xmin: a change committed by an older transaction after a newer one's keeps the largest.)
-_ROW_KEYS = {"pg_inherits": "inhrelid::text || '.' || inhparent::text", "pg_index": "indexrelid"}
+_ROW_KEYS = {
+    "pg_inherits": "inhrelid::text || '.' || inhparent::text",
+    "pg_index": "indexrelid",
+    "pg_partitioned_table": "partrelid",
+}
 FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
     f"(SELECT count(*) || '.' || coalesce(sum(pg_catalog.hashtext("
     f"{_ROW_KEYS.get(table, 'oid')}::text || '.' || xmin::text)::bigint), 0) "
@@ -172,5 +204,6 @@ FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
     for table in (
         "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
         "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type", "pg_inherits",
+        "pg_partitioned_table",
     )
 ) + ")"  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import IntEnum
-from functools import lru_cache
 from typing import Any, Literal
 
 import psycopg
@@ -24,7 +23,7 @@ from psycopg import AsyncConnection, sql
 
 from app.sql import catalog, pipeline
 from app.sql.schema_code import SchemaCode
-from app.sql.tree import Tree
+from app.sql.tree import Tree, kept_on_tree
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
@@ -83,7 +82,7 @@ _REPORTED = (
 )
 
 
-@lru_cache(maxsize=4096)
+@kept_on_tree
 def effect(tree: Tree) -> Effect:
     """What the statement may leave behind in its session."""
     if (
@@ -162,7 +161,7 @@ def calls_own_code(tree: Tree) -> bool:
     )
 
 
-@lru_cache(maxsize=4096)
+@kept_on_tree
 def changes_schema(tree: Tree) -> bool:
     """True for a statement that may create, change or drop what the catalog holds (any
     statement but a query, DML and the few clean kinds; SELECT ... INTO; a call of the

@@ -14,11 +14,9 @@ What a function's or a DO block's body does is not in the tree, and not checked 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from app.sql import catalog
 from app.sql.refusals import ends_transaction
-from app.sql.tree import Tree
+from app.sql.tree import Tree, kept_on_tree
 
 # (what the statement does, why that breaks, what to use instead)
 Finding = tuple[str, str, str]
@@ -60,7 +58,7 @@ def refusal(tree: Tree) -> str | None:
     return f"MIRRORPOOL_PGBOUNCER=true refuses {what}: {why}; {instead}"
 
 
-@lru_cache(maxsize=4096)
+@kept_on_tree
 def session_change(tree: Tree) -> Finding | None:  # noqa: PLR0911 - one return per rule
     """What in the statement changes the server session beyond its transaction, if anything."""
     if ends_transaction(tree):

@@ -17,9 +17,10 @@ enforces the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, wraps
+from typing import Any, TypeVar
 
 import orjson
 from pglast import parser as pg_parser
@@ -41,6 +42,7 @@ MAX_TREE_JSON = 16 * 1024 * 1024
 _KEEP_NODE = frozenset({"RenameStmt", "AlterOwnerStmt", "AlterSeqStmt"})
 
 _VETTED = CLEAN_FUNCTIONS | {SET_CONFIG}
+T = TypeVar("T")
 _FALSE_TEXTS = frozenset({"f", "false", "n", "no", "off", "0"})
 
 
@@ -95,6 +97,10 @@ class Tree:
     # The raw tree (pglast's JSON form) for rules that need more: migration plans (every
     # statement of parse_all) and the few kinds in _KEEP_NODE; {} for the others.
     node: dict[str, Any] = field(repr=False)
+    # The rules' verdicts on this tree, each worked out once (kept_on_tree below): they go
+    # when the tree goes, so a statement whose tree the parse cache does not keep (a text
+    # over CACHEABLE_LENGTH) leaves nothing behind.
+    verdicts: dict[Callable[..., Any], Any] = field(default_factory=dict, repr=False)
 
     @property
     def unvetted_calls(self) -> frozenset[Name]:
@@ -102,6 +108,22 @@ class Tree:
         run, and what it leaves behind, cannot be read from the tree. (set_config() is read
         from the tree itself: `set_configs` says whether each call is local.)"""
         return frozenset(c for c in self.calls if not is_catalog_call(c, _VETTED))
+
+
+def kept_on_tree(rule: Callable[[Tree], T]) -> Callable[[Tree], T]:
+    """`rule`, worked out once per tree and kept on it (Tree.verdicts): a cached statement's
+    verdict costs a dict lookup, and lasts exactly as long as its tree, which the parse cache
+    bounds (a cache keyed by the tree would keep every long statement's tree instead)."""
+
+    @wraps(rule)
+    def verdict(tree: Tree) -> T:
+        try:
+            found: T = tree.verdicts[rule]
+        except KeyError:
+            found = tree.verdicts[rule] = rule(tree)
+        return found
+
+    return verdict
 
 
 def is_catalog_call(call: Name, names: frozenset[str]) -> bool:

@@ -226,8 +226,37 @@ def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
 
 
 # Nodes naming an operator or a type, and the field that holds the name.
-_NAMED_BY = {"A_Expr": "name", "TypeName": "names"}
-_NAMES = frozenset({"A_Indirection", "ColumnRef", *_NAMED_BY})
+_NAMED_BY = {"A_Expr": "name", "TypeName": "names", "SortBy": "useOp"}
+# Nodes for which PostgreSQL's analyser looks an operator up by a name the raw tree does not
+# spell (make_op, oper), and those names:
+# - `x BETWEEN a AND b` (an A_Expr named "BETWEEN"): `x >= a AND x <= b`, and for NOT
+#   BETWEEN `x < a OR x > b`, SYMMETRIC or not (transformAExprBetween);
+# - `CASE x WHEN y`: `x = y` for each WHEN (transformCaseExpr);
+# - `x IN (SELECT ...)`: a SubLink of ANY with no operator named, `=` (transformSubLink;
+#   one that names its operator, `x op ANY / ALL (SELECT ...)`, is read by its operName);
+# - `JOIN ... USING (c)` and NATURAL JOIN: `=` for the columns' types
+#   (transformJoinUsingClause).
+# What the raw tree spells is recorded as written: `IN (list)` (an A_Expr named `=` or
+# `<>`), NULLIF and IS DISTINCT FROM (`=`), LIKE, ILIKE and SIMILAR TO (`~~`, `~~*`, `~`),
+# `op ANY / ALL (array)`, a row comparison, OPERATOR(schema.op), ORDER BY ... USING op.
+# What PostgreSQL finds through a type's operator classes instead of by name (GROUP BY,
+# DISTINCT, ORDER BY, UNION, GREATEST / LEAST, a merge or hash join, ON CONFLICT's arbiter,
+# a window's RANGE offsets, array and record comparisons, a recursive CTE's CYCLE mark)
+# needs no name: only a superuser
+# can make an operator class, so those operators are the catalog's or a superuser's.
+# (Every form that does look an operator up by name is a node of the raw tree, so its names
+# are recorded where it is: treating an own `=`, `<`, ... as reached by every statement
+# instead would reset the connection after every request, and share no lane, in any schema
+# that has one.)
+_BETWEEN = {
+    "AEXPR_BETWEEN": (">=", "<="),
+    "AEXPR_BETWEEN_SYM": (">=", "<="),
+    "AEXPR_NOT_BETWEEN": ("<", ">"),
+    "AEXPR_NOT_BETWEEN_SYM": ("<", ">"),
+}
+_NAMES = frozenset(
+    {"A_Indirection", "ColumnRef", "CaseExpr", "SubLink", "JoinExpr"} | set(_NAMED_BY)
+)
 
 
 def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
@@ -236,7 +265,20 @@ def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
         seen.attributes.update(_strings(fields.get("indirection")))
     elif node_type == "ColumnRef":
         seen.attributes.update(_strings(fields.get("fields"))[1:])
+    elif node_type == "CaseExpr":
+        if fields.get("arg"):
+            seen.operators.add("=")
+    elif node_type == "SubLink":
+        named = _strings(fields.get("operName"))
+        if named:
+            seen.operators.add(named[-1])
+        elif fields.get("subLinkType") == "ANY_SUBLINK":
+            seen.operators.add("=")
+    elif node_type == "JoinExpr":
+        if fields.get("usingClause") or fields.get("isNatural"):
+            seen.operators.add("=")
     else:
+        seen.operators.update(_BETWEEN.get(fields.get("kind", ""), ()))
         # an operator runs its function, a type its casts and checks: one of the
         # database's own is matched by name (app/sql/schema_code.py)
         named = _strings(fields.get(_NAMED_BY[node_type]))

@@ -18,6 +18,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.devdb import OWNER, SERVICE, LocalPair
+from app.sql import schema_code
+from app.sql.quick import Known
+from app.sql.schema_code import SchemaWatch
+from app.sql.tree import CACHEABLE_LENGTH, parse
 from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually
@@ -574,3 +578,15 @@ async def test_a_frozen_server_cannot_hold_lane_writes_nor_make_them_lie(
                 assert f"f{i}" not in committed, answer.text
             else:
                 assert answer.json()["retryable"] is False
+
+
+def test_no_text_longer_than_the_parse_cache_keeps_is_remembered() -> None:
+    # A read key sending distinct quick reads of 100,000 characters would otherwise keep
+    # MAX_KNOWN of them (some 400 MB): past CACHEABLE_LENGTH a text never joins a lane.
+    known = Known(SchemaWatch.fixed(schema_code.NOTHING))
+    short = "SELECT 1"
+    long = "SELECT 1 -- " + "x" * CACHEABLE_LENGTH
+    for sql in (short, long):
+        known.observe("read", parse(sql), sql, 0.0001)
+    assert known.quick("read", parse(short), short)
+    assert not known.quick("read", parse(long), long)

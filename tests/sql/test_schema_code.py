@@ -43,6 +43,34 @@ OBJECTS = [
     "CREATE POLICY p ON sc.policed USING (sc.claim(id))",
     "CREATE TABLE sc.ruled (id int)",
     "CREATE RULE r AS ON INSERT TO sc.ruled DO ALSO SELECT sc.claim(NEW.id)",
+    # a domain's default runs when a row is written without the column (not when read)
+    "CREATE DOMAIN sc.stamp_id AS bigint DEFAULT sc.same(7)",
+    "CREATE TABLE sc.stamped (id int, s sc.stamp_id)",
+    "CREATE TYPE sc.stamped_pair AS (a sc.stamp_id, b int)",
+    "CREATE TABLE sc.stamped_nested (p sc.stamped_pair, q sc.stamp_id[])",
+    "CREATE DOMAIN sc.now_id AS timestamptz DEFAULT now()",
+    "CREATE TABLE sc.timed (t sc.now_id)",
+    # an operator of the database's own, in a domain's default and check, a partition key
+    "CREATE FUNCTION sc.plus(a bigint, b bigint) RETURNS bigint LANGUAGE sql IMMUTABLE"
+    " AS $$ SELECT a + b $$",
+    "CREATE OPERATOR sc.#+# (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = sc.plus)",
+    "CREATE DOMAIN sc.op_default AS bigint DEFAULT 1 OPERATOR(sc.#+#) 2",
+    "CREATE TABLE sc.op_defaulted (v sc.op_default)",
+    "CREATE DOMAIN sc.op_checked AS bigint CHECK ((VALUE OPERATOR(sc.#+#) 1) > 0)",
+    "CREATE TABLE sc.op_checked_t (v sc.op_checked)",
+    "CREATE TABLE sc.op_keyed (n bigint) PARTITION BY LIST ((n OPERATOR(sc.#+#) 1))",
+    "CREATE TABLE sc.op_keyed_0 PARTITION OF sc.op_keyed FOR VALUES IN (0)",
+    # partition keys of own code, one level down; a default on a partition's column only
+    "CREATE TABLE sc.routed (n bigint, m bigint) PARTITION BY RANGE (n)",
+    "CREATE TABLE sc.routed_low PARTITION OF sc.routed FOR VALUES FROM (0) TO (10)"
+    " PARTITION BY LIST (sc.same(m))",
+    "CREATE TABLE sc.routed_low_0 PARTITION OF sc.routed_low FOR VALUES IN (0)",
+    "CREATE TABLE sc.routed_high PARTITION OF sc.routed FOR VALUES FROM (10) TO (20)",
+    "CREATE TABLE sc.parted (n bigint, claimed bool) PARTITION BY RANGE (n)",
+    "CREATE TABLE sc.parted_one PARTITION OF sc.parted (claimed DEFAULT sc.claim(1))"
+    " FOR VALUES FROM (0) TO (10)",
+    "CREATE TABLE sc.parted_plain (n bigint) PARTITION BY LIST ((n % 2))",
+    "CREATE TABLE sc.parted_plain_0 PARTITION OF sc.parted_plain FOR VALUES IN (0)",
 ]
 
 
@@ -84,6 +112,23 @@ def test_relations_whose_writing_runs_code(facts: schema_code.SchemaCode) -> Non
     assert coded <= facts.write_coded
     # a serial column (nextval), a catalog default and a view of plain tables run nothing
     assert not {"plain", "plain_view"} & facts.write_coded
+
+
+def test_domain_defaults_and_partition_keys(facts: schema_code.SchemaCode) -> None:
+    # a domain's default of own code (a function or an operator), also held in a composite
+    # or an array column (counted though PostgreSQL gives those no default), and a domain
+    # check by an own operator
+    written = {"stamped", "stamped_nested", "op_defaulted", "op_checked_t"}
+    assert written <= facts.write_coded
+    # reading runs no default (a check of the domain's own runs on casts: read too)
+    assert not {"stamped", "stamped_nested", "op_defaulted"} & facts.read_coded
+    assert "op_checked_t" in facts.read_coded
+    # a partition key of own code counts for its partition tree, and a parent is written
+    # through its partitions (a default on one partition's column only)
+    keyed = {"op_keyed", "op_keyed_0", "routed", "routed_low", "routed_low_0"}
+    assert keyed | {"parted", "parted_one"} <= facts.write_coded
+    # a catalog default, a partition key of catalog code, a partition with no own code
+    assert not {"timed", "parted_plain", "parted_plain_0", "routed_high"} & facts.write_coded
 
 
 def test_own_function_names(facts: schema_code.SchemaCode) -> None:

@@ -406,3 +406,45 @@ def test_the_tree_sees_every_node_pglasts_own_ast_has(sql: str) -> None:
 )
 def test_returns_rows_reads_the_statement_not_its_words(sql: str, rows: bool | None) -> None:
     assert returns_rows(parse(sql)) is rows
+
+
+@pytest.mark.parametrize(
+    ("sql", "operators"),
+    [
+        ("SELECT 1 FROM t WHERE v BETWEEN 1 AND 2", {">=", "<="}),
+        ("SELECT 1 FROM t WHERE v BETWEEN SYMMETRIC 2 AND 1", {">=", "<="}),
+        ("SELECT 1 FROM t WHERE v NOT BETWEEN 1 AND 2", {"<", ">"}),
+        ("SELECT 1 FROM t WHERE v NOT BETWEEN SYMMETRIC 2 AND 1", {"<", ">"}),
+        ("SELECT CASE v WHEN 1 THEN 'one' END FROM t", {"="}),
+        ("SELECT 1 FROM t WHERE v IN (SELECT 1)", {"="}),
+        ("SELECT 1 FROM t WHERE v NOT IN (SELECT 1)", {"="}),
+        ("SELECT 1 FROM t WHERE v <<@>> ANY (SELECT 1)", {"<<@>>"}),
+        ("SELECT 1 FROM t WHERE v OPERATOR(s.<<@>>) ALL (SELECT 1)", {"<<@>>"}),
+        ("SELECT 1 FROM t WHERE (v, w) = (SELECT 1, 2)", {"="}),
+        ("SELECT 1 FROM t a JOIN t b USING (v)", {"="}),
+        ("SELECT 1 FROM t a NATURAL LEFT JOIN t b", {"="}),
+        ("SELECT 1 FROM t WHERE v IN (1, 2)", {"="}),
+        ("SELECT 1 FROM t WHERE v NOT IN (1, 2)", {"<>"}),
+        ("SELECT 1 FROM t WHERE v LIKE 'a%' OR v ILIKE 'b%'", {"~~", "~~*"}),
+        ("SELECT 1 FROM t WHERE v SIMILAR TO 'a%'", {"~"}),
+        ("SELECT NULLIF(v, 1), v IS DISTINCT FROM 2 FROM t", {"="}),
+        ("SELECT 1 FROM t WHERE v = ANY (ARRAY[1])", {"="}),
+        ("SELECT v FROM t ORDER BY v USING <<@>>", {"<<@>>"}),
+    ],
+)
+def test_operators_the_analyser_looks_up_by_name_are_named(sql: str, operators: set[str]) -> None:
+    # (what app/sql/schema_code.py matches against the database's own operators)
+    assert operators <= parse(sql).own_call_names
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT CASE WHEN v THEN 1 END FROM t",
+        "SELECT 1 FROM t a JOIN t b ON true",
+        "SELECT 1 FROM t WHERE EXISTS (SELECT 1)",
+        "SELECT DISTINCT v FROM t GROUP BY v ORDER BY v",  # operator classes: a superuser's
+    ],
+)
+def test_no_operator_where_none_is_looked_up_by_name(sql: str) -> None:
+    assert not {"=", "<>", "<", ">", "<=", ">="} & parse(sql).own_call_names

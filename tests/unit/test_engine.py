@@ -18,7 +18,7 @@ from app.sql.engine import Engine, Limits
 from app.sql.options import EngineOptions, StatementRules
 from app.sql.statement import prepare
 from app.supervisor import Supervisor
-from tests.conftest import settings_for
+from tests.conftest import as_owner, settings_for
 from tests.waiting import eventually
 
 
@@ -138,3 +138,44 @@ async def test_a_streams_head_gives_up_at_the_deadline(
         assert 1.0 <= time.monotonic() - started < 4
         await events.aclose()
         await eventually(lambda: "stream" not in supervisor.names(), "the producer to end")
+
+
+@pytest.mark.parametrize(
+    ("sql", "read_only", "marks"),
+    [
+        ("SELECT public.one14u()", False, True),  # a call of own code may run DDL
+        ("SELECT public.one14u()", True, False),  # PostgreSQL refuses a read-only one DDL
+        ("SELECT g FROM generate_series(1, 3) AS g", False, False),
+    ],
+    ids=["own-call", "own-call-read-only", "query"],
+)
+async def test_a_stream_that_may_change_the_schema_marks_it_as_run_does(
+    engine: Engine,
+    settings: Settings,
+    pair: LocalPair,
+    monkeypatch: pytest.MonkeyPatch,
+    sql: str,
+    read_only: bool,
+    marks: bool,
+) -> None:
+    as_owner(
+        pair,
+        "CREATE OR REPLACE FUNCTION public.one14u() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+    )
+    seen: list[bool] = []  # whether the facts were known, at each event
+    marked: list[str] = []
+    changed = engine.schema.changed
+
+    def counting() -> None:
+        marked.append(sql)
+        changed()
+
+    monkeypatch.setattr(engine.schema, "changed", counting)
+    bound = prepare(sql, None, engine.rules)
+    async for kind, _ in engine.stream(bound, limits(settings, read_only=read_only), 10):
+        seen.append(engine.schema.current.known)
+        if kind == "end":
+            break
+    # (unknown from before the statement starts until read after it ends, as in run())
+    assert len(marked) == (2 if marks else 0)
+    assert seen and (marks or all(seen))
