@@ -21,7 +21,7 @@ _OURS = (
 # migration's ALTER) is not printed but counted as code (NULL): the reading need not wait for
 # the lock, and the relation runs nothing meanwhile anyway.
 CODE_TEXTS_SQL = f"""
-WITH held AS (
+WITH RECURSIVE held AS (
     SELECT l.relation AS oid FROM pg_catalog.pg_locks l
     WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
       AND l.pid <> pg_catalog.pg_backend_pid() AND l.database = (
@@ -30,6 +30,10 @@ WITH held AS (
 ), blocked AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
     WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM held)
+), tree AS (  -- each partitioned table and its partitions, as pg_partition_tree() (which locks)
+    SELECT p.partrelid AS root, p.partrelid AS relid FROM pg_catalog.pg_partitioned_table p
+    UNION
+    SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid
 )
 SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1',
        CASE WHEN r.ev_class IN (SELECT oid FROM held) OR (
@@ -67,16 +71,22 @@ UNION ALL
 SELECT t.tgrelid, false, true, NULL
 FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
 UNION ALL
-SELECT r.relid, false, true, 'SELECT ' || pg_catalog.pg_get_expr(p.partexprs, p.partrelid)
-FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_class c ON c.oid = p.partrelid,
-LATERAL pg_catalog.pg_partition_tree(p.partrelid) r
+SELECT r.relid, false, true,
+       CASE WHEN p.partrelid IN (SELECT oid FROM held) THEN NULL
+            ELSE 'SELECT ' || pg_catalog.pg_get_expr(p.partexprs, p.partrelid) END
+FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_class c ON c.oid = p.partrelid
+JOIN tree r ON r.root = p.partrelid
 WHERE p.partexprs IS NOT NULL AND c.relnamespace {_OURS}
 """
 
 # Objects that use a function, operator or cast of the database's own, by dependency. (A
 # partition key's dependencies are recorded on the partitioned table itself.)
 CODE_DEPENDENCIES_SQL = f"""
-WITH own AS (
+WITH RECURSIVE tree AS (  -- each partitioned table and its partitions (no locks taken)
+    SELECT p.partrelid AS root, p.partrelid AS relid FROM pg_catalog.pg_partitioned_table p
+    UNION
+    SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid
+), own AS (
     SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 ), uses AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
@@ -102,8 +112,8 @@ UNION ALL
 SELECT i.indrelid, false, true FROM pg_catalog.pg_index i
 WHERE i.indexrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
 UNION ALL
-SELECT r.relid, false, true FROM pg_catalog.pg_partitioned_table p,
-LATERAL pg_catalog.pg_partition_tree(p.partrelid) r
+SELECT r.relid, false, true
+FROM pg_catalog.pg_partitioned_table p JOIN tree r ON r.root = p.partrelid
 WHERE p.partrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
 """
 

@@ -230,10 +230,12 @@ def test_a_locked_table_counts_as_code_and_holds_up_no_reading(pair: LocalPair) 
             "CREATE VIEW over_held AS SELECT id FROM held",
             "CREATE TABLE free (id int DEFAULT 3)",
             "CREATE VIEW over_free AS SELECT id FROM free",
+            "CREATE TABLE parted (n int) PARTITION BY LIST ((n % 2))",
+            "CREATE TABLE parted_odd PARTITION OF parted FOR VALUES IN (1)",
             dbname=name,
         )
         with psycopg.connect(pair.primary.dsn(name, user=OWNER)) as locker:
-            locker.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")  # (its transaction)
+            locker.execute("LOCK TABLE held, parted IN ACCESS EXCLUSIVE MODE")  # its transaction
 
             async def go() -> tuple[schema_code.SchemaCode | None, bool]:
                 dsn = pair.primary.dsn(name, user=SERVICE)
@@ -252,7 +254,7 @@ def test_a_locked_table_counts_as_code_and_holds_up_no_reading(pair: LocalPair) 
 
             facts, read = asyncio.run(go())
         assert read and facts is not None
-        assert {"held", "over_held"} <= facts.write_coded | facts.read_coded
+        assert {"held", "over_held", "parted", "parted_odd"} <= facts.write_coded | facts.read_coded
         assert "over_held" in facts.read_coded
         assert not {"free", "over_free"} & (facts.write_coded | facts.read_coded)
     finally:
