@@ -129,6 +129,9 @@ def build_cluster(settings: Settings, supervisor: Supervisor | None = None) -> C
                 **SESSION_SETTINGS,
                 "statement_timeout": str(settings.statement_timeout_ms),
                 "lock_timeout": str(settings.lock_timeout_ms),
+                # The lanes' clock for a batch of writes (app/sql/multiplex.py), defined on
+                # every connection from the start, so none tells whether a batch ran on it.
+                "mirrorpool.lane_batch": "0",
             }
         ),
         configure=register_loaders,

@@ -92,9 +92,9 @@ _BATCH_STARTED_SQL = (
     "SELECT pg_catalog.set_config('mirrorpool.lane_batch',"
     " EXTRACT(epoch FROM pg_catalog.clock_timestamp())::text, false)"
 )
-# (cleared after the batch: another key's request on the connection reads nothing of when a
-# batch ran) ...
-_BATCH_ENDED_SQL = "SELECT pg_catalog.set_config('mirrorpool.lane_batch', '', false)"
+# (put back after the batch to the value every connection starts with, app/main.py: another
+# key's request on the connection reads nothing of whether or when a batch ran) ...
+_BATCH_ENDED_SQL = "SELECT pg_catalog.set_config('mirrorpool.lane_batch', '0', false)"
 # ... and each write's unit gets, local to its own transaction, the lock wait and what is
 # left of its statement timeout once the statements ahead of it ran ($2: what was left when
 # the batch was sent, in ms). Nothing left: the setting fails (22023) and the write is not
