@@ -33,10 +33,12 @@ from app.cluster.node import Node
 from app.cluster.share import KeyShare
 from app.errors import PoolExhausted
 from app.sql import session
+from app.sql.schema_watch import ask_on
 from app.sql.session import Effect
 
 if TYPE_CHECKING:
-    from app.sql.schema_code import SchemaCode, SchemaWatch
+    from app.sql.schema_code import SchemaCode
+    from app.sql.schema_watch import SchemaWatch
     from app.sql.tree import Tree
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -92,7 +94,13 @@ class Checkout:
         self._watch = watch
 
     async def _judge_later(self) -> None:
-        facts = await self._watch.facts_since(time.monotonic(), LATER_WAIT_S)
+        watch = self._watch
+        if self._pool is self.node.pool and self.node.state.in_recovery is False:
+            # On the writer, with the service's own login: read on this connection, which
+            # is idle now (the watch's own reading might be waiting for it: a pool of one).
+            facts = await watch.read_on(ask_on(self.conn), LATER_WAIT_S)
+        else:
+            facts = await watch.facts_since(time.monotonic(), LATER_WAIT_S)
         for tree, before in self._later:
             if facts is None:
                 self.mark(Effect.CLOSE)

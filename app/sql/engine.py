@@ -41,17 +41,12 @@ from app.sql.multiplex import Job, Multiplexer, WaitedForLock
 from app.sql.options import EngineOptions, StatementRules
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult
-from app.sql.schema_code import SchemaWatch
+from app.sql.schema_watch import SchemaWatch, ask_on
 from app.sql.session import Isolation
 from app.sql.streaming import Streams
 from app.supervisor import Supervisor
 
 __all__ = ["Abort", "Engine", "Limits", "Outcome"]
-
-_CATALOG_LIMITS = (
-    "SELECT pg_catalog.set_config('lock_timeout', '500ms', true),"
-    " pg_catalog.set_config('statement_timeout', '5s', true)"
-)
 
 T = TypeVar("T")
 
@@ -122,12 +117,8 @@ class Engine:
         nodes += [n for n in self.cluster.nodes if n.state.reachable and n not in nodes]
         if not nodes:
             raise NodeFailed("no node is reachable to read the catalog from")
-        async with self.checkouts.session(nodes[0]) as held, held.conn.transaction():
-            # Printing a default or a check back takes a lock on its table: a key holding
-            # that table locked delays the reading half a second, then it is tried again.
-            await held.conn.execute(_CATALOG_LIMITS, prepare=False)
-            cur = await held.conn.execute(query, params, prepare=False)
-            return await cur.fetchall()
+        async with self.checkouts.session(nodes[0]) as held:
+            return await ask_on(held.conn)(query, params)
 
     @asynccontextmanager
     async def _changing(self, changes: bool) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from app.sql.columns import TypeNames
 from app.sql.options import EngineOptions
 from app.sql.pipeline import Allowance, Keep
 from app.sql.results import RowFormat, StatementResult
-from app.sql.schema_code import SchemaWatch
+from app.sql.schema_watch import SchemaWatch
 from app.sql.tree import Tree
 from app.sql.types import SESSION_SETTINGS
 

@@ -65,7 +65,7 @@ from app.sql.options import LaneOptions
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.quick import Known
 from app.sql.results import StatementResult
-from app.sql.schema_code import SchemaWatch
+from app.sql.schema_watch import SchemaWatch
 from app.supervisor import Supervisor
 
 # Known (which texts are quick) lives in app/sql/quick.py, Job, LaneStats and WaitedForLock in

@@ -8,7 +8,7 @@ from __future__ import annotations
 from app.sql import session
 from app.sql.checkout import Checkout
 from app.sql.execution import mark
-from app.sql.schema_code import SchemaWatch
+from app.sql.schema_watch import SchemaWatch
 from app.sql.tree import CACHEABLE_LENGTH, Tree
 
 # A statement joins a lane once it has run in under this long; one slow run takes it out

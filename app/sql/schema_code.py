@@ -20,10 +20,7 @@ Changes made around mirrorpool are seen at the next periodic reading
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +31,6 @@ from app.sql.schema_queries import (
     CODE_DEPENDENCIES_SQL,
     CODE_TEXTS_SQL,
     COLUMNS_SQL,
-    FINGERPRINT_SQL,
     NAMES_SQL,
     OWN_FUNCTIONS_SQL,
     OWN_OPERATORS_SQL,
@@ -50,10 +46,6 @@ logger = logging.getLogger(__name__)
 # Runs one catalog query on some node and returns its rows (app/sql/engine.py _ask_catalog:
 # on a pool connection, in a transaction with a short lock timeout).
 Ask = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
-
-# What stored code may call and still leave nothing behind: the vetted catalog functions, and
-# nextval (a serial column's default), whose only trace, currval/lastval, is read by no key
-# (app/sql/session.py reads_sequence_state).
 STORED_CLEAN = catalog.CLEAN_FUNCTIONS | {"nextval"}
 
 
@@ -250,138 +242,3 @@ async def read(
         ((int(r[0]), int(r[1])) for r in write_edges),
     )
     return facts, judged
-
-
-class SchemaWatch:
-    """The current facts: read at start-up, every `refresh_s`, and at once after a schema
-    change made through mirrorpool (until then, UNKNOWN: every doubtful statement is reset).
-    """
-
-    def __init__(self, ask: Ask, refresh_s: float) -> None:
-        self._ask = ask
-        self.refresh_s = refresh_s
-        self.current: SchemaCode = UNKNOWN
-        # When the catalog was last found current (time.time()).
-        self.read_at_wall: float | None = None
-        self._fingerprint: str | None = None
-        self._verdicts: dict[tuple[str, frozenset[str]], bool] = {}
-        self._generation = 0
-        self._wake = asyncio.Event()
-        # Set once the catalog has been read (or found unreadable) for the first time.
-        self.first_read = asyncio.Event()
-        self._failing = False
-        self._before: SchemaCode | None = None
-        # The facts last known (what the lanes go by while they are being read again), and
-        # the newest reading that succeeded: when it began (time.monotonic()) and what it
-        # found, for statements judged once the catalog is read (facts_since).
-        self.last_known: SchemaCode | None = None
-        self._latest: tuple[float, SchemaCode] | None = None
-        self._read_done = asyncio.Event()
-
-    @classmethod
-    def fixed(cls, facts: SchemaCode) -> SchemaWatch:
-        """A watch that never reads the catalog and always says `facts`."""
-
-        async def nothing(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-            raise RuntimeError("this watch reads no catalog")
-
-        watch = cls(nothing, 3600)
-        watch.current = watch.last_known = facts
-        return watch
-
-    def changed(self) -> None:
-        """A statement that may change the schema ran: the facts are unknown until read."""
-        self._generation += 1
-        # (the facts known are kept to be restored if the catalog turns out unchanged: a
-        # refused DDL, a function that changed nothing; the unknown then lasts one fingerprint)
-        self._forget()
-        self._wake.set()
-
-    async def read_now(self) -> bool:
-        generation = self._generation
-        began = time.time()  # what is read reflects the catalog as of (at least) now
-        started = time.monotonic()
-        fingerprint: str | None = None
-        try:
-            rows = await self._ask(FINGERPRINT_SQL, [])
-            fingerprint = str(rows[0][0])
-            unchanged = fingerprint == self._fingerprint
-            if unchanged and (self.current.known or self._before is not None):
-                same = self.current if self.current.known else self._before
-                assert same is not None
-                self._publish(started, same)
-                if generation != self._generation:
-                    return False  # a change came in while reading: read again
-                if not self.current.known:
-                    self._before = None
-                    self._know(same)
-                self.read_at_wall = began
-                return True
-            facts, self._verdicts = await read(self._ask, self._verdicts)
-        except Exception as exc:
-            if not self._failing:  # once, not every second while it lasts
-                logger.warning("could not read the schema's own code from the catalog: %s", exc)
-            self._failing = True
-            if fingerprint is not None and fingerprint != self._fingerprint:
-                # The catalog changed and could not be read (a table lock held past the
-                # reading's lock timeout): what was known no longer holds.
-                self._forget()
-            return False
-        self._failing = False
-        self._publish(started, facts)
-        if generation == self._generation:  # no change came in while reading
-            self._before = None
-            self._know(facts)
-            self._fingerprint = fingerprint
-            self.read_at_wall = began
-            return True
-        return False
-
-    def _know(self, facts: SchemaCode) -> None:
-        self.current = self.last_known = facts
-
-    def _forget(self) -> None:
-        if self.current.known:
-            self._before = self.current
-        self.current = UNKNOWN
-
-    def _publish(self, started: float, facts: SchemaCode) -> None:
-        """A reading that began at `started` found `facts`: they hold for every statement
-        that had ended by then."""
-        self._latest = (started, facts)
-        done, self._read_done = self._read_done, asyncio.Event()
-        done.set()
-
-    async def facts_since(self, since: float, timeout: float) -> SchemaCode | None:
-        """The facts of a reading begun at `since` (time.monotonic()) or later, asking for
-        one; None when none succeeds within `timeout` seconds. A statement that ended by
-        `since` saw no schema such a reading misses, whatever changes come after it."""
-        deadline = time.monotonic() + timeout
-        while self._latest is None or self._latest[0] < since:
-            self._wake.set()
-            done = self._read_done
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(done.wait(), remaining)
-            except TimeoutError:
-                return None
-        return self._latest[1]
-
-    @property
-    def settled(self) -> SchemaCode | None:
-        """The facts now, or while they are being read again the last ones known."""
-        return self.current if self.current.known else self.last_known
-
-    async def run(self) -> None:
-        """Keep the facts fresh (a supervised task for the service's lifetime)."""
-        while True:
-            self._wake.clear()
-            fresh = await self.read_now()
-            self.first_read.set()
-            # (a change while reading has set the event: read again at once)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), self.refresh_s if fresh else min(self.refresh_s, 1.0)
-                )

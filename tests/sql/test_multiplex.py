@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from app.devdb import OWNER, SERVICE, LocalPair
 from app.sql import schema_code
 from app.sql.quick import Known
-from app.sql.schema_code import SchemaWatch
+from app.sql.schema_watch import SchemaWatch
 from app.sql.tree import CACHEABLE_LENGTH, parse
 from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from app.devdb import OWNER, SERVICE, LocalPair
-from app.sql import schema_code
+from app.sql import schema_code, schema_watch
 from app.sql.tree import parse
 from tests.conftest import as_owner
 
@@ -187,13 +187,13 @@ def test_the_watch_reads_again_only_after_a_change(pair: LocalPair) -> None:
                     cur = await conn.execute(query, params)
                     return await cur.fetchall()
 
-                watch = schema_code.SchemaWatch(ask, refresh_s=60)
+                watch = schema_watch.SchemaWatch(ask, refresh_s=60)
                 assert not watch.current.known
                 assert await watch.read_now()
                 assert watch.current.known and "quiet" not in watch.current.write_coded
                 asked.clear()
                 assert await watch.read_now()
-                assert asked == [schema_code.FINGERPRINT_SQL]  # unchanged: nothing more read
+                assert asked == [schema_watch.FINGERPRINT_SQL]  # unchanged: nothing more read
                 as_owner(
                     pair,
                     "CREATE FUNCTION noisy() RETURNS trigger LANGUAGE plpgsql"
@@ -246,7 +246,7 @@ def test_a_locked_table_counts_as_code_and_holds_up_no_reading(pair: LocalPair) 
                         cur = await conn.execute(query, params)
                         return await cur.fetchall()
 
-                    watch = schema_code.SchemaWatch(ask, refresh_s=60)
+                    watch = schema_watch.SchemaWatch(ask, refresh_s=60)
                     since = asyncio.get_running_loop().time()
                     read = await watch.read_now()
                     # A statement that had ended before this reading began is judged by it.

@@ -16,7 +16,7 @@ from app.sql import schema_code
 from app.sql.columns import TypeNames
 from app.sql.multiplex import Job, Multiplexer
 from app.sql.options import LaneOptions
-from app.sql.schema_code import SchemaWatch
+from app.sql.schema_watch import SchemaWatch
 from app.sql.tree import parse
 from app.supervisor import Supervisor
 from tests.unit.conftest import checkouts_of

@@ -1,0 +1,198 @@
+"""The schema watch: the catalog's facts (app/sql/schema_code.py) kept current. Read at
+start-up, checked every MIRRORPOOL_SCHEMA_REFRESH_S by a fingerprint, and at once after a
+schema change made through mirrorpool; until then UNKNOWN, and a statement that may reach
+the database's own code meanwhile is judged once a reading begun after it is in
+(app/sql/checkout.py later()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from app.sql.schema_code import UNKNOWN, Ask, SchemaCode, read
+from app.sql.schema_queries import FINGERPRINT_SQL
+
+logger = logging.getLogger("app.sql.schema_code")
+
+# A reading's own limits, local to its transaction: printing a default or a check back takes
+# a lock on its table, so a key holding one (past what the reading skips, see
+# schema_queries.CODE_TEXTS_SQL) delays it half a second, then it is tried again.
+CATALOG_LIMITS = (
+    "SELECT pg_catalog.set_config('lock_timeout', '500ms', true),"
+    " pg_catalog.set_config('statement_timeout', '5s', true)"
+)
+
+
+def ask_on(conn: AsyncConnection[Any]) -> Ask:
+    """Catalog queries on `conn`, each in a transaction of its own with the reading's limits."""
+
+    async def ask(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with conn.transaction():
+            await conn.execute(CATALOG_LIMITS, prepare=False)
+            cur = await conn.execute(query, params, prepare=False)
+            return await cur.fetchall()
+
+    return ask
+
+
+# What stored code may call and still leave nothing behind: the vetted catalog functions, and
+# nextval (a serial column's default), whose only trace, currval/lastval, is read by no key
+# (app/sql/session.py reads_sequence_state).
+
+
+class SchemaWatch:
+    """The current facts: read at start-up, every `refresh_s`, and at once after a schema
+    change made through mirrorpool (until then, UNKNOWN: every doubtful statement is reset).
+    """
+
+    def __init__(self, ask: Ask, refresh_s: float) -> None:
+        self._ask = ask
+        self.refresh_s = refresh_s
+        self.current: SchemaCode = UNKNOWN
+        # When the catalog was last found current (time.time()).
+        self.read_at_wall: float | None = None
+        self._fingerprint: str | None = None
+        self._verdicts: dict[tuple[str, frozenset[str]], bool] = {}
+        self._generation = 0
+        self._wake = asyncio.Event()
+        # Set once the catalog has been read (or found unreadable) for the first time.
+        self.first_read = asyncio.Event()
+        self._failing = False
+        self._before: SchemaCode | None = None
+        # The facts last known (what the lanes go by while they are being read again), and
+        # the newest reading that succeeded: when it began (time.monotonic()) and what it
+        # found, for statements judged once the catalog is read (facts_since).
+        self.last_known: SchemaCode | None = None
+        self._latest: tuple[float, SchemaCode] | None = None
+        self._read_done = asyncio.Event()
+
+    @classmethod
+    def fixed(cls, facts: SchemaCode) -> SchemaWatch:
+        """A watch that never reads the catalog and always says `facts`."""
+
+        async def nothing(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+            raise RuntimeError("this watch reads no catalog")
+
+        watch = cls(nothing, 3600)
+        watch.current = watch.last_known = facts
+        return watch
+
+    def changed(self) -> None:
+        """A statement that may change the schema ran: the facts are unknown until read."""
+        self._generation += 1
+        # (the facts known are kept to be restored if the catalog turns out unchanged: a
+        # refused DDL, a function that changed nothing; the unknown then lasts one fingerprint)
+        self._forget()
+        self._wake.set()
+
+    async def read_now(self, ask: Ask | None = None) -> bool:
+        """Read the catalog (on `ask`, else the watch's own way): True when the facts are
+        current."""
+        ask = ask or self._ask
+        generation = self._generation
+        began = time.time()  # what is read reflects the catalog as of (at least) now
+        started = time.monotonic()
+        fingerprint: str | None = None
+        try:
+            rows = await ask(FINGERPRINT_SQL, [])
+            fingerprint = str(rows[0][0])
+            unchanged = fingerprint == self._fingerprint
+            if unchanged and (self.current.known or self._before is not None):
+                same = self.current if self.current.known else self._before
+                assert same is not None
+                self._publish(started, same)
+                if generation != self._generation:
+                    return False  # a change came in while reading: read again
+                if not self.current.known:
+                    self._before = None
+                    self._know(same)
+                self.read_at_wall = began
+                return True
+            facts, self._verdicts = await read(ask, self._verdicts)
+        except Exception as exc:
+            if not self._failing:  # once, not every second while it lasts
+                logger.warning("could not read the schema's own code from the catalog: %s", exc)
+            self._failing = True
+            if fingerprint is not None and fingerprint != self._fingerprint:
+                # The catalog changed and could not be read (a table lock held past the
+                # reading's lock timeout): what was known no longer holds.
+                self._forget()
+            return False
+        self._failing = False
+        self._publish(started, facts)
+        if generation == self._generation:  # no change came in while reading
+            self._before = None
+            self._know(facts)
+            self._fingerprint = fingerprint
+            self.read_at_wall = began
+            return True
+        return False
+
+    def _know(self, facts: SchemaCode) -> None:
+        self.current = self.last_known = facts
+
+    def _forget(self) -> None:
+        if self.current.known:
+            self._before = self.current
+        self.current = UNKNOWN
+
+    def _publish(self, started: float, facts: SchemaCode) -> None:
+        """A reading that began at `started` found `facts`: they hold for every statement
+        that had ended by then."""
+        self._latest = (started, facts)
+        done, self._read_done = self._read_done, asyncio.Event()
+        done.set()
+
+    async def facts_since(self, since: float, timeout: float) -> SchemaCode | None:
+        """The facts of a reading begun at `since` (time.monotonic()) or later, asking for
+        one; None when none succeeds within `timeout` seconds. A statement that ended by
+        `since` saw no schema such a reading misses, whatever changes come after it."""
+        deadline = time.monotonic() + timeout
+        while self._latest is None or self._latest[0] < since:
+            self._wake.set()
+            done = self._read_done
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(done.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self._latest[1]
+
+    async def read_on(self, ask: Ask, timeout: float) -> SchemaCode | None:
+        """The facts of a reading on a connection the caller holds, begun now (after its
+        statements ended), or None when it fails or takes over `timeout` seconds. For a
+        caller whose connection the watch's own reading might be waiting for."""
+        since = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.read_now(ask)
+        except TimeoutError:
+            return None
+        latest = self._latest
+        return latest[1] if latest is not None and latest[0] >= since else None
+
+    @property
+    def settled(self) -> SchemaCode | None:
+        """The facts now, or while they are being read again the last ones known."""
+        return self.current if self.current.known else self.last_known
+
+    async def run(self) -> None:
+        """Keep the facts fresh (a supervised task for the service's lifetime)."""
+        while True:
+            self._wake.clear()
+            fresh = await self.read_now()
+            self.first_read.set()
+            # (a change while reading has set the event: read again at once)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self.refresh_s if fresh else min(self.refresh_s, 1.0)
+                )
