@@ -10,9 +10,11 @@ waiting checkouts hold. When every connection of the pool is held by such a stat
 reading cannot start: each waits the full 2 s and its connection is closed, and while they
 wait the facts stay UNKNOWN, so every other request naming a table is held too.
 
-    write key, twice at once (its share of a pool of 4):  {"statements": [{"sql": "DROP TABLE IF EXISTS nothing_15"},
-                                               {"sql": "SELECT v FROM pub"}]}
-    admin key, meanwhile, twice: {"statements": [{"sql": "SELECT v FROM pub"}]}
+    write key, twice at once (its share of a pool of 4):
+        {"statements": [{"sql": "DROP TABLE IF EXISTS nothing_15"},
+                        {"sql": "SELECT v FROM pub"}]}
+    admin key, meanwhile, twice:
+        {"statements": [{"sql": "SELECT v FROM pub"}]}
 
 A 2 ms request of another key takes over 2 s, and its connection is closed (a new login).
 """
