@@ -202,15 +202,42 @@ SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 # Changes to any of these catalogs change this text: a new row version has a new xmin, a
 # dropped row is gone from the sum. (A sum over every row's (oid, xmin), not the largest
 # xmin: a change committed by an older transaction after a newer one's keeps the largest.)
+# Only the database's own objects count (OIDs from 16384 up: what initdb made only a
+# superuser may alter), and none in a temporary schema: another session's temporary objects
+# reach no statement of ours, and a table a request makes in its own is the end of its
+# connection. So a key creating temporary tables in a loop changes nothing here.
 _ROW_KEYS = {
     "pg_inherits": "inhrelid::text || '.' || inhparent::text",
     "pg_index": "indexrelid",
     "pg_partitioned_table": "partrelid",
 }
+_NAMESPACES = {
+    "pg_class": "relnamespace",
+    "pg_type": "typnamespace",
+    "pg_proc": "pronamespace",
+    "pg_operator": "oprnamespace",
+    "pg_constraint": "connamespace",
+}
+_FIRST_NORMAL_OID = 16384
+
+
+def _counted(table: str) -> str:
+    """The rows of `table` the fingerprint counts."""
+    key = {"pg_inherits": "inhrelid"}.get(table, _ROW_KEYS.get(table, "oid"))
+    where = f"{key} >= {_FIRST_NORMAL_OID}"
+    namespace = _NAMESPACES.get(table)
+    if namespace is not None:
+        where += (
+            f" AND NOT pg_catalog.pg_is_other_temp_schema({namespace})"
+            f" AND {namespace} <> pg_catalog.pg_my_temp_schema()"
+        )
+    return where
+
+
 FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
     f"(SELECT count(*) || '.' || coalesce(sum(pg_catalog.hashtext("
     f"{_ROW_KEYS.get(table, 'oid')}::text || '.' || xmin::text)::bigint), 0) "
-    f"FROM pg_catalog.{table})"
+    f"FROM pg_catalog.{table} WHERE {_counted(table)})"
     for table in (
         "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
         "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type", "pg_inherits",

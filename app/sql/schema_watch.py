@@ -16,6 +16,8 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from app.sql import pipeline
+from app.sql.pipeline import Command, Keep
 from app.sql.schema_code import UNKNOWN, Ask, SchemaCode, read
 from app.sql.schema_queries import FINGERPRINT_SQL
 
@@ -30,14 +32,24 @@ CATALOG_LIMITS = (
 )
 
 
+# Rows a catalog query may return (a column per row of every relation: many, not unbounded).
+_CATALOG_ROWS = 10_000_000
+
+
 def ask_on(conn: AsyncConnection[Any]) -> Ask:
-    """Catalog queries on `conn`, each in a transaction of its own with the reading's limits."""
+    """Catalog queries on `conn`, each with the reading's limits local to its own implicit
+    transaction: one round trip (app/sql/pipeline), a fingerprint about one query's time."""
 
     async def ask(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        async with conn.transaction():
-            await conn.execute(CATALOG_LIMITS, prepare=False)
-            cur = await conn.execute(query, params, prepare=False)
-            return await cur.fetchall()
+        unit = [
+            Command(CATALOG_LIMITS, prepare=False),
+            Command(query, params, prepare=False, keep=Keep(_CATALOG_ROWS)),
+        ]
+        (answered,) = await pipeline.run_units(conn, [unit])
+        for reply in answered.replies:
+            if reply.error is not None:
+                raise reply.error
+        return list(answered.replies[-1].rows)
 
     return ask
 
