@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from pglast import parser as pg_parser
@@ -84,8 +83,21 @@ def _shape(sql: str) -> _Shape:
     return _Shape(text, positional, named, rewritten, trees.parse(rewritten))
 
 
-# Services send the same statements again and again: scan and parse each text once.
-_cached_shape = lru_cache(maxsize=trees.CACHE_SIZE)(_shape)
+# Services send the same statements again and again: scan and parse each text once (kept
+# within the parse cache's bounds: a shape holds its tree).
+def _shape_weight(shape: _Shape) -> int:
+    return shape.tree.weight
+
+
+_shapes: trees.TextCache[_Shape] = trees.TextCache(_shape_weight)
+
+
+def _cached_shape(sql: str) -> _Shape:
+    shape = _shapes.get(sql)
+    if shape is None:
+        shape = _shape(sql)
+        _shapes.keep(sql, shape)
+    return shape
 
 
 def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
