@@ -90,19 +90,15 @@ def _shape_weight(shape: _Shape) -> int:
 
 
 _shapes: trees.TextCache[_Shape] = trees.TextCache(_shape_weight)
-
-
-def _cached_shape(sql: str) -> _Shape:
-    shape = _shapes.get(sql)
-    if shape is None:
-        shape = _shape(sql)
-        _shapes.keep(sql, shape)
-    return shape
+_kept = _shapes.get
 
 
 def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
     """Check the placeholders against the parameters and return what psycopg runs."""
-    shape = _cached_shape(sql) if len(sql) <= trees.CACHEABLE_LENGTH else _shape(sql)
+    shape = _kept(sql)
+    if shape is None:
+        shape = _shape(sql)
+        _shapes.keep(sql, shape)  # (not a text over CACHEABLE_LENGTH)
     if shape.positional and shape.named:
         raise InvalidParameters("the SQL mixes $n and :name placeholders; use one kind")
     if isinstance(params, dict):
