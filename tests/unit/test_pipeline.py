@@ -157,3 +157,21 @@ async def test_past_the_bound_the_oldest_names_give_way(held: Checkout) -> None:
     assert not state.prepared and not state.retired
     replies = [u.replies[0] for u in await pipeline.run_units(held.conn, units[:2] * 2)]
     assert [r.rows for r in replies] == [[(0,)], [(1,)]] * 2
+
+
+async def test_a_long_text_is_neither_prepared_nor_counted(held: Checkout) -> None:
+    # A connection counts the uses of 1,024 texts: of 100,000 characters each, that would
+    # be 100 MB per connection. Past PREPARED_LENGTH a text runs unnamed, and nothing of it
+    # stays; the characters counted stay within MAX_SEEN_CHARS.
+    state = pipeline.state_of(held.conn)
+    long = "SELECT 7 AS n -- " + "x" * sending.PREPARED_LENGTH
+    for _ in range(3):
+        (unit,) = await pipeline.run_units(held.conn, [[Command(long, keep=Keep(2))]])
+        assert unit.replies[0].rows == [(7,)]
+    assert all(key[0] != long for key in [*state.seen, *state.prepared])
+    padding = "x" * (sending.PREPARED_LENGTH - 40)
+    for n in range(2 * sending.MAX_SEEN_CHARS // sending.PREPARED_LENGTH):
+        command = Command(f"SELECT {n} AS n -- {padding}", keep=Keep(2))
+        (unit,) = await pipeline.run_units(held.conn, [[command]])
+        assert unit.replies[0].rows == [(n,)]
+        assert sum(len(key[0]) for key in state.seen) <= sending.MAX_SEEN_CHARS

@@ -29,6 +29,10 @@ from app.sql.pipeline.reading import Slot
 MAX_PREPARED = 256
 # Texts whose uses are counted per connection at most (to prepare on the second use).
 MAX_SEEN = 1024
+# ... and the characters of those texts at most, and the longest text prepared or counted (a
+# key's 100,000-character texts would otherwise keep 100 MB per connection in `seen`).
+MAX_SEEN_CHARS = 1 << 20
+PREPARED_LENGTH = 16384
 # Names given up wait for a DEALLOCATE (one round trip for them all) until there are this many.
 RETIRE_BATCH = 16
 _names = itertools.count()
@@ -44,6 +48,7 @@ class ConnState:
     # In the order they were prepared: the first is the oldest.
     prepared: dict[Key, bytes] = field(default_factory=dict)
     seen: dict[Key, int] = field(default_factory=dict)
+    seen_chars: int = 0
     # Names dropped from `prepared` that the server still has, to DEALLOCATE after a run.
     retired: list[bytes] = field(default_factory=list)
 
@@ -65,6 +70,7 @@ def forget_prepared(conn: AsyncConnection[Any]) -> None:
     if state is not None:
         state.prepared.clear()
         state.seen.clear()
+        state.seen_chars = 0
         state.retired.clear()
 
 
@@ -107,9 +113,14 @@ def send(
 
 
 def _second_use(state: ConnState, naming: dict[Key, bytes], key: Key) -> bool:
+    if len(key[0]) > PREPARED_LENGTH:
+        return False
     uses = state.seen.get(key, 0) + 1
-    if uses == 1 and len(state.seen) >= MAX_SEEN:
-        state.seen.clear()
+    if uses == 1:
+        if len(state.seen) >= MAX_SEEN or state.seen_chars + len(key[0]) > MAX_SEEN_CHARS:
+            state.seen.clear()
+            state.seen_chars = 0
+        state.seen_chars += len(key[0])
     state.seen[key] = uses
     if uses < 2:
         return False
