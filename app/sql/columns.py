@@ -20,13 +20,23 @@ for _info in builtin_types:
 _LOOKUP_SQL = """
 SELECT t.oid::pg_catalog.int8,
        CASE WHEN t.typcategory = 'A' AND e.oid IS NOT NULL THEN e.typname || '[]'
-            ELSE t.typname END
+            ELSE t.typname END,
+       t.typnamespace = pg_catalog.pg_my_temp_schema()
+       OR pg_catalog.pg_is_other_temp_schema(t.typnamespace)
 FROM pg_catalog.pg_type AS t LEFT JOIN pg_catalog.pg_type AS e ON e.oid = t.typelem
 WHERE t.oid = ANY($1::pg_catalog.oid[])
 """
+# (the last column: a temporary type, which a session makes and drops at will, is named for
+# the result at hand but not kept, or each would grow TypeNames._known for good)
 
-
+# Result shapes kept at most, the columns across them at most, and the widest shape kept: a
+# wider result is described anew each time (its types are known: no query), so that 4096
+# results of 1,400 long column names (some 2 GiB) cannot be kept.
 _MAX_SHAPES = 4096
+_MAX_SHAPE_COLUMNS = 32768
+_WIDEST_SHAPE = 256
+# Type OIDs named at most (a write key can make and drop types forever); then it starts over.
+_MAX_KNOWN = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,7 @@ class TypeNames:
         # User-defined types have per-database OIDs: key the cache by node and database.
         self._known: dict[tuple[str, int], str] = {}
         self._shapes: dict[tuple[Any, ...], list[Column]] = {}
+        self._columns = 0  # across the shapes kept
 
     def known_result(
         self, conn: AsyncConnection[Any], node: str, result: Any
@@ -105,9 +116,14 @@ class TypeNames:
         return cached
 
     def _remember(self, shape: tuple[Any, ...], columns: list[Column]) -> list[Column]:
-        if len(self._shapes) >= _MAX_SHAPES:
+        width = len(columns)
+        if width > _WIDEST_SHAPE:
+            return columns
+        if len(self._shapes) >= _MAX_SHAPES or self._columns + width > _MAX_SHAPE_COLUMNS:
             self._shapes.clear()
+            self._columns = 0
         self._shapes[shape] = columns
+        self._columns += width
         return columns
 
     async def columns(
@@ -120,8 +136,14 @@ class TypeNames:
         unknown = self._unknown(key, description)
         if unknown:
             cur = await conn.execute(_LOOKUP_SQL, [sorted(unknown)], prepare=False)
-            for oid, name in await cur.fetchall():
-                self._known[(key, int(oid))] = str(name)
+            found = await cur.fetchall()
+            if len(self._known) + len(found) > _MAX_KNOWN:
+                self._known.clear()
+            temporary: dict[tuple[str, int], str] = {}
+            for oid, name, temp in found:
+                (temporary if temp else self._known)[(key, int(oid))] = str(name)
+            if temporary:
+                return self._describe(key, description, temporary)
         return self._describe(key, description)
 
     def knows(self, conn: AsyncConnection[Any], node: str, description: list[Any] | None) -> bool:
@@ -141,11 +163,16 @@ class TypeNames:
             if d.type_code not in _BUILTIN and (key, d.type_code) not in self._known
         }
 
-    def _describe(self, key: str, description: list[Any]) -> list[Column]:
+    def _describe(
+        self, key: str, description: list[Any], temporary: dict[tuple[str, int], str] | None = None
+    ) -> list[Column]:
+        known, other = self._known, temporary or {}
         return [
             Column(
                 d.name,
-                _BUILTIN.get(d.type_code) or self._known.get((key, d.type_code), "unknown"),
+                _BUILTIN.get(d.type_code)
+                or known.get((key, d.type_code))
+                or other.get((key, d.type_code), "unknown"),
                 d.type_code,
             )
             for d in description

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from pglast import parser as pg_parser
@@ -84,13 +83,22 @@ def _shape(sql: str) -> _Shape:
     return _Shape(text, positional, named, rewritten, trees.parse(rewritten))
 
 
-# Services send the same statements again and again: scan and parse each text once.
-_cached_shape = lru_cache(maxsize=trees.CACHE_SIZE)(_shape)
+# Services send the same statements again and again: scan and parse each text once (kept
+# within the parse cache's bounds: a shape holds its tree).
+def _shape_weight(shape: _Shape) -> int:
+    return shape.tree.weight
+
+
+_shapes: trees.TextCache[_Shape] = trees.TextCache(_shape_weight)
+_kept = _shapes.get
 
 
 def bind(sql: str, params: list[Any] | dict[str, Any] | None) -> BoundSQL:
     """Check the placeholders against the parameters and return what psycopg runs."""
-    shape = _cached_shape(sql) if len(sql) <= trees.CACHEABLE_LENGTH else _shape(sql)
+    shape = _kept(sql)
+    if shape is None:
+        shape = _shape(sql)
+        _shapes.keep(sql, shape)  # (not a text over CACHEABLE_LENGTH)
     if shape.positional and shape.named:
         raise InvalidParameters("the SQL mixes $n and :name placeholders; use one kind")
     if isinstance(params, dict):

@@ -6,7 +6,8 @@ app/sql/transaction_pooling.py, the multiplexing lanes, migration plans) reads a
 the SQL's words: the parser has already decoded quoted and `U&` identifiers, dropped comments,
 told string literals from code and qualified names by schema, so no spelling of a statement
 reads as another. Each distinct text is parsed once (the cache below); services send the same
-texts again and again. The walk over the raw tree that gathers the facts is in
+texts again and again: the cache is bounded by count and by the names its trees hold
+(TextCache). The walk over the raw tree that gathers the facts is in
 app/sql/tree_walk.py.
 
 What a tree cannot show is what runs out of sight: the body of a function or a `DO` block,
@@ -17,10 +18,11 @@ enforces the rest.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache, wraps
-from typing import Any, TypeVar
+from functools import wraps
+from typing import Any, Generic, TypeVar
 
 import orjson
 from pglast import parser as pg_parser
@@ -32,6 +34,13 @@ from app.sql.tree_walk import SET_CONFIG, Name, SetConfig, Setting, walk
 # Statements whose parse trees are kept, and the longest text that is cached.
 CACHE_SIZE = 4096
 CACHEABLE_LENGTH = 16384
+# What the kept trees hold, counted in names (each call, attribute, relation, operator and
+# setting, in every fact that lists it: Tree.weight): CACHE_NAMES across the cache (some
+# 32 per tree, a point select holding 5), and at most CACHED_NAMES for a tree to be kept at
+# all. A 16 KB text can call some 1,750 distinct functions (some 500 KiB of facts): such a
+# tree is parsed again each time instead, and the cache stays within some 10 MiB.
+CACHE_NAMES = CACHE_SIZE * 32
+CACHED_NAMES = 2048
 # The largest parse tree read, as libpg_query's JSON: some forty times the text for the
 # densest statements (8,000 select targets in 16 KB give 1.6 MB), more than any statement
 # an application sends; past it the statement is refused before its tree is built.
@@ -103,6 +112,24 @@ class Tree:
     verdicts: dict[Callable[..., Any], Any] = field(default_factory=dict, repr=False)
 
     @property
+    def weight(self) -> int:
+        """How much the tree's facts hold, in names: what the parse cache is bounded by."""
+        return (
+            1
+            + len(self.calls)
+            + len(self.names)
+            + len(self.attributes)
+            + len(self.maybe_called)
+            + len(self.relations)
+            + len(self.written)
+            + len(self.relation_names)
+            + len(self.written_names)
+            + len(self.own_call_names)
+            + len(self.set_configs)
+            + len(self.settings)
+        )
+
+    @property
     def unvetted_calls(self) -> frozenset[Name]:
         """Calls that are not to a vetted catalog function (app/sql/catalog.py): what they
         run, and what it leaves behind, cannot be read from the tree. (set_config() is read
@@ -135,12 +162,69 @@ def is_catalog_call(call: Name, names: frozenset[str]) -> bool:
     return len(call) == 1 or call[-2] == "pg_catalog"
 
 
+V = TypeVar("V")
+
+
+class TextCache(Generic[V]):
+    """Values kept by statement text: CACHE_SIZE of them at most, and CACHE_NAMES names
+    across their trees (`weigh` says a value's); a value of over CACHED_NAMES is not kept.
+    The oldest go first when it is full, so a hit is one dictionary lookup (`get`), with
+    nothing to write; a text that went is kept again the next time it is met."""
+
+    def __init__(self, weigh: Callable[[V], int]) -> None:
+        self._values: dict[str, V] = {}
+        self._weights: dict[str, int] = {}
+        self._held = 0
+        self._weigh = weigh
+        self._lock = threading.Lock()  # (statements are also parsed in threads: off_loop)
+        self.get = self._values.get
+
+    def keep(self, text: str, value: V) -> None:
+        """Keep `value` for `text`, the oldest making room; not at all when it is over
+        CACHED_NAMES or the text over CACHEABLE_LENGTH."""
+        weight = self._weigh(value)
+        if weight > CACHED_NAMES or len(text) > CACHEABLE_LENGTH:
+            return
+        values, weights = self._values, self._weights
+        with self._lock:
+            if text in values:
+                return
+            while values and (len(values) >= CACHE_SIZE or self._held + weight > CACHE_NAMES):
+                oldest = next(iter(values))
+                del values[oldest]
+                self._held -= weights.pop(oldest)
+            values[text] = value
+            weights[text] = weight
+            self._held += weight
+
+    def held(self) -> tuple[int, int]:
+        """The values kept and the names their trees hold."""
+        return len(self._values), self._held
+
+    def clear(self) -> None:
+        """Keep nothing."""
+        with self._lock:
+            self._values.clear()
+            self._weights.clear()
+            self._held = 0
+
+
+def _tree_weight(tree: Tree) -> int:
+    return tree.weight
+
+
+_trees: TextCache[Tree] = TextCache(_tree_weight)
+_kept = _trees.get
+
+
 def parse(sql: str) -> Tree:
     """The tree of one statement; InvalidSQL carrying PostgreSQL's own message and position
     when it does not parse, or when the text holds no statement or several."""
-    if len(sql) <= CACHEABLE_LENGTH:
-        return _cached(sql)
-    return _parse_one(sql)
+    tree = _kept(sql)
+    if tree is None:
+        tree = _parse_one(sql)
+        _trees.keep(sql, tree)  # (not a text over CACHEABLE_LENGTH)
+    return tree
 
 
 def parse_all(sql: str) -> list[Tree]:
@@ -165,9 +249,6 @@ def _parse_one(sql: str) -> Tree:
             "the SQL holds more than one statement; send one per request (or use /v1/transaction)"
         )
     return _facts(statements[0].get("stmt", {}), keep_node=False)
-
-
-_cached = lru_cache(maxsize=CACHE_SIZE)(_parse_one)
 
 
 def _raw(sql: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from pglast import visitors
 
 from app.errors import DatabaseError, InvalidSQL
 from app.sql import refusals, session
+from app.sql import tree as trees
 from app.sql.session import Effect
 from app.sql.tree import parse, parse_all, returns_rows
 
@@ -448,3 +449,19 @@ def test_operators_the_analyser_looks_up_by_name_are_named(sql: str, operators: 
 )
 def test_no_operator_where_none_is_looked_up_by_name(sql: str) -> None:
     assert not {"=", "<>", "<", ">", "<=", ">="} & parse(sql).own_call_names
+
+
+def test_the_parse_cache_keeps_trees_within_the_names_they_hold() -> None:
+    # A point select is parsed once; a text of many distinct calls (well under the cached
+    # length) is parsed anew each time rather than kept with its facts.
+    point = "SELECT v FROM pub WHERE id = $1 -- cache15"
+    assert parse(point) is parse(point)
+    many = "SELECT " + ",".join(f"cache15_{i}()" for i in range(1000))
+    assert len(many) <= trees.CACHEABLE_LENGTH
+    assert parse(many).weight > trees.CACHED_NAMES
+    assert parse(many) is not parse(many)
+    # Past its budget the cache lets the oldest go: what it holds stays within it.
+    for i in range(200):
+        parse("SELECT " + ",".join(f"cache15_{i}_{k}()" for k in range(500)))
+    kept, held = trees._trees.held()
+    assert kept <= trees.CACHE_SIZE and held <= trees.CACHE_NAMES

@@ -21,6 +21,7 @@ from psycopg import pq
 
 from app.devdb import LocalPair
 from app.errors import InvalidParameters
+from app.sql.columns import TypeNames
 from app.sql.session import startup_options
 from app.sql.types import SESSION_SETTINGS, configure_connection, register_loaders, to_param
 
@@ -495,3 +496,32 @@ async def test_startup_options_and_register_loaders_give_the_same_values(
         got = await (await started.execute(sql)).fetchone()
     assert got == await (await conn.execute(sql)).fetchone()
     assert got is not None and got[0] == "2024-05-01T07:30:00+00:00"
+
+
+async def test_temporary_types_are_named_but_not_kept(conn: Conn) -> None:
+    # A session makes and drops temporary types at will: each is named for its result, and
+    # none stays in the names kept per OID (which would grow for good); a schema's type does.
+    names = TypeNames()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    async with conn.transaction(force_rollback=True):
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"CREATE TYPE {schema}.kept AS (n int)")
+        for i in range(3):
+            await conn.execute(f"CREATE TYPE pg_temp.passing{i} AS (n int)")
+            cur = await conn.execute(
+                f"SELECT ROW(1)::pg_temp.passing{i} AS t, ROW(2)::{schema}.kept AS k"
+            )
+            described = await names.columns(conn, "primary", cur.description)
+            assert [(c.name, c.type) for c in described] == [("t", f"passing{i}"), ("k", "kept")]
+        assert sorted(names._known.values()) == ["kept"]
+
+
+async def test_wide_results_are_described_but_not_kept(conn: Conn) -> None:
+    names = TypeNames()
+    for width in (3, 300):
+        sql = "SELECT " + ", ".join(f"{k} AS c{k}" for k in range(width))
+        cur = await conn.execute(sql)
+        first = await names.of_result(conn, "primary", cur.pgresult)
+        assert [c.name for c in first] == [f"c{k}" for k in range(width)]
+        again = await names.of_result(conn, "primary", cur.pgresult)
+        assert (again is first) == (width == 3), width  # a shape met before, or anew

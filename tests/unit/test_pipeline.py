@@ -10,7 +10,7 @@ import pytest
 from app.cluster.cluster import Cluster
 from app.sql import pipeline
 from app.sql.checkout import Checkout
-from app.sql.pipeline import Allowance, Command, Keep, syncing
+from app.sql.pipeline import Allowance, Command, Keep, sending, syncing
 from app.sql.session import Effect
 from tests.unit.conftest import checkouts_of
 
@@ -126,3 +126,52 @@ async def test_a_batch_of_queued_syncs_goes_out_whole(held: Checkout) -> None:
         else:
             assert reply.error is None and reply.rows == [(n * 20_000, n)]
     assert await scalar(held, "SELECT 7") == 7
+
+
+async def test_past_the_bound_the_oldest_names_give_way(held: Checkout) -> None:
+    # More texts than a connection keeps names for, each run again: the newest are prepared
+    # (the oldest deallocated on the server after the run, those this batch was still using
+    # too), every statement answers its own rows, and the server never holds many more names
+    # than the bound.
+    bound = sending.MAX_PREPARED
+    texts = [f"SELECT {n} AS n" for n in range(bound + 44)]
+    units = [[Command(text, keep=Keep(2))] for text in texts]
+    state = pipeline.state_of(held.conn)
+    count = r"SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '\_mp\_%'"
+    for run in range(4):
+        replies = [u.replies[0] for u in await pipeline.run_units(held.conn, units)]
+        assert [r.rows for r in replies] == [[(n,)] for n in range(len(texts))], run
+        assert len(state.prepared) <= bound
+        on_server = await scalar(held, count)
+        assert on_server == len(state.prepared) + len(state.retired)
+        assert on_server <= bound + sending.RETIRE_BATCH
+    assert len(state.prepared) == bound
+    # Another text, run twice, still gets a name of its own.
+    other = [[Command("SELECT $1::int AS other", [5], keep=Keep(2))]]
+    for _ in range(2):
+        assert (await pipeline.run_units(held.conn, other))[0].replies[0].rows == [(5,)]
+    assert "SELECT $1::int AS other" in {key[0] for key in state.prepared}
+    # A reset forgets the names given up too (DISCARD ALL dropped them on the server).
+    await held.conn.execute("DISCARD ALL")
+    pipeline.forget_prepared(held.conn)
+    assert not state.prepared and not state.retired
+    replies = [u.replies[0] for u in await pipeline.run_units(held.conn, units[:2] * 2)]
+    assert [r.rows for r in replies] == [[(0,)], [(1,)]] * 2
+
+
+async def test_a_long_text_is_neither_prepared_nor_counted(held: Checkout) -> None:
+    # A connection counts the uses of 1,024 texts: of 100,000 characters each, that would
+    # be 100 MB per connection. Past PREPARED_LENGTH a text runs unnamed, and nothing of it
+    # stays; the characters counted stay within MAX_SEEN_CHARS.
+    state = pipeline.state_of(held.conn)
+    long = "SELECT 7 AS n -- " + "x" * sending.PREPARED_LENGTH
+    for _ in range(3):
+        (unit,) = await pipeline.run_units(held.conn, [[Command(long, keep=Keep(2))]])
+        assert unit.replies[0].rows == [(7,)]
+    assert all(key[0] != long for key in [*state.seen, *state.prepared])
+    padding = "x" * (sending.PREPARED_LENGTH - 40)
+    for n in range(2 * sending.MAX_SEEN_CHARS // sending.PREPARED_LENGTH):
+        command = Command(f"SELECT {n} AS n -- {padding}", keep=Keep(2))
+        (unit,) = await pipeline.run_units(held.conn, [[command]])
+        assert unit.replies[0].rows == [(n,)]
+        assert sum(len(key[0]) for key in state.seen) <= sending.MAX_SEEN_CHARS

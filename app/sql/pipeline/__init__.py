@@ -10,7 +10,8 @@ Used by the multiplexing lanes (one unit per request) and by /v1/transaction and
 wrapped statements (one unit: BEGIN, the limits, the statements, COMMIT, in one round trip).
 
 A statement text is prepared by name on a connection the second time it runs there (one-off
-texts stay unnamed), up to MAX_PREPARED names per connection. A named statement the server
+texts stay unnamed), up to MAX_PREPARED names per connection, the oldest giving its place to
+a new one when they are all taken (and deallocated after a run). A named statement the server
 no longer has (26000), or whose result type a schema change altered (0A000), is dropped and
 reported `stale`: it did not run, and the caller may send it again.
 
@@ -30,17 +31,25 @@ them on one connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 
 from app.sql.pipeline.answering import answer, answer_known, error_of, reply
 from app.sql.pipeline.commands import Allowance, Command, Keep, Key, Reply, UnitReply
 from app.sql.pipeline.reading import OK, SYNC, Reading, Slot, collect, read
-from app.sql.pipeline.sending import ConnState, dump, forget_prepared, send, state_of
+from app.sql.pipeline.sending import (
+    ConnState,
+    deallocations,
+    dump,
+    forget_prepared,
+    send,
+    state_of,
+)
 from app.sql.pipeline.syncing import queue_sync
 
 __all__ = [
@@ -137,7 +146,22 @@ async def run_units(
     for name in stale:
         if not conn.closed:  # still planned for the old schema: drop it on the server
             await conn.execute(f"DEALLOCATE {name.decode()}", prepare=False)
+    if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        retired = deallocations(state)
+        if retired is not None:
+            await _deallocate(conn, retired)
     return out
+
+
+async def _deallocate(conn: AsyncConnection[Any], statements: str) -> None:
+    """The names given up, dropped on the server: in one round trip, or (when one of them
+    the server had lost already) one at a time, past those it no longer has."""
+    try:
+        await conn.execute(statements, prepare=False)
+    except psycopg.errors.InvalidSqlStatementName:
+        for statement in statements.split("; "):
+            with contextlib.suppress(psycopg.errors.InvalidSqlStatementName):
+                await conn.execute(statement, prepare=False)
 
 
 async def _stop(conn: AsyncConnection[Any], reading: Reading) -> None:

@@ -1,5 +1,13 @@
 """Sending a pipeline's commands: parameters dumped by psycopg's Transformer, a text prepared
-by name on a connection the second time it runs there, the rest sent unnamed."""
+by name on a connection the second time it runs there, the rest sent unnamed.
+
+A connection keeps MAX_PREPARED names at most, shared by every key that gets it. When they are
+all taken, the oldest gives its place to the new one: it is dropped from the map at once (no
+later command uses it) and deallocated on the server after a run, RETIRE_BATCH at a time (a
+command of the run that sent it before may still be using it). A text whose name went is
+prepared again the next time it runs (its uses are still counted), so one key's many texts
+cost another key's statement one Parse at most, never its name for the connection's life.
+(Oldest, not least recently used: a hit stays a dictionary lookup, with nothing to write.)"""
 
 from __future__ import annotations
 
@@ -21,6 +29,12 @@ from app.sql.pipeline.reading import Slot
 MAX_PREPARED = 256
 # Texts whose uses are counted per connection at most (to prepare on the second use).
 MAX_SEEN = 1024
+# ... and the characters of those texts at most, and the longest text prepared or counted (a
+# key's 100,000-character texts would otherwise keep 100 MB per connection in `seen`).
+MAX_SEEN_CHARS = 1 << 20
+PREPARED_LENGTH = 16384
+# Names given up wait for a DEALLOCATE (one round trip for them all) until there are this many.
+RETIRE_BATCH = 16
 _names = itertools.count()
 
 
@@ -31,8 +45,12 @@ class ConnState:
     # Built from the connection's adapters, not the connection: the state must not keep
     # its connection alive (the WeakKeyDictionary below would never let go of it).
     tx: abc.Transformer
+    # In the order they were prepared: the first is the oldest.
     prepared: dict[Key, bytes] = field(default_factory=dict)
     seen: dict[Key, int] = field(default_factory=dict)
+    seen_chars: int = 0
+    # Names dropped from `prepared` that the server still has, to DEALLOCATE after a run.
+    retired: list[bytes] = field(default_factory=list)
 
 
 _states: WeakKeyDictionary[AsyncConnection[Any], ConnState] = WeakKeyDictionary()
@@ -52,6 +70,8 @@ def forget_prepared(conn: AsyncConnection[Any]) -> None:
     if state is not None:
         state.prepared.clear()
         state.seen.clear()
+        state.seen_chars = 0
+        state.retired.clear()
 
 
 def dump(state: ConnState, unit: Sequence[Command]) -> list[Any] | tuple[int, psycopg.Error]:
@@ -81,7 +101,7 @@ def send(
     key = (command.sql, types, command.styles)
     name = state.prepared.get(key) or naming.get(key) if command.prepare else None
     prepares = False
-    if name is None and command.prepare and _second_use(state, key):
+    if name is None and command.prepare and _second_use(state, naming, key):
         name = naming[key] = f"_mp_{next(_names)}".encode()
         prepares = True
         pgconn.send_prepare(name, command.sql.encode(), types)
@@ -92,11 +112,32 @@ def send(
     return Slot(key, name, prepares, command.keep, unit)
 
 
-def _second_use(state: ConnState, key: Key) -> bool:
-    if len(state.prepared) >= MAX_PREPARED:
+def _second_use(state: ConnState, naming: dict[Key, bytes], key: Key) -> bool:
+    if len(key[0]) > PREPARED_LENGTH:
         return False
     uses = state.seen.get(key, 0) + 1
-    if uses == 1 and len(state.seen) >= MAX_SEEN:
-        state.seen.clear()
+    if uses == 1:
+        if len(state.seen) >= MAX_SEEN or state.seen_chars + len(key[0]) > MAX_SEEN_CHARS:
+            state.seen.clear()
+            state.seen_chars = 0
+        state.seen_chars += len(key[0])
     state.seen[key] = uses
-    return uses >= 2
+    if uses < 2:
+        return False
+    # (names prepared by this run count too: they join `prepared` as their replies come)
+    prepared = state.prepared
+    while len(prepared) + len(naming) >= MAX_PREPARED:
+        if not prepared:  # every name is this run's own
+            return False
+        oldest = next(iter(prepared))
+        state.retired.append(prepared.pop(oldest))
+    return True
+
+
+def deallocations(state: ConnState) -> str | None:
+    """The DEALLOCATE of the names given up, once there are RETIRE_BATCH of them (and they are
+    then forgotten), or None."""
+    if len(state.retired) < RETIRE_BATCH:
+        return None
+    names, state.retired = state.retired, []
+    return "; ".join(f"DEALLOCATE {name.decode()}" for name in names)
