@@ -18,6 +18,7 @@ from pglast import parser as pg_parser
 
 from app.errors import InvalidParameters
 from app.sql import tree as trees
+from app.sql.text_cache import TextCache
 from app.sql.tree import Tree
 
 _COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
@@ -89,7 +90,7 @@ def _shape_weight(shape: _Shape) -> int:
     return shape.tree.weight
 
 
-_shapes: trees.TextCache[_Shape] = trees.TextCache(_shape_weight)
+_shapes: TextCache[_Shape] = TextCache(_shape_weight)
 _kept = _shapes.get
 
 

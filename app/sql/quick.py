@@ -9,7 +9,8 @@ from app.sql import session
 from app.sql.checkout import Checkout
 from app.sql.execution import mark
 from app.sql.schema_watch import SchemaWatch
-from app.sql.tree import CACHEABLE_LENGTH, Tree
+from app.sql.text_cache import CACHEABLE_LENGTH
+from app.sql.tree import Tree
 
 # A statement joins a lane once it has run in under this long; one slow run takes it out
 # (MIRRORPOOL_MULTIPLEX_QUICK_MS).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import httpx
 
 from app.devdb import LocalPair
-from app.sql.tree import CACHEABLE_LENGTH
+from app.sql.text_cache import CACHEABLE_LENGTH
 from tests.attacks.test_pass12_parse_cost import READ, served
 from tests.attacks.test_pass14_tree_cache_memory import many_calls
 from tests.conftest import stop_server

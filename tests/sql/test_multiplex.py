@@ -21,7 +21,8 @@ from app.devdb import OWNER, SERVICE, LocalPair
 from app.sql import schema_code
 from app.sql.quick import Known
 from app.sql.schema_watch import SchemaWatch
-from app.sql.tree import CACHEABLE_LENGTH, parse
+from app.sql.text_cache import CACHEABLE_LENGTH
+from app.sql.tree import parse
 from tests.conftest import PairFactory, as_owner, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually

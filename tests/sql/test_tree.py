@@ -9,7 +9,7 @@ import pytest
 from pglast import visitors
 
 from app.errors import DatabaseError, InvalidSQL
-from app.sql import refusals, session
+from app.sql import refusals, session, text_cache
 from app.sql import tree as trees
 from app.sql.session import Effect
 from app.sql.tree import parse, parse_all, returns_rows
@@ -457,11 +457,11 @@ def test_the_parse_cache_keeps_trees_within_the_names_they_hold() -> None:
     point = "SELECT v FROM pub WHERE id = $1 -- cache15"
     assert parse(point) is parse(point)
     many = "SELECT " + ",".join(f"cache15_{i}()" for i in range(1000))
-    assert len(many) <= trees.CACHEABLE_LENGTH
-    assert parse(many).weight > trees.CACHED_NAMES
+    assert len(many) <= text_cache.CACHEABLE_LENGTH
+    assert parse(many).weight > text_cache.CACHED_NAMES
     assert parse(many) is not parse(many)
     # Past its budget the cache lets the oldest go: what it holds stays within it.
     for i in range(200):
         parse("SELECT " + ",".join(f"cache15_{i}_{k}()" for k in range(500)))
     kept, held = trees._trees.held()
-    assert kept <= trees.CACHE_SIZE and held <= trees.CACHE_NAMES
+    assert kept <= text_cache.CACHE_SIZE and held <= text_cache.CACHE_NAMES
