@@ -1,0 +1,108 @@
+"""Sixteenth review pass (attacker): the catalog reading made on a write key's own connection
+(app/sql/checkout.py _judge_later -> SchemaWatch.read_on) runs in that session as the
+request left it, before it is reset, and what it finds is published for every key.
+
+The reading's queries (app/sql/schema_queries.py) qualify their tables and functions, but
+not their types: `'pg_catalog.pg_proc'::regclass`, `oid::text`. A write key may set its
+search path for the session (SET without LOCAL is refused to read keys only) and may make
+temporary domains, and types are looked up in pg_temp first when the path names it first.
+So in one transaction:
+
+    {"statements": [
+      {"sql": "SET search_path = pg_temp, pg_catalog"},
+      {"sql": "CREATE DOMAIN pg_temp.regclass AS pg_catalog.regtype"},
+      {"sql": "CREATE DOMAIN pg_temp.text AS pg_catalog.varchar(1)"},
+      {"sql": "DROP TABLE IF EXISTS nothing16"},
+      {"sql": "SELECT count(*) FROM public.pub"}]}
+
+the DROP makes the facts UNKNOWN, the SELECT names a relation meanwhile, so its connection
+is judged later, by a reading on itself. There `::text` truncates to one character (the
+fingerprint no longer matches: a full reading), and `'pg_catalog.pg_proc'::regclass` is the
+OID of pg_proc's row *type*, which no pg_depend row carries: CODE_DEPENDENCIES_SQL finds
+nothing, and every relation known to run the database's own code only by dependency (a
+view whose rule uses an own implicit cast) is published as clean, KNOWN, for everyone, until
+the request's own end marks the facts unknown again (app/sql/engine.py _changing): after the
+closed connection's replacement has opened (app/cluster/share.py Refills), some ms. A read
+key's `SELECT n FROM pub16_lengths` judged in that window leaves the cast function's session
+advisory lock on its pooled connection, for the next key: 7 of a read key's reads in a loop
+while the write key sent the transaction above 15 times (0 with a temporary table made
+instead of the two domains). The steered facts also stay the watch's last_known (what the
+lanes go by) and its fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from app.devdb import LocalPair
+from tests.attacks.conftest import advisory_locks, query, schema_seen, transaction
+from tests.conftest import as_owner
+
+STEER = (
+    "SET search_path = pg_temp, pg_catalog",
+    "CREATE DOMAIN pg_temp.regclass AS pg_catalog.regtype",
+    "CREATE DOMAIN pg_temp.text AS pg_catalog.varchar(1)",
+    "DROP TABLE IF EXISTS nothing16",
+    "SELECT count(*) FROM public.pub",
+)
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    # (a pool of more than one: the watch's own reading need not wait for the steered one's
+    # connection, and the steered facts stand until its next, MIRRORPOOL_SCHEMA_REFRESH_S on)
+    return {"pool_min_size": 4, "pool_max_size": 4}
+
+
+@pytest.fixture
+async def view_with_cast(pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient) -> None:
+    as_owner(
+        pair,
+        "CREATE TABLE IF NOT EXISTS public.pub16 (id int PRIMARY KEY, v text)",
+        "INSERT INTO public.pub16 VALUES (1, 'one') ON CONFLICT DO NOTHING",
+        "CREATE OR REPLACE FUNCTION public.pub16_text(r public.pub16) RETURNS text"
+        " LANGUAGE sql AS $$ SELECT (r).v WHERE pg_try_advisory_lock(1616) $$",
+        "DROP CAST IF EXISTS (public.pub16 AS text)",
+        "CREATE CAST (public.pub16 AS text) WITH FUNCTION public.pub16_text(public.pub16)"
+        " AS IMPLICIT",
+        "CREATE OR REPLACE VIEW public.pub16_lengths AS SELECT length(p) AS n FROM public.pub16 p",
+        "GRANT SELECT ON public.pub16, public.pub16_lengths TO PUBLIC",
+    )
+    await schema_seen(client)
+
+
+async def test_a_reading_on_a_steered_session_publishes_nothing_less(
+    client: httpx.AsyncClient, view_with_cast: None, pair: LocalPair
+) -> None:
+    # the view is known to run code (by its rule's dependency on the cast): held
+    r = await query(client, "read", "SELECT n FROM pub16_lengths")
+    assert r.status_code == 200, r.text
+    assert advisory_locks(pair) == 0
+    done = asyncio.Event()
+    leaks: list[int] = []
+
+    async def read() -> None:
+        while not done.is_set():
+            r = await query(client, "read", "SELECT n FROM pub16_lengths")
+            assert r.status_code == 200, r.text
+            held = await asyncio.to_thread(advisory_locks, pair)
+            if held:
+                leaks.append(held)
+
+    reader = asyncio.create_task(read())
+    try:
+        for _ in range(15):
+            r = await transaction(client, "write", *STEER)
+            assert r.status_code == 200, r.text
+    finally:
+        done.set()
+        await reader
+    assert not leaks, (
+        f"{len(leaks)} times a read key's SELECT from a view that runs an own cast left its "
+        "session lock on a pooled connection, while a write key steered the catalog "
+        "reading made on its own connection"
+    )
