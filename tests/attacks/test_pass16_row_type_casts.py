@@ -46,8 +46,17 @@ async def row_cast(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCl
         ("read", "SELECT lower(p) FROM pub16 AS p WHERE id = 1"),
         ("read", "SELECT n FROM pub16_lengths"),
         ("write", "SELECT upper(pub16) FROM pub16"),
+        ("read", "SELECT p::text FROM pub16 p"),
+        ("write", "INSERT INTO pub (id, v) SELECT 1600 + id, p FROM pub16 p ON CONFLICT DO NOTHING"),
     ],
-    ids=["whole-row-length", "whole-row-lower", "view-over-whole-row", "table-named-row"],
+    ids=[
+        "whole-row-length",
+        "whole-row-lower",
+        "view-over-whole-row",
+        "table-named-row",
+        "explicit-cast-to-text",
+        "assignment-into-text-column",
+    ],
 )
 async def test_no_session_lock_outlives_a_row_type_cast(
     client: httpx.AsyncClient, row_cast: None, pair: LocalPair, key: str, attack: str
