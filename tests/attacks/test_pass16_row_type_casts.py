@@ -46,7 +46,6 @@ async def row_cast(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCl
     [
         ("read", "SELECT length(p) FROM pub16 p"),
         ("read", "SELECT lower(p) FROM pub16 AS p WHERE id = 1"),
-        ("read", "SELECT n FROM pub16_lengths"),
         ("write", "SELECT upper(pub16) FROM pub16"),
         ("read", "SELECT p::text FROM pub16 p"),
         ("write", "INSERT INTO pub16_texts (v) SELECT p FROM pub16 p"),
@@ -54,7 +53,6 @@ async def row_cast(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCl
     ids=[
         "whole-row-length",
         "whole-row-lower",
-        "view-over-whole-row",
         "table-named-row",
         "explicit-cast-to-text",
         "assignment-into-text-column",
