@@ -1,7 +1,8 @@
 """Sixteenth review pass (attacker): what was tried and held.
 
 - a view over a whole-row cast of the schema's own (pub16_lengths): known by its rule's
-  dependency on the cast, so its read is reset;
+  dependency on the cast, so its read is reset; the cast spelled as a call, `text(p)`: an
+  unvetted call, reset;
 - the catalog reading on a judged connection steered by the session without temporary
   types (a search path naming pg_temp first only: the reading's tables and functions are
   qualified, and pg_temp is never searched for functions or operators);
@@ -63,10 +64,15 @@ STEERINGS = {
 }
 
 
-async def test_a_view_over_a_whole_row_cast_is_reset(
-    client: httpx.AsyncClient, view_with_cast: None, pair: LocalPair
+@pytest.mark.parametrize(
+    "attack",
+    ["SELECT n FROM pub16_lengths", "SELECT text(p) FROM pub16 p"],
+    ids=["view-over-a-whole-row-cast", "whole-row-cast-in-function-call-notation"],
+)
+async def test_a_whole_row_cast_that_is_reset(
+    client: httpx.AsyncClient, view_with_cast: None, pair: LocalPair, attack: str
 ) -> None:
-    r = await query(client, "read", "SELECT n FROM pub16_lengths")
+    r = await query(client, "read", attack)
     assert r.status_code == 200, r.text
     assert (await query(client, "admin", "SELECT 1")).status_code == 200
     assert advisory_locks(pair) == 0
