@@ -1,8 +1,8 @@
 """Sixteenth review pass (attacker): what was tried and held.
 
 - a view over a whole-row cast of the schema's own (pub16_lengths): known by its rule's
-  dependency on the cast, so its read is reset; the cast spelled as a call, `text(p)`: an
-  unvetted call, reset;
+  dependency on the cast, so its read is reset; (`text(p)`, the cast in call notation, does not
+  resolve to a cast for a row type);
 - the catalog reading on a judged connection steered by the session without temporary
   types (a search path naming pg_temp first only: the reading's tables and functions are
   qualified, and pg_temp is never searched for functions or operators);
@@ -66,8 +66,8 @@ STEERINGS = {
 
 @pytest.mark.parametrize(
     "attack",
-    ["SELECT n FROM pub16_lengths", "SELECT text(p) FROM pub16 p"],
-    ids=["view-over-a-whole-row-cast", "whole-row-cast-in-function-call-notation"],
+    ["SELECT n FROM pub16_lengths", "SELECT max(n) FROM (SELECT n FROM pub16_lengths) s"],
+    ids=["view-over-a-whole-row-cast", "view-over-a-whole-row-cast-in-a-subquery"],
 )
 async def test_a_whole_row_cast_that_is_reset(
     client: httpx.AsyncClient, view_with_cast: None, pair: LocalPair, attack: str
