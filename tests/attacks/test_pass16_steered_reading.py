@@ -33,13 +33,14 @@ lanes go by) and its fingerprint.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import advisory_locks, query, schema_seen, transaction
+from tests.attacks.conftest import advisory_locks, headers, query, schema_seen, transaction
 from tests.conftest import as_owner
 
 STEER = (
@@ -118,4 +119,93 @@ async def test_a_reading_on_a_steered_session_publishes_nothing_less(
         f"{len(leaks)} times a read key's SELECT from a view that runs an own cast left its "
         "session lock on a pooled connection, while a write key steered the catalog "
         "reading made on its own connection"
+    )
+
+
+# The same steering the other way: temporary tables named like the catalog's schemas, and
+# `regnamespace` a domain over regclass, so the reading's "not the catalog's schemas" names
+# three temporary tables, and every catalog function's name (2,657 of them) is published as
+# the database's own: every statement calling one is then closed after, for every key.
+EVERYTHING_OWN = (
+    "SET search_path = pg_temp, pg_catalog",
+    "CREATE TEMP TABLE pg_catalog (a int)",
+    "CREATE TEMP TABLE information_schema (a int)",
+    "CREATE TEMP TABLE pg_toast (a int)",
+    "CREATE DOMAIN pg_temp.regnamespace AS pg_catalog.regclass",
+    "CREATE DOMAIN pg_temp.text AS pg_catalog.varchar(1)",
+    "DROP TABLE IF EXISTS nothing16",
+    "SELECT count(*) FROM public.pub",
+)
+
+
+async def test_a_steered_reading_holds_no_other_key(
+    client: httpx.AsyncClient, view_with_cast: None
+) -> None:
+    done = asyncio.Event()
+    worst: list[float] = [0.0]
+
+    async def other_key() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            r = await query(client, "admin", "SELECT 1")
+            assert r.status_code == 200, r.text
+            worst[0] = max(worst[0], time.monotonic() - started)
+
+    timer = asyncio.create_task(other_key())
+    started = time.monotonic()
+    try:
+        r = await transaction(client, "write", *EVERYTHING_OWN)
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        await timer
+    assert r.status_code == 200, r.text
+    assert worst[0] < 1.0, (
+        f"another key's SELECT 1 took {worst[0]:.1f} s while a write key's transaction "
+        f"({took:.1f} s) had the catalog read on its steered session"
+    )
+
+
+# (bounded: while the hole is open the steered reading holds the service for 1.5 minutes
+# or more, and this test fails by its timeout)
+@pytest.mark.timeout(20)
+async def test_a_steered_reading_does_not_make_every_function_the_schemas(
+    client: httpx.AsyncClient, view_with_cast: None
+) -> None:
+    async def own_functions() -> int | None:
+        r = await client.get("/pool/stats", headers=headers("admin"))
+        assert r.status_code == 200, r.text
+        facts = r.json()["schema_code"]
+        return int(facts["own_functions"]) if facts["known"] else None
+
+    before = await own_functions()
+    assert before is not None
+    done = asyncio.Event()
+    seen: list[int] = []
+    worst = [0.0]
+
+    async def poll() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            n = await own_functions()
+            worst[0] = max(worst[0], time.monotonic() - started)
+            if n is not None:
+                seen.append(n)
+
+    poller = asyncio.create_task(poll())
+    started = time.monotonic()
+    try:
+        r = await transaction(client, "write", *EVERYTHING_OWN)
+        took = time.monotonic() - started
+    finally:
+        done.set()
+        await poller
+    assert r.status_code == 200, r.text
+    assert worst[0] < 2.0 and took < 2.0, (
+        f"GET /pool/stats took up to {worst[0]:.1f} s while a write key's transaction "
+        f"({took:.1f} s) had the catalog read on its steered session"
+    )
+    assert max(seen, default=before) == before, (
+        f"the facts published said {max(seen)} own function names ({before} before): every "
+        "catalog function's, so every key's statements close their connections"
     )
