@@ -95,9 +95,18 @@ class Checkout:
 
     async def _judge_later(self) -> None:
         watch = self._watch
+        if self.effect is Effect.CLOSE:  # it goes whatever the facts say
+            self._later.clear()
+            return
         if self._pool is self.node.pool and self.node.state.in_recovery is False:
             # On the writer, with the service's own login: read on this connection, which
-            # is idle now (the watch's own reading might be waiting for it: a pool of one).
+            # is idle now (the watch's own reading might be waiting for it: a pool of one),
+            # once reset: what the request left in its session (a search path, temporary
+            # types named like the catalog's) must not steer what is published for everyone.
+            await session.restore(self.conn, Effect.RESET)
+            if self.conn.closed:
+                self._later.clear()
+                return
             facts = await watch.read_on(ask_on(self.conn), LATER_WAIT_S)
         else:
             facts = await watch.facts_since(time.monotonic(), LATER_WAIT_S)

@@ -229,6 +229,9 @@ async def read(
     coded += [
         (relid, bool(used & typed), True) for relid, used in columns.items() if used & typed_written
     ]
+    # A relation whose row type has casts of the database's own runs them on a whole-row
+    # reference (`lower(p) FROM pub p`, an assignment cast of `p`), which names no type.
+    coded += [(types[t].fields_of, True, True) for t in typed if t in types and types[t].fields_of]
     type_names = {types[t].name for t in typed if t in types}
     operators = {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}
     edges = await ask(VIEW_EDGES_SQL, [])

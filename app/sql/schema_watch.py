@@ -28,7 +28,10 @@ logger = logging.getLogger("app.sql.schema_code")
 # schema_queries.CODE_TEXTS_SQL) delays it half a second, then it is tried again.
 CATALOG_LIMITS = (
     "SELECT pg_catalog.set_config('lock_timeout', '500ms', true),"
-    " pg_catalog.set_config('statement_timeout', '5s', true)"
+    " pg_catalog.set_config('statement_timeout', '5s', true),"
+    # and no name of the reading's reaches a temporary type or relation of the session's
+    # (pg_temp is searched first unless named, and then in its place: last)
+    " pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
 )
 
 
