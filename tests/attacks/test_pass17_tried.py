@@ -8,7 +8,16 @@
   the next key's answer keeps mirrorpool's styles;
 - the prepared-name eviction: a key fills every name of the shared connection twice over
   (300 distinct texts, run twice) between two runs of another key's prepared statement: the
-  other key gets its own rows, never another text's.
+  other key gets its own rows, never another text's;
+- a write key's session characteristics and transaction defaults (SET SESSION
+  CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE / READ ONLY / DEFERRABLE,
+  set_config('default_transaction_read_only' / 'default_transaction_isolation', ..., false),
+  RESET SESSION AUTHORIZATION): every other key's next transaction runs with the defaults;
+  a read key's SET SESSION CHARACTERISTICS ... READ WRITE (LOCAL or not) is refused;
+- more parameters than the protocol carries (65,546, past libpq's 65,535) on /v1/query,
+  /v1/transaction, /v1/query/stream and /sql: a 400 naming the limit, the pool unharmed;
+- a NUL character in the SQL (after a statement, in a comment, in a literal) to cut the text
+  libpq sends short of what the parse tree read: refused with a 400 before anything runs.
 """
 
 from __future__ import annotations
@@ -119,3 +128,112 @@ async def test_prepared_names_given_up_do_not_answer_another_key(
             assert r.status_code == 200, r.text
         r = await query(client, "admin", victim, params=[1])
         assert r.status_code == 200 and r.json()["rows"] == [["public"]], r.text
+
+
+VICTIM_MODE = (
+    "SELECT current_setting('transaction_isolation') AS i,"
+    " current_setting('transaction_read_only') AS r,"
+    " current_setting('transaction_deferrable') AS d"
+)
+MODES = {
+    "session-characteristics-serializable": (
+        "write",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ),
+    "session-characteristics-read-only": (
+        "write",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    ),
+    "session-characteristics-deferrable": (
+        "write",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION DEFERRABLE",
+    ),
+    "set-config-default-read-only": (
+        "write",
+        "SELECT set_config('default_transaction_read_only', 'on', false)",
+    ),
+    "set-config-default-isolation": (
+        "write",
+        "SELECT set_config('default_transaction_isolation', 'serializable', false)",
+    ),
+    "reset-session-authorization": ("write", "RESET SESSION AUTHORIZATION"),
+    "read-key-session-characteristics-read-write": (
+        "read",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    ),
+    "read-key-local-session-characteristics-read-write": (
+        "read",
+        "SET LOCAL SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MODES), ids=list(MODES))
+async def test_transaction_modes_do_not_reach_the_next_key(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    key, attack = MODES[name]
+    before = {k: await query(client, k, VICTIM_MODE) for k in ("admin", "write", "read")}
+    r = await query(client, key, attack)
+    if key == "read":
+        assert r.status_code == 403, r.text
+    else:
+        assert r.status_code == 200, r.text
+    for k, was in before.items():
+        now = await query(client, k, VICTIM_MODE)
+        assert now.status_code == 200, now.text
+        assert now.json()["rows"] == was.json()["rows"], (k, now.text)
+    w = await query(client, "admin", "INSERT INTO notes17 VALUES ('after-mode')")
+    assert w.status_code == 200, w.text
+
+
+TOO_MANY = 65546
+
+
+@pytest.mark.parametrize("path", ["query", "transaction", "stream", "sql"])
+async def test_more_parameters_than_the_protocol_carries(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    sql = f"SELECT ${TOO_MANY}::int AS n"
+    params = [1] * TOO_MANY
+    if path == "query":
+        r = await query(client, "write", sql, params=params)
+    elif path == "transaction":
+        body = {"statements": [{"sql": sql, "params": params}]}
+        r = await client.post("/v1/transaction", json=body, headers=headers("write"))
+    elif path == "stream":
+        body = {"sql": sql, "params": params}
+        r = await client.post("/v1/query/stream", json=body, headers=headers("write"))
+    else:
+        content = json.dumps({"query": sql, "params": ["1"] * TOO_MANY}).encode()
+        sql_headers = {**headers("write"), "Content-Type": "text/plain;charset=UTF-8"}
+        r = await client.post("/sql", content=content, headers=sql_headers)
+    assert r.status_code == 400, r.text
+    assert "parameters" in r.json()["detail"], r.text
+    v = await query(client, "admin", "SELECT v FROM pub WHERE id = 1")
+    assert v.status_code == 200 and v.json()["rows"] == [["public"]], v.text
+
+
+NULS = {
+    "nul-before-a-second-statement": "SELECT 1 AS a\u0000; SELECT lo_create(0)",
+    "nul-at-the-end": "SELECT lo_create(0) \u0000",
+    "nul-in-a-line-comment": "SELECT 1 AS a -- \u0000\n, lo_create(0)",
+    "nul-in-a-block-comment": "SELECT 1 AS a /* \u0000 */ , lo_create(0)",
+    "nul-in-a-literal": "SELECT '\u0000' AS a",
+}
+
+
+def large_objects(pair: LocalPair) -> int:
+    with pair.primary.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("sql", list(NULS.values()), ids=list(NULS))
+async def test_a_nul_in_the_sql(client: httpx.AsyncClient, pair: LocalPair, sql: str) -> None:
+    before = large_objects(pair)
+    r = await query(client, "read", sql)
+    assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text
+    r = await neon(client, "read", sql)
+    assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text
+    assert large_objects(pair) == before
