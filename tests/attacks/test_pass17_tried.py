@@ -199,10 +199,10 @@ async def test_more_parameters_than_the_protocol_carries(
     if path == "query":
         r = await query(client, "write", sql, params=params)
     elif path == "transaction":
-        body = {"statements": [{"sql": sql, "params": params}]}
-        r = await client.post("/v1/transaction", json=body, headers=headers("write"))
+        statements: dict[str, Any] = {"statements": [{"sql": sql, "params": params}]}
+        r = await client.post("/v1/transaction", json=statements, headers=headers("write"))
     elif path == "stream":
-        body = {"sql": sql, "params": params}
+        body: dict[str, Any] = {"sql": sql, "params": params}
         r = await client.post("/v1/query/stream", json=body, headers=headers("write"))
     else:
         content = json.dumps({"query": sql, "params": ["1"] * TOO_MANY}).encode()
