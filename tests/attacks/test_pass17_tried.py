@@ -17,7 +17,11 @@
 - more parameters than the protocol carries (65,546, past libpq's 65,535) on /v1/query,
   /v1/transaction, /v1/query/stream and /sql: a 400 naming the limit, the pool unharmed;
 - a NUL character in the SQL (after a statement, in a comment, in a literal) to cut the text
-  libpq sends short of what the parse tree read: refused with a 400 before anything runs.
+  libpq sends short of what the parse tree read: refused with a 400 before anything runs;
+- a write key's DDL and maintenance on the schema it does not own (CREATE TABLE / VIEW in
+  public, CREATE STATISTICS, COMMENT ON, ALTER TABLE, CREATE INDEX, REINDEX, CLUSTER, REFRESH
+  MATERIALIZED VIEW, TRUNCATE, CREATE PUBLICATION, LOAD, SECURITY LABEL): PostgreSQL refuses
+  each (the login owns nothing and may create nowhere), and the next key's read is unharmed.
 """
 
 from __future__ import annotations
@@ -237,3 +241,30 @@ async def test_a_nul_in_the_sql(client: httpx.AsyncClient, pair: LocalPair, sql:
     r = await neon(client, "read", sql)
     assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text
     assert large_objects(pair) == before
+
+
+NOT_OWNED = {
+    "create-table-in-public": "CREATE TABLE public.x17 (a int)",
+    "create-view-in-public": "CREATE VIEW public.v17 AS SELECT 1 AS a",
+    "create-statistics": "CREATE STATISTICS s17 ON id, v FROM pub",
+    "comment-on-table": "COMMENT ON TABLE pub IS 'x'",
+    "alter-table-add-column": "ALTER TABLE pub ADD COLUMN z17 int",
+    "create-index": "CREATE INDEX ON pub (v)",
+    "reindex-table": "REINDEX TABLE pub",
+    "cluster": "CLUSTER pub",
+    "refresh-materialized-view": "REFRESH MATERIALIZED VIEW pub",
+    "truncate": "TRUNCATE pub",
+    "create-publication": "CREATE PUBLICATION p17 FOR TABLE pub",
+    "load-library": "LOAD 'plpgsql'",
+    "security-label": "SECURITY LABEL ON TABLE pub IS 'x'",
+}
+
+
+@pytest.mark.parametrize("sql", list(NOT_OWNED.values()), ids=list(NOT_OWNED))
+async def test_a_write_keys_ddl_on_what_it_does_not_own(
+    client: httpx.AsyncClient, sql: str
+) -> None:
+    r = await query(client, "write", sql)
+    assert r.status_code in (400, 403), r.text
+    v = await query(client, "admin", "SELECT v FROM pub WHERE id = 1")
+    assert v.status_code == 200 and v.json()["rows"] == [["public"]], v.text
