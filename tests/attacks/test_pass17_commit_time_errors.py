@@ -45,6 +45,9 @@ def overrides(pair: LocalPair, world: dict[str, str]) -> dict[str, Any]:
         "CREATE TABLE parent17b (id int PRIMARY KEY)",
         "CREATE TABLE child17b (parent int REFERENCES parent17b DEFERRABLE INITIALLY DEFERRED)",
         "INSERT INTO parent17b VALUES (1)",
+        "DROP TABLE IF EXISTS unique17",
+        "CREATE TABLE unique17 (a int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        "INSERT INTO unique17 VALUES (1)",
     )
     return {"multiplex_quick_ms": 50, "multiplex_writes": True}
 
@@ -80,3 +83,14 @@ async def test_a_failed_commit_is_answered_with_its_error(
     assert orphans(pair) == 0
     v = await query(client, "admin", "SELECT v FROM pub WHERE id = 1")
     assert v.status_code == 200 and v.json()["rows"] == [["public"]], v.text
+
+
+async def test_a_failed_deferred_unique_check_is_answered_with_its_error(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    r = await query(client, "write", "INSERT INTO unique17 VALUES ($1::int)", params=[1])
+    assert r.status_code in (400, 409), (r.status_code, r.text)
+    assert "23505" in r.text or "duplicate key" in r.text, r.text
+    with pair.primary.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM unique17").fetchone()
+    assert row is not None and row[0] == 1
