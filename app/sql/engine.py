@@ -248,13 +248,13 @@ class Engine:
             error = await self._failures.error(
                 psycopg.OperationalError(str(exc)), conn, node.name, intent
             )
-            raise _sent_write_lost(error, bound, limits) from None
+            raise _sent_write_lost(error, bound, limits, self._ctx) from None
         except psycopg.Error as exc:
             await rollback(conn)
             if isinstance(exc, StatementFailed):
                 exc = exc.cause
             error = await self._failures.error(exc, conn, node.name, intent)
-            raise _sent_write_lost(error, bound, limits) from None
+            raise _sent_write_lost(error, bound, limits, self._ctx) from None
         finally:
             inflight.discard(guard)
             guard.use(None)
@@ -373,12 +373,14 @@ class Engine:
             return await work
 
 
-def _sent_write_lost(error: MirrorpoolError, bound: BoundSQL, limits: Limits) -> MirrorpoolError:
+def _sent_write_lost(
+    error: MirrorpoolError, bound: BoundSQL, limits: Limits, ctx: Context
+) -> MirrorpoolError:
     """A statement that may write, whose connection failed while it ran (lost, or shut at
     its deadline because the server did not answer its own timeout): its outcome is
     unknown, and it must not be answered as retryable. Reads keep their error (retried on
-    another node when pure)."""
-    if not isinstance(error, NodeFailed) or limits.read_only or session.pure_read(bound.tree):
+    another node when pure: no code of the database's own runs unseen in them either)."""
+    if not isinstance(error, NodeFailed) or limits.read_only or ctx.pure_read(bound.tree):
         return error
     return OutcomeUnknown(
         f"{error.detail}: the write was sent, and may or may not have committed", **error.extra

@@ -265,7 +265,11 @@ class Lane:
         statement = Command(job.sql, job.params, keep=keep)
         if job.writes:
             left_ms = (job.timeout_at - now) * 1000
-            return [Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]), statement]
+            return [
+                Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]),
+                plain.IMMEDIATE,
+                statement,
+            ]
         return [statement]
 
     def settle_job(

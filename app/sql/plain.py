@@ -15,14 +15,32 @@ from app.sql.pipeline import Command, Keep
 from app.sql.placeholders import BoundSQL
 from app.sql.quick import Known
 from app.sql.results import StatementResult
+from app.sql.tree import Tree
+
+# Before a data-changing statement on its own (autocommit: its commit is its unit's Sync):
+# deferred constraints are checked inside the statement, under its timeout, and a violation
+# is its own error. Checked at the Sync instead, they would run with no statement timeout
+# (PostgreSQL lifts it for a commit's work) and fail where libpq reports no statement.
+IMMEDIATE = Command("SET CONSTRAINTS ALL IMMEDIATE", prepare=False)
+_DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 
 
-def commands_for(sql: str, params: list[Any], keep: Keep, text: bool) -> list[Command]:
+def changes_data(tree: Tree) -> bool:
+    """A statement that may write rows (and so fire deferred constraint checks)."""
+    return tree.kind in _DML or tree.writes
+
+
+def commands_for(
+    sql: str, params: list[Any], keep: Keep, text: bool, writes: bool = False
+) -> list[Command]:
     """A statement's commands, for one Sync of their own. A pure read answered as text
     (POST /sql) runs under PostgreSQL's default styles, set local to its implicit
-    transaction first, and is prepared apart from those run under mirrorpool's styles."""
+    transaction first, and is prepared apart from those run under mirrorpool's styles; a
+    statement that writes checks its deferred constraints itself (IMMEDIATE)."""
     statement = Command(sql, params, keep=keep, styles=text_output.STYLES if text else "")
-    return [Command(text_output.STYLES_SQL), statement] if text else [statement]
+    if text:
+        return [Command(text_output.STYLES_SQL), statement]
+    return [IMMEDIATE, statement] if writes else [statement]
 
 
 async def run(
@@ -35,11 +53,15 @@ async def run(
     started = time.perf_counter()
     ctx.mark(held, bound.tree)
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
-    command = commands_for(bound.sql, bound.params, keep, limits.text_output)
+    command = commands_for(
+        bound.sql, bound.params, keep, limits.text_output, changes_data(bound.tree)
+    )
     (unit,) = await pipeline.run_units(held.conn, [command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema
         keep = ctx.keep(limits, keep.stop)
-        command = commands_for(bound.sql, bound.params, keep, limits.text_output)
+        command = commands_for(
+            bound.sql, bound.params, keep, limits.text_output, changes_data(bound.tree)
+        )
         (unit,) = await pipeline.run_units(held.conn, [command])
     reply = unit.replies[-1]
     error = next((r.error for r in unit.replies if r.error is not None), None)
