@@ -34,6 +34,7 @@ from app.settings import Settings, load_settings
 from app.sql import named as named_queries
 from app.sql import session
 from app.sql.engine import Engine
+from app.sql.multiplex import LANE_BATCH_IDLE, LANE_BATCH_SETTING
 from app.sql.options import EngineOptions, StatementRules
 from app.sql.types import SESSION_SETTINGS, register_loaders
 from app.supervisor import Supervisor
@@ -131,7 +132,7 @@ def build_cluster(settings: Settings, supervisor: Supervisor | None = None) -> C
                 "lock_timeout": str(settings.lock_timeout_ms),
                 # The lanes' clock for a batch of writes (app/sql/multiplex.py), defined on
                 # every connection from the start, so none tells whether a batch ran on it.
-                "mirrorpool.lane_batch": "0",
+                LANE_BATCH_SETTING: LANE_BATCH_IDLE,
             }
         ),
         configure=register_loaders,

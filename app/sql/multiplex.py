@@ -88,13 +88,17 @@ _LOCK_NOT_AVAILABLE = "55P03"
 MIN_BUDGET_S = 0.002
 # Before a batch's writes, the server notes when it began the batch (a setting of the
 # lanes' own on their connections) ...
-_BATCH_STARTED_SQL = (
-    "SELECT pg_catalog.set_config('mirrorpool.lane_batch',"
-    " EXTRACT(epoch FROM pg_catalog.clock_timestamp())::text, false)"
-)
+LANE_BATCH_SETTING = "mirrorpool.lane_batch"
 # (put back after the batch to the value every connection starts with, app/main.py: another
 # key's request on the connection reads nothing of whether or when a batch ran) ...
-_BATCH_ENDED_SQL = "SELECT pg_catalog.set_config('mirrorpool.lane_batch', '0', false)"
+LANE_BATCH_IDLE = "0"
+_BATCH_STARTED_SQL = (
+    f"SELECT pg_catalog.set_config('{LANE_BATCH_SETTING}',"
+    " EXTRACT(epoch FROM pg_catalog.clock_timestamp())::text, false)"
+)
+_BATCH_ENDED_SQL = (
+    f"SELECT pg_catalog.set_config('{LANE_BATCH_SETTING}', '{LANE_BATCH_IDLE}', false)"
+)
 # ... and each write's unit gets, local to its own transaction, the lock wait and what is
 # left of its statement timeout once the statements ahead of it ran ($2: what was left when
 # the batch was sent, in ms). Nothing left: the setting fails (22023) and the write is not
@@ -104,7 +108,7 @@ _WRITE_LIMITS_SQL = (
     " pg_catalog.set_config('statement_timeout', CASE WHEN ms >= 1"
     " THEN ms::int8::text ELSE 'its time ran out' END, true)"
     " FROM (SELECT $2::float8 - (EXTRACT(epoch FROM pg_catalog.clock_timestamp())"
-    " - pg_catalog.current_setting('mirrorpool.lane_batch')::float8) * 1000 AS ms) AS left_ms"
+    f" - pg_catalog.current_setting('{LANE_BATCH_SETTING}')::float8) * 1000 AS ms) AS left_ms"
 )
 _OUT_OF_TIME = "22023"
 

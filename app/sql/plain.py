@@ -53,15 +53,12 @@ async def run(
     started = time.perf_counter()
     ctx.mark(held, bound.tree)
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
-    command = commands_for(
-        bound.sql, bound.params, keep, limits.text_output, changes_data(bound.tree)
-    )
+    writes = changes_data(bound.tree)
+    command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes)
     (unit,) = await pipeline.run_units(held.conn, [command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema
         keep = ctx.keep(limits, keep.stop)
-        command = commands_for(
-            bound.sql, bound.params, keep, limits.text_output, changes_data(bound.tree)
-        )
+        command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes)
         (unit,) = await pipeline.run_units(held.conn, [command])
     reply = unit.replies[-1]
     error = next((r.error for r in unit.replies if r.error is not None), None)

@@ -9,6 +9,15 @@ _OURS = (
     " 'pg_toast'::regnamespace)"
 )
 
+# Each partitioned table and its partitions, to any depth, as pg_partition_tree() gives them
+# but through pg_inherits, taking no lock (pg_partition_tree() locks each partition). For a
+# WITH RECURSIVE.
+_PARTITION_TREE = """tree AS (
+    SELECT p.partrelid AS root, p.partrelid AS relid FROM pg_catalog.pg_partitioned_table p
+    UNION
+    SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid
+)"""
+
 # The code each relation runs, as PostgreSQL prints it back: (relation, runs when read, runs
 # when written, text or NULL when any text counts). A partition key's expressions run when a
 # row is routed into the partitioned table, and as its partitions' constraint when one is
@@ -30,11 +39,7 @@ WITH RECURSIVE held AS (
 ), blocked AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
     WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN (SELECT oid FROM held)
-), tree AS (  -- each partitioned table and its partitions, as pg_partition_tree() (which locks)
-    SELECT p.partrelid AS root, p.partrelid AS relid FROM pg_catalog.pg_partitioned_table p
-    UNION
-    SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid
-)
+), {_PARTITION_TREE}
 SELECT r.ev_class, r.ev_type = '1', r.ev_type <> '1',
        CASE WHEN r.ev_class IN (SELECT oid FROM held) OR (
                 'pg_catalog.pg_rewrite'::regclass, r.oid) IN (SELECT * FROM blocked)
@@ -82,11 +87,7 @@ WHERE p.partexprs IS NOT NULL AND c.relnamespace {_OURS}
 # Objects that use a function, operator or cast of the database's own, by dependency. (A
 # partition key's dependencies are recorded on the partitioned table itself.)
 CODE_DEPENDENCIES_SQL = f"""
-WITH RECURSIVE tree AS (  -- each partitioned table and its partitions (no locks taken)
-    SELECT p.partrelid AS root, p.partrelid AS relid FROM pg_catalog.pg_partitioned_table p
-    UNION
-    SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid
-), own AS (
+WITH RECURSIVE {_PARTITION_TREE}, own AS (
     SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 ), uses AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d

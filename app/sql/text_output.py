@@ -40,22 +40,18 @@ if TYPE_CHECKING:
 # PostgreSQL's defaults for what mirrorpool pins otherwise (names are our constants).
 POSTGRES_STYLES = {"IntervalStyle": "postgres", "DateStyle": "ISO, YMD"}
 STYLES = "postgres"  # what pipeline.Command.styles says of statements run under them
+_STYLE_CALLS = ", ".join(
+    f"pg_catalog.set_config('{name}', '{value}', true)" for name, value in POSTGRES_STYLES.items()
+)
 # session.LOCAL_LIMITS_SQL ($1 statement_timeout, $2 lock_timeout) and the styles, in one.
 LIMITS_AND_STYLES_SQL = (
     "SELECT pg_catalog.set_config('statement_timeout', $1, true),"
-    " pg_catalog.set_config('lock_timeout', $2, true), "
-    + ", ".join(
-        f"pg_catalog.set_config('{name}', '{value}', true)"
-        for name, value in POSTGRES_STYLES.items()
-    )
+    " pg_catalog.set_config('lock_timeout', $2, true), " + _STYLE_CALLS
 )
-
 # The styles alone, for a pure read run outside a transaction of its own (the plain path and
-# the lanes, app/sql/plain.py text_unit): set in the statement's implicit transaction, they
-# end with its Sync.
-STYLES_SQL = "SELECT " + ", ".join(
-    f"pg_catalog.set_config('{name}', '{value}', true)" for name, value in POSTGRES_STYLES.items()
-)
+# the lanes, app/sql/plain.py commands_for): set in the statement's implicit transaction,
+# they end with its Sync.
+STYLES_SQL = "SELECT " + _STYLE_CALLS
 
 _TEXT = AdaptersMap()
 _TEXT.register_loader(0, TextLoader)  # the fallback for every OID: the text, decoded
