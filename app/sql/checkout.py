@@ -108,14 +108,24 @@ class Checkout:
                 self._later.clear()
                 return
             facts = await watch.read_on(ask_on(self.conn), LATER_WAIT_S)
+            reset = True
         else:
             facts = await watch.facts_since(time.monotonic(), LATER_WAIT_S)
+            reset = False
+        judged = Effect.NONE
         for tree, before in self._later:
             if facts is None:
-                self.mark(Effect.CLOSE)
+                judged = Effect.CLOSE
                 break
-            self.mark(session.effect_with(tree, facts if before is None else facts.union(before)))
+            code = facts if before is None else facts.union(before)
+            judged = max(judged, session.effect_with(tree, code))
         self._later.clear()
+        if judged is Effect.CLOSE or not reset:
+            self.mark(judged)
+        else:
+            # Reset before the reading, which leaves nothing (its settings are local to its
+            # units, its statements unnamed): no second DISCARD ALL.
+            self.effect = Effect.NONE
 
     def end(self) -> None:
         """Its request gives up: stop the statement on the server now, without waiting."""
