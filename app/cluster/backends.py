@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,15 @@ class Backends:
             )
         except Exception as exc:
             logger.debug("cannot terminate backend %s on %s: %s", item.pid, node.name, exc)
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> bool:
+        """Give a connection back in the background (its request has its answer); False,
+        with `work` not started, once the service is shutting down."""
+        if self._supervisor.closed or self._closed:
+            work.close()
+            return False
+        self._spawn(work, name)
+        return True
 
     def _spawn(self, work: Awaitable[Any], name: str) -> None:
         if self._supervisor.closed:

@@ -133,7 +133,16 @@ class Checkout:
 
     async def give_back(self) -> None:
         """Restore the session if needed, then return the connection to its pool; one whose
-        statement may still run is ended, and returned once its backend is gone."""
+        statement may still run is ended, and returned once its backend is gone.
+
+        A connection with statements to judge later goes back in the background: the
+        request's answer does not wait for a catalog reading. Until it is judged it counts
+        against its pool and its key's share, as it did while its request ran."""
+        later = self._later and self.own_session and not _busy(self.conn)
+        if not (later and self._backends.spawn(self._give_back(), "judge-connection")):
+            await self._give_back()
+
+    async def _give_back(self) -> None:
         conn = self.conn
         busy = _busy(conn)
         try:
