@@ -13,8 +13,6 @@ advisory lock) is the next key's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
@@ -24,9 +22,7 @@ from tests.conftest import as_owner
 
 
 @pytest.fixture
-async def audited_index(
-    pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient
-) -> AsyncIterator[None]:
+async def audited_index(pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient) -> None:
     as_owner(
         pair,
         "CREATE OR REPLACE FUNCTION public.audit18_cmp(a int4, b int4) RETURNS int4"
@@ -52,7 +48,6 @@ async def audited_index(
         "SELECT pg_advisory_unlock_all()",
     )
     await schema_seen(client)
-    yield
 
 
 @pytest.mark.parametrize(
