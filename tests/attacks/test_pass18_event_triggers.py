@@ -6,9 +6,11 @@ ddl_command_start before PostgreSQL checks the statement's privileges, so even a
 service's login may not run (CREATE TABLE in a schema it cannot create in) or one that finds
 nothing to do (DROP TABLE IF EXISTS) runs it. app/sql/schema_queries.py reads rules,
 policies, defaults, checks, index expressions, triggers and partition keys, and not
-pg_event_trigger, so such a statement is not judged to run code: what the function left in
-the session (a session advisory lock survives the failed statement's rollback) is the next
-key's.
+pg_event_trigger, so such a statement is not judged to run code of the database's own: it
+gets the DDL's reset (DISCARD ALL), not a close. A session advisory lock the function takes
+goes with the reset (test_pass18_tried.py), but a custom setting it defines keeps its
+placeholder (as in pass 13): the next key's current_setting('app.tenant18', true) is ''
+where it was NULL. (CREATE TEMP TABLE closes its connection anyway: it holds.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import httpx
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, query, schema_seen
+from tests.attacks.conftest import query, schema_seen
 from tests.conftest import as_owner
 
 
@@ -31,7 +33,7 @@ async def event_trigger(
         pair,
         # (only the service's sessions are touched: the harness's own DDL runs as others)
         "CREATE OR REPLACE FUNCTION public.audit18() RETURNS event_trigger LANGUAGE plpgsql AS"
-        f" $$ BEGIN IF session_user = '{SERVICE}' THEN PERFORM pg_try_advisory_lock(1819);"
+        f" $$ BEGIN IF session_user = '{SERVICE}' THEN"
         " PERFORM set_config('app.tenant18', 'ddl', false); END IF; END $$",
     )
     with pair.primary.connect() as conn:
@@ -51,25 +53,9 @@ async def event_trigger(
 @pytest.mark.parametrize(
     "attack",
     [
-        "CREATE TABLE public.made18 (a int)",
         "DROP TABLE IF EXISTS public.nothing18",
-        "CREATE TABLE made18b AS SELECT 1 AS a",
+        "CREATE TABLE public.made18 (a int)",
     ],
-    ids=["refused-create-table", "drop-if-exists-nothing", "create-table-as"],
-)
-async def test_no_session_lock_outlives_an_event_trigger(
-    client: httpx.AsyncClient, event_trigger: None, pair: LocalPair, attack: str
-) -> None:
-    assert advisory_locks(pair) == 0
-    r = await query(client, "write", attack)
-    assert r.status_code < 500, r.text
-    assert (await query(client, "admin", "SELECT 1")).status_code == 200
-    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}: {r.text}"
-
-
-@pytest.mark.parametrize(
-    "attack",
-    ["DROP TABLE IF EXISTS public.nothing18", "CREATE TABLE public.made18 (a int)"],
     ids=["drop-if-exists-nothing", "refused-create-table"],
 )
 async def test_no_setting_outlives_an_event_trigger(
