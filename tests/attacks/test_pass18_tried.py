@@ -15,7 +15,9 @@
 - values Python cannot hold or JSON cannot say (infinite and year-294276 timestamps, 'NaN'
   and infinite numerics, BC dates, multiranges, aclitem, oidvector, duplicate column names)
   and parameters out of range (2**70 for an int, a ragged nested array), extreme limits
-  (timeout_ms 10**18): a 200 or a 400, never a 500, on /v1/query.
+  (timeout_ms 10**18): a 200 or a 400, never a 500, on /v1/query;
+- a table whose own policy calls the database's own function, read through EXPLAIN ANALYZE,
+  a cursor in a transaction (DECLARE, FETCH) and a LATERAL subquery: each is seen.
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
         "CREATE OR REPLACE FUNCTION public.lock18t() RETURNS event_trigger LANGUAGE plpgsql AS"
         f" $$ BEGIN IF session_user = '{SERVICE}' THEN PERFORM pg_try_advisory_lock(1822);"
         " END IF; END $$",
+        # a table whose own policy calls the database's own function
+        f"CREATE OR REPLACE FUNCTION public.member18t() RETURNS bool LANGUAGE sql AS {LOCK}",
+        "CREATE TABLE IF NOT EXISTS public.members18t (ok bool)",
+        "INSERT INTO public.members18t SELECT true"
+        " WHERE NOT EXISTS (SELECT FROM public.members18t)",
+        "ALTER TABLE public.members18t ENABLE ROW LEVEL SECURITY",
+        "DROP POLICY IF EXISTS member ON public.members18t",
+        "CREATE POLICY member ON public.members18t USING (public.member18t())",
+        "GRANT SELECT ON public.members18t TO PUBLIC",
         "SELECT pg_advisory_unlock_all()",
     )
     with pair.primary.connect() as conn:
@@ -114,36 +125,61 @@ ODD_VALUES = (
     " ARRAY[ROW(1, 'a')] AS m, '[1:2][3:4]={{1,2},{3,4}}'::int[] AS n"
 )
 
-CASES: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("range-planner-estimate", "read", "SELECT count(*) FROM spans18t WHERE r <@ '[10,50)'", {}),
-    ("range-gist-insert-penalty", "write", "INSERT INTO spans18tg VALUES ('[1,3)')", {}),
-    ("event-trigger-refused-ddl", "write", "CREATE TABLE public.made18t (a int)", {}),
-    ("event-trigger-empty-drop", "write", "DROP TABLE IF EXISTS public.nothing18t", {}),
-    ("own-like-operator", "read", "SELECT count(*) FROM moods18 WHERE m LIKE 'h%'", {}),
-    ("own-eq-by-nullif", "read", "SELECT NULLIF(m, 'sad') FROM moods18", {}),
-    ("own-eq-by-is-distinct", "read", "SELECT m IS DISTINCT FROM 'sad' FROM moods18", {}),
-    ("own-eq-by-in-list", "read", "SELECT m IN ('sad') FROM moods18", {}),
-    ("own-eq-by-join-using", "read", "SELECT count(*) FROM moods18 a JOIN moods18 b USING (m)", {}),
-    ("own-type-group-by", "read", "SELECT m FROM moods18 GROUP BY m", {}),
-    ("view-check-option-own-code", "write", "INSERT INTO checked18 VALUES ('sad')", {}),
-    ("odd-output-values", "read", ODD_VALUES, {}),
-    ("int-param-2-pow-70", "read", "SELECT $1::int", {"params": [2**70]}),
-    ("ragged-array-param", "read", "SELECT $1::int[]", {"params": [[[1], [2, 3]]]}),
-    ("timeout-ms-10-pow-18", "read", "SELECT 1", {"timeout_ms": 10**18}),
+QUERY = "/v1/query"
+TRANSACTION = "/v1/transaction"
+
+
+def one(sql: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+    return QUERY, {"sql": sql, **extra}
+
+
+def several(*sqls: str) -> tuple[str, dict[str, Any]]:
+    return TRANSACTION, {"statements": [{"sql": sql} for sql in sqls]}
+
+
+CASES: list[tuple[str, str, tuple[str, dict[str, Any]]]] = [
+    ("range-planner-estimate", "read", one("SELECT count(*) FROM spans18t WHERE r <@ '[10,50)'")),
+    ("range-gist-insert-penalty", "write", one("INSERT INTO spans18tg VALUES ('[1,3)')")),
+    ("event-trigger-refused-ddl", "write", one("CREATE TABLE public.made18t (a int)")),
+    ("event-trigger-empty-drop", "write", one("DROP TABLE IF EXISTS public.nothing18t")),
+    ("own-like-operator", "read", one("SELECT count(*) FROM moods18 WHERE m LIKE 'h%'")),
+    ("own-eq-by-nullif", "read", one("SELECT NULLIF(m, 'sad') FROM moods18")),
+    ("own-eq-by-is-distinct", "read", one("SELECT m IS DISTINCT FROM 'sad' FROM moods18")),
+    ("own-eq-by-in-list", "read", one("SELECT m IN ('sad') FROM moods18")),
+    (
+        "own-eq-by-join-using",
+        "read",
+        one("SELECT count(*) FROM moods18 a JOIN moods18 b USING (m)"),
+    ),
+    ("own-type-group-by", "read", one("SELECT m FROM moods18 GROUP BY m")),
+    ("view-check-option-own-code", "write", one("INSERT INTO checked18 VALUES ('sad')")),
+    ("explain-analyze-policy-table", "read", one("EXPLAIN ANALYZE SELECT * FROM members18t")),
+    (
+        "cursor-over-policy-table",
+        "read",
+        several("DECLARE c CURSOR FOR SELECT * FROM members18t", "FETCH ALL FROM c"),
+    ),
+    (
+        "lateral-policy-table",
+        "read",
+        one("SELECT * FROM (VALUES (1)) v(a), LATERAL (SELECT ok FROM members18t) m"),
+    ),
+    ("odd-output-values", "read", one(ODD_VALUES)),
+    ("int-param-2-pow-70", "read", one("SELECT $1::int", params=[2**70])),
+    ("ragged-array-param", "read", one("SELECT $1::int[]", params=[[[1], [2, 3]]])),
+    ("timeout-ms-10-pow-18", "read", one("SELECT 1", timeout_ms=10**18)),
 ]
 
 
-@pytest.mark.parametrize(
-    ("key", "attack", "extra"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("key", "attack"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 async def test_attacks_that_held(
-    served: httpx.AsyncClient, pair: LocalPair, key: str, attack: str, extra: dict[str, Any]
+    served: httpx.AsyncClient, pair: LocalPair, key: str, attack: tuple[str, dict[str, Any]]
 ) -> None:
     assert advisory_locks(pair) == 0
-    body = json.dumps({"sql": attack, **extra})
+    path, body = attack
     r = await served.post(
-        "/v1/query",
-        content=body,
+        path,
+        content=json.dumps(body),
         headers={**headers(key), "Content-Type": "application/json"},
     )
     assert r.status_code < 500, r.text
