@@ -85,7 +85,7 @@ def mark(held: Checkout, tree: Tree, watch: SchemaWatch) -> None:
         return
     found = session.effect(tree)
     held.mark(found)
-    if found is not session.Effect.CLOSE and facts.runs_unseen_code(tree):
+    if found is not session.Effect.CLOSE and session.runs_unseen(tree, facts):
         held.later(tree, watch)
 
 

@@ -42,7 +42,7 @@ class Known:
             seconds is not None
             and seconds < self._quick_s
             and facts is not None
-            and not facts.runs_unseen_code(tree)
+            and not session.runs_unseen(tree, facts)
         )
 
     def mark(self, held: Checkout, tree: Tree) -> None:

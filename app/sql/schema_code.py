@@ -31,6 +31,7 @@ from app.sql.schema_queries import (
     CODE_DEPENDENCIES_SQL,
     CODE_TEXTS_SQL,
     COLUMNS_SQL,
+    EVENT_TRIGGERS_SQL,
     NAMES_SQL,
     OWN_FUNCTIONS_SQL,
     OWN_OPERATORS_SQL,
@@ -71,13 +72,15 @@ class SchemaCode:
     code that is not clean, and the names by which a statement may call code of the
     database's own without a call of it in its tree (its functions, in attribute notation or
     overloading a catalog name; its operators; the types whose casts or checks are its code).
-    `known` is False until the catalog has been read, and after a schema change until it is
-    read anew."""
+    `event_triggers`: an event trigger is enabled, so DDL runs code of the database's own
+    (app/sql/session.py runs_unseen). `known` is False until the catalog has been read, and
+    after a schema change until it is read anew."""
 
     read_coded: frozenset[str]
     write_coded: frozenset[str]
     own_functions: frozenset[str]
     known: bool = True
+    event_triggers: bool = False
 
     def runs_unseen_code(self, tree: Tree) -> bool:
         """True when the statement may run code of the database's own that it does not name
@@ -99,6 +102,7 @@ class SchemaCode:
             self.read_coded | other.read_coded,
             self.write_coded | other.write_coded,
             self.own_functions | other.own_functions,
+            event_triggers=self.event_triggers or other.event_triggers,
         )
 
 
@@ -139,15 +143,17 @@ def coded_types(
 
 def assemble(
     coded: Iterable[tuple[int, bool, bool]],
-    view_edges: Iterable[tuple[int, int]],
+    view_edges: Iterable[tuple[int, int, bool]],
     names: Iterable[tuple[int, str]],
     own_functions: Iterable[str],
     write_edges: Iterable[tuple[int, int]] = (),
+    event_triggers: bool = False,
 ) -> SchemaCode:
     """The facts from the catalog's rows: the relations with code of their own, then every
-    view that reads (or writes through to) one of them, and every relation whose writing
-    writes one (a parent its partitions, a cascading foreign key its referencing table), to
-    any depth."""
+    view that reads (or writes through to) one of them, every table whose policy reads one
+    (`view_edges` rows marked true: its reading and writing read it), and every relation
+    whose writing writes one (a parent its partitions, a cascading foreign key its
+    referencing table), to any depth."""
     reads: set[int] = set()
     writes: set[int] = set()
     for relid, on_read, on_write in coded:
@@ -160,7 +166,13 @@ def assemble(
     changed = True
     while changed:
         changed = False
-        for view, base in edges:
+        for view, base, policy in edges:
+            if policy:
+                if base in reads and not (view in reads and view in writes):
+                    reads.add(view)
+                    writes.add(view)
+                    changed = True
+                continue
             if base in reads and view not in reads:
                 reads.add(view)
                 changed = True
@@ -176,6 +188,7 @@ def assemble(
         read_coded=frozenset(by_oid[r] for r in reads if r in by_oid),
         write_coded=frozenset(by_oid[w] for w in writes if w in by_oid),
         own_functions=frozenset(own_functions),
+        event_triggers=event_triggers,
     )
 
 
@@ -237,11 +250,13 @@ async def read(
     edges = await ask(VIEW_EDGES_SQL, [])
     names = await ask(NAMES_SQL, [])
     write_edges = await ask(WRITE_EDGES_SQL, [])
+    triggers = await ask(EVENT_TRIGGERS_SQL, [])
     facts = assemble(
         coded,
-        ((int(r[0]), int(r[1])) for r in edges),
+        ((int(r[0]), int(r[1]), bool(r[2])) for r in edges),
         ((int(r[0]), str(r[1])) for r in names),
         own | operators | type_names,
         ((int(r[0]), int(r[1])) for r in write_edges),
+        event_triggers=bool(triggers and triggers[0][0]),
     )
     return facts, judged

@@ -18,6 +18,20 @@ _PARTITION_TREE = """tree AS (
     SELECT t.root, i.inhrelid FROM tree t JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid
 )"""
 
+# The operator classes whose family holds a support function or an operator of the
+# database's own (an extension's in its schema, or one a superuser made): an index using one
+# runs that code on every write and scan, and a type's default B-tree or hash class on every
+# sort, grouping, DISTINCT or hash of its values. Needs `own` (the own functions). For a WITH.
+_OWN_CLASSES = """own_classes AS (
+    SELECT c.oid, c.opcintype, c.opcdefault, c.opcmethod FROM pg_catalog.pg_opclass c
+    WHERE c.opcfamily IN (
+        SELECT a.amprocfamily FROM pg_catalog.pg_amproc a WHERE a.amproc IN (SELECT oid FROM own)
+        UNION
+        SELECT o.amopfamily FROM pg_catalog.pg_amop o
+        JOIN pg_catalog.pg_operator op ON op.oid = o.amopopr
+        WHERE op.oprcode IN (SELECT oid FROM own))
+)"""
+
 # The code each relation runs, as PostgreSQL prints it back: (relation, runs when read, runs
 # when written, text or NULL when any text counts). A partition key's expressions run when a
 # row is routed into the partitioned table, and as its partitions' constraint when one is
@@ -85,11 +99,13 @@ WHERE p.partexprs IS NOT NULL AND c.relnamespace {_OURS}
 """
 
 # Objects that use a function, operator or cast of the database's own, by dependency. (A
-# partition key's dependencies are recorded on the partitioned table itself.)
+# partition key's dependencies are recorded on the partitioned table itself.) And the
+# relations with an index of an operator class that runs such code (_OWN_CLASSES), read or
+# written.
 CODE_DEPENDENCIES_SQL = f"""
 WITH RECURSIVE {_PARTITION_TREE}, own AS (
     SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
-), uses AS (
+), {_OWN_CLASSES}, uses AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
     WHERE (d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own))
        OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (
@@ -116,6 +132,9 @@ UNION ALL
 SELECT r.relid, false, true
 FROM pg_catalog.pg_partitioned_table p JOIN tree r ON r.root = p.partrelid
 WHERE p.partrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
+UNION ALL
+SELECT i.indrelid, true, true FROM pg_catalog.pg_index i
+WHERE i.indclass::pg_catalog.oid[] OPERATOR(pg_catalog.&&) ARRAY(SELECT oid FROM own_classes)
 """
 
 # Code that making a value of a type runs, as printed back: (type, text or NULL when it uses
@@ -124,11 +143,13 @@ WHERE p.partrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_clas
 # a domain over it); its DEFAULT runs when a row is written without the column's value, so
 # only on writing. Casts whose function is the database's own, by their source or target
 # type of the database's own (one of them is: only a type's owner may make a cast; a catalog
-# type on the other side runs nothing by itself).
+# type on the other side runs nothing by itself). Types whose default B-tree or hash
+# operator class runs such code (_OWN_CLASSES), a catalog type's too: sorting, grouping or
+# hashing a value runs it.
 TYPE_CODE_SQL = f"""
 WITH own AS (
     SELECT p.oid FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
-), uses AS (
+), {_OWN_CLASSES}, uses AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
     WHERE d.classid IN ('pg_catalog.pg_constraint'::regclass, 'pg_catalog.pg_type'::regclass)
       AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own))
@@ -150,6 +171,10 @@ SELECT v.t, NULL, true FROM pg_catalog.pg_cast k
 JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc AND p.pronamespace {_OURS},
 LATERAL (VALUES (k.castsource), (k.casttarget)) AS v(t)
 JOIN pg_catalog.pg_type ty ON ty.oid = v.t AND ty.typnamespace {_OURS}
+UNION ALL
+SELECT c.opcintype, NULL, true FROM own_classes c
+JOIN pg_catalog.pg_am m ON m.oid = c.opcmethod AND m.amname IN ('btree', 'hash')
+WHERE c.opcdefault
 """
 
 # Types and what they are made of (a domain's base, an array's element, a composite's
@@ -181,14 +206,30 @@ SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o WHERE o.oprnamespace {_O
 """
 
 # What a view reads (reading it runs their code too; writing an updatable view writes them),
-# and what a rule's actions write.
+# what a rule's actions write, and what reading a parent reads (its partitions and
+# inheritance children, whose indexes scans use): (relation, what it reads, false). What a
+# row-level security policy's subqueries read, which reading or writing its table reads:
+# (table, what it reads, true).
 VIEW_EDGES_SQL = """
-SELECT r.ev_class, d.refobjid
+SELECT r.ev_class, d.refobjid, false
 FROM pg_catalog.pg_rewrite r
 JOIN pg_catalog.pg_depend d
   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
-GROUP BY 1, 2
+UNION
+SELECT i.inhparent, i.inhrelid, false FROM pg_catalog.pg_inherits i
+UNION
+SELECT p.polrelid, d.refobjid, true
+FROM pg_catalog.pg_policy p
+JOIN pg_catalog.pg_depend d
+  ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+ AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> p.polrelid
+"""
+
+# Whether an event trigger is enabled: DDL then runs code of the database's own, before
+# PostgreSQL checks the statement's privileges (ddl_command_start), even when it does nothing.
+EVENT_TRIGGERS_SQL = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e WHERE e.evtenabled <> 'D')
 """
 
 NAMES_SQL = f"""
@@ -242,6 +283,6 @@ FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
     for table in (
         "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
         "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type", "pg_inherits",
-        "pg_partitioned_table",
+        "pg_partitioned_table", "pg_opclass", "pg_amproc", "pg_amop", "pg_event_trigger",
     )
 ) + ")"  # fmt: skip

@@ -167,18 +167,32 @@ def changes_schema(tree: Tree) -> bool:
     statement but a query, DML and the few clean kinds; SELECT ... INTO; a call of the
     database's own code, which may run DDL): the facts of app/sql/schema_code.py are unknown
     until the catalog is read again."""
-    return (
-        "IntoClause" in tree.kinds
-        or any(kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds)
-        or calls_own_code(tree)
+    return _utility(tree) or calls_own_code(tree)
+
+
+def _utility(tree: Tree) -> bool:
+    """DDL and the like (any statement but a query, DML and the few clean kinds; SELECT ...
+    INTO): what may change the catalog, and what fires event triggers."""
+    return "IntoClause" in tree.kinds or any(
+        kind.endswith("Stmt") and kind not in _CLEAN_KINDS for kind in tree.kinds
     )
+
+
+def runs_unseen(tree: Tree, code: SchemaCode) -> bool:
+    """The statement may run code of the database's own out of the tree's sight
+    (SchemaCode.runs_unseen_code), or fire an event trigger: DDL while one is enabled, or
+    while the facts are unknown (its function runs before the statement's privileges are
+    checked, so a refused or empty DDL runs it too)."""
+    if (code.event_triggers or not code.known) and _utility(tree):
+        return True
+    return code.runs_unseen_code(tree)
 
 
 def effect_with(tree: Tree, code: SchemaCode) -> Effect:
     """What the statement may leave behind, counting the code of the database's own that it
     runs out of the tree's sight (a view's, a trigger's, ...: app/sql/schema_code.py)."""
     found = effect(tree)
-    if found is not Effect.CLOSE and code.runs_unseen_code(tree):
+    if found is not Effect.CLOSE and runs_unseen(tree, code):
         # Code of the database's own may leave what only a new backend forgets (see
         # effect()). While the catalog is being read again (unknown facts) every statement
         # that may reach such code counts: app/sql/execution.py mark() judges those once the
@@ -189,7 +203,7 @@ def effect_with(tree: Tree, code: SchemaCode) -> Effect:
 
 def pure_read_with(tree: Tree, code: SchemaCode) -> bool:
     """pure_read(), and no code of the database's own runs out of sight."""
-    return pure_read(tree) and not code.runs_unseen_code(tree)
+    return pure_read(tree) and not runs_unseen(tree, code)
 
 
 # Data-changing statements that may share a lane when they leave the session as it was.
@@ -210,7 +224,7 @@ def lane_write(tree: Tree) -> bool:
 def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
     """What may run in a lane: a pure read, or with `writes` a plain write, that runs no code
     of the database's own out of sight."""
-    return (pure_read(tree) or (writes and lane_write(tree))) and not code.runs_unseen_code(tree)
+    return (pure_read(tree) or (writes and lane_write(tree))) and not runs_unseen(tree, code)
 
 
 def pure_read(tree: Tree) -> bool:
