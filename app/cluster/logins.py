@@ -13,8 +13,9 @@ too, naming the key. A node that does not answer at start-up is not checked then
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,26 +115,43 @@ async def check_logins(
 ) -> list[str]:
     """Check the service's login on every node that answers, and each (key id, role) login
     on the first node that does. Raises SettingsError on a privileged login (unless allowed)
-    and on a role that cannot log in; returns the warnings to show."""
+    and on a role that cannot log in; returns the warnings to show. The logins are tried
+    side by side (each is a new connection), and judged in order."""
     warnings: list[str] = []
     reached: Node | None = None
-    for node in nodes:
-        privileges = await _inspect(node.name, node.dsn, settings, None)
+    found = await _side_by_side([_inspect(n.name, n.dsn, settings, None) for n in nodes])
+    for node, privileges in zip(nodes, found, strict=True):
         if privileges is None:
             continue
         reached = reached or node
         warnings += _judge(f"{node.name}'s login {privileges.user}", privileges, settings)
     if reached is None:
         return warnings
-    checked: dict[str, list[str]] = {}
-    for key_id, role in roles:
-        if role not in checked:
-            privileges = await _inspect(reached.name, reached.login_dsn(role), settings, key_id)
-            checked[role] = (
-                [] if privileges is None else _judge(f"role {role}", privileges, settings, key_id)
-            )
+    pairs = list(roles)
+    first_key: dict[str, str] = {}  # each role is checked once, named by its first key
+    for key_id, role in pairs:
+        first_key.setdefault(role, key_id)
+    inspected = await _side_by_side(
+        [_inspect(reached.name, reached.login_dsn(r), settings, k) for r, k in first_key.items()]
+    )
+    checked = {
+        role: [] if privileges is None else _judge(f"role {role}", privileges, settings, key_id)
+        for (role, key_id), privileges in zip(first_key.items(), inspected, strict=True)
+    }
+    for _, role in pairs:
         warnings += checked[role]
     return warnings
+
+
+async def _side_by_side(
+    checks: list[Coroutine[Any, Any, LoginPrivileges | None]],
+) -> list[LoginPrivileges | None]:
+    """Run the checks at once; the first one's failure, in order, is raised."""
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 async def _inspect(
