@@ -10,6 +10,11 @@ catalog: the fingerprint stays the same and the facts read before the migration 
 is plain text, writing t runs nothing) hold for ever. The domain's DEFAULT calls the
 database's own function, which PostgreSQL now runs on every INSERT that leaves the column
 out; what it leaves in the session (here a session advisory lock) is the next key's.
+
+A read key has the same through a composite type: `ALTER TYPE comp ALTER ATTRIBUTE f TYPE
+chk` (chk a domain whose CHECK calls the database's own function) has nothing to rewrite,
+changes pg_attribute alone, and from then on `SELECT (ROW('x')::comp).f` or
+`jsonb_populate_record(NULL::comp, ...)` runs the check with comp still judged clean.
 """
 
 from __future__ import annotations
@@ -38,6 +43,40 @@ async def retyped(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCli
     # a migration: the column becomes the domain, no rewrite (the domain has no constraint)
     as_owner(pair, "ALTER TABLE public.t19col ALTER COLUMN c TYPE public.d19col")
     await schema_seen(client)  # a reading begun after the migration
+
+
+@pytest.fixture
+async def reattributed(pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient) -> None:
+    as_owner(
+        pair,
+        "CREATE OR REPLACE FUNCTION public.ok19col(v text) RETURNS bool"
+        " LANGUAGE sql AS $$ SELECT pg_try_advisory_lock(1919) IS NOT NULL $$",
+        "DO $$ BEGIN CREATE DOMAIN public.chk19col AS text CHECK (public.ok19col(VALUE));"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        "DROP TYPE IF EXISTS public.comp19col",
+        "CREATE TYPE public.comp19col AS (f text)",
+    )
+    await schema_seen(client)  # comp19col: making one runs nothing
+    as_owner(pair, "ALTER TYPE public.comp19col ALTER ATTRIBUTE f TYPE public.chk19col")
+    await schema_seen(client)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "SELECT (ROW('x')::comp19col).f",
+        'SELECT jsonb_populate_record(NULL::comp19col, \'{"f": "x"}\')',
+        "SELECT CAST(ROW('x') AS public.comp19col)",
+    ],
+    ids=["row-cast", "populate-record", "cast-qualified"],
+)
+async def test_a_composite_reattributed_is_seen(
+    client: httpx.AsyncClient, reattributed: None, pair: LocalPair, attack: str
+) -> None:
+    r = await query(client, "read", attack)
+    assert r.status_code == 200, r.text
+    assert (await query(client, "admin", "SELECT 1")).status_code == 200
+    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}: {r.text}"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 - a domain whose CHECK calls the database's own function reached on a read by a
   COALESCE with a literal (the literal is coerced to the domain), by jsonb_populate_record
   into the row type of a table with such a column, by a column definition list of
-  jsonb_to_record naming the domain, and by a row constructor cast to that row type;
+  jsonb_to_record naming the domain, and by a row constructor cast to that row type or to
+  a composite type made with the domain (made, not altered later: that one is
+  test_pass19_column_type_unseen.py);
 - a domain whose DEFAULT calls the database's own function, on a table made with it (not
   retyped later: that one is test_pass19_column_type_unseen.py): UPDATE ... SET c = DEFAULT,
   INSERT ... ON CONFLICT DO UPDATE, MERGE ... WHEN NOT MATCHED THEN INSERT, a CTE's INSERT;
@@ -47,6 +49,8 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
         "DO $$ BEGIN CREATE DOMAIN public.dft19 AS text DEFAULT public.def19();"
         " EXCEPTION WHEN duplicate_object THEN NULL; END $$",
         "CREATE TABLE IF NOT EXISTS public.checked19 (id int PRIMARY KEY, c public.chk19)",
+        "DO $$ BEGIN CREATE TYPE public.comp19 AS (f public.chk19);"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$",
         "CREATE TABLE IF NOT EXISTS public.defaulted19 (id int PRIMARY KEY, c public.dft19)",
         "DO $$ BEGIN CREATE TYPE public.mood19 AS ENUM ('happy', 'sad');"
         " EXCEPTION WHEN duplicate_object THEN NULL; END $$",
@@ -107,6 +111,7 @@ CASES: list[tuple[str, str, tuple[str, dict[str, Any] | str]]] = [
         one('SELECT * FROM jsonb_to_record(\'{"c": "x"}\') AS r(c chk19)'),
     ),
     ("check-by-row-cast", "read", one("SELECT (ROW(3, 'x')::checked19).c")),
+    ("check-by-composite-made-with-it", "read", one("SELECT (ROW('x')::comp19).f")),
     ("default-by-update-set-default", "write", one("UPDATE defaulted19 SET c = DEFAULT")),
     (
         "default-by-on-conflict",
