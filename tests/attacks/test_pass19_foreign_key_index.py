@@ -13,6 +13,11 @@ references, and the constraint depends on the class's `=` (a catalog operator he
 any btree class for int4), not on the function. So `INSERT INTO child19f VALUES (42)` by a
 write key is judged to run nothing, and what the function left (a session advisory lock)
 is the next key's.
+
+The other direction holds the same hole: deleting from (or updating the key of) a referenced
+table whose foreign key is NO ACTION or RESTRICT (no cascade, so no write edge) runs the
+check `SELECT 1 FROM ONLY child WHERE pid = $1 FOR KEY SHARE`, through the referencing
+table's index of that operator class: `DELETE FROM parent19r WHERE id = 4999`.
 """
 
 from __future__ import annotations
@@ -67,6 +72,38 @@ async def referenced(pair: LocalPair, world: dict[str, str], client: httpx.Async
 )
 async def test_no_session_lock_outlives_a_foreign_key_check(
     client: httpx.AsyncClient, referenced: None, pair: LocalPair, attack: str
+) -> None:
+    assert advisory_locks(pair) == 0
+    r = await query(client, "write", attack)
+    assert r.status_code == 200, r.text
+    assert (await query(client, "admin", "SELECT 1")).status_code == 200
+    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}: {r.text}"
+
+
+@pytest.fixture
+async def referencing(pair: LocalPair, referenced: None, client: httpx.AsyncClient) -> None:
+    as_owner(
+        pair,
+        "DROP TABLE IF EXISTS public.child19r, public.parent19r",
+        "CREATE TABLE public.parent19r (id int4 PRIMARY KEY)",
+        "INSERT INTO public.parent19r SELECT g FROM generate_series(1, 5000) g",
+        "CREATE TABLE public.child19r (pid int4 REFERENCES public.parent19r (id))",
+        "INSERT INTO public.child19r SELECT g FROM generate_series(1, 4000) g",
+        "CREATE INDEX child19r_pid ON public.child19r (pid int4_fk19_ops)",
+        "ANALYZE public.parent19r, public.child19r",
+        "GRANT SELECT, DELETE, UPDATE ON public.parent19r TO PUBLIC",
+        "SELECT pg_advisory_unlock_all()",
+    )
+    await schema_seen(client)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["DELETE FROM parent19r WHERE id = 4999", "UPDATE parent19r SET id = 6000 WHERE id = 4998"],
+    ids=["delete-referenced", "update-referenced-key"],
+)
+async def test_no_session_lock_outlives_a_referenced_tables_check(
+    client: httpx.AsyncClient, referencing: None, pair: LocalPair, attack: str
 ) -> None:
     assert advisory_locks(pair) == 0
     r = await query(client, "write", attack)
