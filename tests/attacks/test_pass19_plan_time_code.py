@@ -8,11 +8,13 @@ expressions and predicate, and a CHECK constraint, as code run when the table is
 *read*: the relation cache's partial index predicate (RelationGetIndexPredicate, so any
 SELECT of the table, to see whether the index applies) and, for an inheritance child or a
 partition, its CHECK constraints (relation_excluded_by_constraints, constraint_exclusion =
-partition, when its parent is read). An IMMUTABLE function of the database's own with
+partition, when its parent is read), and an expression index's expressions likewise
+(RelationGetIndexExpressions, on any SELECT of the table). An IMMUTABLE function of the database's own with
 constant arguments is called there. So a read key's
 
     POST /v1/query {"sql": "SELECT count(*) FROM pidx19"}
     POST /v1/query {"sql": "SELECT count(*) FROM parent19c WHERE x = 1"}
+    POST /v1/query {"sql": "SELECT count(*) FROM eidx19 WHERE x = 1"}
 
 are judged to run nothing, and what the function left (a session advisory lock) is the
 next key's.
@@ -36,12 +38,14 @@ async def planned(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCli
         " LANGUAGE plpgsql IMMUTABLE AS"
         f" $$ BEGIN IF session_user = '{SERVICE}' THEN PERFORM pg_try_advisory_lock(1919);"
         " END IF; RETURN i; END $$",
-        "DROP TABLE IF EXISTS public.pidx19, public.child19c, public.parent19c",
+        "DROP TABLE IF EXISTS public.eidx19, public.pidx19, public.child19c, public.parent19c",
         "CREATE TABLE public.pidx19 (x int4)",
         "CREATE INDEX pidx19_x ON public.pidx19 (x) WHERE x > public.fold19(2)",
+        "CREATE TABLE public.eidx19 (x int4)",
+        "CREATE INDEX eidx19_x ON public.eidx19 ((x + public.fold19(1)))",
         "CREATE TABLE public.parent19c (x int4)",
         "CREATE TABLE public.child19c (CHECK (x > public.fold19(5))) INHERITS (public.parent19c)",
-        "GRANT SELECT ON public.pidx19, public.parent19c, public.child19c TO PUBLIC",
+        "GRANT SELECT ON public.eidx19, public.pidx19, public.parent19c, public.child19c TO PUBLIC",
         "SELECT pg_advisory_unlock_all()",
     )
     await schema_seen(client)
@@ -53,11 +57,13 @@ async def planned(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCli
         "SELECT count(*) FROM pidx19",
         "SELECT x FROM pidx19 WHERE x = 3",
         "SELECT count(*) FROM parent19c WHERE x = 1",
+        "SELECT count(*) FROM eidx19 WHERE x = 1",
     ],
     ids=[
         "partial-index-predicate",
         "partial-index-predicate-where",
         "child-check-exclusion",
+        "expression-index-constant-folded",
     ],
 )
 async def test_no_session_lock_outlives_a_plan(
