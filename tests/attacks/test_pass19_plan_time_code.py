@@ -13,12 +13,15 @@ partition, when its parent is read), and an expression index's expressions likew
 database's own with constant arguments is called there. Extended statistics on expressions
 (CREATE STATISTICS ... ON (x + f(3)), y FROM t) are folded the same way on any plan of the
 table (get_relation_statistics), and pg_statistic_ext is neither read nor in the
-fingerprint: such statistics made after start-up are never seen at all. So a read key's
+fingerprint: such statistics made after start-up are never seen at all. A partition key's
+expressions, counted for writes only, are folded when the relation cache builds the key, on
+any read of the partitioned table. So a read key's
 
     POST /v1/query {"sql": "SELECT count(*) FROM pidx19"}
     POST /v1/query {"sql": "SELECT count(*) FROM parent19c WHERE x = 1"}
     POST /v1/query {"sql": "SELECT count(*) FROM eidx19 WHERE x = 1"}
     POST /v1/query {"sql": "SELECT count(*) FROM stx19 WHERE x = 1"}
+    POST /v1/query {"sql": "SELECT count(*) FROM pkey19"}
 
 are judged to run nothing, and what the function left (a session advisory lock) is the
 next key's.
@@ -33,6 +36,10 @@ from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import advisory_locks, query, schema_seen
 from tests.conftest import as_owner
 
+TABLES = (
+    "public.pkey19, public.stx19, public.eidx19, public.pidx19, public.child19c, public.parent19c"
+)
+
 
 @pytest.fixture
 async def planned(pair: LocalPair, world: dict[str, str], client: httpx.AsyncClient) -> None:
@@ -42,18 +49,18 @@ async def planned(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCli
         " LANGUAGE plpgsql IMMUTABLE AS"
         f" $$ BEGIN IF session_user = '{SERVICE}' THEN PERFORM pg_try_advisory_lock(1919);"
         " END IF; RETURN i; END $$",
-        "DROP TABLE IF EXISTS public.stx19, public.eidx19, public.pidx19, public.child19c,"
-        " public.parent19c",
+        f"DROP TABLE IF EXISTS {TABLES}",
         "CREATE TABLE public.pidx19 (x int4)",
         "CREATE INDEX pidx19_x ON public.pidx19 (x) WHERE x > public.fold19(2)",
         "CREATE TABLE public.eidx19 (x int4)",
         "CREATE INDEX eidx19_x ON public.eidx19 ((x + public.fold19(1)))",
         "CREATE TABLE public.stx19 (x int4, y int4)",
         "CREATE STATISTICS public.stx19_s ON (x + public.fold19(3)), y FROM public.stx19",
+        "CREATE TABLE public.pkey19 (x int4) PARTITION BY RANGE ((x + public.fold19(4)))",
+        "CREATE TABLE public.pkey19_a PARTITION OF public.pkey19 FOR VALUES FROM (0) TO (100)",
         "CREATE TABLE public.parent19c (x int4)",
         "CREATE TABLE public.child19c (CHECK (x > public.fold19(5))) INHERITS (public.parent19c)",
-        "GRANT SELECT ON public.stx19, public.eidx19, public.pidx19, public.parent19c,"
-        " public.child19c TO PUBLIC",
+        f"GRANT SELECT ON {TABLES} TO PUBLIC",
         "SELECT pg_advisory_unlock_all()",
     )
     await schema_seen(client)
@@ -66,12 +73,14 @@ async def planned(pair: LocalPair, world: dict[str, str], client: httpx.AsyncCli
         "SELECT count(*) FROM parent19c WHERE x = 1",
         "SELECT count(*) FROM eidx19 WHERE x = 1",
         "SELECT count(*) FROM stx19 WHERE x = 1",
+        "SELECT count(*) FROM pkey19",
     ],
     ids=[
         "partial-index-predicate",
         "child-check-exclusion",
         "expression-index-constant-folded",
         "statistics-expression-folded",
+        "partition-key-expression-folded",
     ],
 )
 async def test_no_session_lock_outlives_a_plan(
