@@ -11,6 +11,8 @@
   INSERT ... ON CONFLICT DO UPDATE, MERGE ... WHEN NOT MATCHED THEN INSERT, a CTE's INSERT;
 - an own enum with a cast of the database's own to json, reached by to_json / row_to_json /
   jsonb_agg of its table's rows with no name of the type in the statement;
+- sorting, DISTINCT and a join on int4 while a btree class for int4 (not the default) has
+  a comparison function of the database's own: PostgreSQL uses the default class;
 - a read key's MERGE, INSERT in a CTE and SELECT ... FOR UPDATE (refused or rolled back);
 - oversized requests: 5,000 statements in one transaction, a 5,000-deep nested array
   parameter: a 4xx or a 200, never a 500.
@@ -27,7 +29,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from app.devdb import LocalPair
+from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import advisory_locks, headers, keys_for, schema_seen
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
 
@@ -63,6 +65,20 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
         "GRANT SELECT ON public.moods19 TO PUBLIC",
         "SELECT pg_advisory_unlock_all()",
     )
+    with pair.primary.connect() as conn:
+        # a btree class for int4 (not the default) whose comparison is the database's own
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.tried19_cmp(a int4, b int4) RETURNS int4"
+            " LANGUAGE plpgsql IMMUTABLE AS"
+            f" $$ BEGIN IF session_user = '{SERVICE}' THEN PERFORM pg_try_advisory_lock(1919);"
+            " END IF; RETURN btint4cmp(a, b); END $$"
+        )
+        conn.execute(
+            "DO $$ BEGIN CREATE OPERATOR CLASS public.int4_tried19_ops FOR TYPE int4"
+            " USING btree AS OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=,"
+            " OPERATOR 5 >, FUNCTION 1 public.tried19_cmp(int4, int4);"
+            " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
     with pair.primary.connect() as conn:  # (the owner's check would take the lock)
         conn.execute("ALTER TABLE public.checked19 DISABLE TRIGGER ALL")
         conn.execute("INSERT INTO public.checked19 VALUES (1, 'one') ON CONFLICT DO NOTHING")
@@ -148,6 +164,14 @@ CASES: list[tuple[str, str, tuple[str, dict[str, Any] | str]]] = [
         one("WITH i AS (INSERT INTO defaulted19 (id) VALUES (10) RETURNING 1) SELECT 1"),
     ),
     ("read-key-for-update", "read", one("SELECT * FROM defaulted19 FOR UPDATE")),
+    (
+        "int4-sort-join-with-own-class-around",
+        "read",
+        one(
+            "SELECT DISTINCT a FROM generate_series(1, 300) a"
+            " JOIN generate_series(1, 300) b ON a = b ORDER BY a"
+        ),
+    ),
     ("5000-statements", "write", several(*["SELECT 1"] * 5000)),
     ("5000-deep-param", "read", ("/v1/query", nested(5000))),
 ]
