@@ -81,6 +81,9 @@ class SchemaCode:
     own_functions: frozenset[str]
     known: bool = True
     event_triggers: bool = False
+    # Counted as code what names a relation held in ACCESS EXCLUSIVE mode (not printed):
+    # true only while that lock lasts, so the next reading is a full one (SchemaWatch).
+    provisional: bool = False
 
     def runs_unseen_code(self, tree: Tree) -> bool:
         """True when the statement may run code of the database's own that it does not name
@@ -143,17 +146,18 @@ def coded_types(
 
 def assemble(
     coded: Iterable[tuple[int, bool, bool]],
-    view_edges: Iterable[tuple[int, int, bool]],
+    view_edges: Iterable[tuple[int, int, str]],
     names: Iterable[tuple[int, str]],
     own_functions: Iterable[str],
     write_edges: Iterable[tuple[int, int]] = (),
     event_triggers: bool = False,
+    provisional: bool = False,
 ) -> SchemaCode:
     """The facts from the catalog's rows: the relations with code of their own, then every
-    view that reads (or writes through to) one of them, every table whose policy reads one
-    (`view_edges` rows marked true: its reading and writing read it), and every relation
-    whose writing writes one (a parent its partitions, a cascading foreign key its
-    referencing table), to any depth."""
+    view that reads (or writes through to) one of them (`view_edges` rows 'v'), every table
+    whose policy reads one ('p': its reading and writing read it), whose writing reads one
+    ('w': a foreign key's check), and every relation whose writing writes one (a parent its
+    partitions, a cascading foreign key its referencing table), to any depth."""
     reads: set[int] = set()
     writes: set[int] = set()
     for relid, on_read, on_write in coded:
@@ -166,11 +170,12 @@ def assemble(
     changed = True
     while changed:
         changed = False
-        for view, base, policy in edges:
-            if policy:
-                if base in reads and not (view in reads and view in writes):
-                    reads.add(view)
+        for view, base, kind in edges:
+            if kind != "v":
+                if base in reads and not (view in writes and (kind == "w" or view in reads)):
                     writes.add(view)
+                    if kind == "p":
+                        reads.add(view)
                     changed = True
                 continue
             if base in reads and view not in reads:
@@ -189,6 +194,7 @@ def assemble(
         write_coded=frozenset(by_oid[w] for w in writes if w in by_oid),
         own_functions=frozenset(own_functions),
         event_triggers=event_triggers,
+        provisional=provisional,
     )
 
 
@@ -214,7 +220,11 @@ async def read(
         judged[key] = verdict
         return verdict
 
+    provisional = False
     for relid, on_read, on_write, text in await ask(CODE_TEXTS_SQL, []):
+        if not relid:
+            provisional = text == "held"
+            continue
         if not clean(text):
             coded.append((int(relid), bool(on_read), bool(on_write)))
     for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
@@ -253,10 +263,11 @@ async def read(
     triggers = await ask(EVENT_TRIGGERS_SQL, [])
     facts = assemble(
         coded,
-        ((int(r[0]), int(r[1]), bool(r[2])) for r in edges),
+        ((int(r[0]), int(r[1]), str(r[2])) for r in edges),
         ((int(r[0]), str(r[1])) for r in names),
         own | operators | type_names,
         ((int(r[0]), int(r[1])) for r in write_edges),
         event_triggers=bool(triggers and triggers[0][0]),
+        provisional=provisional,
     )
     return facts, judged

@@ -42,7 +42,8 @@ _OWN_CLASSES = """own_classes AS (
 # Printing an expression back takes a lock on the relations it names, so what names a
 # relation another session holds (or waits for) in ACCESS EXCLUSIVE mode (a LOCK TABLE, a
 # migration's ALTER) is not printed but counted as code (NULL): the reading need not wait for
-# the lock, and the relation runs nothing meanwhile anyway.
+# the lock, and the relation runs nothing meanwhile anyway; a last row (0, false, false,
+# 'held') says so, and such a reading holds only until the lock is gone.
 CODE_TEXTS_SQL = f"""
 WITH RECURSIVE held AS (
     SELECT l.relation AS oid FROM pg_catalog.pg_locks l
@@ -75,13 +76,13 @@ SELECT a.adrelid, false, true,
 FROM pg_catalog.pg_attrdef a JOIN pg_catalog.pg_class c ON c.oid = a.adrelid
 WHERE c.relnamespace {_OURS}
 UNION ALL
-SELECT k.conrelid, false, true,
+SELECT k.conrelid, true, true,
        CASE WHEN k.conrelid IN (SELECT oid FROM held) THEN NULL
             ELSE 'SELECT ' || pg_catalog.pg_get_expr(k.conbin, k.conrelid) END
 FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
 WHERE k.contype = 'c' AND c.relnamespace {_OURS}
 UNION ALL
-SELECT i.indrelid, false, true,
+SELECT i.indrelid, true, true,
        CASE WHEN i.indrelid IN (SELECT oid FROM held) THEN NULL
             ELSE pg_catalog.pg_get_indexdef(i.indexrelid) END
 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
@@ -90,12 +91,14 @@ UNION ALL
 SELECT t.tgrelid, false, true, NULL
 FROM pg_catalog.pg_trigger t WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
 UNION ALL
-SELECT r.relid, false, true,
+SELECT r.relid, true, true,
        CASE WHEN p.partrelid IN (SELECT oid FROM held) THEN NULL
             ELSE 'SELECT ' || pg_catalog.pg_get_expr(p.partexprs, p.partrelid) END
 FROM pg_catalog.pg_partitioned_table p JOIN pg_catalog.pg_class c ON c.oid = p.partrelid
 JOIN tree r ON r.root = p.partrelid
 WHERE p.partexprs IS NOT NULL AND c.relnamespace {_OURS}
+UNION ALL
+SELECT 0, false, false, 'held' WHERE EXISTS (SELECT FROM held)
 """
 
 # Objects that use a function, operator or cast of the database's own, by dependency. (A
@@ -122,16 +125,20 @@ UNION ALL
 SELECT a.adrelid, false, true FROM pg_catalog.pg_attrdef a
 WHERE a.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_attrdef'::regclass)
 UNION ALL
-SELECT k.conrelid, false, true FROM pg_catalog.pg_constraint k
+SELECT k.conrelid, true, true FROM pg_catalog.pg_constraint k
 WHERE k.conrelid <> 0
   AND k.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_constraint'::regclass)
 UNION ALL
-SELECT i.indrelid, false, true FROM pg_catalog.pg_index i
+SELECT i.indrelid, true, true FROM pg_catalog.pg_index i
 WHERE i.indexrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
 UNION ALL
-SELECT r.relid, false, true
+SELECT r.relid, true, true
 FROM pg_catalog.pg_partitioned_table p JOIN tree r ON r.root = p.partrelid
 WHERE p.partrelid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_class'::regclass)
+   OR p.partclass::pg_catalog.oid[] OPERATOR(pg_catalog.&&) ARRAY(SELECT oid FROM own_classes)
+UNION ALL
+SELECT s.stxrelid, true, true FROM pg_catalog.pg_statistic_ext s
+WHERE s.oid IN (SELECT objid FROM uses WHERE classid = 'pg_catalog.pg_statistic_ext'::regclass)
 UNION ALL
 SELECT i.indrelid, true, true FROM pg_catalog.pg_index i
 WHERE i.indclass::pg_catalog.oid[] OPERATOR(pg_catalog.&&) ARRAY(SELECT oid FROM own_classes)
@@ -209,17 +216,23 @@ SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o WHERE o.oprnamespace {_O
 # what a rule's actions write, and what reading a parent reads (its partitions and
 # inheritance children, whose indexes scans use): (relation, what it reads, false). What a
 # row-level security policy's subqueries read, which reading or writing its table reads:
-# (table, what it reads, true).
+# (table, what it reads, 'p'). What writing a table reads: a foreign key's check reads the
+# referenced table (its unique index), and writing the referenced table reads the
+# referencing one: (table, what it reads, 'w').
 VIEW_EDGES_SQL = """
-SELECT r.ev_class, d.refobjid, false
+SELECT r.ev_class, d.refobjid, 'v'
 FROM pg_catalog.pg_rewrite r
 JOIN pg_catalog.pg_depend d
   ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
  AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
 UNION
-SELECT i.inhparent, i.inhrelid, false FROM pg_catalog.pg_inherits i
+SELECT i.inhparent, i.inhrelid, 'v' FROM pg_catalog.pg_inherits i
 UNION
-SELECT p.polrelid, d.refobjid, true
+SELECT k.conrelid, k.confrelid, 'w' FROM pg_catalog.pg_constraint k WHERE k.contype = 'f'
+UNION
+SELECT k.confrelid, k.conrelid, 'w' FROM pg_catalog.pg_constraint k WHERE k.contype = 'f'
+UNION
+SELECT p.polrelid, d.refobjid, 'p'
 FROM pg_catalog.pg_policy p
 JOIN pg_catalog.pg_depend d
   ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
@@ -250,6 +263,7 @@ SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 # connection. So a key creating temporary tables in a loop changes nothing here.
 _ROW_KEYS = {
     "pg_inherits": "inhrelid::text || '.' || inhparent::text",
+    "pg_attribute": "attrelid::text || '.' || attnum::text",
     "pg_index": "indexrelid",
     "pg_partitioned_table": "partrelid",
 }
@@ -259,14 +273,23 @@ _NAMESPACES = {
     "pg_proc": "pronamespace",
     "pg_operator": "oprnamespace",
     "pg_constraint": "connamespace",
+    "pg_statistic_ext": "stxnamespace",
 }
 _FIRST_NORMAL_OID = 16384
 
 
 def _counted(table: str) -> str:
     """The rows of `table` the fingerprint counts."""
-    key = {"pg_inherits": "inhrelid"}.get(table, _ROW_KEYS.get(table, "oid"))
+    key = {"pg_inherits": "inhrelid", "pg_attribute": "attrelid"}.get(
+        table, _ROW_KEYS.get(table, "oid")
+    )
     where = f"{key} >= {_FIRST_NORMAL_OID}"
+    if table == "pg_attribute":  # (a column's type changed in place: a domain, a composite's)
+        where += (
+            " AND attnum > 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c"
+            " WHERE c.oid = attrelid AND (pg_catalog.pg_is_other_temp_schema(c.relnamespace)"
+            " OR c.relnamespace = pg_catalog.pg_my_temp_schema()))"
+        )
     namespace = _NAMESPACES.get(table)
     if namespace is not None:
         where += (
@@ -284,5 +307,6 @@ FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
         "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
         "pg_proc", "pg_index", "pg_operator", "pg_cast", "pg_type", "pg_inherits",
         "pg_partitioned_table", "pg_opclass", "pg_amproc", "pg_amop", "pg_event_trigger",
+        "pg_attribute", "pg_statistic_ext",
     )
 ) + ")"  # fmt: skip

@@ -145,7 +145,9 @@ class SchemaWatch:
         if generation == self._generation:  # no change came in while reading
             self._before = None
             self._know(facts)
-            self._fingerprint = fingerprint
+            # (facts that counted a locked relation's definitions as code hold until the lock
+            # goes, which changes no catalog row: the next check reads in full again)
+            self._fingerprint = None if facts.provisional else fingerprint
             self.read_at_wall = began
             return True
         return False
