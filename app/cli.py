@@ -18,10 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-import uvicorn
-
 from app import __version__, workers
-from app.api.auth import hash_key
 from app.demo import QUERIES_DIR
 from app.devdb import OWNER, SERVICE, LocalPair, port_is_free
 from app.errors import DevDBError, SettingsError
@@ -91,6 +88,9 @@ def serve(settings: Settings) -> int:
 
 
 def _run(app: MirrorpoolApp | str, settings: Settings) -> None:
+    # Imported here: the migration and dev commands start without the HTTP stack.
+    import uvicorn  # noqa: PLC0415
+
     from app.api.connection_limits import connection_limits, protocol_factory  # noqa: PLC0415
 
     uvicorn.run(
@@ -123,6 +123,8 @@ def dev(settings: Settings, mirrors: int) -> int:
     local_key = None
     if settings.auth == "keys" and not settings.all_api_keys():
         # A key for this run only, printed once: the docs page's Authorize button takes it.
+        from app.api.auth import hash_key  # noqa: PLC0415
+
         local_key = secrets.token_urlsafe(24)
         overrides["api_keys"] = [
             {"id": "dev", "sha256": hash_key(local_key),
