@@ -101,6 +101,18 @@ def advisory_locks(pair: LocalPair) -> int:
     return int(row[0])
 
 
+async def leaves_no_lock(
+    client: httpx.AsyncClient, pair: LocalPair, key: str, attack: str, what: str = ""
+) -> None:
+    """`attack` as `key` succeeds, and once the admin key has had a connection after it, no
+    session advisory lock of the service's login is left (the code it reached took one)."""
+    assert advisory_locks(pair) == 0
+    r = await query(client, key, attack)
+    assert r.status_code == 200, r.text
+    assert (await query(client, "admin", "SELECT 1")).status_code == 200
+    assert advisory_locks(pair) == 0, f"a session lock outlived {what or repr(attack)}: {r.text}"
+
+
 @pytest.fixture
 def restore_login(pair: LocalPair) -> Iterator[None]:
     """Put the shared login's defaults and password back after a test that tried them."""

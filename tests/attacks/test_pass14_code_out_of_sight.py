@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import advisory_locks, query, schema_seen
+from tests.attacks.conftest import leaves_no_lock, schema_seen
 from tests.conftest import as_owner
 
 
@@ -68,8 +68,4 @@ async def coded_tables(pair: LocalPair, world: dict[str, str], client: httpx.Asy
 async def test_no_session_lock_outlives_code_a_write_runs_unseen(
     client: httpx.AsyncClient, coded_tables: None, pair: LocalPair, attack: str
 ) -> None:
-    assert advisory_locks(pair) == 0
-    r = await query(client, "write", attack)
-    assert r.status_code == 200, r.text
-    assert (await query(client, "admin", "SELECT 1")).status_code == 200
-    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}: {r.text}"
+    await leaves_no_lock(client, pair, "write", attack)

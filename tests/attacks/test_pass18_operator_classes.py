@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, query, schema_seen
+from tests.attacks.conftest import leaves_no_lock, schema_seen
 from tests.conftest import as_owner
 
 
@@ -64,11 +64,7 @@ async def audited_index(pair: LocalPair, world: dict[str, str], client: httpx.As
 async def test_no_session_lock_outlives_an_index_support_function(
     client: httpx.AsyncClient, audited_index: None, pair: LocalPair, key: str, attack: str
 ) -> None:
-    assert advisory_locks(pair) == 0
-    r = await query(client, key, attack)
-    assert r.status_code == 200, r.text
-    assert (await query(client, "admin", "SELECT 1")).status_code == 200
-    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}: {r.text}"
+    await leaves_no_lock(client, pair, key, attack)
 
 
 @pytest.fixture
@@ -95,11 +91,8 @@ async def audited_partition(
 async def test_no_session_lock_outlives_a_partitions_index_read_through_its_parent(
     client: httpx.AsyncClient, audited_partition: None, pair: LocalPair
 ) -> None:
-    assert advisory_locks(pair) == 0
-    r = await query(client, "read", "SELECT count(*) FROM audited18p WHERE x = 2")
-    assert r.status_code == 200, r.text
-    assert (await query(client, "admin", "SELECT 1")).status_code == 200
-    assert advisory_locks(pair) == 0, f"a session lock outlived a read of the parent: {r.text}"
+    attack = "SELECT count(*) FROM audited18p WHERE x = 2"
+    await leaves_no_lock(client, pair, "read", attack, "a read of the parent")
 
 
 _POINT_OPS = [
@@ -168,8 +161,4 @@ async def ordered_points(pair: LocalPair, client: httpx.AsyncClient) -> AsyncIte
 async def test_no_session_lock_outlives_a_types_default_sort(
     client: httpx.AsyncClient, ordered_points: None, pair: LocalPair, attack: str
 ) -> None:
-    assert advisory_locks(pair) == 0
-    r = await query(client, "read", attack)
-    assert r.status_code == 200, r.text
-    assert (await query(client, "admin", "SELECT 1")).status_code == 200
-    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}: {r.text}"
+    await leaves_no_lock(client, pair, "read", attack)
