@@ -89,6 +89,16 @@ async def transaction(
     return await client.post("/v1/transaction", json=body, headers=headers(key))
 
 
+def one(sql: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A case of a table of attacks: one statement, posted to /v1/query."""
+    return "/v1/query", {"sql": sql, **extra}
+
+
+def several(*sqls: str) -> tuple[str, dict[str, Any]]:
+    """A case of a table of attacks: statements in one /v1/transaction."""
+    return "/v1/transaction", {"statements": [{"sql": sql} for sql in sqls]}
+
+
 def advisory_locks(pair: LocalPair) -> int:
     """Advisory locks held by any session of the service's login, from the harness."""
     with pair.primary.connect() as conn:

@@ -31,7 +31,7 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, schema_seen
+from tests.attacks.conftest import advisory_locks, headers, keys_for, one, schema_seen, several
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -131,17 +131,6 @@ ODD_VALUES = (
     " '{[1,2)}'::int4multirange AS j, '{1}'::oidvector AS k, 1 AS l, 2 AS l,"
     " ARRAY[ROW(1, 'a')] AS m, '[1:2][3:4]={{1,2},{3,4}}'::int[] AS n"
 )
-
-QUERY = "/v1/query"
-TRANSACTION = "/v1/transaction"
-
-
-def one(sql: str, **extra: Any) -> tuple[str, dict[str, Any]]:
-    return QUERY, {"sql": sql, **extra}
-
-
-def several(*sqls: str) -> tuple[str, dict[str, Any]]:
-    return TRANSACTION, {"statements": [{"sql": sql} for sql in sqls]}
 
 
 CASES: list[tuple[str, str, tuple[str, dict[str, Any]]]] = [

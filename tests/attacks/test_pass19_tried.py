@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, schema_seen
+from tests.attacks.conftest import advisory_locks, headers, keys_for, one, schema_seen, several
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -98,14 +98,6 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
     async with serving_ready(settings) as (_, client):
         await schema_seen(client)
         yield client
-
-
-def one(sql: str, **extra: Any) -> tuple[str, dict[str, Any]]:
-    return "/v1/query", {"sql": sql, **extra}
-
-
-def several(*sqls: str) -> tuple[str, dict[str, Any]]:
-    return "/v1/transaction", {"statements": [{"sql": sql} for sql in sqls]}
 
 
 def nested(depth: int) -> str:
