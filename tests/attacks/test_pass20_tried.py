@@ -5,6 +5,8 @@
   operator or the class: ORDER BY a column of the range type, DISTINCT on it, a range
   literal, range_agg (a multirange), a range of it compared by `<`;
 - a write key's DO block that deletes (refused: DO blocks are);
+- a write key's COPY FROM STDIN into a table with an ON TRUNCATE trigger of the database's
+  own (TRUNCATE itself: test_pass20_truncate_triggers.py);
 - the background judgement (pass 17): a write key's transaction of an empty DROP (the facts
   become unknown) and a call of the database's own code that sets a custom setting and
   takes a session advisory lock, answered before its connection is judged, followed at
@@ -30,6 +32,7 @@ import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import advisory_locks, headers, keys_for, schema_seen
+from tests.attacks.test_pass20_truncate_triggers import TRUNCATE_TABLES
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -56,6 +59,7 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
         "ANALYZE parent20t",
         "ANALYZE child20t",
         "GRANT SELECT, DELETE ON parent20t TO PUBLIC",
+        *TRUNCATE_TABLES,
     )
     with pair.primary.connect() as conn:  # (a class needs a superuser: the DBA's, made once)
         conn.execute(
@@ -123,6 +127,7 @@ CASES: list[tuple[str, str, Attack]] = [
         "write",
         one("DO $$ BEGIN DELETE FROM parent20t WHERE id <= 2000; END $$"),
     ),
+    ("copy-from-stdin-into-trigger-table", "write", one("COPY trunc20 FROM STDIN")),
     (
         "judged-later-own-code-after-empty-drop",
         "write",
@@ -135,7 +140,10 @@ CASES: list[tuple[str, str, Attack]] = [
     ),
 ]
 
-CLEAN = "SELECT current_setting('app.x20', true) IS NULL AS clean"
+CLEAN = (
+    "SELECT current_setting('app.x20', true) IS NULL"
+    " AND current_setting('app.t20', true) IS NULL AS clean"
+)
 
 
 @pytest.mark.parametrize(("key", "attack"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
