@@ -6,7 +6,8 @@
   literal, range_agg (a multirange), a range of it compared by `<`;
 - a write key's DO block that deletes (refused: DO blocks are);
 - a write key's COPY FROM STDIN into a table with an ON TRUNCATE trigger of the database's
-  own (TRUNCATE itself: test_pass20_truncate_triggers.py);
+  own, and a read key's TRUNCATE of it (a write key's TRUNCATE:
+  test_pass20_truncate_triggers.py);
 - the background judgement (pass 17): a write key's transaction of an empty DROP (the facts
   become unknown) and a call of the database's own code that sets a custom setting and
   takes a session advisory lock, answered before its connection is judged, followed at
@@ -128,6 +129,7 @@ CASES: list[tuple[str, str, Attack]] = [
         one("DO $$ BEGIN DELETE FROM parent20t WHERE id <= 2000; END $$"),
     ),
     ("copy-from-stdin-into-trigger-table", "write", one("COPY trunc20 FROM STDIN")),
+    ("read-key-truncate-of-trigger-table", "read", one("TRUNCATE trunc20")),
     (
         "judged-later-own-code-after-empty-drop",
         "write",
