@@ -15,19 +15,12 @@ from app.sql.pipeline import Command, Keep
 from app.sql.placeholders import BoundSQL
 from app.sql.quick import Known
 from app.sql.results import StatementResult
-from app.sql.tree import Tree
 
 # Before a data-changing statement on its own (autocommit: its commit is its unit's Sync):
 # deferred constraints are checked inside the statement, under its timeout, and a violation
 # is its own error. Checked at the Sync instead, they would run with no statement timeout
 # (PostgreSQL lifts it for a commit's work) and fail where libpq reports no statement.
-IMMEDIATE = Command("SET CONSTRAINTS ALL IMMEDIATE", prepare=False)
-_DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
-
-
-def changes_data(tree: Tree) -> bool:
-    """A statement that may write rows (and so fire deferred constraint checks)."""
-    return tree.kind in _DML or tree.writes
+IMMEDIATE = Command(session.IMMEDIATE_SQL, prepare=False)
 
 
 def commands_for(
@@ -53,7 +46,7 @@ async def run(
     started = time.perf_counter()
     ctx.mark(held, bound.tree)
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
-    writes = changes_data(bound.tree)
+    writes = session.changes_data(bound.tree)
     command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes)
     (unit,) = await pipeline.run_units(held.conn, [command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema

@@ -24,6 +24,7 @@ from psycopg import AsyncConnection, sql
 from app.sql import catalog, pipeline
 from app.sql.schema_code import SchemaCode
 from app.sql.tree import Tree, kept_on_tree
+from app.sql.tree_walk import TRUNCATE_CASCADE
 
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
@@ -66,7 +67,11 @@ _CLEAN_KINDS = frozenset(
 )
 # A DO block's body is code the tree cannot read; LOAD and CREATE / ALTER EXTENSION load a
 # library into the backend for good.
-_CLOSE_KINDS = frozenset({"DoStmt", "LoadStmt", "CreateExtensionStmt", "AlterExtensionStmt"})
+# TRUNCATE ... CASCADE empties tables the statement does not name, and runs their ON TRUNCATE
+# triggers, which the catalog reading does not follow.
+_CLOSE_KINDS = frozenset(
+    {"DoStmt", "LoadStmt", "CreateExtensionStmt", "AlterExtensionStmt", TRUNCATE_CASCADE}
+)
 
 
 # Parameters the server reports whenever they change: a change means the session was altered.
@@ -227,6 +232,26 @@ def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
     return (pure_read(tree) or (writes and lane_write(tree))) and not runs_unseen(tree, code)
 
 
+# Before a write on its own: its deferred constraints are checked inside the statement, under
+# its timeout (app/sql/plain.py IMMEDIATE, transactions.py, pgbouncer.py).
+IMMEDIATE_SQL = "SET CONSTRAINTS ALL IMMEDIATE"
+_DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
+def changes_data(tree: Tree) -> bool:
+    """A statement that may write rows, and so fire deferred constraint checks: DML, a
+    query that writes (a data-modifying WITH) or is not proven a pure read (a function of
+    the database's own may write), a CALL. (A procedure may still end its transaction on
+    the plain path, which sends no BEGIN; the transactions after its COMMIT check theirs at
+    their end.)"""
+    return (
+        tree.kind in _DML
+        or tree.writes
+        or tree.kind == "CallStmt"
+        or (tree.kind == "SelectStmt" and not pure_read(tree))
+    )
+
+
 def pure_read(tree: Tree) -> bool:
     """A query that writes nothing, locks no rows and is proven to leave its session as it
     was: what may share a connection with other requests' statements (app/sql/multiplex.py)."""
@@ -285,10 +310,12 @@ def begin_sql(
     local_settings: Mapping[str, str] | None = None,
     discard_sequences: bool = False,
     deferrable: bool = False,
+    immediate: bool = False,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query;
-    with `discard_sequences`, the session's sequence values (another client's) forgotten."""
+    with `discard_sequences`, the session's sequence values (another client's) forgotten;
+    with `immediate`, deferred constraints checked by each statement (IMMEDIATE_SQL)."""
     parts = [
         *(sql.SQL(statement) for statement in opening(isolation, read_only, deferrable)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
@@ -299,6 +326,8 @@ def begin_sql(
         parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
     if discard_sequences:
         parts.append(sql.SQL("DISCARD SEQUENCES"))
+    if immediate:
+        parts.append(sql.SQL(IMMEDIATE_SQL))
     return sql.SQL("; ").join(parts)
 
 

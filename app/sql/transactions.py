@@ -65,6 +65,11 @@ async def pipelined(
             values,
             prepare=False,
         ),
+        *(
+            [Command(session.IMMEDIATE_SQL, prepare=False)]
+            if _alone_writing(statements, limits.read_only)
+            else []
+        ),
     ]
     first = len(opening)
     prepare = not any(session.sets_anything(b.tree) for b in statements)
@@ -155,7 +160,15 @@ def begin(
         local_settings=local,
         discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
         deferrable=deferrable,
+        immediate=_alone_writing(statements, read_only),
     )
+
+
+def _alone_writing(statements: list[BoundSQL], read_only: bool) -> bool:
+    """One statement on its own that may write: its deferred constraints are checked inside
+    it, under its timeout, not at the COMMIT, where PostgreSQL lifts the statement timeout
+    (a transaction of several keeps what its statements chose to defer)."""
+    return not read_only and len(statements) == 1 and session.changes_data(statements[0].tree)
 
 
 def stoppable(

@@ -22,6 +22,9 @@ CURSOR_OPT_HOLD = 0x0020
 Name = tuple[str, ...]
 # The data-changing statements, wherever they sit (a CTE, EXPLAIN ANALYZE, a rule).
 _WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+# Recorded among a tree's kinds for TRUNCATE ... CASCADE, which empties every table whose
+# foreign keys reference the ones named, whatever their actions, running their triggers.
+TRUNCATE_CASCADE = "TruncateStmt CASCADE"
 # Functions whose last argument says whether the setting lasts for the transaction only.
 SET_CONFIG = "set_config"
 # Nodes that pglast's parser (PostgreSQL 18) makes of what older servers read as calls.
@@ -192,6 +195,19 @@ def walk(stmt: dict[str, Any]) -> Seen:
     return seen
 
 
+def _note_written(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
+    """The relations a DML statement writes, or a TRUNCATE empties (its ON TRUNCATE
+    triggers run)."""
+    if node_type != "TruncateStmt":
+        targets = [fields.get("relation") or {}]
+    else:
+        targets = [item.get("RangeVar") or {} for item in fields.get("relations") or ()]
+        if fields.get("behavior") == "DROP_CASCADE":
+            seen.kinds.add(TRUNCATE_CASCADE)
+    for target in targets:
+        seen.written.add((target.get("schemaname"), target.get("relname", "")))
+
+
 def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
     """Record what one node says."""
     if node_type in _SQL_JSON_CALLS:
@@ -208,9 +224,8 @@ def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
             seen.temp = True
     elif node_type in _NAMES:
         _note_names(node_type, fields, seen)
-    elif node_type in _WRITES:
-        target = fields.get("relation") or {}
-        seen.written.add((target.get("schemaname"), target.get("relname", "")))
+    elif node_type in _WRITES or node_type == "TruncateStmt":
+        _note_written(node_type, fields, seen)
     elif node_type == "LockingClause":
         seen.locks = True
     elif node_type == "IntoClause":

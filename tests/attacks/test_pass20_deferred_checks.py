@@ -36,7 +36,7 @@ import httpx
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import headers, transaction
+from tests.attacks.conftest import headers, query, schema_seen, transaction
 from tests.conftest import as_owner
 
 TIMEOUT_MS = 500
@@ -93,6 +93,8 @@ async def attempt(
         r = await client.post(route, json=body, headers=headers("write"))
     took = round(time.monotonic() - started, 2)
     retryable = r.json().get("retryable") if r.status_code >= 400 else None
+    if route == "/sql" and r.status_code == 400 and r.json().get("code") == "57014":
+        return 504, None, took  # (Neon's protocol answers every database error 400)
     return r.status_code, retryable, took
 
 
@@ -114,3 +116,24 @@ async def test_deferred_checks_stop_within_the_statement_timeout(
         assert status == 504 and retryable is not False, answers
     after = await transaction(client, "write", "SELECT count(*) AS n FROM parent20")
     assert after.status_code == 200, after.text
+
+
+async def test_a_procedure_may_still_commit_inside(
+    client: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    """CALL runs after SET CONSTRAINTS ALL IMMEDIATE too, in the same implicit transaction:
+    a procedure that ends its transaction still may (the plain path sends no BEGIN)."""
+    as_owner(
+        pair,
+        "CREATE TABLE IF NOT EXISTS public.committed20 (a int)",
+        "GRANT SELECT, INSERT ON public.committed20 TO PUBLIC",
+        "CREATE OR REPLACE PROCEDURE public.commits20() LANGUAGE plpgsql AS"
+        " $$ BEGIN INSERT INTO public.committed20 VALUES (1); COMMIT;"
+        " INSERT INTO public.committed20 VALUES (2); END $$",
+    )
+    await schema_seen(client)
+    r = await query(client, "write", "CALL commits20()")
+    assert r.status_code == 200, r.text
+    with pair.primary.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM public.committed20").fetchone()
+    assert row is not None and row[0] >= 2
