@@ -3,8 +3,8 @@ through FastAPI (MIRRORPOOL_FAST_PATH=false), which must answer alike.
 
 The other modules here test what comes before the app (connection limits), what neither way
 changes (probes, health details, docs, the OpenAPI document and its generated client, log
-redaction, the access log, which one middleware writes for both, workers, named queries,
-which FastAPI answers either way) or, for
+redaction, the access log, which one middleware writes for both, workers, named queries and
+streams, which FastAPI answers either way) or, for
 test_request_paths.py, both ways side by side already: they run once, with the fast answers,
 unless pytest is given --every-api-test-both-ways.
 """
@@ -28,7 +28,6 @@ BOTH_WAYS = frozenset(
         "test_neon.py",
         "test_query.py",
         "test_secrets.py",
-        "test_stream.py",
         "test_transaction.py",
         "test_validation_problems.py",
     }
