@@ -284,9 +284,13 @@ def _counted(table: str) -> str:
         table, _ROW_KEYS.get(table, "oid")
     )
     where = f"{key} >= {_FIRST_NORMAL_OID}"
-    if table == "pg_attribute":  # (a column's type changed in place: a domain, a composite's)
+    if table == "pg_attribute":
+        # A column whose type changed in place (no rewrite, so no other row changes) to a
+        # type of the database's own: a domain, a composite's attribute. (A catalog type
+        # runs nothing of its own; a change back to one only over-counts until the next.)
         where += (
-            " AND attnum > 0 AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c"
+            f" AND atttypid >= {_FIRST_NORMAL_OID} AND attnum > 0"
+            " AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c"
             " WHERE c.oid = attrelid AND (pg_catalog.pg_is_other_temp_schema(c.relnamespace)"
             " OR c.relnamespace = pg_catalog.pg_my_temp_schema()))"
         )

@@ -72,7 +72,11 @@ async def test_schema_churn_does_not_slow_other_keys(
     await schema_seen(client)
     control = await _median_ms_under(client, CONTROL)
     under = await _median_ms_under(client, attack)
-    assert under < 3 * control + 1.0, (
+    # The hole made the read key wait for catalog readings: 8 ms (drop) and 16 ms (temp
+    # table) against 0.9. What is left is the CPU a key's own logins and readings take from
+    # the one event loop (each CREATE TEMP TABLE closes its connection), under 5 ms alone
+    # on 2 cores and up to 7 ms with the whole suite beside it: a benchmark's matter.
+    assert under < 4 * control + 3.0, (
         f"a read key's one-row read took {under:.1f} ms (median) while a write key sent "
         f"{attack!r} in a loop, {control:.1f} ms while it looped on {CONTROL!r} instead"
     )
