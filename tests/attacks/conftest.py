@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,15 +54,16 @@ def overrides() -> dict[str, Any]:
     return {}
 
 
-@pytest.fixture
-async def client(
-    pair: LocalPair, world: dict[str, str], overrides: dict[str, Any]
+@asynccontextmanager
+async def attacked(
+    pair: LocalPair, role: str, password: str, seen: bool = False, **overrides: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    role = world["role"]
+    """A service with the keys of keys_for(role), every key sharing one pooled connection,
+    `overrides` applied; with `seen`, once it has read the catalog as it is now."""
     values: dict[str, Any] = {
         "auth": "keys",
         "api_keys": keys_for(role),
-        "role_passwords": {role: world["password"]},
+        "role_passwords": {role: password},
         "pool_min_size": 1,
         "pool_max_size": 1,
         "role_pool_max_size": 1,
@@ -69,8 +71,17 @@ async def client(
         "schema_refresh_s": 0.1,
     }
     values.update(overrides)
-    settings = settings_for(pair, **values)
-    async with serving_ready(settings) as (_, c):
+    async with serving_ready(settings_for(pair, **values)) as (_, c):
+        if seen:
+            await schema_seen(c)  # (until then every statement counts as code)
+        yield c
+
+
+@pytest.fixture
+async def client(
+    pair: LocalPair, world: dict[str, str], overrides: dict[str, Any]
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with attacked(pair, world["role"], world["password"], **overrides) as c:
         yield c
 
 

@@ -31,8 +31,8 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, one, schema_seen, several
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
+from tests.attacks.conftest import advisory_locks, attacked, headers, one, several
+from tests.conftest import as_owner, login_role
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -97,19 +97,8 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
             "CREATE EVENT TRIGGER lock18t ON ddl_command_start"
             " WHEN TAG IN ('CREATE TABLE', 'DROP TABLE') EXECUTE FUNCTION public.lock18t()"
         )
-    settings = settings_for(
-        pair,
-        auth="keys",
-        api_keys=keys_for(role),
-        role_passwords={role: password},
-        pool_min_size=1,
-        pool_max_size=1,
-        role_pool_max_size=1,
-        schema_refresh_s=0.1,
-    )
     try:
-        async with serving_ready(settings) as (_, client):
-            await schema_seen(client)  # (until then every statement counts as code)
+        async with attacked(pair, role, password, seen=True) as client:
             yield client
     finally:
         with pair.primary.connect() as conn:

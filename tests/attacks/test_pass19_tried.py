@@ -30,8 +30,14 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, one, schema_seen, several
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
+from tests.attacks.conftest import (
+    advisory_locks,
+    attacked,
+    headers,
+    one,
+    several,
+)
+from tests.conftest import as_owner, login_role
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -85,18 +91,12 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
         conn.execute("INSERT INTO public.defaulted19 VALUES (1, 'one') ON CONFLICT DO NOTHING")
         conn.execute("INSERT INTO public.moods19 SELECT 1, 'happy' WHERE NOT EXISTS"
                      " (SELECT FROM public.moods19)")  # fmt: skip
-    settings = settings_for(
+    async with attacked(
         pair,
-        auth="keys",
-        api_keys=keys_for(role),
-        role_passwords={role: password},
-        pool_min_size=1,
-        pool_max_size=1,
-        role_pool_max_size=1,
-        schema_refresh_s=0.1,
-    )
-    async with serving_ready(settings) as (_, client):
-        await schema_seen(client)
+        role,
+        password,
+        seen=True,
+    ) as client:
         yield client
 
 

@@ -32,9 +32,9 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, schema_seen
+from tests.attacks.conftest import advisory_locks, attacked, headers
 from tests.attacks.test_pass20_truncate_triggers import TRUNCATE_TABLES
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
+from tests.conftest import as_owner, login_role
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -86,19 +86,13 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
             " FROM generate_series(1, 3) g WHERE NOT EXISTS (SELECT FROM public.ranges20)"
         )
         conn.execute("GRANT SELECT ON public.ranges20 TO PUBLIC")
-    settings = settings_for(
+    async with attacked(
         pair,
-        auth="keys",
-        api_keys=keys_for(role),
-        role_passwords={role: password},
-        pool_min_size=1,
-        pool_max_size=1,
-        role_pool_max_size=1,
-        schema_refresh_s=0.1,
+        role,
+        password,
+        seen=True,
         statement_timeout_ms=TIMEOUT_MS,
-    )
-    async with serving_ready(settings) as (_, client):
-        await schema_seen(client)
+    ) as client:
         yield client
 
 

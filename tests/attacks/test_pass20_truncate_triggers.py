@@ -27,8 +27,8 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, schema_seen
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
+from tests.attacks.conftest import advisory_locks, attacked, headers
+from tests.conftest import as_owner, login_role
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -68,18 +68,12 @@ def seeded(pair: LocalPair) -> float:
 async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
     role, password = login_role(pair, "lowpriv")
     as_owner(pair, *TRUNCATE_TABLES)
-    settings = settings_for(
+    async with attacked(
         pair,
-        auth="keys",
-        api_keys=keys_for(role),
-        role_passwords={role: password},
-        pool_min_size=1,
-        pool_max_size=1,
-        role_pool_max_size=1,
-        schema_refresh_s=0.1,
-    )
-    async with serving_ready(settings) as (_, client):
-        await schema_seen(client)
+        role,
+        password,
+        seen=True,
+    ) as client:
         yield client
 
 
