@@ -235,18 +235,16 @@ def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
 # Before a write on its own: its deferred constraints are checked inside the statement, under
 # its timeout (app/sql/plain.py IMMEDIATE, transactions.py, pgbouncer.py).
 IMMEDIATE_SQL = "SET CONSTRAINTS ALL IMMEDIATE"
-_DML = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 
 
 def changes_data(tree: Tree) -> bool:
-    """A statement that may write rows, and so fire deferred constraint checks: DML, a
-    query that writes (a data-modifying WITH) or is not proven a pure read (a function of
-    the database's own may write), a CALL. (A procedure may still end its transaction on
-    the plain path, which sends no BEGIN; the transactions after its COMMIT check theirs at
-    their end.)"""
+    """A statement that may write rows, and so fire deferred constraint checks: DML
+    anywhere in it (`tree.writes`: the statement itself, a data-modifying WITH), a query not
+    proven a pure read (a function of the database's own may write), a CALL. (A procedure
+    may still end its transaction on the plain path, which sends no BEGIN; the transactions
+    after its COMMIT check theirs at their end.)"""
     return (
-        tree.kind in _DML
-        or tree.writes
+        tree.writes
         or tree.kind == "CallStmt"
         or (tree.kind == "SelectStmt" and not pure_read(tree))
     )

@@ -23,6 +23,7 @@ from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed, rollback
 from app.sql.pipeline import Allowance, Command
 from app.sql.placeholders import BoundSQL
+from app.sql.plain import IMMEDIATE
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 
@@ -65,11 +66,7 @@ async def pipelined(
             values,
             prepare=False,
         ),
-        *(
-            [Command(session.IMMEDIATE_SQL, prepare=False)]
-            if _alone_writing(statements, limits.read_only)
-            else []
-        ),
+        *([IMMEDIATE] if _alone_writing(statements, limits.read_only) else []),
     ]
     first = len(opening)
     prepare = not any(session.sets_anything(b.tree) for b in statements)

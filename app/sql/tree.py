@@ -65,7 +65,8 @@ class Tree:
     maybe_called: frozenset[str]
     # Every table, view or sequence named: (schema or None, name).
     relations: frozenset[tuple[str | None, str]]
-    # The relations an INSERT, UPDATE, DELETE or MERGE writes to, wherever it sits.
+    # The relations an INSERT, UPDATE, DELETE or MERGE writes to, wherever it sits, and the
+    # ones a TRUNCATE empties.
     written: frozenset[tuple[str | None, str]]
     # Their bare names, and every name that may call a function of the database's own
     # (attributes, unqualified calls, operators, type names): what app/sql/schema_code.py
