@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# How long close() waits for a cancelled task before cancelling it again.
+_RECANCEL_S = 0.05
+
 
 class Supervisor:
     """Starts tasks and timers, keeps them, and stops them all on `close()`."""
@@ -80,11 +83,19 @@ class Supervisor:
         for handle in list(self._timers):
             handle.cancel()
         self._timers.clear()
-        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        pending = {task for task in self._tasks if task is not asyncio.current_task()}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while pending:
+            # Cancelled again until it ends: on Python 3.11, asyncio.wait_for (psycopg_pool's
+            # waits use it) drops a cancellation that arrives as what it waits for completes
+            # (CPython gh-86296), and the task would go on to its next round.
+            for task in pending:
+                task.cancel()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=min(left, _RECANCEL_S))
+        if pending:
             for task in pending:
                 logger.warning(
                     "background task %s did not stop within %.1f s", task.get_name(), timeout_s

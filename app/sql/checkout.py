@@ -127,6 +127,11 @@ class Checkout:
             # units, its statements unnamed): no second DISCARD ALL.
             self.effect = Effect.NONE
 
+    @property
+    def judged_later(self) -> bool:
+        """Whether statements wait to be judged once the catalog is read (later())."""
+        return bool(self._later)
+
     def end(self) -> None:
         """Its request gives up: stop the statement on the server now, without waiting."""
         self._backends.end(self.conn)

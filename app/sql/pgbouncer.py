@@ -1,12 +1,20 @@
 """Execution behind PgBouncer in transaction mode (MIRRORPOOL_PGBOUNCER): every request is a
 transaction of its own that SETs LOCAL what it relies on, its statements sent one at a time,
 unnamed (a pooler's server connections are not ours to prepare on), each read in chunks like
-the rest. Nothing is reset afterwards: the reset would reach another client's session, so
-what would need one is refused before it runs (app/sql/transaction_pooling.py)."""
+the rest. No DISCARD ALL runs afterwards: it cannot run in a transaction block, and after the
+transaction the pooler may have handed the server session to another client. So what a
+statement would leave there is refused before it runs (app/sql/transaction_pooling.py); and
+what the database's own code may leave, which no tree shows (a function, a view's, a
+trigger's: a session advisory lock, a session setting, a temporary table), is undone inside
+the transaction that ran it, before it ends (`clean_up`), or with its ROLLBACK in one query
+when it failed (`roll_back`)."""
 
 from __future__ import annotations
 
+import secrets
+
 import psycopg
+from psycopg import pq
 
 from app.sql import pipeline, session, text_output
 from app.sql.checkout import Checkout
@@ -18,16 +26,68 @@ from app.sql.results import StatementResult
 from app.sql.session import Isolation
 from app.sql.transactions import begin, end_unless_cut, stoppable
 
+# What code of the database's own may leave in the server session beyond its transaction, as
+# DISCARD ALL would undo it but within a transaction block: session advisory locks, the seed
+# of random() (reseeded from a strong random value), settings and the role set for the
+# session (undone at COMMIT; a ROLLBACK undoes them anyway), holdable cursors, LISTENs and
+# temporary tables. Not DEALLOCATE ALL: the pooler's own prepared statements are on the
+# server connection too. What stays is what nothing undoes (a custom setting's placeholder,
+# defined as '', and PL/pgSQL's compiled functions), as with any session.
+_CLEAN_UP = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP"
+
+
+def _unlock_and_reseed() -> str:
+    seed = secrets.randbelow(2**52) / 2**52  # (setseed takes -1 to 1)
+    return (
+        "SELECT pg_catalog.pg_advisory_unlock_all(),"
+        f" pg_catalog.setseed({seed!r}::pg_catalog.float8)"
+    )
+
+
+def _may_leave_state(held: Checkout) -> bool:
+    """Whether a statement of the request may have run code of the database's own, or left
+    anything else in the session: what would have it reset or closed on a session of our
+    own, or judged later."""
+    return held.effect is not session.Effect.NONE or held.judged_later
+
+
+async def clean_up(held: Checkout) -> None:
+    """Before the transaction ends well: undo what its statements may have left."""
+    if _may_leave_state(held):
+        await held.conn.execute(f"{_unlock_and_reseed()}; {_CLEAN_UP}")
+
+
+async def roll_back(held: Checkout) -> None:
+    """After a failure: roll back, and in the same query (the same server session: the pooler
+    lets it go only once the query is done) release what no rollback releases."""
+    conn = held.conn
+    if conn.closed or not _may_leave_state(held):
+        return
+    if conn.info.transaction_status not in (
+        pq.TransactionStatus.INTRANS,
+        pq.TransactionStatus.INERROR,
+    ):
+        return
+    try:
+        await conn.execute(f"ROLLBACK; {_unlock_and_reseed()}")
+    except psycopg.Error:
+        await conn.close()
+
 
 async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> StatementResult:
     """One statement in a transaction of its own."""
     conn = held.conn
-    await conn.execute(
-        begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output)
-    )
-    stop = stoppable([bound], None, limits.read_only, ctx)
-    result = await _statement(held, bound, ctx.keep(limits, stop), limits, ctx)
-    await end_unless_cut(conn, result.truncated, None, limits.read_only, limits.text_output)
+    try:
+        await conn.execute(
+            begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output)
+        )
+        stop = stoppable([bound], None, limits.read_only, ctx)
+        result = await _statement(held, bound, ctx.keep(limits, stop), limits, ctx)
+        await clean_up(held)
+        await end_unless_cut(conn, result.truncated, None, limits.read_only, limits.text_output)
+    except psycopg.Error:
+        await roll_back(held)
+        raise
     return result
 
 
@@ -62,10 +122,13 @@ async def transaction(
             keep = ctx.keep(limits, stop and last, allowance)
             results.append(await _statement(held, bound, keep, limits, ctx))
         cut = any(r.truncated for r in results)
+        await clean_up(held)
         await end_unless_cut(conn, cut, isolation, limits.read_only, limits.text_output)
     except StatementFailed:
+        await roll_back(held)
         raise
     except psycopg.Error as exc:
+        await roll_back(held)
         index = len(results) if len(results) < len(statements) else None
         raise StatementFailed(exc, index) from None
     return results

@@ -19,7 +19,7 @@ import psycopg
 
 from app.cluster.cluster import Intent
 from app.errors import InvalidSQL, MirrorpoolError
-from app.sql import pipeline, session
+from app.sql import pgbouncer, pipeline, session
 from app.sql.checkout import Checkout
 from app.sql.columns import Field
 from app.sql.execution import Context, Limits
@@ -127,9 +127,13 @@ class Streams:
             if batch:
                 await queue.put(("rows", batch))
             command = cur.statusmessage or streamed_tag(bound.tree, count)
+            if not held.own_session:
+                await pgbouncer.clean_up(held)
             for statement in session.closing(None, limits.read_only):
                 await conn.execute(statement)
         except psycopg.Error as exc:
+            if not held.own_session:
+                await pgbouncer.roll_back(held)
             await rollback(conn)
             intent: Intent = "read" if limits.read_only else "write"
             error: MirrorpoolError = await self._failures.error(exc, conn, node, intent)
