@@ -71,6 +71,9 @@ OBJECTS = [
     " FOR VALUES FROM (0) TO (10)",
     "CREATE TABLE sc.parted_plain (n bigint) PARTITION BY LIST ((n % 2))",
     "CREATE TABLE sc.parted_plain_0 PARTITION OF sc.parted_plain FOR VALUES IN (0)",
+    # a table whose only tie to anything of the database's own is a kind of object no
+    # reading names: its access method (the superuser's, with the catalog's heap handler)
+    "CREATE TABLE sc.am_table (x int) USING heap21",
 ]
 
 
@@ -79,6 +82,8 @@ def facts(pair: LocalPair) -> Iterator[schema_code.SchemaCode]:
     name = f"db_{uuid.uuid4().hex[:12]}"
     with pair.primary.connect() as conn:
         conn.execute(f"CREATE DATABASE {name} OWNER {OWNER}")
+    with pair.primary.connect(name) as conn:
+        conn.execute("CREATE ACCESS METHOD heap21 TYPE TABLE HANDLER heap_tableam_handler")
     try:
         as_owner(pair, *OBJECTS, dbname=name)
         yield _read(pair, name)
@@ -129,6 +134,15 @@ def test_domain_defaults_and_partition_keys(facts: schema_code.SchemaCode) -> No
     assert keyed | {"parted", "parted_one"} <= facts.write_coded
     # a catalog default, a partition key of catalog code, a partition with no own code
     assert not {"timed", "parted_plain", "parted_plain_0", "routed_high"} & facts.write_coded
+
+
+def test_what_depends_on_an_object_no_reading_names_counts(
+    facts: schema_code.SchemaCode,
+) -> None:
+    """Default closed: any object of the database's own that a relation depends on, other
+    than those the readings follow (relations, types, constraints...), makes it code."""
+    assert "am_table" in facts.read_coded
+    assert "am_table" in facts.write_coded
 
 
 def test_own_function_names(facts: schema_code.SchemaCode) -> None:
