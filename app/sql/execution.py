@@ -60,6 +60,11 @@ class Context:
         goes back if the catalog is being read again meanwhile."""
         mark(held, tree, self.schema)
 
+    def hides_traces(self, tree: Tree) -> bool:
+        """Whether the session's traces of earlier statements are discarded before this one
+        runs (session.may_read_traces), which rules out the plain path and names."""
+        return session.may_read_traces(tree, self.schema.current)
+
     def pure_read(self, tree: Tree) -> bool:
         return session.pure_read_with(tree, self.schema.current)
 
@@ -80,6 +85,10 @@ class Context:
 def mark(held: Checkout, tree: Tree, watch: SchemaWatch) -> None:
     """Context.mark, for the lanes too (app/sql/quick.py)."""
     facts = watch.current
+    if held.own_session and session.may_read_traces(tree, facts):
+        # Its statements prepared by name were dropped before it ran (Context.hides_traces):
+        # at the least a reset, which forgets them.
+        held.mark(session.Effect.RESET)
     if facts.known:
         held.mark(session.effect_with(tree, facts))
         return

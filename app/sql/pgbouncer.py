@@ -27,13 +27,24 @@ from app.sql.session import Isolation
 from app.sql.transactions import begin, end_unless_cut, stoppable
 
 # What code of the database's own may leave in the server session beyond its transaction, as
-# DISCARD ALL would undo it but within a transaction block: session advisory locks, the seed
-# of random() (reseeded from a strong random value), settings and the role set for the
-# session (undone at COMMIT; a ROLLBACK undoes them anyway), holdable cursors, LISTENs and
-# temporary tables. Not DEALLOCATE ALL: the pooler's own prepared statements are on the
-# server connection too. What stays is what nothing undoes (a custom setting's placeholder,
-# defined as '', and PL/pgSQL's compiled functions), as with any session.
-_CLEAN_UP = "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP"
+# DISCARD ALL would undo it but within a transaction block. First the deferred constraint
+# triggers are fired (their code would run at COMMIT, after the rest), then: settings and the
+# role set for the session (undone at COMMIT; a ROLLBACK undoes them anyway), holdable
+# cursors, LISTENs, temporary tables, sequence values (lastval, currval: read by the next
+# client's code), statements PREPAREd by SQL (not the pooler's own, prepared by protocol), and
+# last session advisory locks and the seed of random() (reseeded from a strong random value).
+# What stays is what nothing undoes (a custom setting's placeholder, defined as '', and
+# PL/pgSQL's compiled functions), as with any session.
+_DEALLOCATE_SQL_PREPARED = (
+    "DO $$ DECLARE n text; BEGIN FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p"
+    " WHERE p.from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
+)
+_CLEAN_UP = (
+    "SET CONSTRAINTS ALL IMMEDIATE; RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP;"
+    f" DISCARD SEQUENCES; {_DEALLOCATE_SQL_PREPARED}"
+)
+# After a ROLLBACK: what it does not undo.
+_AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 
 
 def _unlock_and_reseed() -> str:
@@ -54,7 +65,7 @@ def _may_leave_state(held: Checkout) -> bool:
 async def clean_up(held: Checkout) -> None:
     """Before the transaction ends well: undo what its statements may have left."""
     if _may_leave_state(held):
-        await held.conn.execute(f"{_unlock_and_reseed()}; {_CLEAN_UP}")
+        await held.conn.execute(f"{_CLEAN_UP}; {_unlock_and_reseed()}")
 
 
 async def roll_back(held: Checkout) -> None:

@@ -58,6 +58,13 @@ def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
         return False
     if tree.set_configs or tree.settings or tree.temp:
         return False
+    # What lists other keys' statements on the connection (refused to requests by name: a
+    # view or a function over it must not read them either; it runs after DEALLOCATE ALL).
+    if not tree.relation_names.isdisjoint(catalog.ALWAYS_REFUSED_RELATIONS) or any(
+        name in catalog.ALWAYS_REFUSED or name.startswith(catalog.PENDING_STATISTICS_PREFIX)
+        for name in tree.maybe_called
+    ):
+        return False
     if any(not is_catalog_call(call, STORED_CLEAN) for call in tree.calls):
         return False
     # (own_call_names: attributes, unqualified calls, operators and types, as for requests)

@@ -266,6 +266,15 @@ def reads_sequence_state(tree: Tree) -> bool:
     return not tree.maybe_called.isdisjoint(catalog.SESSION_SEQUENCE_READERS)
 
 
+def may_read_traces(tree: Tree, code: SchemaCode) -> bool:
+    """True when code the tree cannot follow may run (a function of the database's own,
+    named or out of sight): it could read what earlier statements on the connection, other
+    keys', left in the session (their sequence values through lastval() or currval(), the
+    statements mirrorpool prepared for them through pg_prepared_statements), so they are
+    discarded before it runs."""
+    return calls_own_code(tree) or runs_unseen(tree, code)
+
+
 def startup_options(settings: dict[str, str]) -> str:
     """The libpq `options` value that sets these parameters at connection start."""
     parts = []
@@ -309,11 +318,13 @@ def begin_sql(
     discard_sequences: bool = False,
     deferrable: bool = False,
     immediate: bool = False,
+    deallocate: bool = False,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query;
     with `discard_sequences`, the session's sequence values (another client's) forgotten;
-    with `immediate`, deferred constraints checked by each statement (IMMEDIATE_SQL)."""
+    with `deallocate`, the statements prepared on it; with `immediate`, deferred
+    constraints checked by each statement (IMMEDIATE_SQL)."""
     parts = [
         *(sql.SQL(statement) for statement in opening(isolation, read_only, deferrable)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
@@ -324,6 +335,8 @@ def begin_sql(
         parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
     if discard_sequences:
         parts.append(sql.SQL("DISCARD SEQUENCES"))
+    if deallocate:
+        parts.append(sql.SQL("DEALLOCATE ALL"))
     if immediate:
         parts.append(sql.SQL(IMMEDIATE_SQL))
     return sql.SQL("; ").join(parts)

@@ -51,12 +51,17 @@ async def pipelined(
     for bound in statements:
         ctx.mark(held, bound.tree)
     values = [str(limits.timeout_ms), str(ctx.options.lock_timeout_ms)]
+    # Before code the tree cannot follow, nothing of other keys' statements is left for it to
+    # read: their sequence values, the statements prepared for them (none is used by name
+    # in this unit, then).
+    hidden = any(ctx.hides_traces(b.tree) for b in statements)
     opening = [
         *(
             [Command("DISCARD SEQUENCES", prepare=False)]
-            if any(session.reads_sequence_state(b.tree) for b in statements)
+            if hidden or any(session.reads_sequence_state(b.tree) for b in statements)
             else []
         ),
+        *([Command("DEALLOCATE ALL", prepare=False)] if hidden else []),
         *(
             Command(sql, prepare=False)
             for sql in session.opening(isolation, limits.read_only, deferrable)
@@ -69,7 +74,7 @@ async def pipelined(
         *([IMMEDIATE] if _alone_writing(statements, limits.read_only) else []),
     ]
     first = len(opening)
-    prepare = not any(session.sets_anything(b.tree) for b in statements)
+    prepare = not hidden and not any(session.sets_anything(b.tree) for b in statements)
     # The last statement over its limit may be stopped on the server when ending the
     # transaction there loses nothing (stoppable).
     stop = stoppable(statements, isolation, limits.read_only, ctx)
@@ -155,9 +160,15 @@ def begin(
         timeout_ms=timeout_ms,
         lock_timeout_ms=ctx.options.lock_timeout_ms,
         local_settings=local,
-        discard_sequences=any(session.reads_sequence_state(b.tree) for b in statements),
+        discard_sequences=any(
+            session.reads_sequence_state(b.tree) or ctx.hides_traces(b.tree) for b in statements
+        ),
         deferrable=deferrable,
         immediate=_alone_writing(statements, read_only),
+        # (behind a pooler, not: its own prepared statements are on the server connection too;
+        # nothing is prepared by name there for a key, and pgbouncer.clean_up drops what SQL
+        # prepared)
+        deallocate=ctx.options.own_sessions and any(ctx.hides_traces(b.tree) for b in statements),
     )
 
 

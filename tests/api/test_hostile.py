@@ -118,14 +118,19 @@ def test_unicode_identifiers_survive(server: LiveServer) -> None:
     assert columns.json()["columns"][0]["name"] == "ünïcödé 名前"
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_breach(server: LiveServer) -> None:
+def test_schemathesis_finds_no_server_error_and_no_schema_breach(
+    server: LiveServer, request_path: str
+) -> None:
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert st is not None, "schemathesis is installed with the dev extra"
+    # Without the fast answers only the routes they answer change hands: every other route
+    # is FastAPI's either way, and the [fast] run has tried it.
+    only = ["--include-path-regex", "^/(v1/query|v1/transaction|sql)$"]
     result = subprocess.run(
         [st, "run", server.url + "/openapi.json", "-H", f"Authorization: Bearer {KEY}",
          "--max-examples", "15", "--seed", "20261122", "--checks",
          "not_a_server_error,response_schema_conformance,status_code_conformance,"
-         "content_type_conformance"],
+         "content_type_conformance", *(only if request_path == "fastapi" else [])],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-5000:]
