@@ -178,7 +178,6 @@ class Engine:
             and limits.timeout_ms == self.options.statement_timeout_ms
             and (not limits.text_output or self._ctx.pure_read(bound.tree))
             and not session.reads_sequence_state(bound.tree)
-            and not self._ctx.hides_traces(bound.tree)
         )
         started = time.perf_counter()
         async with Guard(limits.timeout_ms, abort) as guard:

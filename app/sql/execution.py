@@ -62,7 +62,7 @@ class Context:
 
     def hides_traces(self, tree: Tree) -> bool:
         """Whether the session's traces of earlier statements are discarded before this one
-        runs (session.may_read_traces), which rules out the plain path and names."""
+        runs (session.may_read_traces), which rules out preparing statements by name."""
         return session.may_read_traces(tree, self.schema.current)
 
     def pure_read(self, tree: Tree) -> bool:

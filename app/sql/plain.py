@@ -23,17 +23,34 @@ from app.sql.results import StatementResult
 IMMEDIATE = Command(session.IMMEDIATE_SQL, prepare=False)
 
 
+# Before code the tree cannot follow (session.may_read_traces): other keys' sequence values
+# and the statements prepared for them are gone; the statement itself is then not prepared.
+FORGET_TRACES = [
+    Command("DISCARD SEQUENCES", prepare=False),
+    Command("DEALLOCATE ALL", prepare=False),
+]
+
+
 def commands_for(
-    sql: str, params: list[Any], keep: Keep, text: bool, writes: bool = False
+    sql: str,
+    params: list[Any],
+    keep: Keep,
+    text: bool,
+    writes: bool = False,
+    forget: bool = False,
 ) -> list[Command]:
     """A statement's commands, for one Sync of their own. A pure read answered as text
     (POST /sql) runs under PostgreSQL's default styles, set local to its implicit
     transaction first, and is prepared apart from those run under mirrorpool's styles; a
-    statement that writes checks its deferred constraints itself (IMMEDIATE)."""
-    statement = Command(sql, params, keep=keep, styles=text_output.STYLES if text else "")
+    statement that writes checks its deferred constraints itself (IMMEDIATE); with `forget`,
+    the session's traces of other keys go first (FORGET_TRACES)."""
+    statement = Command(
+        sql, params, prepare=not forget, keep=keep, styles=text_output.STYLES if text else ""
+    )
+    first = FORGET_TRACES if forget else []
     if text:
-        return [Command(text_output.STYLES_SQL), statement]
-    return [IMMEDIATE, statement] if writes else [statement]
+        return [*first, Command(text_output.STYLES_SQL), statement]
+    return [*first, IMMEDIATE, statement] if writes else [*first, statement]
 
 
 async def run(
@@ -47,11 +64,12 @@ async def run(
     ctx.mark(held, bound.tree)
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
     writes = session.changes_data(bound.tree)
-    command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes)
+    forget = ctx.hides_traces(bound.tree)
+    command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes, forget)
     (unit,) = await pipeline.run_units(held.conn, [command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema
         keep = ctx.keep(limits, keep.stop)
-        command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes)
+        command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes, forget)
         (unit,) = await pipeline.run_units(held.conn, [command])
     reply = unit.replies[-1]
     error = next((r.error for r in unit.replies if r.error is not None), None)

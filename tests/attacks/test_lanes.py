@@ -34,6 +34,7 @@ async def timed(client: httpx.AsyncClient) -> float:
     return time.perf_counter() - started
 
 
+@pytest.mark.timing
 async def test_a_slow_run_of_a_quick_text_holds_up_no_other_keys_reads(
     client: httpx.AsyncClient,
 ) -> None:

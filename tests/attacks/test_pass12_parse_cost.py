@@ -28,6 +28,7 @@ import json
 import time
 
 import httpx
+import pytest
 
 from app.api.auth import hash_key
 from app.devdb import LocalPair
@@ -92,6 +93,7 @@ def test_long_statements_are_not_kept_by_the_caches_keyed_by_tree(pair: LocalPai
         stop_server(server)
 
 
+@pytest.mark.timing
 def test_one_keys_long_statements_do_not_stall_another_keys_requests(pair: LocalPair) -> None:
     server = served(pair)
     try:

@@ -18,6 +18,7 @@ import json
 import time
 
 import httpx
+import pytest
 
 from app.api.auth import hash_key
 from app.devdb import LocalPair
@@ -39,6 +40,7 @@ def dense(i: int, length: int, tail: str = "") -> str:
     return head + ",1" * ((length - len(head) - len(tail)) // 2) + tail
 
 
+@pytest.mark.timing
 def test_one_keys_long_statements_do_not_hold_up_another_keys(pair: LocalPair) -> None:
     server = start_server(pair, MIRRORPOOL_AUTH="keys", MIRRORPOOL_API_KEYS=KEYS)
     try:

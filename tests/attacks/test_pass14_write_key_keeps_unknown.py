@@ -35,6 +35,7 @@ async def lane_statements(client: httpx.AsyncClient) -> int:
     return int(primary["multiplexing"]["statements"])
 
 
+@pytest.mark.timing
 async def test_a_write_keys_empty_drops_keep_no_one_out_of_the_lanes(
     client: httpx.AsyncClient,
 ) -> None:

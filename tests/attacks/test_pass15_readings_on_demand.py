@@ -65,6 +65,7 @@ async def _median_ms_under(client: httpx.AsyncClient, sql: str) -> float:
     return statistics.median(times)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("attack", ATTACKS, ids=["drop-if-exists", "create-temp-table"])
 async def test_schema_churn_does_not_slow_other_keys(
     client: httpx.AsyncClient, attack: str

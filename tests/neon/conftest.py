@@ -7,6 +7,7 @@ tests run, so `make test` works on a fresh clone with Node 20 and the npm regist
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -56,6 +57,14 @@ def node_modules() -> str:
     and Prisma's client generated from prisma/schema.prisma; the `node` to run them with."""
     node = node_binary()
     lock = HERE / "package-lock.json"
+    with lock.open("rb") as held:
+        # (one install at a time: `make test` runs the tests in two processes)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _install(node, lock)
+    return node
+
+
+def _install(node: str, lock: Path) -> None:
     stamp = MODULES / ".package-lock.json"  # npm writes it on every install
     if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
         npm = shutil.which("npm")
@@ -83,7 +92,6 @@ def node_modules() -> str:
             timeout=120,
             capture_output=True,
         )  # fmt: skip
-    return node
 
 
 def start_neon_server(pair: LocalPair, **env: str) -> LiveServer:

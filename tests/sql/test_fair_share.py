@@ -90,6 +90,7 @@ async def select_1(client: httpx.AsyncClient) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.timing
 async def test_another_keys_select_1_keeps_its_latency_while_one_key_floods_the_pool(
     client: httpx.AsyncClient, pair: LocalPair, app_name: str
 ) -> None:
