@@ -6,9 +6,10 @@ the victim's next."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,9 +17,10 @@ import pytest
 from psycopg import sql
 
 from app.api.auth import hash_key
-from app.devdb import SERVICE, LocalPair
+from app.devdb import OWNER, SERVICE, LocalPair
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
-from tests.waiting import eventually
+from tests.pgbouncer import LocalPgBouncer
+from tests.waiting import eventually, eventually_sync
 
 KEYS = {name: f"{name}-{uuid.uuid4().hex}" for name in ("read", "write", "admin", "role", "role2")}
 
@@ -75,6 +77,76 @@ async def attacked(
         if seen:
             await schema_seen(c)  # (until then every statement counts as code)
         yield c
+
+
+@asynccontextmanager
+async def attacked_on(
+    pair: LocalPair, setup: Sequence[str], teardown: Sequence[str], **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """attacked(), with a low-privilege role of its own, once the owner has made `setup` and
+    the service has read it; the owner's `teardown` after."""
+    role, password = login_role(pair, "lowpriv")
+    as_owner(pair, *setup)
+    try:
+        async with attacked(pair, role, password, seen=True, **overrides) as client:
+            yield client
+    finally:
+        as_owner(pair, *teardown)
+
+
+def locks_on(pair: LocalPair, lock: int) -> int:
+    """Session advisory locks on `lock`, held by any session but the harness's."""
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+            " AND pid <> pg_backend_pid()",
+            [lock],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def end_sessions_holding(pair: LocalPair, lock: int) -> None:
+    """End the sessions (a pooler's server sessions) that hold advisory lock `lock`: what they
+    left goes with them."""
+    with pair.primary.connect() as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks"
+            " WHERE locktype = 'advisory' AND objid = %s AND pid <> pg_backend_pid()",
+            [lock],
+        )
+    eventually_sync(lambda: locks_on(pair, lock) == 0, "the server sessions to end")
+
+
+@asynccontextmanager
+async def behind_one_server_connection(
+    pair: LocalPair, work_dir: Path, setup: Sequence[str], teardown: Sequence[str], lock: int
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The attacks' keys on the service's login (the role keys aside) behind a PgBouncer of
+    one server connection, which every request shares, with the owner's `setup` made first;
+    `teardown` after, and the server sessions holding advisory lock `lock` ended."""
+    role, _ = login_role(pair, "lowpriv")
+    with LocalPgBouncer(pair, work_dir / f"bouncer-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
+        as_owner(pair, *setup)
+        settings = settings_for(
+            pair,
+            primary_dsn=b.dsn("postgres", user=SERVICE),
+            mirror_dsn=None,
+            pgbouncer=True,
+            migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
+            auth="keys",
+            api_keys=[k for k in keys_for(role) if "role" not in k],
+            pool_min_size=1,
+            pool_max_size=1,
+            health_threshold=3,
+            schema_refresh_s=0.1,
+        )
+        try:
+            async with serving_ready(settings) as (_, client):
+                yield client
+        finally:
+            as_owner(pair, *teardown)
+            end_sessions_holding(pair, lock)
 
 
 @pytest.fixture

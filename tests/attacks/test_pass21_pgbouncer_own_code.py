@@ -30,19 +30,15 @@ login, behind a PgBouncer with one server connection.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, headers, keys_for, query
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
-from tests.pgbouncer import LocalPgBouncer
-from tests.waiting import eventually_sync
+from app.devdb import SERVICE, LocalPair
+from tests.attacks.conftest import advisory_locks, behind_one_server_connection, headers, query
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -67,47 +63,10 @@ TEARDOWN = (
 SETTING = "SELECT coalesce(current_setting('app.x21', true), 'undefined') AS x"
 
 
-@pytest.fixture(scope="module")
-def bouncer21(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
-    """One server connection behind PgBouncer: every request shares it."""
-    with LocalPgBouncer(pair, work_dir / f"bouncer21-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
-        yield b
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def behind(pair: LocalPair, bouncer21: LocalPgBouncer) -> AsyncIterator[httpx.AsyncClient]:
-    role, _ = login_role(pair, "lowpriv")
-    as_owner(pair, *SETUP)
-    settings = settings_for(
-        pair,
-        primary_dsn=bouncer21.dsn("postgres", user=SERVICE),
-        mirror_dsn=None,
-        pgbouncer=True,
-        migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
-        auth="keys",
-        api_keys=[k for k in keys_for(role) if "role" not in k],
-        pool_min_size=1,
-        pool_max_size=1,
-        health_threshold=3,
-        schema_refresh_s=0.1,
-    )
-    try:
-        async with serving_ready(settings) as (_, client):
-            yield client
-    finally:
-        as_owner(pair, *TEARDOWN)
-        end_server_sessions(pair)
-
-
-def end_server_sessions(pair: LocalPair) -> None:
-    """End the pooler's server sessions that hold the attacks' lock (what they left goes with
-    them; PgBouncer, stopped after, takes the rest)."""
-    with pair.primary.connect() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks"
-            " WHERE locktype = 'advisory' AND objid = 2121 AND pid <> pg_backend_pid()"
-        )
-    eventually_sync(lambda: advisory_locks(pair) == 0, "the server sessions to end")
+async def behind(pair: LocalPair, work_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with behind_one_server_connection(pair, work_dir, SETUP, TEARDOWN, 2121) as client:
+        yield client
 
 
 async def test_a_read_keys_view_leaves_no_session_lock_behind_pgbouncer(

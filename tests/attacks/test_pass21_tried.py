@@ -36,8 +36,7 @@ import pytest_asyncio
 from app.devdb import SERVICE, LocalPair
 from app.sql import transaction_pooling
 from app.sql.tree import parse
-from tests.attacks.conftest import advisory_locks, attacked, headers
-from tests.conftest import as_owner, login_role
+from tests.attacks.conftest import advisory_locks, attacked_on, headers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -94,13 +93,8 @@ CLEAN = "SELECT current_setting('app.x21t', true) IS NULL AS clean"
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
-    role, password = login_role(pair, "lowpriv")
-    as_owner(pair, *SETUP)
-    try:
-        async with attacked(pair, role, password, seen=True, mirror_dsn=None) as client:
-            yield client
-    finally:
-        as_owner(pair, *TEARDOWN)
+    async with attacked_on(pair, SETUP, TEARDOWN, mirror_dsn=None) as client:
+        yield client
 
 
 Attack = list[tuple[str, dict[str, object]]]

@@ -40,7 +40,6 @@ Set up: the service's login behind a PgBouncer with one server connection.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -48,11 +47,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import headers, keys_for, query
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
-from tests.pgbouncer import LocalPgBouncer
-from tests.waiting import eventually_sync
+from app.devdb import SERVICE, LocalPair
+from tests.attacks.conftest import (
+    behind_one_server_connection,
+    end_sessions_holding,
+    headers,
+    locks_on,
+    query,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -98,58 +100,17 @@ SETTING = "SELECT coalesce(current_setting('app.x22', true), 'undefined') AS x"
 
 
 def locks(pair: LocalPair) -> int:
-    """Session advisory locks on LOCK, held by any session but the harness's."""
-    with pair.primary.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
-            " AND pid <> pg_backend_pid()",
-            [LOCK],
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return locks_on(pair, LOCK)
 
 
 def end_server_sessions(pair: LocalPair) -> None:
-    """End the pooler's server sessions holding LOCK, so the next test starts clean."""
-    with pair.primary.connect() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks"
-            " WHERE locktype = 'advisory' AND objid = %s AND pid <> pg_backend_pid()",
-            [LOCK],
-        )
-    eventually_sync(lambda: locks(pair) == 0, "the server sessions to end")
-
-
-@pytest.fixture(scope="module")
-def bouncer22(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
-    """One server connection behind PgBouncer: every request shares it."""
-    with LocalPgBouncer(pair, work_dir / f"bouncer22-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
-        yield b
+    end_sessions_holding(pair, LOCK)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def behind(pair: LocalPair, bouncer22: LocalPgBouncer) -> AsyncIterator[httpx.AsyncClient]:
-    role, _ = login_role(pair, "lowpriv")
-    as_owner(pair, *SETUP)
-    settings = settings_for(
-        pair,
-        primary_dsn=bouncer22.dsn("postgres", user=SERVICE),
-        mirror_dsn=None,
-        pgbouncer=True,
-        migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
-        auth="keys",
-        api_keys=[k for k in keys_for(role) if "role" not in k],
-        pool_min_size=1,
-        pool_max_size=1,
-        health_threshold=3,
-        schema_refresh_s=0.1,
-    )
-    try:
-        async with serving_ready(settings) as (_, client):
-            yield client
-    finally:
-        as_owner(pair, *TEARDOWN)
-        end_server_sessions(pair)
+async def behind(pair: LocalPair, work_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with behind_one_server_connection(pair, work_dir, SETUP, TEARDOWN, LOCK) as client:
+        yield client
 
 
 @pytest.fixture
