@@ -187,6 +187,11 @@ class Backends:
         task = self._supervisor.spawn(_awaited(work), name=name, log_failure=False)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
+        if asyncio.iscoroutine(work):
+            # A task cancelled before its first step (at shutdown) never starts `work`:
+            # closed then, it is not reported as never awaited.
+            coroutine = work
+            task.add_done_callback(lambda t: coroutine.close() if t.cancelled() else None)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -12,9 +12,10 @@ when it failed (`roll_back`)."""
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import psycopg
-from psycopg import pq
+from psycopg import AsyncConnection, pq, sql
 
 from app.sql import pipeline, session, text_output
 from app.sql.checkout import Checkout
@@ -22,6 +23,7 @@ from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.placeholders import BoundSQL
+from app.sql.plain import FLUSH_STATISTICS_SQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 from app.sql.transactions import begin, end_unless_cut, stoppable
@@ -62,6 +64,16 @@ def _may_leave_state(held: Checkout) -> bool:
     return held.effect is not session.Effect.NONE or held.judged_later
 
 
+def flushed(conn: AsyncConnection[Any], opening: sql.Composed) -> sql.Composed:
+    """The transaction's opening, with the backend's table and function counters to be
+    flushed when it goes idle after the transaction (PostgreSQL 15 on): until then the next
+    client's code could read ours in pg_stat_xact_*, which no reset clears. (Ours are
+    flushed so; a client before us that is not mirrorpool may still leave its own.)"""
+    if conn.info.server_version < 150000:
+        return opening
+    return sql.SQL("; ").join([opening, sql.SQL(FLUSH_STATISTICS_SQL)])
+
+
 async def clean_up(held: Checkout) -> None:
     """Before the transaction ends well: undo what its statements may have left."""
     if _may_leave_state(held):
@@ -80,7 +92,7 @@ async def roll_back(held: Checkout) -> None:
     ):
         return
     try:
-        await conn.execute(f"ROLLBACK; {_unlock_and_reseed()}")
+        await conn.execute(f"ROLLBACK; {_AFTER_ROLLBACK}; {_unlock_and_reseed()}")
     except psycopg.Error:
         await conn.close()
 
@@ -90,7 +102,10 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
     conn = held.conn
     try:
         await conn.execute(
-            begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output)
+            flushed(
+                conn,
+                begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output),
+            )
         )
         stop = stoppable([bound], None, limits.read_only, ctx)
         result = await _statement(held, bound, ctx.keep(limits, stop), limits, ctx)
@@ -116,14 +131,17 @@ async def transaction(
     results: list[StatementResult] = []
     try:
         await conn.execute(
-            begin(
-                ctx,
-                limits.read_only,
-                isolation,
-                limits.timeout_ms,
-                statements,
-                limits.text_output,
-                deferrable,
+            flushed(
+                conn,
+                begin(
+                    ctx,
+                    limits.read_only,
+                    isolation,
+                    limits.timeout_ms,
+                    statements,
+                    limits.text_output,
+                    deferrable,
+                ),
             )
         )
         allowance = Allowance(ctx.options.max_response_bytes)

@@ -8,6 +8,8 @@ import math
 import time
 from typing import Any
 
+from psycopg import AsyncConnection
+
 from app.sql import pipeline, session, text_output
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
@@ -29,6 +31,17 @@ FORGET_TRACES = [
     Command("DISCARD SEQUENCES", prepare=False),
     Command("DEALLOCATE ALL", prepare=False),
 ]
+# And the table and function counters of earlier transactions, which the backend keeps until
+# it flushes them (at most once a second, PostgreSQL 15 on; no DISCARD clears them) and
+# pg_stat_xact_* shows: forced out at the end of a unit of their own (the flush runs when the
+# backend goes idle, before it says it is ready).
+FLUSH_STATISTICS_SQL = "SELECT pg_catalog.pg_stat_force_next_flush()"
+_FLUSH_STATISTICS = Command(FLUSH_STATISTICS_SQL, prepare=False)
+
+
+def flushing(conn: AsyncConnection[Any], forget: bool) -> list[list[Command]]:
+    """The unit to send before a statement that forgets traces (`forget`), if any."""
+    return [[_FLUSH_STATISTICS]] if forget and conn.info.server_version >= 150000 else []
 
 
 def commands_for(
@@ -66,7 +79,7 @@ async def run(
     writes = session.changes_data(bound.tree)
     forget = ctx.hides_traces(bound.tree)
     command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes, forget)
-    (unit,) = await pipeline.run_units(held.conn, [command])
+    *_, unit = await pipeline.run_units(held.conn, [*flushing(held.conn, forget), command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema
         keep = ctx.keep(limits, keep.stop)
         command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes, forget)

@@ -58,8 +58,9 @@ def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
         return False
     if tree.set_configs or tree.settings or tree.temp:
         return False
-    # What lists other keys' statements on the connection (refused to requests by name: a
-    # view or a function over it must not read them either; it runs after DEALLOCATE ALL).
+    # What lists other keys' statements or counters on the connection (refused to requests
+    # by name): a view or a default over it is code, which runs only once they are gone
+    # (DEALLOCATE ALL, the counters flushed: app/sql/plain.py FORGET_TRACES, flushing).
     if not tree.relation_names.isdisjoint(catalog.ALWAYS_REFUSED_RELATIONS) or any(
         name in catalog.ALWAYS_REFUSED or name.startswith(catalog.PENDING_STATISTICS_PREFIX)
         for name in tree.maybe_called

@@ -19,7 +19,7 @@ import psycopg
 
 from app.cluster.cluster import Intent
 from app.errors import InvalidSQL, MirrorpoolError
-from app.sql import pgbouncer, pipeline, session
+from app.sql import pgbouncer, pipeline, plain, session
 from app.sql.checkout import Checkout
 from app.sql.columns import Field
 from app.sql.execution import Context, Limits
@@ -85,6 +85,19 @@ class Streams:
         except Exception as exc:  # handed to the consumer, which raises it
             await queue.put(("error", exc))
 
+    async def _open(self, held: Checkout, bound: BoundSQL, limits: Limits) -> None:
+        """BEGIN and the transaction's limits; before code of the database's own, the
+        backend's counters of earlier transactions flushed (plain.flushing), and behind a
+        pooler ours flushed after (pgbouncer.flushed)."""
+        conn = held.conn
+        if held.own_session and self._ctx.hides_traces(bound.tree):
+            for (flush,) in plain.flushing(conn, True):
+                await conn.execute(flush.sql)
+        opening = begin(self._ctx, limits.read_only, None, limits.timeout_ms, [bound])
+        if not held.own_session:
+            opening = pgbouncer.flushed(conn, opening)
+        await conn.execute(opening)
+
     async def _rows(
         self,
         held: Checkout,
@@ -98,7 +111,7 @@ class Streams:
         await queue.put(("node", node))
         self._ctx.mark(held, bound.tree)
         try:
-            await conn.execute(begin(self._ctx, limits.read_only, None, limits.timeout_ms, [bound]))
+            await self._open(held, bound, limits)
             # The stream holds its connection until its last row: type names the node has
             # not met are looked up now, before it starts.
             fields = await pipeline.describe(conn, bound.sql, bound.params)

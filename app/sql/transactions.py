@@ -17,7 +17,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.errors import ResultTooLarge
-from app.sql import pipeline, session, text_output
+from app.sql import pipeline, plain, session, text_output
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed, rollback
@@ -103,7 +103,9 @@ async def pipelined(
                 if not end_later
             ),
         ]
-        (unit,) = await pipeline.run_units(conn, [commands])
+        *_, unit = await pipeline.run_units(
+            conn, [*plain.flushing(conn, hidden and attempt == 1), commands]
+        )
         replies = unit.replies
         # After a statement stopped on the server the transaction's end failed, or did not
         # run: it only held reads, and is rolled back.

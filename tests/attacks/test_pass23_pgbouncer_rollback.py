@@ -1,0 +1,138 @@
+"""Twenty-third review pass (attacker): behind PgBouncer, a statement prepared by the code of
+the database's own outlives a failed transaction on the shared server connection. Pass 22
+made `clean_up` deallocate what SQL prepared, and wrote `_AFTER_ROLLBACK` (deallocate, then
+DISCARD SEQUENCES) for the failure path, but `roll_back` (app/sql/pgbouncer.py) never runs
+it: it sends `ROLLBACK; SELECT pg_advisory_unlock_all(), setseed(..)` only. A ROLLBACK does
+not undo a PREPARE. So whenever the transaction fails after own code prepared something, the
+prepared statement stays with the server connection for the pooler's next client. Fixed:
+roll_back sends `ROLLBACK`, the deallocation, `DISCARD SEQUENCES` and the unlock in one query.
+
+1. The statement fails after the function ran (a division by zero on its result):
+
+       owner:     CREATE FUNCTION prep23(note) ... EXECUTE format('PREPARE %I AS SELECT %L', ..)
+       write key: SELECT 1 / (prep23('p23a', 'card 4111 1111') - 1)    -> 400 (22012)
+       admin key: SELECT name, statement FROM ps23        (a view of pg_prepared_statements)
+                  -> p23a | PREPARE p23a AS SELECT 'card 4111 1111'::text
+
+   A read key's READ ONLY request does the same (PREPARE is allowed in a read-only
+   transaction).
+
+2. The cleanup itself made to fail: the code also sets `statement_timeout` to 1 ms for the
+   session (set_config(..., false), which clean_up's RESET ALL would undo, but only once it
+   runs), and a deferred constraint trigger of the schema's takes a moment at clean_up's
+   `SET CONSTRAINTS ALL IMMEDIATE`: the cleanup query is cancelled by its own timeout,
+   `roll_back` runs, and the prepared statement stays.
+
+What reaches the next key: the SQL text (and the literal values) another key's request had
+the code prepare, through a view or function of the schema's; the code's next
+`PREPARE p23a` in another key's request fails (42P05); a later key's own code that runs
+`EXECUTE p23a` runs another key's statement. Set up: the service's login behind a PgBouncer
+with one server connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from app.devdb import OWNER, SERVICE, LocalPair
+from tests.attacks.conftest import headers, keys_for, query
+from tests.conftest import as_owner, login_role, serving_ready, settings_for
+from tests.pgbouncer import LocalPgBouncer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SETUP = (
+    "DROP TABLE IF EXISTS public.t23d",
+    "CREATE OR REPLACE FUNCTION public.prep23(name text, note text) RETURNS int"
+    " LANGUAGE plpgsql AS $$ BEGIN"
+    " EXECUTE format('PREPARE %I AS SELECT %L::text', name, note); RETURN 1; END $$",
+    "CREATE OR REPLACE FUNCTION public.prep23t(name text, note text) RETURNS int"
+    " LANGUAGE plpgsql AS $$ BEGIN"
+    " EXECUTE format('PREPARE %I AS SELECT %L::text', name, note);"
+    " PERFORM set_config('statement_timeout', '1', false); RETURN 1; END $$",
+    "CREATE OR REPLACE FUNCTION public.slow23() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$",
+    "CREATE TABLE public.t23d (id int)",
+    "CREATE CONSTRAINT TRIGGER c23d AFTER INSERT ON public.t23d DEFERRABLE INITIALLY DEFERRED"
+    " FOR EACH ROW EXECUTE FUNCTION public.slow23()",
+    "CREATE OR REPLACE VIEW public.ps23 AS SELECT name, statement FROM pg_prepared_statements"
+    " WHERE from_sql",
+    f"GRANT SELECT, INSERT ON public.t23d TO {SERVICE}",
+    "GRANT SELECT ON public.ps23 TO PUBLIC",
+)
+TEARDOWN = (
+    "DROP VIEW IF EXISTS public.ps23",
+    "DROP TABLE IF EXISTS public.t23d",
+    "DROP FUNCTION IF EXISTS public.prep23(text, text), public.prep23t(text, text),"
+    " public.slow23()",
+)
+
+
+@pytest.fixture(scope="module")
+def bouncer23(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
+    """One server connection behind PgBouncer: every request shares it."""
+    with LocalPgBouncer(pair, work_dir / f"bouncer23-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
+        yield b
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def behind(pair: LocalPair, bouncer23: LocalPgBouncer) -> AsyncIterator[httpx.AsyncClient]:
+    role, _ = login_role(pair, "lowpriv")
+    as_owner(pair, *SETUP)
+    settings = settings_for(
+        pair,
+        primary_dsn=bouncer23.dsn("postgres", user=SERVICE),
+        mirror_dsn=None,
+        pgbouncer=True,
+        migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
+        auth="keys",
+        api_keys=[k for k in keys_for(role) if "role" not in k],
+        pool_min_size=1,
+        pool_max_size=1,
+        health_threshold=3,
+        schema_refresh_s=0.1,
+    )
+    try:
+        async with serving_ready(settings) as (_, client):
+            yield client
+    finally:
+        as_owner(pair, *TEARDOWN)
+
+
+async def prepared(client: httpx.AsyncClient) -> list[list[str]]:
+    seen = await query(client, "admin", "SELECT name, statement FROM ps23")
+    assert seen.status_code == 200, seen.text
+    return [list(row) for row in seen.json()["rows"]]
+
+
+@pytest.mark.parametrize("key", ["write", "read"])
+async def test_a_failed_statement_leaves_no_prepared_statement_behind_pgbouncer(
+    behind: httpx.AsyncClient, key: str
+) -> None:
+    name = f"p23a_{key}"
+    r = await query(behind, key, f"SELECT 1 / (prep23('{name}', 'card 4111 1111') - 1) AS n")
+    assert r.status_code in (400, 409, 422), r.text
+    assert r.json()["sqlstate"] == "22012", r.text
+    left = await prepared(behind)
+    assert not any(row[0] == name for row in left), f"the admin key lists {left}"
+
+
+async def test_a_cleanup_timed_out_by_own_code_leaves_no_prepared_statement_behind_pgbouncer(
+    behind: httpx.AsyncClient,
+) -> None:
+    body = {
+        "statements": [
+            {"sql": "INSERT INTO t23d VALUES (1)"},
+            {"sql": "SELECT prep23t('p23b', 'card 5500 0000') AS n"},
+        ]
+    }
+    r = await behind.post("/v1/transaction", json=body, headers=headers("write"))
+    assert r.status_code >= 400, r.text
+    left = await prepared(behind)
+    assert not any(row[0] == "p23b" for row in left), f"after {r.text}: the admin key lists {left}"
