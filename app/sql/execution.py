@@ -60,6 +60,10 @@ class Context:
         goes back if the catalog is being read again meanwhile."""
         mark(held, tree, self.schema)
 
+    def draws_random(self, tree: Tree) -> bool:
+        """Whether random() is seeded anew before the statement (session.draws_random)."""
+        return session.draws_random(tree, self.schema.current)
+
     def hides_traces(self, tree: Tree) -> bool:
         """Whether the session's traces of earlier statements are discarded before this one
         runs (session.may_read_traces), which rules out preparing statements by name."""

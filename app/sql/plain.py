@@ -39,6 +39,11 @@ FLUSH_STATISTICS_SQL = "SELECT pg_catalog.pg_stat_force_next_flush()"
 _FLUSH_STATISTICS = Command(FLUSH_STATISTICS_SQL, prepare=False)
 
 
+def reseeding() -> Command:
+    """random() seeded anew (session.draws_random)."""
+    return Command("SELECT pg_catalog.setseed($1)", [session.reseed_value()], prepare=False)
+
+
 def flushing(conn: AsyncConnection[Any], forget: bool) -> list[list[Command]]:
     """The unit to send before a statement that forgets traces (`forget`), if any."""
     return [[_FLUSH_STATISTICS]] if forget and conn.info.server_version >= 150000 else []
@@ -51,6 +56,7 @@ def commands_for(
     text: bool,
     writes: bool = False,
     forget: bool = False,
+    reseed: bool = False,
 ) -> list[Command]:
     """A statement's commands, for one Sync of their own. A pure read answered as text
     (POST /sql) runs under PostgreSQL's default styles, set local to its implicit
@@ -60,7 +66,7 @@ def commands_for(
     statement = Command(
         sql, params, prepare=not forget, keep=keep, styles=text_output.STYLES if text else ""
     )
-    first = FORGET_TRACES if forget else []
+    first = [*(FORGET_TRACES if forget else []), *([reseeding()] if reseed else [])]
     if text:
         return [*first, Command(text_output.STYLES_SQL), statement]
     return [*first, IMMEDIATE, statement] if writes else [*first, statement]
@@ -78,11 +84,16 @@ async def run(
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
     writes = session.changes_data(bound.tree)
     forget = ctx.hides_traces(bound.tree)
-    command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes, forget)
+    reseed = ctx.draws_random(bound.tree)
+    command = commands_for(
+        bound.sql, bound.params, keep, limits.text_output, writes, forget, reseed
+    )
     *_, unit = await pipeline.run_units(held.conn, [*flushing(held.conn, forget), command])
     if unit.stale:  # our prepared statement was gone or planned for an older schema
         keep = ctx.keep(limits, keep.stop)
-        command = commands_for(bound.sql, bound.params, keep, limits.text_output, writes, forget)
+        command = commands_for(
+            bound.sql, bound.params, keep, limits.text_output, writes, forget, reseed
+        )
         (unit,) = await pipeline.run_units(held.conn, [command])
     reply = unit.replies[-1]
     error = next((r.error for r in unit.replies if r.error is not None), None)

@@ -14,6 +14,7 @@ DISCARD ALL, or closed when even that could leave something behind, before reuse
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
@@ -229,7 +230,11 @@ def lane_write(tree: Tree) -> bool:
 def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
     """What may run in a lane: a pure read, or with `writes` a plain write, that runs no code
     of the database's own out of sight."""
-    return (pure_read(tree) or (writes and lane_write(tree))) and not runs_unseen(tree, code)
+    return (
+        (pure_read(tree) or (writes and lane_write(tree)))
+        and not runs_unseen(tree, code)
+        and tree.maybe_called.isdisjoint(RANDOM_DRAWS)
+    )
 
 
 # Before a write on its own: its deferred constraints are checked inside the statement, under
@@ -264,6 +269,24 @@ def reads_sequence_state(tree: Tree) -> bool:
     """True when the statement reads values this session's earlier nextval() calls left
     (currval, lastval): on a pooled connection they could be another key's."""
     return not tree.maybe_called.isdisjoint(catalog.SESSION_SEQUENCE_READERS)
+
+
+# What draws from the session's random() generator, whose state DISCARD ALL keeps: four of
+# its values give the whole state (xoroshiro128**, PostgreSQL 15 on), which runs backwards as
+# well as forwards, so a key drawing after another could compute what it drew and will draw.
+RANDOM_DRAWS = frozenset({"random", "random_normal"})
+
+
+def draws_random(tree: Tree, code: SchemaCode) -> bool:
+    """True when the statement may draw from random(): it calls it, or code the tree cannot
+    follow may. It then starts from a fresh seed of a strong random value (reseed_value), so
+    what it draws tells nothing of the values before it or after it."""
+    return not tree.maybe_called.isdisjoint(RANDOM_DRAWS) or may_read_traces(tree, code)
+
+
+def reseed_value() -> float:
+    """A seed for setseed() (-1 to 1), from the operating system's strong random source."""
+    return secrets.randbelow(2**53) / 2**53
 
 
 def may_read_traces(tree: Tree, code: SchemaCode) -> bool:
@@ -319,11 +342,13 @@ def begin_sql(
     deferrable: bool = False,
     immediate: bool = False,
     deallocate: bool = False,
+    reseed: bool = False,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query;
     with `discard_sequences`, the session's sequence values (another client's) forgotten;
-    with `deallocate`, the statements prepared on it; with `immediate`, deferred
+    with `deallocate`, the statements prepared on it; with `reseed`, random() seeded anew;
+    with `immediate`, deferred
     constraints checked by each statement (IMMEDIATE_SQL)."""
     parts = [
         *(sql.SQL(statement) for statement in opening(isolation, read_only, deferrable)),
@@ -337,6 +362,8 @@ def begin_sql(
         parts.append(sql.SQL("DISCARD SEQUENCES"))
     if deallocate:
         parts.append(sql.SQL("DEALLOCATE ALL"))
+    if reseed:
+        parts.append(sql.SQL("SELECT pg_catalog.setseed({})").format(sql.Literal(reseed_value())))
     if immediate:
         parts.append(sql.SQL(IMMEDIATE_SQL))
     return sql.SQL("; ").join(parts)

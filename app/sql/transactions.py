@@ -62,6 +62,7 @@ async def pipelined(
             else []
         ),
         *([Command("DEALLOCATE ALL", prepare=False)] if hidden else []),
+        *([plain.reseeding()] if any(ctx.draws_random(b.tree) for b in statements) else []),
         *(
             Command(sql, prepare=False)
             for sql in session.opening(isolation, limits.read_only, deferrable)
@@ -170,6 +171,7 @@ def begin(
         # (behind a pooler, not: its own prepared statements are on the server connection too;
         # nothing is prepared by name there for a key, and pgbouncer.clean_up drops what SQL
         # prepared)
+        reseed=any(ctx.draws_random(b.tree) for b in statements),
         deallocate=ctx.options.own_sessions and any(ctx.hides_traces(b.tree) for b in statements),
     )
 

@@ -58,7 +58,7 @@ def node_modules() -> str:
     node = node_binary()
     lock = HERE / "package-lock.json"
     with lock.open("rb") as held:
-        # (one install at a time: `make test` runs the tests in two processes)
+        # (one install at a time: `make test` runs the tests in several processes)
         fcntl.flock(held, fcntl.LOCK_EX)
         _install(node, lock)
     return node
