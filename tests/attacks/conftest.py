@@ -120,11 +120,15 @@ def end_sessions_holding(pair: LocalPair, lock: int) -> None:
 
 @asynccontextmanager
 async def behind_one_server_connection(
-    pair: LocalPair, work_dir: Path, setup: Sequence[str], teardown: Sequence[str], lock: int
+    pair: LocalPair,
+    work_dir: Path,
+    setup: Sequence[str],
+    teardown: Sequence[str],
+    lock: int | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The attacks' keys on the service's login (the role keys aside) behind a PgBouncer of
     one server connection, which every request shares, with the owner's `setup` made first;
-    `teardown` after, and the server sessions holding advisory lock `lock` ended."""
+    `teardown` after, and the server sessions holding advisory lock `lock` (if any) ended."""
     role, _ = login_role(pair, "lowpriv")
     with LocalPgBouncer(pair, work_dir / f"bouncer-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
         as_owner(pair, *setup)
@@ -146,7 +150,8 @@ async def behind_one_server_connection(
                 yield client
         finally:
             as_owner(pair, *teardown)
-            end_sessions_holding(pair, lock)
+            if lock is not None:
+                end_sessions_holding(pair, lock)
 
 
 @pytest.fixture

@@ -37,8 +37,7 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import attacked, query
-from tests.conftest import as_owner, login_role
+from tests.attacks.conftest import attacked_on, query
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -62,13 +61,8 @@ TRIES = 6
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
-    role, password = login_role(pair, "lowpriv")
-    as_owner(pair, *SETUP)
-    try:
-        async with attacked(pair, role, password, seen=True) as c:
-            yield c
-    finally:
-        as_owner(pair, *TEARDOWN)
+    async with attacked_on(pair, SETUP, TEARDOWN) as client:
+        yield client
 
 
 async def _seen(served: httpx.AsyncClient, reading: str) -> list[int]:

@@ -32,18 +32,15 @@ with one server connection.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import headers, keys_for, query
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
-from tests.pgbouncer import LocalPgBouncer
+from app.devdb import SERVICE, LocalPair
+from tests.attacks.conftest import behind_one_server_connection, headers, query
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -74,35 +71,10 @@ TEARDOWN = (
 )
 
 
-@pytest.fixture(scope="module")
-def bouncer23(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
-    """One server connection behind PgBouncer: every request shares it."""
-    with LocalPgBouncer(pair, work_dir / f"bouncer23-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
-        yield b
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def behind(pair: LocalPair, bouncer23: LocalPgBouncer) -> AsyncIterator[httpx.AsyncClient]:
-    role, _ = login_role(pair, "lowpriv")
-    as_owner(pair, *SETUP)
-    settings = settings_for(
-        pair,
-        primary_dsn=bouncer23.dsn("postgres", user=SERVICE),
-        mirror_dsn=None,
-        pgbouncer=True,
-        migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
-        auth="keys",
-        api_keys=[k for k in keys_for(role) if "role" not in k],
-        pool_min_size=1,
-        pool_max_size=1,
-        health_threshold=3,
-        schema_refresh_s=0.1,
-    )
-    try:
-        async with serving_ready(settings) as (_, client):
-            yield client
-    finally:
-        as_owner(pair, *TEARDOWN)
+async def behind(pair: LocalPair, work_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with behind_one_server_connection(pair, work_dir, SETUP, TEARDOWN) as client:
+        yield client
 
 
 async def prepared(client: httpx.AsyncClient) -> list[list[str]]:

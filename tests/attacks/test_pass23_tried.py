@@ -22,8 +22,7 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import attacked, leaves_no_lock
-from tests.conftest import as_owner, login_role
+from tests.attacks.conftest import attacked_on, leaves_no_lock
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,13 +56,8 @@ ATTACKS = [
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
-    role, password = login_role(pair, "lowpriv")
-    as_owner(pair, *SETUP)
-    try:
-        async with attacked(pair, role, password, seen=True) as c:
-            yield c
-    finally:
-        as_owner(pair, *TEARDOWN)
+    async with attacked_on(pair, SETUP, TEARDOWN) as client:
+        yield client
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
