@@ -32,11 +32,11 @@ lint: $(STAMP)
 tools:
 	@bash tests/tools.sh $(TOOLS)
 
-# The tests in three processes (a pair of servers each; on 2 cores many tests wait on
-# servers), then the few that compare latencies under load on their own, where no other
-# process takes their CPU.
+# The tests in two processes (a pair of servers each; a third was no faster on 2 cores),
+# then the few that compare latencies under load on their own, where no other process takes
+# their CPU.
 test: tools lint
-	$(BIN)/pytest -n 3 --dist loadfile -m "not timing"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not timing"
 	$(BIN)/pytest -m timing
 
 # Side-by-side figures (see tests/bench/): about 5 minutes on 2 cores.

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.sql import session
+from app.sql import session, traces
 from app.sql.checkout import Checkout
 from app.sql.columns import TypeNames
 from app.sql.options import EngineOptions
@@ -61,13 +61,13 @@ class Context:
         mark(held, tree, self.schema)
 
     def draws_random(self, tree: Tree) -> bool:
-        """Whether random() is seeded anew before the statement (session.draws_random)."""
-        return session.draws_random(tree, self.schema.current)
+        """Whether random() is seeded anew before the statement (traces.draws_random)."""
+        return traces.draws_random(tree, self.schema.current)
 
     def hides_traces(self, tree: Tree) -> bool:
         """Whether the session's traces of earlier statements are discarded before this one
-        runs (session.may_read_traces), which rules out preparing statements by name."""
-        return session.may_read_traces(tree, self.schema.current)
+        runs (traces.may_read_traces), which rules out preparing statements by name."""
+        return traces.may_read_traces(tree, self.schema.current)
 
     def pure_read(self, tree: Tree) -> bool:
         return session.pure_read_with(tree, self.schema.current)
@@ -89,7 +89,7 @@ class Context:
 def mark(held: Checkout, tree: Tree, watch: SchemaWatch) -> None:
     """Context.mark, for the lanes too (app/sql/quick.py)."""
     facts = watch.current
-    if held.own_session and session.may_read_traces(tree, facts):
+    if held.own_session and traces.may_read_traces(tree, facts):
         # Its statements prepared by name were dropped before it ran (Context.hides_traces):
         # at the least a reset, which forgets them.
         held.mark(session.Effect.RESET)

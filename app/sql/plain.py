@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from app.sql import pipeline, session, text_output
+from app.sql import pipeline, session, text_output, traces
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
 from app.sql.pipeline import Command, Keep
@@ -25,7 +25,7 @@ from app.sql.results import StatementResult
 IMMEDIATE = Command(session.IMMEDIATE_SQL, prepare=False)
 
 
-# Before code the tree cannot follow (session.may_read_traces): other keys' sequence values
+# Before code the tree cannot follow (traces.may_read_traces): other keys' sequence values
 # and the statements prepared for them are gone; the statement itself is then not prepared.
 FORGET_TRACES = [
     Command("DISCARD SEQUENCES", prepare=False),
@@ -40,8 +40,8 @@ _FLUSH_STATISTICS = Command(FLUSH_STATISTICS_SQL, prepare=False)
 
 
 def reseeding() -> Command:
-    """random() seeded anew (session.draws_random)."""
-    return Command("SELECT pg_catalog.setseed($1)", [session.reseed_value()], prepare=False)
+    """random() seeded anew (traces.draws_random)."""
+    return Command("SELECT pg_catalog.setseed($1)", [traces.reseed_value()], prepare=False)
 
 
 def flushing(conn: AsyncConnection[Any], forget: bool) -> list[list[Command]]:

@@ -14,7 +14,6 @@ DISCARD ALL, or closed when even that could leave something behind, before reuse
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
@@ -233,7 +232,7 @@ def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
     return (
         (pure_read(tree) or (writes and lane_write(tree)))
         and not runs_unseen(tree, code)
-        and tree.maybe_called.isdisjoint(RANDOM_DRAWS)
+        and tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS)
     )
 
 
@@ -269,33 +268,6 @@ def reads_sequence_state(tree: Tree) -> bool:
     """True when the statement reads values this session's earlier nextval() calls left
     (currval, lastval): on a pooled connection they could be another key's."""
     return not tree.maybe_called.isdisjoint(catalog.SESSION_SEQUENCE_READERS)
-
-
-# What draws from the session's random() generator, whose state DISCARD ALL keeps: four of
-# its values give the whole state (xoroshiro128**, PostgreSQL 15 on), which runs backwards as
-# well as forwards, so a key drawing after another could compute what it drew and will draw.
-RANDOM_DRAWS = frozenset({"random", "random_normal"})
-
-
-def draws_random(tree: Tree, code: SchemaCode) -> bool:
-    """True when the statement may draw from random(): it calls it, or code the tree cannot
-    follow may. It then starts from a fresh seed of a strong random value (reseed_value), so
-    what it draws tells nothing of the values before it or after it."""
-    return not tree.maybe_called.isdisjoint(RANDOM_DRAWS) or may_read_traces(tree, code)
-
-
-def reseed_value() -> float:
-    """A seed for setseed() (-1 to 1), from the operating system's strong random source."""
-    return secrets.randbelow(2**53) / 2**53
-
-
-def may_read_traces(tree: Tree, code: SchemaCode) -> bool:
-    """True when code the tree cannot follow may run (a function of the database's own,
-    named or out of sight): it could read what earlier statements on the connection, other
-    keys', left in the session (their sequence values through lastval() or currval(), the
-    statements mirrorpool prepared for them through pg_prepared_statements), so they are
-    discarded before it runs."""
-    return calls_own_code(tree) or runs_unseen(tree, code)
 
 
 def startup_options(settings: dict[str, str]) -> str:
@@ -342,12 +314,12 @@ def begin_sql(
     deferrable: bool = False,
     immediate: bool = False,
     deallocate: bool = False,
-    reseed: bool = False,
+    reseed: float | None = None,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query;
     with `discard_sequences`, the session's sequence values (another client's) forgotten;
-    with `deallocate`, the statements prepared on it; with `reseed`, random() seeded anew;
+    with `deallocate`, the statements prepared on it; with `reseed`, random() seeded with it;
     with `immediate`, deferred
     constraints checked by each statement (IMMEDIATE_SQL)."""
     parts = [
@@ -362,8 +334,8 @@ def begin_sql(
         parts.append(sql.SQL("DISCARD SEQUENCES"))
     if deallocate:
         parts.append(sql.SQL("DEALLOCATE ALL"))
-    if reseed:
-        parts.append(sql.SQL("SELECT pg_catalog.setseed({})").format(sql.Literal(reseed_value())))
+    if reseed is not None:
+        parts.append(sql.SQL("SELECT pg_catalog.setseed({})").format(sql.Literal(reseed)))
     if immediate:
         parts.append(sql.SQL(IMMEDIATE_SQL))
     return sql.SQL("; ").join(parts)

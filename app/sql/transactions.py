@@ -17,7 +17,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from app.errors import ResultTooLarge
-from app.sql import pipeline, plain, session, text_output
+from app.sql import pipeline, plain, session, text_output, traces
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed, rollback
@@ -171,7 +171,7 @@ def begin(
         # (behind a pooler, not: its own prepared statements are on the server connection too;
         # nothing is prepared by name there for a key, and pgbouncer.clean_up drops what SQL
         # prepared)
-        reseed=any(ctx.draws_random(b.tree) for b in statements),
+        reseed=traces.reseed_value() if any(ctx.draws_random(b.tree) for b in statements) else None,
         deallocate=ctx.options.own_sessions and any(ctx.hides_traces(b.tree) for b in statements),
     )
 

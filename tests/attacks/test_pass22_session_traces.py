@@ -2,7 +2,7 @@
 database's own reads what another key's requests left in the pooled session before its
 connection is closed after it. Closing after own code keeps what that code leaves from the
 next key; nothing kept what the previous key left from that code. Fixed: before a statement
-that may run such code (app/sql/session.py may_read_traces) the connection runs DISCARD
+that may run such code (app/sql/traces.py may_read_traces) the connection runs DISCARD
 SEQUENCES and DEALLOCATE ALL in the statement's own round trip (app/sql/transactions.py),
 and stored code that reads pg_prepared_statements counts as code (app/sql/schema_code.py).
 

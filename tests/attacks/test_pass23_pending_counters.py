@@ -1,6 +1,6 @@
 """Twenty-third review pass (attacker): code of the database's own reads another key's
 pending table counters on the shared connection. Pass 22 made a statement that may run such
-code start with DISCARD SEQUENCES and DEALLOCATE ALL (app/sql/session.py may_read_traces,
+code start with DISCARD SEQUENCES and DEALLOCATE ALL (app/sql/traces.py may_read_traces,
 app/sql/plain.py FORGET_TRACES, app/sql/transactions.py), and counts stored code over
 pg_stat_xact_* as code (app/sql/schema_code.py stored_code_is_clean: "it runs after
 DEALLOCATE ALL"). Neither forgets the backend's pending statistics: PostgreSQL (15 on)

@@ -17,7 +17,7 @@ after the database's own code).
 
 Fixed: a statement that may draw from random() (it calls random() or random_normal(), or may
 run code of the database's own) starts from a fresh seed of a strong random value, in its own
-round trip's unit (app/sql/session.py draws_random, app/sql/plain.py reseeding), and stays
+round trip's unit (app/sql/traces.py draws_random, app/sql/plain.py reseeding), and stays
 out of the lanes.
 """
 
