@@ -30,8 +30,8 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import attacked, query
-from tests.conftest import login_role
+from tests.attacks.conftest import attacked, query, schema_seen
+from tests.conftest import as_owner, login_role
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -182,3 +182,26 @@ async def test_a_read_key_does_not_foresee_another_keys_random_values(
     foreseen = as_random(step(s0, s1)[0])
     (victims,) = await draws(served, "admin", 1)
     assert victims != foreseen, "a read key foresaw the random() value of another key"
+
+
+async def test_a_view_over_random_is_reseeded_too(
+    served: httpx.AsyncClient, pair: LocalPair
+) -> None:
+    """The same read of the state through a view of the owner's over random(): the
+    statement names no random(), yet it draws, four values in one statement."""
+    as_owner(pair, "CREATE OR REPLACE VIEW public.rand24v AS SELECT random() AS r")
+    try:
+        await schema_seen(served)
+        (victims,) = await draws(served, "admin", 1)
+        r = await query(
+            served,
+            "read",
+            "SELECT v.r FROM generate_series(1, 4) AS g,"
+            " LATERAL (SELECT r FROM rand24v WHERE g.g > 0) AS v",
+        )
+        assert r.status_code == 200, r.text
+        s0, s1 = crack([high_bits(float(row[0])) for row in r.json()["rows"]])
+        guessed = as_random(step(*back(s0, s1))[0])
+        assert guessed != victims, "a view over random() gave the read key another key's value"
+    finally:
+        as_owner(pair, "DROP VIEW IF EXISTS public.rand24v")
