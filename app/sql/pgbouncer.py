@@ -11,13 +11,12 @@ when it failed (`roll_back`)."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, pq, sql
 
-from app.sql import pipeline, session, text_output
+from app.sql import pipeline, session, text_output, traces
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed
@@ -50,10 +49,9 @@ _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 
 
 def _unlock_and_reseed() -> str:
-    seed = secrets.randbelow(2**52) / 2**52  # (setseed takes -1 to 1)
     return (
         "SELECT pg_catalog.pg_advisory_unlock_all(),"
-        f" pg_catalog.setseed({seed!r}::pg_catalog.float8)"
+        f" pg_catalog.setseed({traces.reseed_value()!r}::pg_catalog.float8)"
     )
 
 
