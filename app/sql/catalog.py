@@ -56,7 +56,7 @@ RUNS_SQL_TEXT = frozenset(
 # What draws from the session's random() generator, whose state DISCARD ALL keeps: four of
 # its values give the whole state (xoroshiro128**, PostgreSQL 15 on), which runs backwards as
 # well as forwards, so a key drawing after another could compute what it drew and will draw
-# (app/sql/traces.py draws_random).
+# (app/sql/traces.py of).
 RANDOM_DRAWS = frozenset({"random", "random_normal"})
 
 HARMLESS_VOLATILE = frozenset(

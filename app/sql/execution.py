@@ -54,20 +54,17 @@ class Context:
     types: TypeNames
     schema: SchemaWatch
 
-    def mark(self, held: Checkout, tree: Tree) -> None:
+    def mark(self, held: Checkout, tree: Tree, traced: traces.Traces | None = None) -> None:
         """Note on the checkout what the statement may leave in its session (app/sql/session.py),
         code of the database's own that it runs unseen included: judged when the connection
-        goes back if the catalog is being read again meanwhile."""
-        mark(held, tree, self.schema)
+        goes back if the catalog is being read again meanwhile. `traced`: its traces(), if
+        already known."""
+        mark(held, tree, self.schema, traced)
 
-    def draws_random(self, tree: Tree) -> bool:
-        """Whether random() is seeded anew before the statement (traces.draws_random)."""
-        return traces.draws_random(tree, self.schema.current)
-
-    def hides_traces(self, tree: Tree) -> bool:
-        """Whether the session's traces of earlier statements are discarded before this one
-        runs (traces.may_read_traces), which rules out preparing statements by name."""
-        return traces.may_read_traces(tree, self.schema.current)
+    def traces(self, tree: Tree) -> traces.Traces:
+        """What goes before the statement (traces.of): the session's traces of earlier
+        statements discarded, which rules out preparing it by name; random() seeded anew."""
+        return traces.of(tree, self.schema.current)
 
     def pure_read(self, tree: Tree) -> bool:
         return session.pure_read_with(tree, self.schema.current)
@@ -86,11 +83,13 @@ class Context:
         return Keep(limits.max_rows + 1, allowance, stop, text=limits.text_output)
 
 
-def mark(held: Checkout, tree: Tree, watch: SchemaWatch) -> None:
+def mark(
+    held: Checkout, tree: Tree, watch: SchemaWatch, traced: traces.Traces | None = None
+) -> None:
     """Context.mark, for the lanes too (app/sql/quick.py)."""
     facts = watch.current
-    if held.own_session and traces.may_read_traces(tree, facts):
-        # Its statements prepared by name were dropped before it ran (Context.hides_traces):
+    if held.own_session and (traces.of(tree, facts) if traced is None else traced).forget:
+        # Its statements prepared by name were dropped before it ran (Context.traces):
         # at the least a reset, which forgets them.
         held.mark(session.Effect.RESET)
     if facts.known:

@@ -22,7 +22,6 @@ from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed
 from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.placeholders import BoundSQL
-from app.sql.plain import FLUSH_STATISTICS_SQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 from app.sql.transactions import begin, end_unless_cut, stoppable
@@ -69,7 +68,7 @@ def flushed(conn: AsyncConnection[Any], opening: sql.Composed) -> sql.Composed:
     flushed so; a client before us that is not mirrorpool may still leave its own.)"""
     if conn.info.server_version < 150000:
         return opening
-    return sql.SQL("; ").join([opening, sql.SQL(FLUSH_STATISTICS_SQL)])
+    return sql.SQL("; ").join([opening, sql.SQL(traces.FLUSH_STATISTICS_SQL)])
 
 
 async def clean_up(held: Checkout) -> None:

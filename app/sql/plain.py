@@ -25,23 +25,19 @@ from app.sql.results import StatementResult
 IMMEDIATE = Command(session.IMMEDIATE_SQL, prepare=False)
 
 
-# Before code the tree cannot follow (traces.may_read_traces): other keys' sequence values
+# Before code the tree cannot follow (traces.Traces.forget): other keys' sequence values
 # and the statements prepared for them are gone; the statement itself is then not prepared.
 FORGET_TRACES = [
     Command("DISCARD SEQUENCES", prepare=False),
     Command("DEALLOCATE ALL", prepare=False),
 ]
-# And the table and function counters of earlier transactions, which the backend keeps until
-# it flushes them (at most once a second, PostgreSQL 15 on; no DISCARD clears them) and
-# pg_stat_xact_* shows: forced out at the end of a unit of their own (the flush runs when the
-# backend goes idle, before it says it is ready).
-FLUSH_STATISTICS_SQL = "SELECT pg_catalog.pg_stat_force_next_flush()"
-_FLUSH_STATISTICS = Command(FLUSH_STATISTICS_SQL, prepare=False)
+# And the counters of earlier transactions, flushed in a unit of their own (flushing).
+_FLUSH_STATISTICS = Command(traces.FLUSH_STATISTICS_SQL, prepare=False)
 
 
 def reseeding() -> Command:
-    """random() seeded anew (traces.draws_random)."""
-    return Command("SELECT pg_catalog.setseed($1)", [traces.reseed_value()], prepare=False)
+    """random() seeded anew (traces.Traces.reseed)."""
+    return Command(traces.RESEED_SQL, [traces.reseed_value()], prepare=False)
 
 
 def flushing(conn: AsyncConnection[Any], forget: bool) -> list[list[Command]]:
@@ -80,11 +76,11 @@ async def run(
     A read over its limit is stopped on the server; a write's rows beyond it are read and
     dropped (stopping it would undo it)."""
     started = time.perf_counter()
-    ctx.mark(held, bound.tree)
+    found = ctx.traces(bound.tree)
+    ctx.mark(held, bound.tree, found)
     keep = ctx.keep(limits, ctx.pure_read(bound.tree))
     writes = session.changes_data(bound.tree)
-    forget = ctx.hides_traces(bound.tree)
-    reseed = ctx.draws_random(bound.tree)
+    forget, reseed = found.forget, found.reseed
     command = commands_for(
         bound.sql, bound.params, keep, limits.text_output, writes, forget, reseed
     )

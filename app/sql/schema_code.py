@@ -67,7 +67,7 @@ def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
     ):
         return False
     # Nor may it draw from random() unseen: a statement that does is reseeded first
-    # (app/sql/traces.py draws_random), which only code counted as such gets.
+    # (app/sql/traces.py of), which only code counted as such gets.
     if not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS):
         return False
     if any(not is_catalog_call(call, STORED_CLEAN) for call in tree.calls):

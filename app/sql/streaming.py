@@ -90,7 +90,7 @@ class Streams:
         backend's counters of earlier transactions flushed (plain.flushing), and behind a
         pooler ours flushed after (pgbouncer.flushed)."""
         conn = held.conn
-        if held.own_session and self._ctx.hides_traces(bound.tree):
+        if held.own_session and self._ctx.traces(bound.tree).forget:
             for (flush,) in plain.flushing(conn, True):
                 await conn.execute(flush.sql)
         opening = begin(self._ctx, limits.read_only, None, limits.timeout_ms, [bound])

@@ -9,11 +9,38 @@ runs, in its own round trip (app/sql/plain.py FORGET_TRACES, flushing, reseeding
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 from app.sql import catalog
 from app.sql.schema_code import SchemaCode
 from app.sql.session import calls_own_code, runs_unseen
 from app.sql.tree import Tree
+
+# The table and function counters of earlier transactions, which the backend keeps until it
+# flushes them (at most once a second, PostgreSQL 15 on; no DISCARD clears them) and
+# pg_stat_xact_* shows: forced out at the end of a unit of their own (the flush runs when the
+# backend goes idle, before it says it is ready).
+FLUSH_STATISTICS_SQL = "SELECT pg_catalog.pg_stat_force_next_flush()"
+RESEED_SQL = "SELECT pg_catalog.setseed($1)"
+
+
+@dataclass(frozen=True, slots=True)
+class Traces:
+    """What goes before a statement: with `forget` (may_read_traces), the session's traces
+    of earlier statements are discarded and its counters flushed, and the statement is not
+    prepared by name; with `reseed`, random() starts from a fresh seed."""
+
+    forget: bool
+    reseed: bool
+
+
+def of(tree: Tree, code: SchemaCode) -> Traces:
+    """What goes before the statement. `reseed` when it may draw from random()
+    (catalog.RANDOM_DRAWS): it calls it, or code the tree cannot follow may. It then starts
+    from a fresh seed of a strong random value (reseed_value), so what it draws tells
+    nothing of the values before or after it."""
+    forget = may_read_traces(tree, code)
+    return Traces(forget, forget or not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS))
 
 
 def may_read_traces(tree: Tree, code: SchemaCode) -> bool:
@@ -23,13 +50,6 @@ def may_read_traces(tree: Tree, code: SchemaCode) -> bool:
     statements mirrorpool prepared for them through pg_prepared_statements, their pending
     counters), so they are discarded before it runs."""
     return calls_own_code(tree) or runs_unseen(tree, code)
-
-
-def draws_random(tree: Tree, code: SchemaCode) -> bool:
-    """True when the statement may draw from random() (catalog.RANDOM_DRAWS): it calls it,
-    or code the tree cannot follow may. It then starts from a fresh seed of a strong random
-    value (reseed_value), so what it draws tells nothing of the values before or after it."""
-    return not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS) or may_read_traces(tree, code)
 
 
 def reseed_value() -> float:

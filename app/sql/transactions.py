@@ -48,13 +48,14 @@ async def pipelined(
     # Marked before anything runs: a statement that fails, or whose answer cannot be made,
     # may have changed the session all the same (a ROLLBACK does not undo a PREPARE, a
     # session lock or the random seed).
-    for bound in statements:
-        ctx.mark(held, bound.tree)
+    found = [ctx.traces(b.tree) for b in statements]
+    for bound, traced in zip(statements, found, strict=True):
+        ctx.mark(held, bound.tree, traced)
     values = [str(limits.timeout_ms), str(ctx.options.lock_timeout_ms)]
     # Before code the tree cannot follow, nothing of other keys' statements is left for it to
     # read: their sequence values, the statements prepared for them (none is used by name
     # in this unit, then).
-    hidden = any(ctx.hides_traces(b.tree) for b in statements)
+    hidden = any(t.forget for t in found)
     opening = [
         *(
             [Command("DISCARD SEQUENCES", prepare=False)]
@@ -62,7 +63,7 @@ async def pipelined(
             else []
         ),
         *([Command("DEALLOCATE ALL", prepare=False)] if hidden else []),
-        *([plain.reseeding()] if any(ctx.draws_random(b.tree) for b in statements) else []),
+        *([plain.reseeding()] if any(t.reseed for t in found) else []),
         *(
             Command(sql, prepare=False)
             for sql in session.opening(isolation, limits.read_only, deferrable)
@@ -155,6 +156,8 @@ def begin(
     """BEGIN and the transaction's limits as one simple query, with what the session does
     not carry set LOCAL (behind PgBouncer)."""
     local = ctx.local_settings
+    found = [ctx.traces(b.tree) for b in statements]
+    hidden = any(t.forget for t in found)
     if text:  # Limits.text_output, behind PgBouncer: SET LOCAL, gone with the transaction
         local = {**(local or {}), **text_output.POSTGRES_STYLES}
     return session.begin_sql(
@@ -163,16 +166,14 @@ def begin(
         timeout_ms=timeout_ms,
         lock_timeout_ms=ctx.options.lock_timeout_ms,
         local_settings=local,
-        discard_sequences=any(
-            session.reads_sequence_state(b.tree) or ctx.hides_traces(b.tree) for b in statements
-        ),
+        discard_sequences=hidden or any(session.reads_sequence_state(b.tree) for b in statements),
         deferrable=deferrable,
         immediate=_alone_writing(statements, read_only),
         # (behind a pooler, not: its own prepared statements are on the server connection too;
         # nothing is prepared by name there for a key, and pgbouncer.clean_up drops what SQL
         # prepared)
-        reseed=traces.reseed_value() if any(ctx.draws_random(b.tree) for b in statements) else None,
-        deallocate=ctx.options.own_sessions and any(ctx.hides_traces(b.tree) for b in statements),
+        reseed=traces.reseed_value() if any(t.reseed for t in found) else None,
+        deallocate=ctx.options.own_sessions and hidden,
     )
 
 
