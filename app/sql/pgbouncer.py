@@ -6,8 +6,8 @@ transaction the pooler may have handed the server session to another client. So 
 statement would leave there is refused before it runs (app/sql/transaction_pooling.py); and
 what the database's own code may leave, which no tree shows (a function, a view's, a
 trigger's: a session advisory lock, a session setting, a temporary table), is undone inside
-the transaction that ran it, before it ends (`clean_up`), or with its ROLLBACK in one query
-when it failed (`roll_back`)."""
+the query that ends the transaction, before and after its end (`finish`), or with its
+ROLLBACK in one query when it failed (`roll_back`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, pq, sql
 
+from app.errors import ResultTooLarge
 from app.sql import pipeline, session, text_output, traces
 from app.sql.checkout import Checkout
 from app.sql.execution import Context, Limits
@@ -24,27 +25,32 @@ from app.sql.pipeline import Allowance, Command, Keep
 from app.sql.placeholders import BoundSQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
-from app.sql.transactions import begin, end_unless_cut, stoppable
+from app.sql.transactions import OVER_THE_LIMITS, begin, end_unless_cut, stoppable
 
 # What code of the database's own may leave in the server session beyond its transaction, as
-# DISCARD ALL would undo it but within a transaction block. First the deferred constraint
-# triggers are fired (their code would run at COMMIT, after the rest), then: settings and the
-# role set for the session (undone at COMMIT; a ROLLBACK undoes them anyway), holdable
-# cursors, LISTENs, temporary tables, sequence values (lastval, currval: read by the next
-# client's code), statements PREPAREd by SQL (not the pooler's own, prepared by protocol), and
-# last session advisory locks and the seed of random() (reseeded from a strong random value).
-# What stays is what nothing undoes (a custom setting's placeholder, defined as '', and
-# PL/pgSQL's compiled functions), as with any session.
+# DISCARD ALL would undo it but within a transaction block: settings and the role set for the
+# session, holdable cursors, LISTENs, temporary tables, sequence values (lastval, currval:
+# read by the next client's code), statements PREPAREd by SQL (not the pooler's own,
+# prepared by protocol), and last session advisory locks and the seed of random()
+# (reseeded from a strong random value). What stays is what nothing undoes (a custom
+# setting's placeholder, defined as '', and PL/pgSQL's compiled functions), as with any
+# session.
 _DEALLOCATE_SQL_PREPARED = (
     "DO $$ DECLARE n text; BEGIN FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p"
     " WHERE p.from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
 )
-_CLEAN_UP = (
-    "SET CONSTRAINTS ALL IMMEDIATE; RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP;"
-    f" DISCARD SEQUENCES; {_DEALLOCATE_SQL_PREPARED}"
+_RESET = (
+    "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
+    f" {_DEALLOCATE_SQL_PREPARED}"
 )
+# Inside the transaction, the deferred constraint triggers are fired first: what their code
+# leaves is undone with the rest, and one that fails fails the transaction before its end.
+_CLEAN_UP = f"SET CONSTRAINTS ALL IMMEDIATE; {_RESET}"
 # After a ROLLBACK: what it does not undo.
 _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
+# Every transaction's first act: session advisory locks still held on the server session are
+# let go. Only code that ran at a COMMIT which then failed can have left one (`finish`).
+_UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock_all()"
 
 
 def _unlock_and_reseed() -> str:
@@ -62,19 +68,42 @@ def _may_leave_state(held: Checkout) -> bool:
 
 
 def flushed(conn: AsyncConnection[Any], opening: sql.Composed) -> sql.Composed:
-    """The transaction's opening, with the backend's table and function counters to be
+    """The transaction's opening, first letting go of session advisory locks left on the
+    server session (_UNLOCK_SQL), and with the backend's table and function counters to be
     flushed when it goes idle after the transaction (PostgreSQL 15 on): until then the next
     client's code could read ours in pg_stat_xact_*, which no reset clears. (Ours are
     flushed so; a client before us that is not mirrorpool may still leave its own.)"""
+    unlock = sql.SQL(_UNLOCK_SQL)
     if conn.info.server_version < 150000:
-        return opening
-    return sql.SQL("; ").join([opening, sql.SQL(traces.FLUSH_STATISTICS_SQL)])
+        return sql.SQL("; ").join([opening, unlock])
+    return sql.SQL("; ").join([opening, unlock, sql.SQL(traces.FLUSH_STATISTICS_SQL)])
 
 
-async def clean_up(held: Checkout) -> None:
-    """Before the transaction ends well: undo what its statements may have left."""
-    if _may_leave_state(held):
-        await held.conn.execute(f"{_CLEAN_UP}; {_unlock_and_reseed()}")
+async def finish(
+    held: Checkout, cut: bool, isolation: Isolation | None, read_only: bool, text_output: bool
+) -> None:
+    """End the transaction as end_unless_cut would. When its statements may have left
+    anything (_may_leave_state), it is undone inside the transaction, the transaction is
+    ended, and it is undone again, all in one query: the same server session (the pooler
+    lets it go only once the query is done), and after anything that runs at the COMMIT (a
+    deferred trigger whose code deferred its next event again, past SET CONSTRAINTS ALL
+    IMMEDIATE). If that COMMIT fails, what its code left beyond the rollback is harmless to
+    the next client but a session advisory lock, which the next transaction lets go first
+    (flushed)."""
+    conn = held.conn
+    if not _may_leave_state(held):
+        await end_unless_cut(conn, cut, isolation, read_only, text_output)
+        return
+    if text_output and not read_only and cut:  # (as end_unless_cut)
+        await roll_back(held)
+        raise ResultTooLarge(OVER_THE_LIMITS)
+    if conn.info.transaction_status == pq.TransactionStatus.INERROR:  # (a statement stopped)
+        await roll_back(held)
+        return
+    ending = "; ".join(session.closing(isolation, read_only))
+    await conn.execute(
+        f"{_CLEAN_UP}; {_unlock_and_reseed()}; {ending}; {_RESET}; {_unlock_and_reseed()}"
+    )
 
 
 async def roll_back(held: Checkout) -> None:
@@ -106,8 +135,7 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
         )
         stop = stoppable([bound], None, limits.read_only, ctx)
         result = await _statement(held, bound, ctx.keep(limits, stop), limits, ctx)
-        await clean_up(held)
-        await end_unless_cut(conn, result.truncated, None, limits.read_only, limits.text_output)
+        await finish(held, result.truncated, None, limits.read_only, limits.text_output)
     except psycopg.Error:
         await roll_back(held)
         raise
@@ -148,8 +176,7 @@ async def transaction(
             keep = ctx.keep(limits, stop and last, allowance)
             results.append(await _statement(held, bound, keep, limits, ctx))
         cut = any(r.truncated for r in results)
-        await clean_up(held)
-        await end_unless_cut(conn, cut, isolation, limits.read_only, limits.text_output)
+        await finish(held, cut, isolation, limits.read_only, limits.text_output)
     except StatementFailed:
         await roll_back(held)
         raise

@@ -140,10 +140,11 @@ class Streams:
             if batch:
                 await queue.put(("rows", batch))
             command = cur.statusmessage or streamed_tag(bound.tree, count)
-            if not held.own_session:
-                await pgbouncer.clean_up(held)
-            for statement in session.closing(None, limits.read_only):
-                await conn.execute(statement)
+            if held.own_session:
+                for statement in session.closing(None, limits.read_only):
+                    await conn.execute(statement)
+            else:
+                await pgbouncer.finish(held, False, None, limits.read_only, False)
         except psycopg.Error as exc:
             if not held.own_session:
                 await pgbouncer.roll_back(held)

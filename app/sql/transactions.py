@@ -27,7 +27,7 @@ from app.sql.plain import IMMEDIATE
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 
-_OVER_THE_LIMITS = (
+OVER_THE_LIMITS = (
     "a result is over MIRRORPOOL_MAX_ROWS or MIRRORPOOL_MAX_RESPONSE_BYTES; the transaction "
     "was rolled back (select fewer rows with LIMIT)"
 )
@@ -170,7 +170,7 @@ def begin(
         deferrable=deferrable,
         immediate=_alone_writing(statements, read_only),
         # (behind a pooler, not: its own prepared statements are on the server connection too;
-        # nothing is prepared by name there for a key, and pgbouncer.clean_up drops what SQL
+        # nothing is prepared by name there for a key, and pgbouncer.finish drops what SQL
         # prepared)
         reseed=traces.reseed_value() if any(t.reseed for t in found) else None,
         deallocate=ctx.options.own_sessions and hidden,
@@ -207,7 +207,7 @@ async def end_unless_cut(
     writes were committed."""
     if text_output and not read_only and cut:
         await rollback(conn)
-        raise ResultTooLarge(_OVER_THE_LIMITS)
+        raise ResultTooLarge(OVER_THE_LIMITS)
     await end(conn, isolation, read_only)
 
 

@@ -469,7 +469,10 @@ async def test_no_session_reset_reaches_shared_server_connections(
     pair: LocalPair, bouncer: LocalPgBouncer, database: str
 ) -> None:
     """A function of the database's own would make mirrorpool reset its session (DISCARD
-    ALL) on a connection of its own; through the pooler that would hit someone else's."""
+    ALL) on a connection of its own; through the pooler that would hit someone else's: the
+    statements PgBouncer prepared on the server connection by protocol for its clients. What
+    the code may have left is undone piece by piece instead, the statements SQL PREPAREd
+    among them, and nothing that drops PgBouncer's (app/sql/pgbouncer.py finish)."""
     as_owner(pair, "CREATE FUNCTION noop() RETURNS int LANGUAGE sql AS 'SELECT 1'", dbname=database)
     # A slow monitor, so no probe runs on the server connection after the statement.
     async with serve(pair, bouncer, database, health_interval=30) as (_, client):
@@ -480,7 +483,7 @@ async def test_no_session_reset_reaches_shared_server_connections(
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             ).fetchall()
     assert last  # PgBouncer's server connections, each with the last statement it ran
-    assert not [q for (q,) in last if "DISCARD" in q or "RESET ALL" in q]
+    assert not [q for (q,) in last if "DISCARD ALL" in q or "DEALLOCATE ALL" in q]
 
 
 def write_migrations(folder: Path) -> None:
