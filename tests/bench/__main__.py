@@ -28,7 +28,7 @@ import httpx
 
 from app.devdb import OWNER, SERVICE, LocalPair, free_ports
 from app.settings import load_settings
-from tests.bench import memory
+from tests.bench import memory, profile
 from tests.bench.workloads import SETUP_SQL, WORKLOADS, Workload
 from tests.pgbouncer import LocalPgBouncer
 
@@ -166,7 +166,15 @@ class Server:
             self.proc.kill()
 
 
-def run_wrk(server: Server, workload: Workload, concurrency: int, seconds: float) -> Cell:
+def run_wrk(
+    server: Server,
+    workload: Workload,
+    concurrency: int,
+    seconds: float,
+    profile_dir: Path | None = None,
+) -> Cell:
+    """One cell: wrk against the target; with `profile_dir`, py-spy samples the target
+    meanwhile, and the summary of where its time went is written there (tests/bench/profile.py)."""
     path, body = lua_body(workload)
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(
@@ -181,6 +189,10 @@ def run_wrk(server: Server, workload: Workload, concurrency: int, seconds: float
     )
     pids = process_tree(server.proc.pid)
     cpu_before = cpu_seconds(pids)
+    spy = None
+    if profile_dir is not None:
+        samples = profile_dir / f"{workload.name}-{concurrency}.txt"
+        spy = profile.record(server.proc.pid, seconds, samples)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
          "-s", str(script),
@@ -190,6 +202,11 @@ def run_wrk(server: Server, workload: Workload, concurrency: int, seconds: float
     script.unlink()
     result = json.loads(out.strip().splitlines()[-1])
     cpu = cpu_seconds(pids) - cpu_before
+    if spy is not None and profile_dir is not None:
+        spy.wait(seconds + 60)
+        summary = profile.summary(samples)
+        samples.with_suffix(".md").write_text(summary)
+        print(summary, flush=True)
     return Cell(
         server.name, workload.name, concurrency,
         rps=round(result["requests"] / result["seconds"], 1),
@@ -261,6 +278,13 @@ def main() -> int:
         help="only the loop and the 1-worker targets: no 2 workers, baseline, PgBouncer, "
         "streaming or memory cases; the results go to quick.md, not latest.*",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the 1-worker mirrorpool target with py-spy in each of its cells, and "
+        "write each cell's samples and the summary of where its time went to DIR",
+    )
     args = parser.parse_args()
     also = [dict(pair.split("=", 1) for pair in spec.split(",")) for spec in args.also]
     if shutil.which("wrk") is None:
@@ -298,7 +322,9 @@ def main() -> int:
         via = None if bouncer is None else Bouncer(bouncer.dsn(user=SERVICE), owner)
         if args.quick:
             via = None
-        cells = measure(dsn, workloads, levels, args.seconds, via, also, args.quick)
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        cells = measure(dsn, workloads, levels, args.seconds, via, also, args.quick, args.profile)
         if args.quick:
             quick_report(cells, args.seconds)
             return 0
@@ -376,6 +402,7 @@ def measure(
     via: Bouncer | None,
     also: list[dict[str, str]] = [],  # noqa: B006 (never changed)
     quick: bool = False,
+    profile_dir: Path | None = None,
 ) -> list[Cell]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
     cells: list[Cell] = []
@@ -393,14 +420,16 @@ def measure(
         starters += [lambda: start_mirrorpool(dsn, 2, env), lambda: start_baseline(dsn, env)]
     if via is not None and not quick:
         starters.append(lambda: start_mirrorpool(via.dsn, 1, env, via))
-    for start in starters:
+    for n, start in enumerate(starters):
         server = start()
+        # (only the first target, the 1-worker mirrorpool, is sampled)
+        spied = profile_dir if n == 0 else None
         try:
             for workload in workloads:
                 if workload.neon and not server.name.startswith("mirrorpool"):
                     continue  # the baseline speaks only /v1/query
                 for c in levels:
-                    cells.append(run_wrk(server, workload, c, seconds))
+                    cells.append(run_wrk(server, workload, c, seconds, spied))
                     print(f"bench: {cells[-1]}", flush=True)
         finally:
             server.stop()
