@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 from app.errors import MirrorpoolError
@@ -50,14 +51,36 @@ Ask = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 STORED_CLEAN = catalog.CLEAN_FUNCTIONS | {"nextval"}
 
 
-def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
-    """True when code PostgreSQL printed back calls only what leaves nothing behind."""
+class Verdict(IntEnum):
+    """What stored code (a view's definition, a default, a check) does when it runs."""
+
+    CLEAN = 0  # calls only what leaves nothing behind
+    # Clean but for drawing from random(), whose state DISCARD ALL keeps: a statement that
+    # reaches it is reseeded first and takes no lane (app/sql/traces.py of), as one that calls
+    # random() by name is, but its connection is kept.
+    DRAWS_RANDOM = 1
+    CODE = 2  # may leave anything: counted as code of the database's own
+
+
+def stored_code_verdict(text: str, own_functions: frozenset[str]) -> Verdict:
+    """What code PostgreSQL printed back does when it runs."""
     try:
         tree = parse(text)
     except MirrorpoolError:
-        return False
+        return Verdict.CODE
+    if _may_leave_anything(tree, own_functions):
+        return Verdict.CODE
+    # Nor may it draw from random() unseen (app/sql/traces.py of reseeds what reaches it).
+    if not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS):
+        return Verdict.DRAWS_RANDOM
+    return Verdict.CLEAN
+
+
+def _may_leave_anything(tree: Tree, own_functions: frozenset[str]) -> bool:
+    """True when stored code may leave something in the session, or read other keys'
+    traces there."""
     if tree.set_configs or tree.settings or tree.temp:
-        return False
+        return True
     # What lists other keys' statements or counters on the connection (refused to requests
     # by name): a view or a default over it is code, which runs only once they are gone
     # (DEALLOCATE ALL, the counters flushed: app/sql/plain.py FORGET_TRACES, flushing).
@@ -65,16 +88,13 @@ def stored_code_is_clean(text: str, own_functions: frozenset[str]) -> bool:
         name in catalog.ALWAYS_REFUSED or name.startswith(catalog.PENDING_STATISTICS_PREFIX)
         for name in tree.maybe_called
     ):
-        return False
-    # Nor may it draw from random() unseen: a statement that does is reseeded first
-    # (app/sql/traces.py of), which only code counted as such gets.
-    if not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS):
-        return False
+        return True
     if any(not is_catalog_call(call, STORED_CLEAN) for call in tree.calls):
-        return False
+        return True
     # (own_call_names: attributes, unqualified calls, operators and types, as for requests)
-    return own_functions.isdisjoint(tree.own_call_names) and catalog.UNVETTED_VOLATILE.isdisjoint(
-        tree.attributes
+    return not (
+        own_functions.isdisjoint(tree.own_call_names)
+        and catalog.UNVETTED_VOLATILE.isdisjoint(tree.attributes)
     )
 
 
@@ -96,6 +116,17 @@ class SchemaCode:
     # Counted as code what names a relation held in ACCESS EXCLUSIVE mode (not printed):
     # true only while that lock lasts, so the next reading is a full one (SchemaWatch).
     provisional: bool = False
+    # Relation names whose reading or writing runs stored code that draws from random() and
+    # is otherwise clean (Verdict.DRAWS_RANDOM): a view over random(), a DEFAULT random().
+    read_random: frozenset[str] = frozenset()
+    write_random: frozenset[str] = frozenset()
+
+    def draws_random(self, tree: Tree) -> bool:
+        """True when the statement reaches stored code that draws from random()."""
+        return not (
+            self.read_random.isdisjoint(tree.relation_names)
+            and self.write_random.isdisjoint(tree.written_names)
+        )
 
     def runs_unseen_code(self, tree: Tree) -> bool:
         """True when the statement may run code of the database's own that it does not name
@@ -118,6 +149,8 @@ class SchemaCode:
             self.write_coded | other.write_coded,
             self.own_functions | other.own_functions,
             event_triggers=self.event_triggers or other.event_triggers,
+            read_random=self.read_random | other.read_random,
+            write_random=self.write_random | other.write_random,
         )
 
 
@@ -210,35 +243,42 @@ def assemble(
     )
 
 
-async def read(
-    ask: Ask, verdicts: dict[tuple[str, frozenset[str]], bool] | None = None
-) -> tuple[SchemaCode, dict[tuple[str, frozenset[str]], bool]]:
+Verdicts = dict[tuple[str, frozenset[str]], Verdict]
+
+
+async def read(ask: Ask, verdicts: Verdicts | None = None) -> tuple[SchemaCode, Verdicts]:
     """The facts, read from the catalog now, and what each printed text was judged: given
     back as `verdicts` next time, an unchanged text is not parsed again."""
     own = frozenset(str(r[0]) for r in await ask(OWN_FUNCTIONS_SQL, []))
     known = verdicts or {}
-    judged: dict[tuple[str, frozenset[str]], bool] = {}
+    judged: Verdicts = {}
     coded: list[tuple[int, bool, bool]] = []
+    drawing: list[tuple[int, bool, bool]] = []
 
-    def clean(text: Any) -> bool:
-        """Whether printed code is clean (NULL: code of the database's own, never clean),
-        judged once per text and set of own names."""
+    def judge(text: Any) -> Verdict:
+        """What printed code does (NULL: code of the database's own), judged once per text
+        and set of own names."""
         if text is None:
-            return False
+            return Verdict.CODE
         key = (str(text), own)
         verdict = known.get(key)
         if verdict is None:
-            verdict = stored_code_is_clean(key[0], own)
+            verdict = stored_code_verdict(key[0], own)
         judged[key] = verdict
         return verdict
+
+    def clean(text: Any) -> bool:
+        return judge(text) is Verdict.CLEAN
 
     provisional = False
     for relid, on_read, on_write, text in await ask(CODE_TEXTS_SQL, []):
         if not relid:
             provisional = text == "held"
             continue
-        if not clean(text):
-            coded.append((int(relid), bool(on_read), bool(on_write)))
+        verdict = judge(text)
+        if verdict is not Verdict.CLEAN:
+            row = (int(relid), bool(on_read), bool(on_write))
+            (coded if verdict is Verdict.CODE else drawing).append(row)
     for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
         coded.append((int(relid), bool(on_read), bool(on_write)))
     # Types whose values run code: checked domains, types with casts of the database's own
@@ -269,17 +309,28 @@ async def read(
     coded += [(types[t].fields_of, True, True) for t in typed if t in types and types[t].fields_of]
     type_names = {types[t].name for t in typed if t in types}
     operators = {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}
-    edges = await ask(VIEW_EDGES_SQL, [])
-    names = await ask(NAMES_SQL, [])
-    write_edges = await ask(WRITE_EDGES_SQL, [])
+    edges = [(int(r[0]), int(r[1]), str(r[2])) for r in await ask(VIEW_EDGES_SQL, [])]
+    names = [(int(r[0]), str(r[1])) for r in await ask(NAMES_SQL, [])]
+    write_edges = [(int(r[0]), int(r[1])) for r in await ask(WRITE_EDGES_SQL, [])]
     triggers = await ask(EVENT_TRIGGERS_SQL, [])
     facts = assemble(
         coded,
-        ((int(r[0]), int(r[1]), str(r[2])) for r in edges),
-        ((int(r[0]), str(r[1])) for r in names),
+        edges,
+        names,
         own | operators | type_names,
-        ((int(r[0]), int(r[1])) for r in write_edges),
+        write_edges,
         event_triggers=bool(triggers and triggers[0][0]),
         provisional=provisional,
     )
-    return facts, judged
+    # What reaches code that draws from random(), by the same paths (a view over such a
+    # view, a table whose policy reads one, a partition's parent).
+    random = assemble(drawing, edges, names, (), write_edges) if drawing else NOTHING
+    return SchemaCode(
+        facts.read_coded,
+        facts.write_coded,
+        facts.own_functions,
+        event_triggers=facts.event_triggers,
+        provisional=facts.provisional,
+        read_random=random.read_coded,
+        write_random=random.write_coded,
+    ), judged

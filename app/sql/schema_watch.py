@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 
 from app.sql import pipeline
 from app.sql.pipeline import Command, Keep
-from app.sql.schema_code import UNKNOWN, Ask, SchemaCode, read
+from app.sql.schema_code import UNKNOWN, Ask, SchemaCode, Verdicts, read
 from app.sql.schema_queries import FINGERPRINT_SQL
 
 logger = logging.getLogger("app.sql.schema_code")
@@ -74,7 +74,7 @@ class SchemaWatch:
         # When the catalog was last found current (time.time()).
         self.read_at_wall: float | None = None
         self._fingerprint: str | None = None
-        self._verdicts: dict[tuple[str, frozenset[str]], bool] = {}
+        self._verdicts: Verdicts = {}
         self._generation = 0
         self._wake = asyncio.Event()
         # Set once the catalog has been read (or found unreadable) for the first time.

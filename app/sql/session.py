@@ -233,6 +233,7 @@ def may_share(tree: Tree, code: SchemaCode, writes: bool = False) -> bool:
         (pure_read(tree) or (writes and lane_write(tree)))
         and not runs_unseen(tree, code)
         and tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS)
+        and not code.draws_random(tree)
     )
 
 

@@ -36,11 +36,16 @@ class Traces:
 
 def of(tree: Tree, code: SchemaCode) -> Traces:
     """What goes before the statement. `reseed` when it may draw from random()
-    (catalog.RANDOM_DRAWS): it calls it, or code the tree cannot follow may. It then starts
+    (catalog.RANDOM_DRAWS): it calls it, it reaches stored code that does (a view over
+    random(), a DEFAULT random(): SchemaCode.draws_random), or code the tree cannot follow
+    may. It then starts
     from a fresh seed of a strong random value (reseed_value), so what it draws tells
     nothing of the values before or after it."""
     forget = may_read_traces(tree, code)
-    return Traces(forget, forget or not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS))
+    return Traces(
+        forget,
+        forget or not tree.maybe_called.isdisjoint(catalog.RANDOM_DRAWS) or code.draws_random(tree),
+    )
 
 
 def may_read_traces(tree: Tree, code: SchemaCode) -> bool:

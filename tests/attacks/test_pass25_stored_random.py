@@ -109,3 +109,18 @@ async def test_behind_pgbouncer_a_view_over_random_gives_no_earlier_value(
     s0, s1 = await state_through_view(behind)
     guessed = as_random(step(*back(s0, s1))[0])
     assert guessed != victims, "behind PgBouncer, a view gave a read key another key's random()"
+
+
+async def test_stored_random_keeps_the_connection(served: httpx.AsyncClient) -> None:
+    """Reseeded, not closed: the view's reading and the default's insert are followed by a
+    request on the same backend (the attacks' keys share one pooled connection)."""
+    r = await query(served, "read", "SELECT pg_backend_pid() AS pid, r FROM r25v")
+    assert r.status_code == 200, r.text
+    after = await query(served, "read", "SELECT pg_backend_pid() AS pid")
+    assert after.json()["rows"][0][0] == r.json()["rows"][0][0]
+    w = await query(
+        served, "write", "INSERT INTO r25coupons (id) VALUES (2) RETURNING pg_backend_pid()"
+    )
+    assert w.status_code == 200, w.text
+    after = await query(served, "read", "SELECT pg_backend_pid() AS pid")
+    assert after.json()["rows"][0][0] == w.json()["rows"][0][0]

@@ -74,6 +74,10 @@ OBJECTS = [
     # a table whose only tie to anything of the database's own is a kind of object no
     # reading names: its access method (the superuser's, with the catalog's heap handler)
     "CREATE TABLE sc.am_table (x int) USING heap21",
+    # stored code that draws from random() and does nothing else
+    "CREATE VIEW sc.drawn AS SELECT random() AS r",
+    "CREATE VIEW sc.drawn_again AS SELECT r FROM sc.drawn",
+    "CREATE TABLE sc.coupons (id int, code float8 DEFAULT random())",
 ]
 
 
@@ -274,3 +278,13 @@ def test_a_locked_table_counts_as_code_and_holds_up_no_reading(pair: LocalPair) 
     finally:
         with pair.primary.connect() as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_stored_code_that_only_draws_random_is_not_counted_as_code(
+    facts: schema_code.SchemaCode,
+) -> None:
+    # its statements are reseeded and kept out of the lanes, but keep their connection
+    assert {"drawn", "drawn_again"} <= facts.read_random
+    assert "coupons" in facts.write_random and "coupons" not in facts.read_random
+    coded = facts.read_coded | facts.write_coded
+    assert not {"drawn", "drawn_again", "coupons"} & coded
