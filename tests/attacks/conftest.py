@@ -129,6 +129,19 @@ async def behind_one_server_connection(
     """The attacks' keys on the service's login (the role keys aside) behind a PgBouncer of
     one server connection, which every request shares, with the owner's `setup` made first;
     `teardown` after, and the server sessions holding advisory lock `lock` (if any) ended."""
+    async with beside_one_server_connection(pair, work_dir, setup, teardown, lock) as (_, c):
+        yield c
+
+
+@asynccontextmanager
+async def beside_one_server_connection(
+    pair: LocalPair,
+    work_dir: Path,
+    setup: Sequence[str],
+    teardown: Sequence[str],
+    lock: int | None = None,
+) -> AsyncIterator[tuple[LocalPgBouncer, httpx.AsyncClient]]:
+    """behind_one_server_connection, with the PgBouncer too: for another client of it."""
     role, _ = login_role(pair, "lowpriv")
     with LocalPgBouncer(pair, work_dir / f"bouncer-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
         as_owner(pair, *setup)
@@ -147,7 +160,7 @@ async def behind_one_server_connection(
         )
         try:
             async with serving_ready(settings) as (_, client):
-                yield client
+                yield b, client
         finally:
             as_owner(pair, *teardown)
             if lock is not None:
