@@ -111,6 +111,12 @@ _WRITE_LIMITS_SQL = (
     f" - pg_catalog.current_setting('{LANE_BATCH_SETTING}')::float8) * 1000 AS ms) AS left_ms"
 )
 _OUT_OF_TIME = "22023"
+# A batch of one write has nothing ahead of it: its limits are what was left when it was
+# sent (at least MIN_BUDGET_S), and the batch needs no clock of the server's.
+_LONE_WRITE_LIMITS_SQL = (
+    "SELECT pg_catalog.set_config('lock_timeout', $1, true),"
+    " pg_catalog.set_config('statement_timeout', $2, true)"
+)
 
 
 class Lane:
@@ -235,12 +241,12 @@ class Lane:
         guard.start()
         self._busy.add(conn)
         started = time.monotonic()
-        units = [self._unit(job, started) for job in jobs]
-        writes = any(job.writes for job in jobs)
-        if writes:
+        clocked = len(jobs) > 1 and any(job.writes for job in jobs)
+        units = [self._unit(job, started, clocked) for job in jobs]
+        if clocked:
             units.insert(0, [Command(_BATCH_STARTED_SQL)])
             units.append([Command(_BATCH_ENDED_SQL)])
-        answers = Answers(self, held, jobs, 1 if writes else 0, started)
+        answers = Answers(self, held, jobs, 1 if clocked else 0, started)
         try:
             replies = await pipeline.run_units(conn, units, guard.progress, answers.settled)
         finally:
@@ -253,11 +259,12 @@ class Lane:
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         await answers.looked_up(conn)
 
-    def _unit(self, job: Job, now: float) -> list[Command]:
+    def _unit(self, job: Job, now: float, clocked: bool) -> list[Command]:
         """A job's commands, closed by a Sync of their own. A write waits for locks no
         longer than LANE_LOCK_WAIT and runs no longer than what is left of its statement
-        timeout (settings local to its own implicit transaction), and is never stopped over
-        its limits (that would undo it): its extra rows are dropped."""
+        timeout (settings local to its own implicit transaction; counted on the server's
+        clock from the batch's start when `clocked`), and is never stopped over its limits
+        (that would undo it): its extra rows are dropped."""
         keep = Keep(
             job.max_rows + 1,
             Allowance(self.options.max_response_bytes),
@@ -269,11 +276,12 @@ class Lane:
         statement = Command(job.sql, job.params, keep=keep)
         if job.writes:
             left_ms = (job.timeout_at - now) * 1000
-            return [
-                Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms]),
-                plain.IMMEDIATE,
-                statement,
-            ]
+            limits = (
+                Command(_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, left_ms])
+                if clocked
+                else Command(_LONE_WRITE_LIMITS_SQL, [LANE_LOCK_WAIT, str(max(1, int(left_ms)))])
+            )
+            return [limits, plain.IMMEDIATE, statement]
         return [statement]
 
     def settle_job(
