@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,9 +52,9 @@ from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import (
     behind_one_server_connection,
     end_sessions_holding,
+    headers,
     locks_on,
     query,
-    transaction,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -117,23 +118,22 @@ async def left_behind(client: httpx.AsyncClient, pair: LocalPair) -> tuple[list[
     return seen.json()["rows"], held
 
 
-async def test_a_trigger_deferring_again_leaves_nothing_after_a_query_behind_pgbouncer(
-    behind: httpx.AsyncClient, pair: LocalPair, clean_server: None
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/query", {"sql": "INSERT INTO t26d VALUES (2)"}, id="query"),
+        pytest.param(
+            "/v1/transaction",
+            {"statements": [{"sql": "INSERT INTO t26d VALUES (1)"}, {"sql": "SELECT 1 AS one"}]},
+            id="transaction",
+        ),
+    ],
+)
+async def test_a_trigger_deferring_again_leaves_nothing_behind_pgbouncer(
+    behind: httpx.AsyncClient, pair: LocalPair, clean_server: None, path: str, body: dict[str, Any]
 ) -> None:
     assert locks_on(pair, LOCK) == 0
-    r = await query(behind, "write", "INSERT INTO t26d VALUES (2)")
-    assert r.status_code == 200, r.text
-    rows, held = await left_behind(behind, pair)
-    assert rows != [["evil"]] and held == 0, (
-        f"after clean_up, the COMMIT's trigger left app.x26 = {rows} and {held} lock(s)"
-    )
-
-
-async def test_a_trigger_deferring_again_leaves_nothing_after_a_transaction_behind_pgbouncer(
-    behind: httpx.AsyncClient, pair: LocalPair, clean_server: None
-) -> None:
-    assert locks_on(pair, LOCK) == 0
-    r = await transaction(behind, "write", "INSERT INTO t26d VALUES (1)", "SELECT 1 AS one")
+    r = await behind.post(path, json=body, headers=headers("write"))
     assert r.status_code == 200, r.text
     rows, held = await left_behind(behind, pair)
     assert rows != [["evil"]] and held == 0, (
