@@ -42,7 +42,7 @@ from app.sql.options import EngineOptions, StatementRules
 from app.sql.placeholders import BoundSQL
 from app.sql.results import RowFormat, StatementResult
 from app.sql.schema_watch import SchemaWatch, ask_on
-from app.sql.session import Isolation
+from app.sql.session import Effect, Isolation
 from app.sql.streaming import Streams
 from app.supervisor import Supervisor
 
@@ -118,6 +118,10 @@ class Engine:
         if not nodes:
             raise NodeFailed("no node is reachable to read the catalog from")
         async with self.checkouts.session(nodes[0]) as held:
+            if self.schema.altered:
+                # The catalog's own queries may reach such code too (a cast, an operator):
+                # what it leaves goes with the connection.
+                held.mark(Effect.CLOSE)
             return await ask_on(held.conn)(query, params)
 
     @asynccontextmanager

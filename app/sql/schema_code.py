@@ -120,6 +120,10 @@ class SchemaCode:
     # is otherwise clean (Verdict.DRAWS_RANDOM): a view over random(), a DEFAULT random().
     read_random: frozenset[str] = frozenset()
     write_random: frozenset[str] = frozenset()
+    # Code of the database's own that built-in names reach (schema_queries.ALTERED_SQL: a
+    # superuser's cast between catalog types, a function or operator in pg_catalog): any
+    # statement may run it, and so counts as running code unseen.
+    catalog_altered: bool = False
 
     def draws_random(self, tree: Tree) -> bool:
         """True when the statement reaches stored code that draws from random()."""
@@ -133,6 +137,8 @@ class SchemaCode:
         as a call (or names by a name the tree takes for a catalog function's)."""
         if not self.known:
             return bool(tree.relation_names or tree.own_call_names)
+        if self.catalog_altered:
+            return True
         # `t.f` and `(expr).f` are calls of f when there is no such column or field, and an
         # unqualified name reaches the schema's own overload when its signature fits better.
         return not (
@@ -151,6 +157,7 @@ class SchemaCode:
             event_triggers=self.event_triggers or other.event_triggers,
             read_random=self.read_random | other.read_random,
             write_random=self.write_random | other.write_random,
+            catalog_altered=self.catalog_altered or other.catalog_altered,
         )
 
 
@@ -246,9 +253,12 @@ def assemble(
 Verdicts = dict[tuple[str, frozenset[str]], Verdict]
 
 
-async def read(ask: Ask, verdicts: Verdicts | None = None) -> tuple[SchemaCode, Verdicts]:
+async def read(
+    ask: Ask, verdicts: Verdicts | None = None, altered: bool = False
+) -> tuple[SchemaCode, Verdicts]:
     """The facts, read from the catalog now, and what each printed text was judged: given
-    back as `verdicts` next time, an unchanged text is not parsed again."""
+    back as `verdicts` next time, an unchanged text is not parsed again. `altered`: what the
+    fingerprint said of SchemaCode.catalog_altered."""
     own = frozenset(str(r[0]) for r in await ask(OWN_FUNCTIONS_SQL, []))
     known = verdicts or {}
     judged: Verdicts = {}
@@ -333,4 +343,5 @@ async def read(ask: Ask, verdicts: Verdicts | None = None) -> tuple[SchemaCode, 
         provisional=facts.provisional,
         read_random=random.read_coded,
         write_random=random.write_coded,
+        catalog_altered=altered,
     ), judged

@@ -285,9 +285,14 @@ SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace {_OURS}
 # superuser may alter), and none in a temporary schema: another session's temporary objects
 # reach no statement of ours, and a table a request makes in its own is the end of its
 # connection. So a key creating temporary tables in a loop changes nothing here.
+# It casts nothing to text: a cast between catalog types that has no row of its own in
+# pg_cast (int8 to text is an I/O conversion) can be given one by a superuser, with a function
+# of the database's own, which every such cast then runs; concat_ws() calls the
+# types' output functions instead. (A cast with a row from initdb, int4 to int8, cannot be
+# replaced or dropped.)
 _ROW_KEYS = {
-    "pg_inherits": "inhrelid::text || '.' || inhparent::text",
-    "pg_attribute": "attrelid::text || '.' || attnum::text",
+    "pg_inherits": "inhrelid, inhparent",
+    "pg_attribute": "attrelid, attnum",
     "pg_index": "indexrelid",
     "pg_partitioned_table": "partrelid",
 }
@@ -326,9 +331,25 @@ def _counted(table: str) -> str:
     return where
 
 
-FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
-    f"(SELECT count(*) || '.' || coalesce(sum(pg_catalog.hashtext("
-    f"{_ROW_KEYS.get(table, 'oid')}::text || '.' || xmin::text)::bigint), 0) "
+# Whether the database has added code of its own that built-in names reach, which only a
+# superuser can add: a cast between two catalog types with a function of the database's own
+# (every `42::text`, `'a' || 42` or assignment of a number to a text column then runs it),
+# or a function or operator of its own in pg_catalog (an overload of a catalog function's
+# name, `pg_catalog.upper(int)`; an operator). Then any statement may run such code
+# (SchemaCode.catalog_altered).
+ALTERED_SQL = f"""(
+EXISTS (SELECT FROM pg_catalog.pg_cast c WHERE c.castfunc >= {_FIRST_NORMAL_OID}
+        AND c.castsource < {_FIRST_NORMAL_OID} AND c.casttarget < {_FIRST_NORMAL_OID})
+OR EXISTS (SELECT FROM pg_catalog.pg_proc p
+           WHERE p.pronamespace = 11 AND p.oid >= {_FIRST_NORMAL_OID}
+             AND EXISTS (SELECT FROM pg_catalog.pg_proc q WHERE q.pronamespace = 11
+                         AND q.oid < {_FIRST_NORMAL_OID} AND q.proname = p.proname))
+OR EXISTS (SELECT FROM pg_catalog.pg_operator o
+           WHERE o.oprnamespace = 11 AND o.oid >= {_FIRST_NORMAL_OID}))"""
+
+FINGERPRINT_SQL = "SELECT pg_catalog.concat_ws(',', " + ", ".join(
+    f"(SELECT pg_catalog.concat_ws('.', count(*), coalesce(sum(pg_catalog.hashtext("
+    f"pg_catalog.concat_ws('.', {_ROW_KEYS.get(table, 'oid')}, xmin))), 0)) "
     f"FROM pg_catalog.{table} WHERE {_counted(table)})"
     for table in (
         "pg_class", "pg_rewrite", "pg_attrdef", "pg_constraint", "pg_policy", "pg_trigger",
@@ -336,4 +357,4 @@ FINGERPRINT_SQL = "SELECT concat_ws(',', " + ", ".join(
         "pg_partitioned_table", "pg_opclass", "pg_amproc", "pg_amop", "pg_event_trigger",
         "pg_attribute", "pg_statistic_ext",
     )
-) + ")"  # fmt: skip
+) + f"), {ALTERED_SQL}"  # fmt: skip

@@ -74,6 +74,9 @@ class SchemaWatch:
         # When the catalog was last found current (time.time()).
         self.read_at_wall: float | None = None
         self._fingerprint: str | None = None
+        # What the last fingerprint said of SchemaCode.catalog_altered: the connections the
+        # catalog's queries ran on are then closed after them (app/sql/engine.py).
+        self.altered = False
         self._verdicts: Verdicts = {}
         self._generation = 0
         self._wake = asyncio.Event()
@@ -118,6 +121,8 @@ class SchemaWatch:
         try:
             rows = await ask(FINGERPRINT_SQL, [])
             fingerprint = str(rows[0][0])
+            # (before any other query of the reading: they may run what it reports)
+            self.altered = bool(rows[0][1])
             unchanged = fingerprint == self._fingerprint
             if unchanged and (self.current.known or self._before is not None):
                 same = self.current if self.current.known else self._before
@@ -130,7 +135,7 @@ class SchemaWatch:
                     self._know(same)
                 self.read_at_wall = began
                 return True
-            facts, self._verdicts = await read(ask, self._verdicts)
+            facts, self._verdicts = await read(ask, self._verdicts, self.altered)
         except Exception as exc:
             if not self._failing:  # once, not every second while it lasts
                 logger.warning("could not read the schema's own code from the catalog: %s", exc)

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from app.devdb import OWNER, SERVICE, LocalPair
-from app.sql import schema_code, schema_watch
+from app.sql import schema_code, schema_queries, schema_watch
 from app.sql.tree import parse
 from tests.conftest import as_owner
 
@@ -288,3 +288,44 @@ def test_stored_code_that_only_draws_random_is_not_counted_as_code(
     assert "coupons" in facts.write_random and "coupons" not in facts.read_random
     coded = facts.read_coded | facts.write_coded
     assert not {"drawn", "drawn_again", "coupons"} & coded
+
+
+def test_the_fingerprint_runs_no_cast_a_superuser_can_add(pair: LocalPair, database: str) -> None:
+    """Every catalog type without a cast to text is given one by a superuser, with a trap of
+    the database's own: the fingerprint (run every second, on a pool connection) reaches
+    none of them, and says the catalog is altered, so the rest of the reading closes its
+    connections and every statement counts as running code."""
+    with pair.primary.connect(database) as conn:
+        conn.execute(
+            """
+            DO $$
+            DECLARE t regtype; n int := 0;
+            BEGIN
+              FOR t IN SELECT ty.oid FROM pg_type ty
+                       WHERE ty.typnamespace = 11 AND ty.typtype = 'b' AND ty.typisdefined
+                         AND ty.typcategory <> 'A' AND ty.typname NOT LIKE 'pg\\_%'
+                         AND NOT EXISTS (SELECT FROM pg_cast c WHERE c.castsource = ty.oid
+                                         AND c.casttarget = 'text'::regtype)
+              LOOP
+                BEGIN
+                  EXECUTE format('CREATE FUNCTION public.trap_%s(%s) RETURNS text'
+                    ' LANGUAGE plpgsql AS $f$ BEGIN PERFORM set_config(''trap.hit'', ''yes'','
+                    ' false); RETURN ''x''; END $f$', t::oid, t);
+                  EXECUTE format('CREATE CAST (%s AS text) WITH FUNCTION public.trap_%s(%s)'
+                    ' AS ASSIGNMENT', t, t::oid, t);
+                  n := n + 1;
+                EXCEPTION WHEN OTHERS THEN NULL;
+                END;
+              END LOOP;
+              PERFORM set_config('trap.made', format('%s', n), false);
+            END $$
+            """
+        )
+        made = conn.execute("SELECT current_setting('trap.made')::int").fetchone()
+        assert made is not None and made[0] >= 20  # int2, int4, int8, oid, bool, numeric...
+        assert conn.execute("SELECT 42::int8::text").fetchone() == ("x",)  # the trap works
+        conn.execute("SELECT set_config('trap.hit', 'no', false)")
+        row = conn.execute(schema_queries.FINGERPRINT_SQL).fetchone()
+        assert row is not None and row[1] is True
+        hit = conn.execute("SELECT current_setting('trap.hit')").fetchone()
+        assert hit == ("no",), "the fingerprint ran a cast the superuser added"
