@@ -1,5 +1,7 @@
 """Twenty-eighth review pass (attacker): mirrorpool's own catalog reading runs a cast of the
-database's own, on a pool connection that then goes to the next key as it is.
+database's own, on a pool connection that then goes to the next key as it is. Fixed: the
+fingerprint casts nothing to text (concat_ws) and says whether the catalog is altered, and
+the reading's other queries then close their connections (app/sql/engine.py _ask_catalog).
 
 app/sql/schema_queries.py FINGERPRINT_SQL, which the service runs every
 MIRRORPOOL_SCHEMA_REFRESH_S on a pool connection (app/sql/engine.py _ask_catalog), builds

@@ -1,5 +1,7 @@
 """Twenty-eighth review pass (attacker): a cast between two catalog types whose function is
 the database's own runs that function for a statement that names nothing of the schema's.
+Fixed: such a cast makes every statement count as running code (app/sql/schema_code.py
+SchemaCode.catalog_altered, read by schema_queries.ALTERED_SQL).
 
 A superuser may make a cast between two types of pg_catalog (they are the bootstrap
 superuser's, and a type's owner may make its casts): `CREATE CAST (int4 AS text) WITH
