@@ -51,7 +51,7 @@ from app.service.query import bind_all, check_raw_sql, check_statement_count, li
 from app.settings import Settings
 from app.sql.engine import Abort, Engine, Outcome
 from app.sql.off_loop import prepared
-from app.sql.results import StatementResult
+from app.sql.results import RowFormat, StatementResult
 from app.sql.session import Isolation
 
 router = APIRouter(tags=["neon"])
@@ -171,7 +171,9 @@ async def answer(
         check_raw_sql(settings)
         array_mode = _flag(scope, b"neon-array-mode") is True  # a bad header: before it runs
         body = _parse(await read_body(receive))
-        outcome = await _run(body, scope, engine, settings, key, partial(client_gone, receive))
+        outcome = await _run(
+            body, scope, engine, settings, key, partial(client_gone, receive), array_mode
+        )
         encoded = _encode(outcome, body, array_mode, settings)
     except ValidationError as exc:
         return _with_message(validation_problem(scope, exc.errors(include_input=False)))
@@ -242,10 +244,15 @@ async def _run(
     settings: Settings,
     key: ApiKey,
     abort: Abort,
+    array_mode: bool,
 ) -> Outcome:
+    # Rows sent as objects repeat their columns' names: the size check before a write's
+    # COMMIT counts them so (a 507 then means nothing was written).
+    queries = [body] if isinstance(body, NeonQuery) else body.queries
+    row_format: RowFormat = "array" if all(_mode(q, array_mode) for q in queries) else "object"
     if isinstance(body, NeonQuery):
         limits = limits_for(
-            settings, key, timeout_ms=None, max_rows=None, read_only=False, row_format="array"
+            settings, key, timeout_ms=None, max_rows=None, read_only=False, row_format=row_format
         )
         bound = await prepared(
             body.query, _params(body), engine.rules, read_only=limits.read_only, key=limits.key
@@ -260,10 +267,10 @@ async def _run(
     isolation = _isolation(scope)
     check_statement_count(len(body.queries), settings, "queries")
     limits = limits_for(
-        settings, key, timeout_ms=None, max_rows=None, read_only=read_only, row_format="array"
+        settings, key, timeout_ms=None, max_rows=None, read_only=read_only, row_format=row_format
     )
-    queries = ((query.query, _params(query)) for query in body.queries)
-    statements = await bind_all(queries, engine.rules, limits.read_only, limits.key)
+    texts = ((query.query, _params(query)) for query in body.queries)
+    statements = await bind_all(texts, engine.rules, limits.read_only, limits.key)
     return await engine.transaction(
         statements,
         isolation=isolation,
@@ -271,7 +278,7 @@ async def _run(
         role=limits.role,
         timeout_ms=limits.timeout_ms,
         max_rows=limits.max_rows,
-        row_format="array",
+        row_format=row_format,
         abort=abort,
         key=limits.key,
         deferrable=deferrable,

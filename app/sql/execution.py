@@ -17,6 +17,10 @@ from app.sql.schema_watch import SchemaWatch
 from app.sql.tree import Tree
 from app.sql.types import SESSION_SETTINGS
 
+# At most what a text answer (POST /sql, Neon's form) wraps each result's rows and fields in:
+# its command, row count and row mode.
+RESULT_BYTES = 128
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -80,7 +84,15 @@ class Context:
         within the request's bytes (MIRRORPOOL_MAX_RESPONSE_BYTES)."""
         if allowance is None:
             allowance = Allowance(self.options.max_response_bytes)
-        return Keep(limits.max_rows + 1, allowance, stop, text=limits.text_output)
+        if limits.text_output:  # what a text answer wraps each result in (Neon's form)
+            allowance.bytes -= RESULT_BYTES
+        return Keep(
+            limits.max_rows + 1,
+            allowance,
+            stop,
+            text=limits.text_output,
+            named=limits.row_format == "object",
+        )
 
 
 def mark(

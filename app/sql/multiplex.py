@@ -270,6 +270,7 @@ class Lane:
             Allowance(self.options.max_response_bytes),
             stop=not job.writes,
             text=job.text,
+            named=job.row_format == "object",
         )
         if job.text:  # a pure read answered as text: its styles, local to its unit
             return plain.commands_for(job.sql, job.params, keep, True)

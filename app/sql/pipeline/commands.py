@@ -30,8 +30,12 @@ class Keep:
     rows: int
     allowance: Allowance | None = None
     stop: bool = False
-    # Rows as PostgreSQL's own text (POST /sql), not loaded as JSON values.
+    # Rows as PostgreSQL's own text (POST /sql), not loaded as JSON values; the answer then
+    # also describes each column (Neon's `fields`), counted in the allowance.
     text: bool = False
+    # Rows answered as objects, each repeating its columns' names (row_format "object",
+    # Neon's default): counted in the allowance as they will be sent.
+    named: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,9 @@ LARGE_ROW_BYTES = 1024 * 1024
 # Chunks of a statement over its limit read and dropped at most, while they are already
 # in, before it is cancelled: a result that ends just past its limit costs no cancel.
 DRAIN_CHUNKS = 4
+# At most what the description of one column takes in a text answer besides its name
+# (Neon's `fields`: type, table and column numbers, size, modifier, format).
+FIELD_BYTES = 160
 
 OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 TUPLES = pq.ExecStatus.TUPLES_OK
@@ -58,12 +61,16 @@ class Slot:
     oversized: bool = False
     # Chunks read and dropped since it went over its limit.
     dropped: int = 0
+    # What each row takes in the answer beyond its JSON array (its columns' names, when
+    # Keep.named), known from the first result.
+    per_row: int = 0
 
     def take(self, result: PGresult, tx: abc.Transformer) -> bool:
         """Keep what the Keep allows of one result with rows (a chunk, or the end); True
         when the statement is over its limit, may be stopped, and has more rows to come."""
         if self.first is None:
             self.first = result
+            self._describe(result)
         count = result.ntuples
         if not count:
             return False
@@ -83,8 +90,9 @@ class Slot:
             size = len(orjson.dumps(rows))
             if size > LARGE_ROW_BYTES * len(rows):
                 self.oversized = True
+            size += self.per_row * len(rows)
             if size > allowance.bytes:
-                rows, allowance.bytes = _within(rows, allowance.bytes)
+                rows, allowance.bytes = _within(rows, allowance.bytes, self.per_row)
                 self.cut = True
             else:
                 allowance.bytes -= size
@@ -92,6 +100,20 @@ class Slot:
         if len(self.rows) >= keep.rows:
             self.cut = True
         return self.cut and keep.stop and not self.stopped and result.status == CHUNK
+
+    def _describe(self, result: PGresult) -> None:
+        """What the answer adds to the rows, from their description: the columns' names in
+        every row (Keep.named), and each column's description (Keep.text)."""
+        keep = self.keep
+        if keep is None or keep.allowance is None or not (keep.named or keep.text):
+            return
+        names = [
+            len(orjson.dumps((result.fname(i) or b"").decode())) for i in range(result.nfields)
+        ]
+        if keep.named:
+            self.per_row = sum(names) + len(names)  # `"name":` before each value
+        if keep.text:
+            keep.allowance.bytes -= sum(names) + FIELD_BYTES * len(names)
 
 
 class Reading:
@@ -122,10 +144,11 @@ def load(tx: abc.Transformer, result: PGresult, count: int) -> list[Any]:
         tx.set_pgresult(None)
 
 
-def _within(rows: list[Any], room: int) -> tuple[list[Any], int]:
-    """The leading rows whose JSON fits in `room` bytes, and the room left after them."""
+def _within(rows: list[Any], room: int, per_row: int = 0) -> tuple[list[Any], int]:
+    """The leading rows whose JSON (and `per_row` more each) fits in `room` bytes, and the
+    room left after them."""
     for index, row in enumerate(rows):
-        size = len(orjson.dumps(row)) + 1
+        size = len(orjson.dumps(row)) + 1 + per_row
         if size > room:
             return rows[:index], room
         room -= size
