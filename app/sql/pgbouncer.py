@@ -45,7 +45,13 @@ _RESET = (
 )
 # Inside the transaction, the deferred constraint triggers are fired first: what their code
 # leaves is undone with the rest, and one that fails fails the transaction before its end.
-_CLEAN_UP = f"SET CONSTRAINTS ALL IMMEDIATE; {_RESET}"
+# Settings are left to the cleanup after the end: a RESET ALL here would lift the request's
+# own limits (SET LOCAL lock_timeout, client_connection_check_interval) for code that still
+# runs at the COMMIT, and a failed COMMIT rolls back what the code set anyway.
+_CLEAN_UP = (
+    "SET CONSTRAINTS ALL IMMEDIATE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
+    f" {_DEALLOCATE_SQL_PREPARED}"
+)
 # After a ROLLBACK: what it does not undo.
 _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 # Every transaction's first act: session advisory locks still held on the server session are

@@ -335,8 +335,10 @@ def _counted(table: str) -> str:
 # superuser can add: a cast between two catalog types with a function of the database's own
 # (every `42::text`, `'a' || 42` or assignment of a number to a text column then runs it),
 # or a function or operator of its own in pg_catalog (an overload of a catalog function's
-# name, `pg_catalog.upper(int)`; an operator). Then any statement may run such code
-# (SchemaCode.catalog_altered).
+# name, `pg_catalog.upper(int)`; an operator), or a catalog function replaced in a procedural
+# language (`CREATE OR REPLACE FUNCTION pg_catalog.rpad(text, int) ... LANGUAGE plpgsql`
+# keeps its OID; every built-in is internal, C or SQL: languages 12, 13 and 14). Then any
+# statement may run such code (SchemaCode.catalog_altered).
 ALTERED_SQL = f"""(
 EXISTS (SELECT FROM pg_catalog.pg_cast c WHERE c.castfunc >= {_FIRST_NORMAL_OID}
         AND c.castsource < {_FIRST_NORMAL_OID} AND c.casttarget < {_FIRST_NORMAL_OID})
@@ -345,7 +347,9 @@ OR EXISTS (SELECT FROM pg_catalog.pg_proc p
              AND EXISTS (SELECT FROM pg_catalog.pg_proc q WHERE q.pronamespace = 11
                          AND q.oid < {_FIRST_NORMAL_OID} AND q.proname = p.proname))
 OR EXISTS (SELECT FROM pg_catalog.pg_operator o
-           WHERE o.oprnamespace = 11 AND o.oid >= {_FIRST_NORMAL_OID}))"""
+           WHERE o.oprnamespace = 11 AND o.oid >= {_FIRST_NORMAL_OID})
+OR EXISTS (SELECT FROM pg_catalog.pg_proc p
+           WHERE p.pronamespace = 11 AND p.prolang NOT IN (12, 13, 14)))"""
 
 FINGERPRINT_SQL = "SELECT pg_catalog.concat_ws(',', " + ", ".join(
     f"(SELECT pg_catalog.concat_ws('.', count(*), coalesce(sum(pg_catalog.hashtext("

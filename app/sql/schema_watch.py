@@ -120,9 +120,11 @@ class SchemaWatch:
         fingerprint: str | None = None
         try:
             rows = await ask(FINGERPRINT_SQL, [])
-            fingerprint = str(rows[0][0])
-            # (before any other query of the reading: they may run what it reports)
+            # (before any other query of the reading: they may run what it reports; and a
+            # change of it is a change, though no row it counts changed: a catalog function
+            # replaced in place keeps its OID)
             self.altered = bool(rows[0][1])
+            fingerprint = f"{rows[0][0]}|{self.altered}"
             unchanged = fingerprint == self._fingerprint
             if unchanged and (self.current.known or self._before is not None):
                 same = self.current if self.current.known else self._before
