@@ -77,9 +77,13 @@ class Backends:
         self._cannot_signal: set[str] = set()
         self._closed = False
 
-    def end(self, conn: AsyncConnection[Any]) -> None:
+    def end(self, conn: AsyncConnection[Any], pooled: bool = False) -> None:
         """Stop the statement running on `conn` now, without waiting: psycopg's cancel
-        request is sent in the background and the socket is shut."""
+        request is sent in the background and the socket is shut. Behind a pooler
+        (`pooled`), the socket is shut only once the cancel has been delivered (or failed):
+        PgBouncer forgets a client whose socket closes, and drops a cancel that comes with
+        its key after that, so the server's backend would run on (code at a COMMIT, where no
+        statement timeout applies)."""
         if conn.closed:
             return
         try:
@@ -87,6 +91,9 @@ class Backends:
             cancel = conn.pgconn.cancel_conn()
         except psycopg.Error:
             cancel = None
+        if pooled and cancel is not None:
+            self._spawn(_cancel_then_shut(cancel, conn), "cancel-backend")
+            return
         shut(conn)
         if cancel is not None:
             self._spawn(_send_cancel(cancel), "cancel-backend")
@@ -212,6 +219,14 @@ async def _send_cancel(cancel: pq.abc.PGcancelConn) -> None:
         logger.debug("cancel request failed: %s", exc)
     finally:
         cancel.finish()
+
+
+async def _cancel_then_shut(cancel: pq.abc.PGcancelConn, conn: AsyncConnection[Any]) -> None:
+    """_send_cancel, then the socket shut (however the cancel went)."""
+    try:
+        await _send_cancel(cancel)
+    finally:
+        shut(conn)
 
 
 async def _release(item: _Held) -> None:

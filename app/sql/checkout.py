@@ -134,7 +134,7 @@ class Checkout:
 
     def end(self) -> None:
         """Its request gives up: stop the statement on the server now, without waiting."""
-        self._backends.end(self.conn)
+        self._backends.end(self.conn, pooled=not self.own_session)
 
     async def give_back(self) -> None:
         """Restore the session if needed, then return the connection to its pool; one whose

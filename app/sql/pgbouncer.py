@@ -148,8 +148,10 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
             )
         )
         stop = stoppable([bound], None, limits.read_only, ctx)
-        result = await _statement(held, bound, ctx.keep(limits, stop), limits, ctx)
-        await finish(held, result.truncated, None, limits.read_only, limits.text_output)
+        allowance = Allowance(ctx.options.max_response_bytes)
+        result = await _statement(held, bound, ctx.keep(limits, stop, allowance), limits, ctx)
+        cut = result.truncated or allowance.bytes < 0  # (as transactions.pipelined)
+        await finish(held, cut, None, limits.read_only, limits.text_output)
     except psycopg.Error:
         await roll_back(held)
         raise
@@ -190,7 +192,7 @@ async def transaction(
             last = position == len(statements) - 1
             keep = ctx.keep(limits, stop and last, allowance)
             results.append(await _statement(held, bound, keep, limits, ctx))
-        cut = any(r.truncated for r in results)
+        cut = allowance.bytes < 0 or any(r.truncated for r in results)
         await finish(held, cut, isolation, limits.read_only, limits.text_output)
     except StatementFailed:
         await roll_back(held)

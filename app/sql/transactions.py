@@ -127,7 +127,9 @@ async def pipelined(
         index = failed - first if first <= failed < first + len(statements) else None
         raise StatementFailed(error, index)
     if end_later:
-        cut = any(r.cut for r in replies[first : first + len(statements)])
+        # (an allowance overdrawn by what the answer wraps its results in is over the limits
+        # too, though no rows were cut: results with no rows, or only a description)
+        cut = allowance.bytes < 0 or any(r.cut for r in replies[first : first + len(statements)])
         await end_unless_cut(conn, cut, isolation, limits.read_only, limits.text_output)
     results = []
     node = held.node.name
