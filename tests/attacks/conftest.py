@@ -249,3 +249,24 @@ async def schema_seen(client: httpx.AsyncClient) -> None:
         return read_at is not None and datetime.fromisoformat(read_at) > made
 
     await eventually(seen, "the service to read the catalog after the schema change", 10)
+
+
+def sleepers(pair: LocalPair) -> int:
+    """Backends of the service's login sleeping in the trigger's wait."""
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event = 'PgSleep'"
+            " AND pid <> pg_backend_pid()",
+            [SERVICE],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def end_sleepers(pair: LocalPair) -> None:
+    """End the backends of the service's login sleeping in a wait (pg_sleep)."""
+    with pair.primary.connect() as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
+            " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
+            [SERVICE],
+        )

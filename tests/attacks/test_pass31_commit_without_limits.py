@@ -54,7 +54,7 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import behind_one_server_connection, query
+from tests.attacks.conftest import behind_one_server_connection, end_sleepers, query, sleepers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -74,26 +74,6 @@ TEARDOWN = (
     "DROP TABLE IF EXISTS public.t31",
     "DROP FUNCTION IF EXISTS public.trig31()",
 )
-
-
-def sleepers(pair: LocalPair) -> int:
-    """Backends of the service's login sleeping in the trigger's wait."""
-    with pair.primary.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event = 'PgSleep'"
-            " AND pid <> pg_backend_pid()",
-            [SERVICE],
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def end_sleepers(pair: LocalPair) -> None:
-    with pair.primary.connect() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
-            " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
-            [SERVICE],
-        )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

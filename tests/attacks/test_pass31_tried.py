@@ -23,8 +23,8 @@ import psycopg
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import query, transaction
-from tests.attacks.test_pass31_commit_without_limits import behind, sleepers  # noqa: F401
+from tests.attacks.conftest import query, sleepers, transaction
+from tests.attacks.test_pass31_commit_without_limits import behind  # noqa: F401
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -47,13 +47,8 @@ from pathlib import Path
 import pytest
 
 from app.devdb import LocalPair
-from tests.attacks.conftest import behind_one_server_connection
-from tests.attacks.test_pass32_tried import (
-    COMMIT_SETUP,
-    COMMIT_TEARDOWN,
-    end_sleepers,
-    outlived_by,
-)
+from tests.attacks.conftest import behind_one_server_connection, end_sleepers
+from tests.attacks.test_pass32_tried import COMMIT_SETUP, COMMIT_TEARDOWN, outlived_by
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

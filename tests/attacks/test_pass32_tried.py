@@ -51,7 +51,9 @@ from tests.attacks.conftest import (
     attacked_on,
     behind_one_server_connection,
     beside_one_server_connection,
+    end_sleepers,
     query,
+    sleepers,
     transaction,
 )
 from tests.attacks.test_pass24_random_state import as_random, crack, high_bits, step
@@ -140,26 +142,6 @@ COMMIT_TEARDOWN = (
     "DROP TABLE IF EXISTS public.t32",
     "DROP FUNCTION IF EXISTS public.trig32()",
 )
-
-
-def sleepers(pair: LocalPair) -> int:
-    """Backends of the service's login sleeping in the trigger's wait."""
-    with pair.primary.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND wait_event = 'PgSleep'"
-            " AND pid <> pg_backend_pid()",
-            [SERVICE],
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
-def end_sleepers(pair: LocalPair) -> None:
-    with pair.primary.connect() as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
-            " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
-            [SERVICE],
-        )
 
 
 async def outlived_by(client: httpx.AsyncClient, pair: LocalPair, write: str) -> float:
