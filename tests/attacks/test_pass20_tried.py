@@ -35,6 +35,7 @@ from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import advisory_locks, attacked, headers
 from tests.attacks.test_pass20_truncate_triggers import TRUNCATE_TABLES
 from tests.conftest import as_owner, login_role
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -162,7 +163,11 @@ async def test_attacks_that_held(
     )
     assert other.json()["rows"] == [[True]], other.text
     assert own.json()["rows"] == [[True]], own.text
-    assert advisory_locks(pair) == 0, f"a session lock outlived {attack!r}"
+    # (a connection closed for what its statement ran releases the lock as its backend
+    # exits, which under load can lag the close by a moment)
+    await eventually(
+        lambda: advisory_locks(pair) == 0, f"no session lock to outlive {attack!r}", timeout=1.0
+    )
     if key == "read":  # a read key wrote nothing
         rows = await served.post("/v1/query", json=count, headers=headers("admin"))
         assert rows.json()["rows"] == before["rows"], rows.text
