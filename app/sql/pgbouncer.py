@@ -35,10 +35,7 @@ from app.sql.transactions import OVER_THE_LIMITS, begin, end_unless_cut, stoppab
 # (reseeded from a strong random value). What stays is what nothing undoes (a custom
 # setting's placeholder, defined as '', and PL/pgSQL's compiled functions), as with any
 # session.
-_DEALLOCATE_SQL_PREPARED = (
-    "DO $$ DECLARE n text; BEGIN FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p"
-    " WHERE p.from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
-)
+_DEALLOCATE_SQL_PREPARED = session.DEALLOCATE_SQL_PREPARED
 _RESET = (
     "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
     f" {_DEALLOCATE_SQL_PREPARED}"
@@ -73,20 +70,15 @@ def _may_leave_state(held: Checkout) -> bool:
     return held.effect is not session.Effect.NONE or held.judged_later
 
 
-def flushed(
-    conn: AsyncConnection[Any], opening: sql.Composed, forget: bool = False
-) -> sql.Composed:
-    """The transaction's opening, first letting go of session advisory locks left on the
+def flushed(conn: AsyncConnection[Any], opening: sql.Composed) -> sql.Composed:
+    """The transaction's opening, also letting go of session advisory locks left on the
     server session (_UNLOCK_SQL), and with the backend's table and function counters to be
     flushed when it goes idle after the transaction (PostgreSQL 15 on): until then the next
     client's code could read ours in pg_stat_xact_*, which no reset clears. (Ours are
-    flushed so; a client before us that is not mirrorpool may still leave its own.) With
-    `forget` (a statement that may run code of the database's own: traces.Traces), the
-    statements SQL PREPAREd on the server session are dropped too: another client of the
-    pooler may have left them, or a request of ours whose end was cut short."""
+    flushed so; a client before us that is not mirrorpool may still leave its own.) What
+    SQL PREPAREd there is dropped by the opening itself before code of the database's own
+    (transactions.begin)."""
     parts = [opening, sql.SQL(_UNLOCK_SQL)]
-    if forget:
-        parts.append(sql.SQL(_DEALLOCATE_SQL_PREPARED))
     if conn.info.server_version >= 150000:
         parts.append(sql.SQL(traces.FLUSH_STATISTICS_SQL))
     return sql.SQL("; ").join(parts)
@@ -144,7 +136,6 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
             flushed(
                 conn,
                 begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output),
-                ctx.traces(bound.tree).forget,
             )
         )
         stop = stoppable([bound], None, limits.read_only, ctx)
@@ -183,7 +174,6 @@ async def transaction(
                     limits.text_output,
                     deferrable,
                 ),
-                any(ctx.traces(b.tree).forget for b in statements),
             )
         )
         allowance = Allowance(ctx.options.max_response_bytes)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -335,12 +335,8 @@ async def read(
     # What reaches code that draws from random(), by the same paths (a view over such a
     # view, a table whose policy reads one, a partition's parent).
     random = assemble(drawing, edges, names, (), write_edges) if drawing else NOTHING
-    return SchemaCode(
-        facts.read_coded,
-        facts.write_coded,
-        facts.own_functions,
-        event_triggers=facts.event_triggers,
-        provisional=facts.provisional,
+    return replace(
+        facts,
         read_random=random.read_coded,
         write_random=random.write_coded,
         catalog_altered=altered,

@@ -304,6 +304,14 @@ async def restore(conn: AsyncConnection[Any], needed: Effect) -> None:
     await conn.close()
 
 
+# Drops the statements SQL PREPAREd on the session, and not those prepared by protocol (a
+# pooler's own, for its other clients).
+DEALLOCATE_SQL_PREPARED = (
+    "DO $$ DECLARE n text; BEGIN FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p"
+    " WHERE p.from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
+)
+
+
 def begin_sql(
     *,
     read_only: bool,
@@ -314,13 +322,14 @@ def begin_sql(
     discard_sequences: bool = False,
     deferrable: bool = False,
     immediate: bool = False,
-    deallocate: bool = False,
+    deallocate: Literal["all", "sql"] | None = None,
     reseed: float | None = None,
 ) -> sql.Composed:
     """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
     sessions that do not carry them: behind a transaction pooler), as one simple query;
     with `discard_sequences`, the session's sequence values (another client's) forgotten;
-    with `deallocate`, the statements prepared on it; with `reseed`, random() seeded with it;
+    with `deallocate`, the statements prepared on it ("all"; "sql": only those SQL PREPAREd,
+    not a pooler's own, DEALLOCATE_SQL_PREPARED); with `reseed`, random() seeded with it;
     with `immediate`, deferred
     constraints checked by each statement (IMMEDIATE_SQL)."""
     parts = [
@@ -333,8 +342,8 @@ def begin_sql(
         parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
     if discard_sequences:
         parts.append(sql.SQL("DISCARD SEQUENCES"))
-    if deallocate:
-        parts.append(sql.SQL("DEALLOCATE ALL"))
+    if deallocate is not None:
+        parts.append(sql.SQL("DEALLOCATE ALL" if deallocate == "all" else DEALLOCATE_SQL_PREPARED))
     if reseed is not None:
         parts.append(sql.SQL("SELECT pg_catalog.setseed({})").format(sql.Literal(reseed)))
     if immediate:

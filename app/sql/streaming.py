@@ -90,13 +90,12 @@ class Streams:
         backend's counters of earlier transactions flushed (plain.flushing), and behind a
         pooler ours flushed after (pgbouncer.flushed)."""
         conn = held.conn
-        forget = self._ctx.traces(bound.tree).forget
-        if held.own_session and forget:
+        if held.own_session and self._ctx.traces(bound.tree).forget:
             for (flush,) in plain.flushing(conn, True):
                 await conn.execute(flush.sql)
         opening = begin(self._ctx, limits.read_only, None, limits.timeout_ms, [bound])
         if not held.own_session:
-            opening = pgbouncer.flushed(conn, opening, forget)
+            opening = pgbouncer.flushed(conn, opening)
         await conn.execute(opening)
 
     async def _rows(

@@ -38,9 +38,8 @@ def of(tree: Tree, code: SchemaCode) -> Traces:
     """What goes before the statement. `reseed` when it may draw from random()
     (catalog.RANDOM_DRAWS): it calls it, it reaches stored code that does (a view over
     random(), a DEFAULT random(): SchemaCode.draws_random), or code the tree cannot follow
-    may. It then starts
-    from a fresh seed of a strong random value (reseed_value), so what it draws tells
-    nothing of the values before or after it."""
+    may. It then starts from a fresh seed of a strong random value (reseed_value), so what
+    it draws tells nothing of the values before or after it."""
     forget = may_read_traces(tree, code)
     return Traces(
         forget,

@@ -171,11 +171,12 @@ def begin(
         discard_sequences=hidden or any(session.reads_sequence_state(b.tree) for b in statements),
         deferrable=deferrable,
         immediate=_alone_writing(statements, read_only),
-        # (behind a pooler, not: its own prepared statements are on the server connection too;
-        # nothing is prepared by name there for a key, and pgbouncer.finish drops what SQL
-        # prepared)
         reseed=traces.reseed_value() if any(t.reseed for t in found) else None,
-        deallocate=ctx.options.own_sessions and hidden,
+        # (behind a pooler, only what SQL PREPAREd: its own prepared statements are on the
+        # server connection too, and nothing is prepared by name there for a key; another
+        # client of the pooler, or a request of ours whose end was cut short, may have left
+        # them)
+        deallocate=("all" if ctx.options.own_sessions else "sql") if hidden else None,
     )
 
 

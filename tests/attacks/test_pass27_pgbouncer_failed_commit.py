@@ -3,7 +3,7 @@ runs at a COMMIT which then fails leaves the statements it PREPAREd (by SQL) on 
 server connection, where the next client's code of the database's own reads them: another
 key's data, or a name taken that its own PREPARE then fails on. Fixed: a transaction whose
 statements may run code of the database's own first drops the statements SQL PREPAREd on
-the server session (app/sql/pgbouncer.py flushed, `forget`).
+the server session (app/sql/transactions.py begin: `deallocate="sql"` behind a pooler).
 
 app/sql/pgbouncer.py `finish` ends a transaction whose statements may have run code with
 one query: cleanup, the COMMIT, cleanup again. A deferred constraint trigger of the schema's

@@ -2,7 +2,7 @@
 server session it used (PgBouncer knows only the ones prepared by protocol). Code of the
 database's own that a key runs there could list them in pg_prepared_statements, their texts
 and so what they hold. So a transaction of ours whose statements may run such code drops
-them first (app/sql/pgbouncer.py flushed), as one on a session of our own starts with
+them first (app/sql/transactions.py begin), as one on a session of our own starts with
 DEALLOCATE ALL. (A request of ours can leave them too only when its end was cut short: its
 own cleanup drops what its code prepared.)
 """
