@@ -187,7 +187,8 @@ class LiveServer:
 
 
 def start_server(pair: LocalPair, **env: str) -> LiveServer:
-    """Start `mirrorpool serve` against a pair and wait until it is ready."""
+    """Start `mirrorpool serve` against a pair and wait until it is ready (with no mirror
+    when `env` gives MIRRORPOOL_MIRROR_DSN as "")."""
     port = free_ports(1)[0]
     base = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORPOOL_")}
     variables = {
@@ -202,6 +203,8 @@ def start_server(pair: LocalPair, **env: str) -> LiveServer:
     if pair.mirrors:
         variables["MIRRORPOOL_MIRROR_DSN"] = ",".join(m.dsn(user=SERVICE) for m in pair.mirrors)
     variables.update(env)
+    if not variables.get("MIRRORPOOL_MIRROR_DSN", True):
+        del variables["MIRRORPOOL_MIRROR_DSN"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "serve"],
         env=base | variables,

@@ -98,6 +98,17 @@ class Backends:
         if cancel is not None:
             self._spawn(_send_cancel(cancel), "cancel-backend")
 
+    def cancel(self, conn: AsyncConnection[Any]) -> None:
+        """Send psycopg's cancel request for the statement running on `conn`, in the
+        background; the socket stays (end() shuts it too)."""
+        if conn.closed:
+            return
+        try:
+            cancel = conn.pgconn.cancel_conn()
+        except psycopg.Error:
+            return
+        self._spawn(_send_cancel(cancel), "cancel-backend")
+
     def hold(self, node: Node, pid: int, user: str, release: Release) -> None:
         """Call `release` once backend `pid` (logged in as `user`) has left `node`;
         terminate it if it is still there TERMINATE_AFTER_S from now."""

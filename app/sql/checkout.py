@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -47,12 +48,20 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 LATER_WAIT_S = 2.0
 
 
+@dataclass(slots=True)
+class Ending:
+    """A transaction's end and the cleanup after it, under way behind a pooler: whether the
+    end has been answered yet."""
+
+    answered: bool = False
+
+
 class Checkout:
     """A pooled connection held by one request, and what it needs before it goes back."""
 
     __slots__ = (
         "_backends", "_before", "_key", "_later", "_pid", "_pool", "_share", "_user", "_watch",
-        "conn", "effect", "node", "own_session",
+        "conn", "effect", "ending", "node", "own_session",
     )  # fmt: skip
 
     def __init__(
@@ -80,6 +89,8 @@ class Checkout:
         # Statements that ran while the catalog was being read again, to be judged once it
         # is (later()), with the facts known before, and the watch to ask.
         self._later: list[tuple[Tree, SchemaCode | None]] = []
+        # Set while a transaction's end and the cleanup after it run behind a pooler.
+        self.ending: Ending | None = None
 
     def mark(self, effect: Effect) -> None:
         """A statement may have left this in the session."""
@@ -133,7 +144,19 @@ class Checkout:
         return bool(self._later)
 
     def end(self) -> None:
-        """Its request gives up: stop the statement on the server now, without waiting."""
+        """Its request gives up: stop the statement on the server now, without waiting.
+
+        While a transaction's end and the cleanup after it run behind a pooler (`ending`,
+        app/sql/pgbouncer.py finish), the socket stays: a client gone once the end is
+        answered leaves PgBouncer a server it takes as ready, which it would hand to the
+        next client with the cleanup still running there. Until the end is answered a cancel
+        is sent (a COMMIT waiting on a standby, code at the COMMIT); after that nothing, and
+        the cleanup, bounded by what the request's own statements left, runs to its end."""
+        ending = self.ending
+        if ending is not None:
+            if not ending.answered:
+                self._backends.cancel(self.conn)
+            return
         self._backends.end(self.conn, pooled=not self.own_session)
 
     async def give_back(self) -> None:

@@ -5,20 +5,25 @@ the rest. No DISCARD ALL runs afterwards: it cannot run in a transaction block, 
 transaction the pooler may have handed the server session to another client. So what a
 statement would leave there is refused before it runs (app/sql/transaction_pooling.py); and
 what the database's own code may leave, which no tree shows (a function, a view's, a
-trigger's: a session advisory lock, a session setting, a temporary table), is undone inside
-the query that ends the transaction, before and after its end (`finish`), or with its
+trigger's: a session advisory lock, a session setting, a temporary table, a statement
+PREPAREd by SQL), is undone on the same server session right after the transaction's end,
+whether its COMMIT succeeded or failed (`finish`: the end and the cleanup in one pipeline,
+which PgBouncer keeps on one server session until every Sync is answered), or with its
 ROLLBACK in one query when it failed (`roll_back`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, pq, sql
 
 from app.errors import ResultTooLarge
 from app.sql import pipeline, session, text_output, traces
-from app.sql.checkout import Checkout
+from app.sql.checkout import Checkout, Ending
 from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed
 from app.sql.pipeline import Allowance, Command, Keep
@@ -26,6 +31,9 @@ from app.sql.placeholders import BoundSQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
 from app.sql.transactions import OVER_THE_LIMITS, begin, end_unless_cut, stoppable
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What code of the database's own may leave in the server session beyond its transaction, as
 # DISCARD ALL would undo it but within a transaction block: settings and the role set for the
@@ -36,23 +44,38 @@ from app.sql.transactions import OVER_THE_LIMITS, begin, end_unless_cut, stoppab
 # setting's placeholder, defined as '', and PL/pgSQL's compiled functions), as with any
 # session.
 _DEALLOCATE_SQL_PREPARED = session.DEALLOCATE_SQL_PREPARED
-_RESET = (
-    "RESET ALL; RESET ROLE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
-    f" {_DEALLOCATE_SQL_PREPARED}"
+# After the end, on the same server session (finish), in a unit of its own: what code of the
+# database's own may have left there, as DISCARD ALL would undo it, with the advisory locks
+# let go and random() reseeded (_unlock_and_reseed) ...
+_AFTER_END = (
+    "RESET ALL",
+    "RESET ROLE",
+    "CLOSE ALL",
+    "UNLISTEN *",
+    "DISCARD TEMP",
+    "DISCARD SEQUENCES",
 )
-# Inside the transaction, the deferred constraint triggers are fired first: what their code
-# leaves is undone with the rest, and one that fails fails the transaction before its end.
-# Settings are left to the cleanup after the end: a RESET ALL here would lift the request's
-# own limits (SET LOCAL lock_timeout, client_connection_check_interval) for code that still
-# runs at the COMMIT, and a failed COMMIT rolls back what the code set anyway.
+# ... and, in a unit after it (what the first undid stays undone should this one fail), the
+# statements SQL PREPAREd, with no statement timeout: as many as the request's own code made
+# within its own, and dropping them costs less than making them.
+_DROP_PREPARED = (
+    "SELECT pg_catalog.set_config('statement_timeout', '0', true)",
+    _DEALLOCATE_SQL_PREPARED,
+)
+# Without one write for every unit (finish, libpq before 17): the end and the cleanup are
+# one query. Inside the transaction the deferred constraint triggers are fired first, and
+# what their code leaves is undone; settings are left to the cleanup after the end (a RESET
+# ALL there would lift the request's own limits for code that still runs at the COMMIT).
 _CLEAN_UP = (
     "SET CONSTRAINTS ALL IMMEDIATE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
     f" {_DEALLOCATE_SQL_PREPARED}"
 )
+_RESET = "; ".join((*_AFTER_END, _DEALLOCATE_SQL_PREPARED))
 # After a ROLLBACK: what it does not undo.
 _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 # Every transaction's first act: session advisory locks still held on the server session are
-# let go. Only code that ran at a COMMIT which then failed can have left one (`finish`).
+# let go: what a client of the pooler that is not mirrorpool left, or code at a COMMIT that
+# failed without one write for the end and its cleanup (`finish`).
 _UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock_all()"
 
 
@@ -88,13 +111,23 @@ async def finish(
     held: Checkout, cut: bool, isolation: Isolation | None, read_only: bool, text_output: bool
 ) -> None:
     """End the transaction as end_unless_cut would. When its statements may have left
-    anything (_may_leave_state), it is undone inside the transaction, the transaction is
-    ended, and it is undone again, all in one query: the same server session (the pooler
-    lets it go only once the query is done), and after anything that runs at the COMMIT (a
-    deferred trigger whose code deferred its next event again, past SET CONSTRAINTS ALL
-    IMMEDIATE). If that COMMIT fails, what its code left beyond the rollback is harmless to
-    the next client but a session advisory lock, which the next transaction lets go first
-    (flushed)."""
+    anything (_may_leave_state), what they left is undone on the same server session after
+    the end, whether the end succeeded or failed: the end and the cleanup are units of one
+    pipeline, sent in one write, and PgBouncer keeps the server session for its client
+    until every Sync it was sent is answered. The cleanup then runs after anything that runs
+    at the COMMIT (a deferred trigger whose code deferred its next event again), and after a
+    COMMIT that such code failed, on the request that left it: never on the next client's
+    time (pass 33).
+
+    While they run, the request's deadline and its client leaving only cancel, and only
+    until the end is answered (Checkout.end), and a cancellation of the task waits for them
+    (_uninterrupted): a client gone between the two answers would leave PgBouncer a server
+    it takes as ready, which it hands on with the cleanup still running there.
+
+    Without PQsendPipelineSync (libpq before 17) the units would go in writes of their own,
+    and PgBouncer might hand the server on between them: the end and the cleanup are then
+    one query, as before, which a failed COMMIT cuts short (the next opening still drops
+    what SQL PREPAREd, and lets go of session advisory locks)."""
     conn = held.conn
     if not _may_leave_state(held):
         await end_unless_cut(conn, cut, isolation, read_only, text_output)
@@ -105,10 +138,54 @@ async def finish(
     if conn.info.transaction_status == pq.TransactionStatus.INERROR:  # (a statement stopped)
         await roll_back(held)
         return
-    ending = "; ".join(session.closing(isolation, read_only))
-    await conn.execute(
-        f"{_CLEAN_UP}; {_unlock_and_reseed()}; {ending}; {_RESET}; {_unlock_and_reseed()}"
-    )
+    closing = session.closing(isolation, read_only)
+    if not pipeline.in_one_write():
+        end = "; ".join(closing)
+        await conn.execute(
+            f"{_CLEAN_UP}; {_unlock_and_reseed()}; {end}; {_RESET}; {_unlock_and_reseed()}"
+        )
+        return
+    units = [
+        [_once(statement) for statement in closing],
+        [_once(statement) for statement in (*_AFTER_END, _unlock_and_reseed())],
+        [_once(statement) for statement in _DROP_PREPARED],
+    ]
+    ending = held.ending = Ending()
+
+    def answered() -> None:
+        ending.answered = True
+
+    try:
+        ended, *cleanups = await _uninterrupted(pipeline.run_units(conn, units, progress=answered))
+    finally:
+        held.ending = None
+    for unit in cleanups:
+        for reply in unit.replies:
+            if reply.error is not None:
+                logger.warning("the cleanup after a transaction failed: %s", reply.error)
+    for reply in ended.replies:
+        if reply.error is not None:
+            await roll_back(held)  # (in a failed transaction, had it not reached the COMMIT)
+            raise reply.error
+
+
+def _once(statement: str) -> Command:
+    return Command(statement, prepare=False)
+
+
+async def _uninterrupted(work: Awaitable[T]) -> T:
+    """`work` to its end, even when the task awaiting it is cancelled meanwhile: the
+    cancellation is raised once it is over."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
 
 
 async def roll_back(held: Checkout) -> None:

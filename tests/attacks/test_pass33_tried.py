@@ -1,7 +1,5 @@
-"""Thirty-third review pass (attacker): what was tried and held.
-(The hole of this pass, behind PgBouncer, is not fixed yet and has no test in the suite:
-the next key's opening pays, under its own deadline, for the statements another key's code
-PREPAREd at a failing COMMIT; see the closing note of 2026-12-02.)
+"""Thirty-third review pass (attacker): what was tried and held. (The hole of this pass,
+behind PgBouncer, and its fix are in test_pass33_pgbouncer_leftovers.py.)
 
 - POST /sql's size count before a write's COMMIT (Slot.take / Slot._describe, RESULT_BYTES,
   FIELD_BYTES, `allowance.bytes < 0`), swept at MIRRORPOOL_MAX_RESPONSE_BYTES=1024 over

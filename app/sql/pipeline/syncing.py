@@ -58,6 +58,12 @@ def _send_sync() -> Callable[[int], int] | None:
     return sender
 
 
+def in_one_write() -> bool:
+    """Whether the units of a run go to the server in one write (PQsendPipelineSync), not
+    one write each."""
+    return _send_sync() is not None
+
+
 def queue_sync(pgconn: PGconn) -> None:
     """Close a unit with a Sync that is sent with the next flush (or at once, without
     PQsendPipelineSync). Raises psycopg.OperationalError as pipeline_sync does."""
