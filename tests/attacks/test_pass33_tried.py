@@ -16,10 +16,9 @@ behind PgBouncer, and its fix are in test_pass33_pgbouncer_leftovers.py.)
 - The same leftover prepared statements on a session of our own (a trigger at a failing
   COMMIT PREPAREs 80 000): the session is reset or closed before the next key has it, and
   the read key's request after answers within 250 ms.
-  (Seen on the way, the attacker's own request only: the same INSERT on the plain path,
-  whose implicit commit at the Sync fails in the deferred trigger, is answered 503
-  outcome-unknown, "the pipeline ended before its last Sync ... may or may not have
-  committed", though it was rolled back; with one statement prepared as with 80 000.)
+  (Seen on the way, the attacker's own request only, and fixed since: the same INSERT on
+  the plain path, whose implicit commit at the Sync fails in the deferred trigger, was
+  answered 503 outcome-unknown; see test_pass33_commit_failure_answer.py.)
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUE
 TUPLES = pq.ExecStatus.TUPLES_OK
 CHUNK = pq.ExecStatus.TUPLES_CHUNK
 SYNC = pq.ExecStatus.PIPELINE_SYNC
+FAILED = pq.ExecStatus.FATAL_ERROR
 _COPY = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
 
 
@@ -217,14 +218,25 @@ def read(pgconn: PGconn, reading: Reading, tx: abc.Transformer) -> Generator[Any
                     reading.stop = slot
                     return
             reading.slot += 1
-        result = yield from fetch(pgconn)
-        if result is None or result.status != SYNC:
-            raise psycopg.OperationalError("the pipeline ended before its last Sync")
+        yield from _read_sync(pgconn, slots)
         reading.times.append(time.monotonic())
         if reading.progress is not None:
             reading.progress()
         reading.unit += 1
         reading.slot = 0
+
+
+def _read_sync(pgconn: PGconn, slots: list[Slot]) -> Generator[Any, Any, None]:
+    """The unit's Sync. An error in its place is the unit's implicit commit failing there
+    (code of a deferred trigger): the unit is undone, and its last command reports why."""
+    result = yield from fetch(pgconn)
+    if result is not None and result.status == FAILED and slots:
+        slots[-1].failure = result
+        result = yield from fetch(pgconn)
+        if result is None:  # (libpq may end the error's results before the Sync's)
+            result = yield from fetch(pgconn)
+    if result is None or result.status != SYNC:
+        raise psycopg.OperationalError("the pipeline ended before its last Sync")
 
 
 def _still_sending(pgconn: PGconn) -> bool:
