@@ -86,11 +86,7 @@ class Backends:
         statement timeout applies)."""
         if conn.closed:
             return
-        try:
-            # Made before the socket goes: it carries the backend's cancel key.
-            cancel = conn.pgconn.cancel_conn()
-        except psycopg.Error:
-            cancel = None
+        cancel = _cancel_of(conn)  # (made before the socket goes: it carries the cancel key)
         if pooled and cancel is not None:
             self._spawn(_cancel_then_shut(cancel, conn), "cancel-backend")
             return
@@ -101,13 +97,9 @@ class Backends:
     def cancel(self, conn: AsyncConnection[Any]) -> None:
         """Send psycopg's cancel request for the statement running on `conn`, in the
         background; the socket stays (end() shuts it too)."""
-        if conn.closed:
-            return
-        try:
-            cancel = conn.pgconn.cancel_conn()
-        except psycopg.Error:
-            return
-        self._spawn(_send_cancel(cancel), "cancel-backend")
+        cancel = None if conn.closed else _cancel_of(conn)
+        if cancel is not None:
+            self._spawn(_send_cancel(cancel), "cancel-backend")
 
     def hold(self, node: Node, pid: int, user: str, release: Release) -> None:
         """Call `release` once backend `pid` (logged in as `user`) has left `node`;
@@ -219,6 +211,14 @@ class Backends:
 
 async def _awaited(work: Awaitable[Any]) -> Any:
     return await work
+
+
+def _cancel_of(conn: AsyncConnection[Any]) -> pq.abc.PGcancelConn | None:
+    """The connection's cancel connection (its backend's cancel key), or None."""
+    try:
+        return conn.pgconn.cancel_conn()
+    except psycopg.Error:
+        return None
 
 
 async def _send_cancel(cancel: pq.abc.PGcancelConn) -> None:

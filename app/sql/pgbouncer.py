@@ -139,7 +139,7 @@ async def finish(
         await roll_back(held)
         return
     closing = session.closing(isolation, read_only)
-    if not pipeline.in_one_write():
+    if not pipeline.in_one_write(conn.pgconn):
         end = "; ".join(closing)
         await conn.execute(
             f"{_CLEAN_UP}; {_unlock_and_reseed()}; {end}; {_RESET}; {_unlock_and_reseed()}"

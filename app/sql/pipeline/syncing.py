@@ -58,21 +58,23 @@ def _send_sync() -> Callable[[int], int] | None:
     return sender
 
 
-def in_one_write() -> bool:
-    """Whether the units of a run go to the server in one write (PQsendPipelineSync), not
-    one write each."""
-    return _send_sync() is not None
+def in_one_write(pgconn: PGconn) -> bool:
+    """Whether the units of a run on `pgconn` go to the server in one write (queue_sync with
+    PQsendPipelineSync), not one write each."""
+    return _send_sync() is not None and _pointer(pgconn) is not None
+
+
+def _pointer(pgconn: PGconn) -> int | None:
+    pointer: int | None = getattr(pgconn, "pgconn_ptr", None)  # both of psycopg's pq have it
+    return pointer
 
 
 def queue_sync(pgconn: PGconn) -> None:
     """Close a unit with a Sync that is sent with the next flush (or at once, without
     PQsendPipelineSync). Raises psycopg.OperationalError as pipeline_sync does."""
     send = _send_sync()
-    if send is None:
-        pgconn.pipeline_sync()
-        return
-    pointer: int | None = getattr(pgconn, "pgconn_ptr", None)  # both of psycopg's pq have it
-    if pointer is None:
+    pointer = _pointer(pgconn)
+    if send is None or pointer is None:
         pgconn.pipeline_sync()
         return
     if send(pointer) != 1:
