@@ -29,5 +29,6 @@ class InFlight:
     async def drain(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for in-flight requests; True if none is left."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         return self.count == 0

@@ -77,22 +77,23 @@ class Backends:
         self._cannot_signal: set[str] = set()
         self._closed = False
 
-    def end(self, conn: AsyncConnection[Any], pooled: bool = False) -> None:
+    def end(self, conn: AsyncConnection[Any], pooled: bool = False) -> asyncio.Task[Any] | None:
         """Stop the statement running on `conn` now, without waiting: psycopg's cancel
         request is sent in the background and the socket is shut. Behind a pooler
         (`pooled`), the socket is shut only once the cancel has been delivered (or failed):
         PgBouncer forgets a client whose socket closes, and drops a cancel that comes with
         its key after that, so the server's backend would run on (code at a COMMIT, where no
-        statement timeout applies)."""
+        statement timeout applies). Returns the task that shuts it then, if there is one:
+        the connection is not closed (nor given back) before it is done."""
         if conn.closed:
-            return
+            return None
         cancel = _cancel_of(conn)  # (made before the socket goes: it carries the cancel key)
         if pooled and cancel is not None:
-            self._spawn(_cancel_then_shut(cancel, conn), "cancel-backend")
-            return
+            return self._spawn(_cancel_then_shut(cancel, conn), "cancel-backend")
         shut(conn)
         if cancel is not None:
             self._spawn(_send_cancel(cancel), "cancel-backend")
+        return None
 
     def cancel(self, conn: AsyncConnection[Any]) -> None:
         """Send psycopg's cancel request for the statement running on `conn`, in the
@@ -188,12 +189,12 @@ class Backends:
         self._spawn(work, name)
         return True
 
-    def _spawn(self, work: Awaitable[Any], name: str) -> None:
+    def _spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any] | None:
         if self._supervisor.closed:
             # A request that outlived the shutdown: its pool is closed, nothing to give back.
             if asyncio.iscoroutine(work):
                 work.close()
-            return
+            return None
         task = self._supervisor.spawn(_awaited(work), name=name, log_failure=False)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
@@ -202,6 +203,7 @@ class Backends:
             # closed then, it is not reported as never awaited.
             coroutine = work
             task.add_done_callback(lambda t: coroutine.close() if t.cancelled() else None)
+        return task
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

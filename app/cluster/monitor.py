@@ -127,7 +127,8 @@ class HealthMonitor:
         for name, conn in list(self._conns.items()):
             if conn is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await conn.close()
             self._conns[name] = None
 
     def probe_soon(self, node: Node) -> None:
@@ -168,8 +169,11 @@ class HealthMonitor:
         while True:
             await self.probe(node)
             pause = self._pause(node)
+            # (asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancel that
+            # comes as the wake is set, and the monitor would never stop)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), pause)
+                async with asyncio.timeout(pause):
+                    await wake.wait()
             wake.clear()
 
     async def probe(self, node: Node) -> None:

@@ -19,6 +19,7 @@ key's share of the pool.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from psycopg import AsyncConnection, pq
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from app.cluster.backends import Backends
-from app.cluster.node import Node
+from app.cluster.node import Node, shut
 from app.cluster.share import KeyShare
 from app.errors import PoolExhausted
 from app.sql import session
@@ -60,8 +61,8 @@ class Checkout:
     """A pooled connection held by one request, and what it needs before it goes back."""
 
     __slots__ = (
-        "_backends", "_before", "_key", "_later", "_pid", "_pool", "_share", "_user", "_watch",
-        "conn", "effect", "ending", "node", "own_session",
+        "_backends", "_before", "_ended", "_key", "_later", "_pid", "_pool", "_share",
+        "_shutting", "_user", "_watch", "conn", "effect", "ending", "node", "own_session",
     )  # fmt: skip
 
     def __init__(
@@ -91,6 +92,11 @@ class Checkout:
         self._later: list[tuple[Tree, SchemaCode | None]] = []
         # Set while a transaction's end and the cleanup after it run behind a pooler.
         self.ending: Ending | None = None
+        # Once ended (end(), shut()), the connection never goes back open, however its
+        # statement went: its socket is shut, or about to be (`_shutting`, behind a pooler
+        # once the cancel is delivered), under whoever takes it next.
+        self._ended = False
+        self._shutting: asyncio.Task[Any] | None = None
 
     def mark(self, effect: Effect) -> None:
         """A statement may have left this in the session."""
@@ -157,7 +163,15 @@ class Checkout:
             if not ending.answered:
                 self._backends.cancel(self.conn)
             return
-        self._backends.end(self.conn, pooled=not self.own_session)
+        if not (self._ended or self.conn.closed):
+            self._ended = True
+            self._shutting = self._backends.end(self.conn, pooled=not self.own_session)
+
+    def shut(self) -> None:
+        """Its node is gone: fail the statement in flight at once (EOF on its socket)."""
+        if not self.conn.closed:
+            self._ended = True
+            shut(self.conn)
 
     async def give_back(self) -> None:
         """Restore the session if needed, then return the connection to its pool; one whose
@@ -172,7 +186,7 @@ class Checkout:
 
     async def _give_back(self) -> None:
         conn = self.conn
-        busy = _busy(conn)
+        busy = self._ended or _busy(conn)
         try:
             if self.own_session and not busy:
                 try:
@@ -195,6 +209,11 @@ class Checkout:
                 await self._release()
 
     async def _release(self) -> None:
+        if self._ended and not self.conn.closed:
+            if self._shutting is not None:
+                # (bounded: the cancel request has CANCEL_TIMEOUT_S to reach the server)
+                await asyncio.wait({self._shutting})
+            await self.conn.close()
         closed = self.conn.closed
         try:
             await self._pool.putconn(self.conn)

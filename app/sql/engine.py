@@ -99,7 +99,8 @@ class Engine:
         await self.cluster.wait_for_writer(wait_s)
         self._schema_task = self._supervisor.spawn(self.schema.run(), name="schema-code")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.schema.first_read.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await self.schema.first_read.wait()
 
     async def close(self) -> None:
         """Stop reading the catalog, before the pools close: a reading holds a pool

@@ -36,7 +36,6 @@ from typing import Any, Protocol
 
 from psycopg import AsyncConnection
 
-from app.cluster.node import shut
 from app.errors import ClientGone, OutcomeUnknown, QueryTimeout
 
 # Quick requests never pay for a watcher task.
@@ -59,6 +58,9 @@ class Held(Protocol):
 
     def end(self) -> None:
         """Stop the statement on the server now, without waiting."""
+
+    def shut(self) -> None:
+        """Fail the statement in flight at once: its node is gone."""
 
 
 class Guard:
@@ -197,8 +199,7 @@ class Guard:
         """Its node is gone: fail the statement in flight now, or stop waiting for one of
         the node's connections (the request is not expired and may be retried)."""
         if self._held is not None:
-            if not self._held.conn.closed:
-                shut(self._held.conn)
+            self._held.shut()
         elif self._task is not None:
             self.severed = True
             self._task.cancel()

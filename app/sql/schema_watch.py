@@ -186,7 +186,8 @@ class SchemaWatch:
             if remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(done.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await done.wait()
             except TimeoutError:
                 return None
         return self._latest[1]
@@ -217,6 +218,5 @@ class SchemaWatch:
             self.first_read.set()
             # (a change while reading has set the event: read again at once)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._wake.wait(), self.refresh_s if fresh else min(self.refresh_s, 1.0)
-                )
+                async with asyncio.timeout(self.refresh_s if fresh else min(self.refresh_s, 1.0)):
+                    await self._wake.wait()

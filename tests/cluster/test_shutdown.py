@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.devdb import SERVICE, free_ports
+from app.devdb import SERVICE, LocalPair, free_ports
 from app.main import create_app
 from tests.conftest import PairFactory, settings_for
 from tests.waiting import eventually
@@ -41,3 +41,26 @@ async def test_shutdown_leaves_no_task_or_timer_running(make_pair: PairFactory) 
     assert left == []
     with own.mirrors[0].connect() as conn:
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+
+
+async def test_the_monitor_stops_when_woken_as_it_is_stopped(pair: LocalPair) -> None:
+    """A probe asked for (a request saw its node fail) just as the service stops: Python
+    3.11's asyncio.wait_for lost such a cancel, and the shutdown waited for the monitor's
+    loop for ever."""
+    app = create_app(settings_for(pair))
+    async with app.router.lifespan_context(app):
+        cluster = app.state.cluster
+        monitor = cluster.monitor
+        seen = {n.name: n.state.last_check for n in cluster.nodes}
+        # (each loop is then in its pause until the next probe)
+        await eventually(
+            lambda: all(n.state.last_check != seen[n.name] for n in cluster.nodes),
+            "a probe of every node",
+        )
+        for node in cluster.nodes:
+            monitor.probe_soon(node)
+        async with asyncio.timeout(5):
+            await monitor.stop()
+        assert all(
+            task.done() for task in asyncio.all_tasks() if task.get_name().startswith("monitor-")
+        )

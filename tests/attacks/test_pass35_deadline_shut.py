@@ -1,0 +1,109 @@
+"""Found while mending CI (stop 26): behind PgBouncer, a key's deadline broke the next key's
+request on the same connection.
+
+At a deadline behind a pooler, mirrorpool sends the cancel first and shuts its socket to the
+pooler only once the cancel is delivered (PgBouncer drops a cancel whose client has gone).
+The cancel lands, the statement fails with 57014 at once, and the request gave the
+connection back to its pool, healthy to every check, before the shut that followed the
+cancel. The next request on it, another key's, then read EOF: "server closed the connection
+unexpectedly", and with no other node to retry on it answered 503 no-reader. Now a
+connection once ended never goes back open (app/sql/checkout.py Checkout.end): it is closed,
+after its cancel, and the pool opens another.
+
+A pool of one connection to PgBouncer makes the next request take the attacker's. Whether
+PgBouncer closes the cancel's own connection before the statement's 57014 reaches us or
+after is up to its scheduling: the test holds that close until the next request's statement
+is on its way (or a second has passed), the order CI met, so without the fix it fails every
+time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from psycopg import pq
+
+from app.cluster import backends
+from app.devdb import OWNER, SERVICE, LocalPair
+from tests.attacks.conftest import keys_for, query, transaction
+from tests.conftest import serving_ready, settings_for
+from tests.pgbouncer import LocalPgBouncer
+
+ROUNDS = 1
+
+
+@pytest.fixture
+def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
+    with LocalPgBouncer(pair, work_dir / f"shut-bouncer-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
+        yield b
+
+
+@pytest.fixture
+async def one_connection(
+    pair: LocalPair, bouncer: LocalPgBouncer, world: dict[str, str]
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    values: dict[str, Any] = {
+        "primary_dsn": bouncer.dsn("postgres", user=SERVICE),
+        "mirror_dsn": None,
+        "pgbouncer": True,
+        "migrations_dsn": pair.primary.dsn("postgres", user=OWNER),
+        "auth": "keys",
+        "api_keys": [k for k in keys_for(world["role"]) if "role" not in k],
+        "pool_min_size": 1,
+        "pool_max_size": 1,
+        "health_threshold": 3,
+        # (the catalog's reading each second would take the connection before the next
+        # request does)
+        "schema_refresh_s": 3600,
+    }
+    async with serving_ready(settings_for(pair, **values)) as served:
+        yield served
+
+
+async def test_a_keys_deadline_does_not_break_the_next_keys_request_on_its_connection(
+    one_connection: tuple[FastAPI, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client = one_connection
+    pool = app.state.cluster.writer.pool
+    delivered, take = backends._send_cancel, pool.getconn
+    taken: list[Any] = []
+
+    async def getconn(timeout: float | None = None) -> Any:
+        conn = await take(timeout)
+        taken.append(conn)
+        return conn
+
+    def sent() -> bool:
+        return any(c.pgconn.transaction_status == pq.TransactionStatus.ACTIVE for c in taken)
+
+    async def closed_after_the_answer(cancel: pq.abc.PGcancelConn) -> None:
+        taken.clear()
+        await delivered(cancel)
+        # Held until the next request's statement is on its way on the connection it took
+        # (with the fix: one opened after this one is closed), or for a second.
+        until = time.monotonic() + 1.0
+        # (polled: libpq tells no one that a query went out)
+        while not sent() and time.monotonic() < until:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+    monkeypatch.setattr(pool, "getconn", getconn)
+    monkeypatch.setattr(backends, "_send_cancel", closed_after_the_answer)
+    for round_ in range(ROUNDS):
+        attack = await transaction(
+            client,
+            "read",
+            "SET LOCAL statement_timeout = 0",
+            "SELECT pg_sleep(30)",
+            timeout_ms=50,
+        )
+        assert attack.status_code == 504, attack.text
+        victim = await query(client, "admin", "SELECT 1 AS one FROM pg_sleep(0.2)")
+        assert victim.status_code == 200, f"round {round_ + 1}: {victim.text}"
+        assert victim.json()["rows"] == [[1]]
