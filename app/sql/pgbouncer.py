@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, pq, sql
 
+from app.cluster.node import shut
 from app.errors import ResultTooLarge
 from app.sql import pipeline, session, text_output, traces
 from app.sql.checkout import Checkout, Ending
 from app.sql.execution import Context, Limits
 from app.sql.failures import StatementFailed
-from app.sql.pipeline import Allowance, Command, Keep
+from app.sql.pipeline import Allowance, Command, Keep, UnitReply
 from app.sql.placeholders import BoundSQL
 from app.sql.results import StatementResult
 from app.sql.session import Isolation
@@ -46,7 +48,13 @@ T = TypeVar("T")
 _DEALLOCATE_SQL_PREPARED = session.DEALLOCATE_SQL_PREPARED
 # After the end, on the same server session (finish), in a unit of its own: what code of the
 # database's own may have left there, as DISCARD ALL would undo it, with the advisory locks
-# let go and random() reseeded (_unlock_and_reseed) ...
+# let go and random() reseeded (_unlock_and_reseed), and the statements SQL PREPAREd. The
+# settings go first, and the cleanup then runs under limits of its own (_CLEANUP_LIMITS_SQL):
+# the request's statement timeout (what it drops, the request's own code made within that
+# time, and dropping costs less than making) and a short lock timeout (a temporary table
+# another session holds a lock on, by its name in pg_temp_N or through a permanent parent
+# it inherits from, would otherwise hold the server session, and queue ahead of everyone's
+# writes to that parent, for as long as the other session likes).
 _AFTER_END = (
     "RESET ALL",
     "RESET ROLE",
@@ -54,13 +62,22 @@ _AFTER_END = (
     "UNLISTEN *",
     "DISCARD TEMP",
     "DISCARD SEQUENCES",
-)
-# ... and, in a unit after it (what the first undid stays undone should this one fail), the
-# statements SQL PREPAREd, with no statement timeout: as many as the request's own code made
-# within its own, and dropping them costs less than making them.
-_DROP_PREPARED = (
-    "SELECT pg_catalog.set_config('statement_timeout', '0', true)",
     _DEALLOCATE_SQL_PREPARED,
+)
+_CLEANUP_LIMITS_SQL = (
+    "SELECT pg_catalog.set_config('statement_timeout', '{statement}', true),"
+    " pg_catalog.set_config('lock_timeout', '{lock}', true)"
+)
+CLEANUP_LOCK_TIMEOUT_MS = 200
+# The cleanup's last act marks the session clean with a value of this finish's own; the
+# unit after it ends the server session unless it finds that mark: a cleanup cut short by
+# any error never goes back to the pooler as ready (its backend answers no Sync after that).
+_CLEANED = "mirrorpool.cleaned"
+_MARK_CLEAN_SQL = f"SELECT pg_catalog.set_config('{_CLEANED}', '{{mark}}', false)"
+_CLEAN_OR_END_SQL = (
+    f"SELECT CASE WHEN pg_catalog.current_setting('{_CLEANED}', true) = '{{mark}}'"
+    f" THEN pg_catalog.set_config('{_CLEANED}', '', false)"
+    " ELSE pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())::pg_catalog.text END"
 )
 # Without one write for every unit (finish, libpq before 17): the end and the cleanup are
 # one query. Inside the transaction the deferred constraint triggers are fired first, and
@@ -108,7 +125,12 @@ def flushed(conn: AsyncConnection[Any], opening: sql.Composed) -> sql.Composed:
 
 
 async def finish(
-    held: Checkout, cut: bool, isolation: Isolation | None, read_only: bool, text_output: bool
+    held: Checkout,
+    cut: bool,
+    isolation: Isolation | None,
+    read_only: bool,
+    text_output: bool,
+    timeout_ms: int,
 ) -> None:
     """End the transaction as end_unless_cut would. When its statements may have left
     anything (_may_leave_state), what they left is undone on the same server session after
@@ -118,6 +140,12 @@ async def finish(
     at the COMMIT (a deferred trigger whose code deferred its next event again), and after a
     COMMIT that such code failed, on the request that left it: never on the next client's
     time (pass 33).
+
+    A cleanup that fails (its lock timeout, its statement timeout, any error) leaves the
+    server session unclean: the unit after it ends that backend (_CLEAN_OR_END_SQL), so the
+    pooler never takes it as ready, and mirrorpool closes its connection to the pooler as
+    soon as it reads the failure, so the pooler lets the server go at once, however long the
+    dying backend takes. The request keeps its answer: its end was answered first.
 
     While they run, the request's deadline and its client leaving only cancel, and only
     until the end is answered (Checkout.end), and a cancellation of the task waits for them
@@ -145,24 +173,50 @@ async def finish(
             f"{_CLEAN_UP}; {_unlock_and_reseed()}; {end}; {_RESET}; {_unlock_and_reseed()}"
         )
         return
+    mark = secrets.token_hex(8)
+    limits = _CLEANUP_LIMITS_SQL.format(
+        statement=max(timeout_ms, 1), lock=min(timeout_ms, CLEANUP_LOCK_TIMEOUT_MS)
+    )
     units = [
         [_once(statement) for statement in closing],
-        [_once(statement) for statement in (*_AFTER_END, _unlock_and_reseed())],
-        [_once(statement) for statement in _DROP_PREPARED],
+        [
+            _once(statement)
+            for statement in (
+                _AFTER_END[0],
+                limits,
+                *_AFTER_END[1:],
+                _unlock_and_reseed(),
+                _MARK_CLEAN_SQL.format(mark=mark),
+            )
+        ],
+        [_once(_CLEAN_OR_END_SQL.format(mark=mark))],
     ]
     ending = held.ending = Ending()
+    settled: list[UnitReply] = []
 
     def answered() -> None:
         ending.answered = True
 
+    def read(index: int, unit: UnitReply) -> None:
+        settled.append(unit)
+        failed = next((r.error for r in unit.replies if r.error is not None), None)
+        if index == 1 and failed is not None:
+            # Unclean: the unit after ends the backend; the pooler lets it go now.
+            logger.warning(
+                "the cleanup after a transaction failed; its server session is ended: %s",
+                failed,
+            )
+            shut(conn)
+
     try:
-        ended, *cleanups = await _uninterrupted(pipeline.run_units(conn, units, progress=answered))
+        await _uninterrupted(pipeline.run_units(conn, units, answered, read))
+    except (psycopg.Error, OSError):
+        # (the connection is closed: the cleanup failed, or the connection broke)
+        if not settled:
+            raise
     finally:
         held.ending = None
-    for unit in cleanups:
-        for reply in unit.replies:
-            if reply.error is not None:
-                logger.warning("the cleanup after a transaction failed: %s", reply.error)
+    ended = settled[0]
     for reply in ended.replies:
         if reply.error is not None:
             await roll_back(held)  # (in a failed transaction, had it not reached the COMMIT)
@@ -219,7 +273,7 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
         allowance = Allowance(ctx.options.max_response_bytes)
         result = await _statement(held, bound, ctx.keep(limits, stop, allowance), limits, ctx)
         cut = result.truncated or allowance.bytes < 0  # (as transactions.pipelined)
-        await finish(held, cut, None, limits.read_only, limits.text_output)
+        await finish(held, cut, None, limits.read_only, limits.text_output, limits.timeout_ms)
     except psycopg.Error:
         await roll_back(held)
         raise
@@ -260,7 +314,7 @@ async def transaction(
             keep = ctx.keep(limits, stop and last, allowance)
             results.append(await _statement(held, bound, keep, limits, ctx))
         cut = allowance.bytes < 0 or any(r.truncated for r in results)
-        await finish(held, cut, isolation, limits.read_only, limits.text_output)
+        await finish(held, cut, isolation, limits.read_only, limits.text_output, limits.timeout_ms)
     except StatementFailed:
         await roll_back(held)
         raise

@@ -144,7 +144,9 @@ class Streams:
                 for statement in session.closing(None, limits.read_only):
                     await conn.execute(statement)
             else:
-                await pgbouncer.finish(held, False, None, limits.read_only, False)
+                await pgbouncer.finish(
+                    held, False, None, limits.read_only, False, limits.timeout_ms
+                )
         except psycopg.Error as exc:
             if not held.own_session:
                 await pgbouncer.roll_back(held)
