@@ -33,7 +33,7 @@ import httpx
 import psycopg
 
 from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import keys_for, query, transaction
+from tests.attacks.conftest import attacked_on, keys_for, query, transaction
 from tests.conftest import as_owner, login_role, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually
@@ -106,34 +106,45 @@ async def test_another_keys_lock_does_not_hold_a_keys_cleanup(
     pair: LocalPair, work_dir: Path
 ) -> None:
     async with behind_two_server_connections(pair, work_dir) as client:
-        started = time.monotonic()
-        a = asyncio.ensure_future(query(client, "admin", "SELECT leave35()", timeout_ms=5000))
-        await eventually(lambda: running(pair, "%leave35()%"), "A's function")
-        b = asyncio.ensure_future(
-            transaction(
-                client,
-                "write",
-                "LOCK TABLE parent35 IN ACCESS EXCLUSIVE MODE",
-                "SELECT pg_sleep(4)",
-                timeout_ms=6000,
-            )
-        )
-        await eventually(lambda: waiting_for_a_lock(pair, "LOCK TABLE parent35%"), "B queued")
-        answer = await a
-        took = time.monotonic() - started
-        assert answer.status_code == 200, answer.text
-        # B's statement still runs: A's answer did not wait for B's transaction to end.
-        assert running(pair, "SELECT pg_sleep(4)"), f"A's answer waited for B ({took:.1f} s)"
-        # The next requests, on any server session, find no child of the parent and no c35.
-        other = await query(
+        await the_lock_holds_up_nobody(pair, client)
+
+
+async def test_another_keys_lock_does_not_hold_a_keys_reset(pair: LocalPair) -> None:
+    """The same on sessions of mirrorpool's own (held before the fix too): A's session is
+    not reset in place by a DISCARD ALL that would wait for B's lock; A is answered first."""
+    async with attacked_on(pair, SETUP, TEARDOWN, pool_max_size=3) as client:
+        await the_lock_holds_up_nobody(pair, client)
+
+
+async def the_lock_holds_up_nobody(pair: LocalPair, client: httpx.AsyncClient) -> None:
+    started = time.monotonic()
+    a = asyncio.ensure_future(query(client, "admin", "SELECT leave35()", timeout_ms=5000))
+    await eventually(lambda: running(pair, "%leave35()%"), "A's function")
+    b = asyncio.ensure_future(
+        transaction(
             client,
-            "read",
-            "SELECT to_regclass('pg_temp.c35') IS NULL, count(*) FROM pg_inherits"
-            " WHERE inhparent = 'parent35'::regclass",
+            "write",
+            "LOCK TABLE parent35 IN ACCESS EXCLUSIVE MODE",
+            "SELECT pg_sleep(4)",
+            timeout_ms=6000,
         )
-        assert other.status_code == 200, other.text
-        assert other.json()["rows"][0][0] is True
-        assert (await b).status_code == 200
-        # Once B let go, the child is gone (with A's ended server session, when its cleanup
-        # failed).
-        await eventually(lambda: children(pair) == 0, "the temporary child gone")
+    )
+    await eventually(lambda: waiting_for_a_lock(pair, "LOCK TABLE parent35%"), "B queued")
+    answer = await a
+    took = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    # B's statement still runs: A's answer did not wait for B's transaction to end.
+    assert running(pair, "SELECT pg_sleep(4)"), f"A's answer waited for B ({took:.1f} s)"
+    # The next requests, on any server session, find no child of the parent and no c35.
+    other = await query(
+        client,
+        "read",
+        "SELECT to_regclass('pg_temp.c35') IS NULL, count(*) FROM pg_inherits"
+        " WHERE inhparent = 'parent35'::regclass",
+    )
+    assert other.status_code == 200, other.text
+    assert other.json()["rows"][0][0] is True
+    assert (await b).status_code == 200
+    # Once B let go, the child is gone (with A's ended server session, when its cleanup
+    # failed).
+    await eventually(lambda: children(pair) == 0, "the temporary child gone")
