@@ -134,8 +134,9 @@ def dev(settings: Settings, mirrors: int) -> int:
         # No named queries of the project's own: the demo's, over the demo tables.
         overrides["queries_dir"] = QUERIES_DIR
     pair = LocalPair(DEVDB_DIR, mirrors=mirrors)
-    pair.start()
     try:
+        # (inside: a Ctrl-C while the pair is made stops what had started of it)
+        pair.start()
         demo = pair.create_demo()
         (DEVDB_DIR / "env").write_text("\n".join(pair.env_lines()) + "\n")
         print("\n".join(_dev_banner(pair, settings, demo, local_key)), flush=True)

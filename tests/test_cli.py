@@ -156,6 +156,26 @@ def dsn_ports(output: str) -> list[str]:
     ]
 
 
+def test_ctrl_c_while_the_pair_is_being_made_stops_what_had_started(work_dir: Path) -> None:
+    """A newcomer's first `make run` takes a few seconds to make the pair; a Ctrl-C then (the
+    primary up, the mirror still being copied) stops the primary too, and says so."""
+    project = work_dir / "dev-early-stop"
+    project.mkdir(mode=0o755)
+    proc = start(["dev"], {"MIRRORPOOL_PORT": str(free_ports(1)[0])}, cwd=project)
+    try:
+        eventually_sync(
+            lambda: any((project / ".devdb").glob("**/postmaster.pid")), "a server", timeout=60
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    assert "Traceback" not in output, output
+    assert "local PostgreSQL pair stopped" in output, output
+    eventually_sync(lambda: not server_pids(project / ".devdb"), "no server left", timeout=30)
+
+
 def server_pids(devdb: Path) -> list[int]:
     """Postmasters whose command line names a data folder under `devdb`."""
     pids = []
