@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from psycopg import sql
 
 from app.api.auth import hash_key
@@ -142,25 +143,43 @@ async def beside_one_server_connection(
     lock: int | None = None,
 ) -> AsyncIterator[tuple[LocalPgBouncer, httpx.AsyncClient]]:
     """behind_one_server_connection, with the PgBouncer too: for another client of it."""
+    async with behind_pgbouncer(pair, work_dir, setup, teardown, lock) as (b, _, client):
+        yield b, client
+
+
+@asynccontextmanager
+async def behind_pgbouncer(
+    pair: LocalPair,
+    work_dir: Path,
+    setup: Sequence[str],
+    teardown: Sequence[str],
+    lock: int | None = None,
+    server_connections: int = 1,
+    **overrides: Any,
+) -> AsyncIterator[tuple[LocalPgBouncer, FastAPI, httpx.AsyncClient]]:
+    """The attacks' keys on the service's login (the role keys aside) behind a PgBouncer of
+    `server_connections`, with the owner's `setup` made first and `teardown` after (and the
+    server sessions holding advisory lock `lock` ended); one pooled connection to the
+    pooler unless `overrides` say otherwise."""
     role, _ = login_role(pair, "lowpriv")
-    with LocalPgBouncer(pair, work_dir / f"bouncer-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
+    folder = work_dir / f"bouncer-{uuid.uuid4().hex[:6]}"
+    with LocalPgBouncer(pair, folder, pool_size=server_connections) as b:
         as_owner(pair, *setup)
-        settings = settings_for(
-            pair,
-            primary_dsn=b.dsn("postgres", user=SERVICE),
-            mirror_dsn=None,
-            pgbouncer=True,
-            migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
-            auth="keys",
-            api_keys=[k for k in keys_for(role) if "role" not in k],
-            pool_min_size=1,
-            pool_max_size=1,
-            health_threshold=3,
-            schema_refresh_s=0.1,
-        )
+        values: dict[str, Any] = {
+            "primary_dsn": b.dsn("postgres", user=SERVICE),
+            "mirror_dsn": None,
+            "pgbouncer": True,
+            "migrations_dsn": pair.primary.dsn("postgres", user=OWNER),
+            "auth": "keys",
+            "api_keys": [k for k in keys_for(role) if "role" not in k],
+            "pool_min_size": 1,
+            "pool_max_size": 1,
+            "health_threshold": 3,
+            "schema_refresh_s": 0.1,
+        }
         try:
-            async with serving_ready(settings) as (_, client):
-                yield b, client
+            async with serving_ready(settings_for(pair, **(values | overrides))) as (app, c):
+                yield b, app, c
         finally:
             as_owner(pair, *teardown)
             if lock is not None:

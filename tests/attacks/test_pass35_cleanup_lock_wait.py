@@ -24,18 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import psycopg
 
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import attacked_on, keys_for, query, transaction
-from tests.conftest import as_owner, login_role, serving_ready, settings_for
-from tests.pgbouncer import LocalPgBouncer
+from app.devdb import SERVICE, LocalPair
+from tests.attacks.conftest import attacked_on, behind_pgbouncer, query, transaction
 from tests.waiting import eventually
 
 SETUP = (
@@ -48,48 +43,14 @@ SETUP = (
 TEARDOWN = ("DROP FUNCTION IF EXISTS leave35()", "DROP TABLE IF EXISTS parent35 CASCADE")
 
 
-@asynccontextmanager
-async def behind_two_server_connections(
-    pair: LocalPair, work_dir: Path
-) -> AsyncIterator[httpx.AsyncClient]:
-    role, _ = login_role(pair, "lowpriv")
-    with LocalPgBouncer(pair, work_dir / f"b35-{uuid.uuid4().hex[:6]}", pool_size=3) as b:
-        as_owner(pair, *SETUP)
-        settings = settings_for(
-            pair,
-            primary_dsn=b.dsn("postgres", user=SERVICE),
-            mirror_dsn=None,
-            pgbouncer=True,
-            migrations_dsn=pair.primary.dsn("postgres", user=OWNER),
-            auth="keys",
-            api_keys=[k for k in keys_for(role) if "role" not in k],
-            pool_min_size=1,
-            pool_max_size=3,
-            health_threshold=3,
-        )
-        try:
-            async with serving_ready(settings) as (_, client):
-                yield client
-        finally:
-            as_owner(pair, *TEARDOWN)
-
-
-def waiting_for_a_lock(pair: LocalPair, pattern: str) -> bool:
+def active(pair: LocalPair, pattern: str, waiting: str | None = None) -> bool:
+    """Whether another session runs a statement like `pattern` (waiting for a `waiting`)."""
     with psycopg.connect(pair.primary.dsn()) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND query LIKE %s AND pid <> pg_backend_pid()",
-            [pattern],
-        ).fetchone()
-    return row is not None and row[0] > 0
-
-
-def running(pair: LocalPair, pattern: str) -> bool:
-    with psycopg.connect(pair.primary.dsn()) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
-            [pattern],
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+            " AND wait_event_type IS NOT DISTINCT FROM coalesce(%s, wait_event_type)"
+            " AND pid <> pg_backend_pid()",
+            [pattern, waiting],
         ).fetchone()
     return row is not None and row[0] > 0
 
@@ -105,7 +66,9 @@ def children(pair: LocalPair) -> int:
 async def test_another_keys_lock_does_not_hold_a_keys_cleanup(
     pair: LocalPair, work_dir: Path
 ) -> None:
-    async with behind_two_server_connections(pair, work_dir) as client:
+    async with behind_pgbouncer(
+        pair, work_dir, SETUP, TEARDOWN, server_connections=3, pool_max_size=3
+    ) as (_, _, client):
         await the_lock_holds_up_nobody(pair, client)
 
 
@@ -119,7 +82,7 @@ async def test_another_keys_lock_does_not_hold_a_keys_reset(pair: LocalPair) -> 
 async def the_lock_holds_up_nobody(pair: LocalPair, client: httpx.AsyncClient) -> None:
     started = time.monotonic()
     a = asyncio.ensure_future(query(client, "admin", "SELECT leave35()", timeout_ms=5000))
-    await eventually(lambda: running(pair, "%leave35()%"), "A's function")
+    await eventually(lambda: active(pair, "%leave35()%"), "A's function")
     b = asyncio.ensure_future(
         transaction(
             client,
@@ -129,12 +92,12 @@ async def the_lock_holds_up_nobody(pair: LocalPair, client: httpx.AsyncClient) -
             timeout_ms=6000,
         )
     )
-    await eventually(lambda: waiting_for_a_lock(pair, "LOCK TABLE parent35%"), "B queued")
+    await eventually(lambda: active(pair, "LOCK TABLE parent35%", "Lock"), "B queued")
     answer = await a
     took = time.monotonic() - started
     assert answer.status_code == 200, answer.text
     # B's statement still runs: A's answer did not wait for B's transaction to end.
-    assert running(pair, "SELECT pg_sleep(4)"), f"A's answer waited for B ({took:.1f} s)"
+    assert active(pair, "SELECT pg_sleep(4)"), f"A's answer waited for B ({took:.1f} s)"
     # The next requests, on any server session, find no child of the parent and no c35.
     other = await query(
         client,

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,40 +30,20 @@ from fastapi import FastAPI
 from psycopg import pq
 
 from app.cluster import backends
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import keys_for, query, transaction
-from tests.conftest import serving_ready, settings_for
-from tests.pgbouncer import LocalPgBouncer
+from app.devdb import LocalPair
+from tests.attacks.conftest import behind_pgbouncer, query, transaction
 
 ROUNDS = 1
 
 
 @pytest.fixture
-def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
-    with LocalPgBouncer(pair, work_dir / f"shut-bouncer-{uuid.uuid4().hex[:6]}", pool_size=1) as b:
-        yield b
-
-
-@pytest.fixture
 async def one_connection(
-    pair: LocalPair, bouncer: LocalPgBouncer, world: dict[str, str]
+    pair: LocalPair, work_dir: Path
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    values: dict[str, Any] = {
-        "primary_dsn": bouncer.dsn("postgres", user=SERVICE),
-        "mirror_dsn": None,
-        "pgbouncer": True,
-        "migrations_dsn": pair.primary.dsn("postgres", user=OWNER),
-        "auth": "keys",
-        "api_keys": [k for k in keys_for(world["role"]) if "role" not in k],
-        "pool_min_size": 1,
-        "pool_max_size": 1,
-        "health_threshold": 3,
-        # (the catalog's reading each second would take the connection before the next
-        # request does)
-        "schema_refresh_s": 3600,
-    }
-    async with serving_ready(settings_for(pair, **values)) as served:
-        yield served
+    # (the catalog's reading each second would take the connection before the next request
+    # does)
+    async with behind_pgbouncer(pair, work_dir, (), (), schema_refresh_s=3600) as (_, app, c):
+        yield app, c
 
 
 async def test_a_keys_deadline_does_not_break_the_next_keys_request_on_its_connection(
