@@ -28,7 +28,8 @@ Cause: unit 3 trusts the session it tests: its `=` is not pg_catalog.=, and afte
 unit 2 the session's search_path is whatever A's code set (the RESET ALL went with the
 failed unit). The same forged operator could raise instead: unit 3 errors, the backend is
 not terminated, and PgBouncer, every Sync answered, takes the server as ready when
-mirrorpool shuts its socket."""
+mirrorpool shuts its socket (the "raising" case: observed the same, B on A's backend with
+A's search_path and child)."""
 
 from __future__ import annotations
 
@@ -36,15 +37,20 @@ import asyncio
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import beside_one_server_connection, query
 from tests.attacks.test_pass35_cleanup_lock_wait import running, waiting_for_a_lock
 from tests.waiting import eventually
 
+# The forged operator's code: always true (unit 3 takes the session as clean), or an error
+# (unit 3 fails before its pg_terminate_backend).
+ALWAYS_TRUE = "LANGUAGE sql IMMUTABLE AS 'SELECT true'"
+RAISING = (
+    "LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'no terminate' USING ERRCODE = 'P0001'; END $$"
+)
 SETUP = (
-    "CREATE FUNCTION public.eq36(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE"
-    " AS 'SELECT true'",
     "CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.eq36)",
     "CREATE TABLE parent36 (x int)",
     f"GRANT SELECT ON parent36 TO {SERVICE}",
@@ -68,10 +74,19 @@ TEARDOWN = (
 )
 
 
+@pytest.mark.parametrize(
+    ("code", "b_sql"),
+    [
+        (ALWAYS_TRUE, "SELECT 'genuine'::text = 'forged', pid36(), probe36()"),
+        (RAISING, "SELECT NULL::boolean, pid36(), probe36()"),
+    ],
+    ids=["forged-true", "raising"],
+)
 async def test_a_failed_cleanup_whose_mark_test_is_forged_reaches_the_next_key(
-    pair: LocalPair, work_dir: Path
+    pair: LocalPair, work_dir: Path, code: str, b_sql: str
 ) -> None:
-    async with beside_one_server_connection(pair, work_dir, SETUP, TEARDOWN) as (_, client):
+    setup = (f"CREATE FUNCTION public.eq36(text, text) RETURNS boolean {code}", *SETUP)
+    async with beside_one_server_connection(pair, work_dir, setup, TEARDOWN) as (_, client):
         other = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
         try:
             # (A's cleanup does not always reach the lock: up to ROUNDS tries, each clean
@@ -94,9 +109,7 @@ async def test_a_failed_cleanup_whose_mark_test_is_forged_reaches_the_next_key(
                 assert answer.status_code == 200, answer.text
                 a_pid = answer.json()["rows"][0][0]
                 await lock
-                b = await query(
-                    client, "read", "SELECT 'genuine'::text = 'forged', pid36(), probe36()"
-                )
+                b = await query(client, "read", b_sql)
                 assert b.status_code == 200, b.text
                 (equal, b_pid, probe), *_ = b.json()["rows"]
                 await other.execute("ROLLBACK")
