@@ -69,3 +69,40 @@ async def test_a_failed_cleanup_keeps_the_commit_and_spares_the_queued_next_key(
                 assert (await cur.fetchone()) == (1,)
         finally:
             await other.close()
+
+
+SESSION_DEFAULTS = (
+    "CREATE TABLE w36t (v int)",
+    f"GRANT SELECT, INSERT ON w36t TO {SERVICE}",
+    # (the cleanup's own unit then starts under these defaults, before its RESET ALL)
+    "CREATE FUNCTION defaults36t() RETURNS int LANGUAGE plpgsql AS $$ BEGIN"
+    " PERFORM pg_catalog.set_config('default_transaction_read_only', 'on', false);"
+    " PERFORM pg_catalog.set_config('default_transaction_isolation', 'serializable', false);"
+    " PERFORM pg_catalog.set_config('statement_timeout', '1', false);"
+    " PERFORM pg_catalog.set_config('lock_timeout', '1', false);"
+    " RETURN pg_catalog.pg_backend_pid(); END $$",
+)
+
+
+async def test_session_defaults_left_for_the_cleanup_do_not_reach_the_next_key(
+    pair: LocalPair, work_dir: Path
+) -> None:
+    """A's code sets session defaults that the cleanup's own unit starts under (read only,
+    serializable, 1 ms statement and lock timeouts): the cleanup still succeeds or ends the
+    session; B's write on the one server connection commits under B's own limits."""
+    async with beside_one_server_connection(
+        pair,
+        work_dir,
+        SESSION_DEFAULTS,
+        ("DROP FUNCTION IF EXISTS defaults36t()", "DROP TABLE IF EXISTS w36t"),
+    ) as (_, client):
+        a = await query(client, "write", "SELECT defaults36t()")
+        assert a.status_code == 200, a.text
+        b = await transaction(
+            client,
+            "write",
+            "INSERT INTO w36t VALUES (1)",
+            "SELECT current_setting('transaction_isolation'), pg_sleep(0.05)",
+        )
+        assert b.status_code == 200, b.text
+        assert b.json()["results"][1]["rows"][0][0] == "read committed"
