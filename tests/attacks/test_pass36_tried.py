@@ -9,7 +9,7 @@ import psycopg
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import beside_one_server_connection, query, transaction
-from tests.attacks.test_pass35_cleanup_lock_wait import running, waiting_for_a_lock
+from tests.attacks.test_pass35_cleanup_lock_wait import active
 from tests.waiting import eventually
 
 SETUP = (
@@ -50,13 +50,13 @@ async def test_a_failed_cleanup_keeps_the_commit_and_spares_the_queued_next_key(
                         timeout_ms=5000,
                     )
                 )
-                await eventually(lambda: running(pair, "%leave36t()%"), "A's function")
+                await eventually(lambda: active(pair, "%leave36t()%"), "A's function")
                 await other.execute("BEGIN")
                 lock = asyncio.ensure_future(
                     other.execute("LOCK TABLE parent36t IN ACCESS EXCLUSIVE MODE")
                 )
                 await eventually(
-                    lambda: waiting_for_a_lock(pair, "LOCK TABLE parent36t %"), "the lock queued"
+                    lambda: active(pair, "LOCK TABLE parent36t %", "Lock"), "the lock queued"
                 )
                 b = asyncio.ensure_future(query(client, "read", "SELECT child36t()"))
                 answer, b_answer = await a, await b

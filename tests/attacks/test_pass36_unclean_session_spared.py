@@ -1,5 +1,6 @@
-"""Behind PgBouncer, a cleanup cut short must end its server session (unit 3 terminates the
-backend unless unit 2 marked it clean). It does not. The mark's test in unit 3 is
+"""Thirty-sixth review pass (attacker), its hole: behind PgBouncer, a cleanup cut short must
+end its server session (unit 3 terminates the backend unless unit 2 marked it clean). It did
+not. The mark's test in unit 3 is
 `current_setting('mirrorpool.cleaned', true) = '<mark>'`: an unqualified `=`, resolved on
 the session's search_path, which the failed unit 2 (its RESET ALL rolled back with it) left
 as the attacker's code set it.
@@ -29,7 +30,11 @@ unit 2 the session's search_path is whatever A's code set (the RESET ALL went wi
 failed unit). The same forged operator could raise instead: unit 3 errors, the backend is
 not terminated, and PgBouncer, every Sync answered, takes the server as ready when
 mirrorpool shuts its socket (the "raising" case: observed the same, B on A's backend with
-A's search_path and child)."""
+A's search_path and child).
+
+Fixed (app/sql/pgbouncer.py _CLEAN_OR_END_SQL): unit 3 names its operator and functions by
+schema (OPERATOR(pg_catalog.=)), and is a DO block that ends the session on any error of its
+own as well, query_canceled included."""
 
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ import pytest
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import beside_one_server_connection, query
-from tests.attacks.test_pass35_cleanup_lock_wait import running, waiting_for_a_lock
+from tests.attacks.test_pass35_cleanup_lock_wait import active
 from tests.waiting import eventually
 
 # The forged operator's code: always true (unit 3 takes the session as clean), or an error
@@ -95,7 +100,7 @@ async def test_a_failed_cleanup_whose_mark_test_is_forged_reaches_the_next_key(
                 a = asyncio.ensure_future(
                     query(client, "write", "SELECT leave36()", timeout_ms=5000)
                 )
-                await eventually(lambda: running(pair, "%leave36()%"), "A's function")
+                await eventually(lambda: active(pair, "%leave36()%"), "A's function")
                 await other.execute("BEGIN")
                 await other.execute("SET LOCAL lock_timeout = '8s'")
                 # (queued behind A's lock on the parent: granted as A commits, and held)
@@ -103,7 +108,7 @@ async def test_a_failed_cleanup_whose_mark_test_is_forged_reaches_the_next_key(
                     other.execute("LOCK TABLE parent36 IN ACCESS EXCLUSIVE MODE")
                 )
                 await eventually(
-                    lambda: waiting_for_a_lock(pair, "LOCK TABLE parent36 %"), "the lock queued"
+                    lambda: active(pair, "LOCK TABLE parent36 %", "Lock"), "the lock queued"
                 )
                 answer = await a
                 assert answer.status_code == 200, answer.text
