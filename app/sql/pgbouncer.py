@@ -73,18 +73,22 @@ CLEANUP_LOCK_TIMEOUT_MS = 200
 # unit after it ends the server session unless it finds that mark: a cleanup cut short by
 # any error never goes back to the pooler as ready (its backend answers no Sync after that).
 # That unit runs on what the failed cleanup left (its RESET ALL goes with it): a search_path
-# and operators of the code's choosing, a 1 ms statement timeout. So it names everything by
-# its schema, and it ends the session on any error of its own too (query_canceled included).
+# and operators of the code's choosing, a 1 ms statement timeout, a role the code SET (one
+# that may not signal the login's backend). So it names everything by its schema, goes back
+# to the login's own role first, and ends the session on any error of its own too
+# (query_canceled included).
 _CLEANED = "mirrorpool.cleaned"
 _MARK_CLEAN_SQL = f"SELECT pg_catalog.set_config('{_CLEANED}', '{{mark}}', false)"
 _CLEAN_OR_END_SQL = (
     "DO $mirrorpool$ BEGIN"
+    " PERFORM pg_catalog.set_config('role', 'none', false);"
     f" IF pg_catalog.current_setting('{_CLEANED}', true)"
     " OPERATOR(pg_catalog.=) '{mark}'::pg_catalog.text"
     f" THEN PERFORM pg_catalog.set_config('{_CLEANED}', '', false);"
     " ELSE PERFORM pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()); END IF;"
     " EXCEPTION WHEN OTHERS OR query_canceled THEN"
-    " PERFORM pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()); END $mirrorpool$"
+    " PERFORM pg_catalog.set_config('role', 'none', false),"
+    " pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()); END $mirrorpool$"
 )
 # Without one write for every unit (finish, libpq before 17): the end and the cleanup are
 # one query. Inside the transaction the deferred constraint triggers are fired first, and

@@ -27,7 +27,10 @@ Suspected cause: unit 3 relies on the current role being able to signal its own 
 after a failed unit 2 the role is the code's (RESET ROLE went with the unit). Ending the
 session needs to not depend on the current role (e.g. RESET ROLE / SET ROLE NONE first in
 unit 3, or a failure of unit 3 itself also closing the server: it cannot, PgBouncer already
-took every Sync as answered)."""
+took every Sync as answered).
+
+Fixed (app/sql/pgbouncer.py _CLEAN_OR_END_SQL): the unit goes back to the login's own role
+(set_config('role', 'none')) before it tests the mark, and again in its handler."""
 
 from __future__ import annotations
 
