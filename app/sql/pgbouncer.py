@@ -52,11 +52,11 @@ _DEALLOCATE_SQL_PREPARED = session.DEALLOCATE_SQL_PREPARED
 # settings go first, and the cleanup then runs under limits of its own (_CLEANUP_LIMITS_SQL):
 # the request's statement timeout (what it drops, the request's own code made within that
 # time, and dropping costs less than making) and a short lock timeout (a temporary table
-# another session holds a lock on, by its name in pg_temp_N or through a permanent parent
-# it inherits from, would otherwise hold the server session, and queue ahead of everyone's
-# writes to that parent, for as long as the other session likes).
-_AFTER_END = (
-    "RESET ALL",
+# another session holds a lock on, through a permanent parent it inherits from, would
+# otherwise hold the server session, and the request's answer, for as long as the other
+# session likes).
+_RESET_ALL = "RESET ALL"
+_AFTER_RESET_ALL = (
     "RESET ROLE",
     "CLOSE ALL",
     "UNLISTEN *",
@@ -98,7 +98,7 @@ _CLEAN_UP = (
     "SET CONSTRAINTS ALL IMMEDIATE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
     f" {_DEALLOCATE_SQL_PREPARED}"
 )
-_RESET = "; ".join((*_AFTER_END, _DEALLOCATE_SQL_PREPARED))
+_RESET = "; ".join((_RESET_ALL, *_AFTER_RESET_ALL))
 # After a ROLLBACK: what it does not undo.
 _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 # Every transaction's first act: session advisory locks still held on the server session are
@@ -193,9 +193,9 @@ async def finish(
         [
             _once(statement)
             for statement in (
-                _AFTER_END[0],
+                _RESET_ALL,
                 limits,
-                *_AFTER_END[1:],
+                *_AFTER_RESET_ALL,
                 _unlock_and_reseed(),
                 _MARK_CLEAN_SQL.format(mark=mark),
             )
