@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -97,30 +99,42 @@ async def test_a_failed_cleanup_whose_mark_test_is_forged_reaches_the_next_key(
             # (A's cleanup does not always reach the lock: up to ROUNDS tries, each clean
             # when the cleanup ran before the lock was granted)
             for _ in range(ROUNDS):
-                a = asyncio.ensure_future(
-                    query(client, "write", "SELECT leave36()", timeout_ms=5000)
+                answer, b = await a_cleanup_cut_short(
+                    pair, client, other, "leave36", "parent36", b_sql
                 )
-                await eventually(lambda: active(pair, "%leave36()%"), "A's function")
-                await other.execute("BEGIN")
-                await other.execute("SET LOCAL lock_timeout = '8s'")
-                # (queued behind A's lock on the parent: granted as A commits, and held)
-                lock = asyncio.ensure_future(
-                    other.execute("LOCK TABLE parent36 IN ACCESS EXCLUSIVE MODE")
-                )
-                await eventually(
-                    lambda: active(pair, "LOCK TABLE parent36 %", "Lock"), "the lock queued"
-                )
-                answer = await a
                 assert answer.status_code == 200, answer.text
                 a_pid = answer.json()["rows"][0][0]
-                await lock
-                b = await query(client, "read", b_sql)
                 assert b.status_code == 200, b.text
                 (equal, b_pid, probe), *_ = b.json()["rows"]
-                await other.execute("ROLLBACK")
                 assert b_pid != a_pid or probe == '"$user", public false', (
                     f"B ran on A's unclean server session (pid {b_pid}: search_path, temporary"
                     f" child: {probe}); B's 'genuine' = 'forged' answered {equal}"
                 )
         finally:
             await other.close()
+
+
+async def a_cleanup_cut_short(
+    pair: LocalPair,
+    client: httpx.AsyncClient,
+    other: psycopg.AsyncConnection[Any],
+    leave: str,
+    parent: str,
+    probe: str,
+) -> tuple[httpx.Response, httpx.Response]:
+    """Key A ("write") runs `SELECT <leave>()`; while it sleeps `other` queues an ACCESS
+    EXCLUSIVE lock on `parent`, granted as A commits, so A's cleanup waits for it past its
+    lock timeout; then key B ("read") runs `probe`, on the one server connection. A's answer
+    and B's, with the lock let go."""
+    a = asyncio.ensure_future(query(client, "write", f"SELECT {leave}()", timeout_ms=5000))
+    await eventually(lambda: active(pair, f"%{leave}()%"), "A's function")
+    await other.execute("BEGIN")
+    await other.execute("SET LOCAL lock_timeout = '8s'")
+    # (queued behind A's lock on the parent: granted as A commits, and held)
+    lock = asyncio.ensure_future(other.execute(f"LOCK TABLE {parent} IN ACCESS EXCLUSIVE MODE"))
+    await eventually(lambda: active(pair, f"LOCK TABLE {parent} %", "Lock"), "the lock queued")
+    answer = await a
+    await lock
+    b = await query(client, "read", probe)
+    await other.execute("ROLLBACK")
+    return answer, b

@@ -18,16 +18,14 @@ A's temporary child or settings."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import beside_one_server_connection, query
-from tests.attacks.test_pass35_cleanup_lock_wait import active
-from tests.waiting import eventually
+from tests.attacks.conftest import beside_one_server_connection
+from tests.attacks.test_pass36_unclean_session_spared import a_cleanup_cut_short
 
 CASES = {
     "statement-timeout": [("statement_timeout", "1ms")],
@@ -87,22 +85,9 @@ async def test_a_failed_cleanup_with_settings_left_still_ends_its_session(
         other = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
         try:
             for _ in range(ROUNDS):
-                a = asyncio.ensure_future(
-                    query(client, "write", "SELECT leave37()", timeout_ms=5000)
+                answer, b = await a_cleanup_cut_short(
+                    pair, client, other, "leave37", "parent37", "SELECT probe37()"
                 )
-                await eventually(lambda: active(pair, "%leave37()%"), "A's function")
-                await other.execute("BEGIN")
-                await other.execute("SET LOCAL lock_timeout = '8s'")
-                lock = asyncio.ensure_future(
-                    other.execute("LOCK TABLE parent37 IN ACCESS EXCLUSIVE MODE")
-                )
-                await eventually(
-                    lambda: active(pair, "LOCK TABLE parent37 %", "Lock"), "the lock queued"
-                )
-                answer = await a
-                await lock
-                b = await query(client, "read", "SELECT probe37()")
-                await other.execute("ROLLBACK")
                 assert answer.status_code == 200, answer.text
                 a_pid = answer.json()["rows"][0][0]
                 assert b.status_code == 200, b.text
