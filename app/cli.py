@@ -64,8 +64,10 @@ def serve(settings: Settings) -> int:
     """Run the HTTP service until SIGINT/SIGTERM; in-flight requests finish first."""
     # Imported here, for a quick --help.
     from app.main import check_startup_logins, create_app  # noqa: PLC0415
+    from app.sql.pipeline import require_one_write  # noqa: PLC0415
 
     check_port(settings)
+    require_one_write()  # (a psycopg whose libpq is older than 17: one line, exit code 2)
     # A superuser login, or a key's role that cannot log in, stops start-up here with one
     # line (exit code 2), before any worker starts.
     warnings = asyncio.run(check_startup_logins(settings))
@@ -115,7 +117,10 @@ def _run(app: MirrorpoolApp | str, settings: Settings) -> None:
 
 def dev(settings: Settings, mirrors: int) -> int:
     """Serve against the configured DSNs, or against a local pair under .devdb/."""
+    from app.sql.pipeline import require_one_write  # noqa: PLC0415
+
     check_port(settings)
+    require_one_write()
     if settings.primary_dsn is not None:
         logger.info("MIRRORPOOL_PRIMARY_DSN is set: serving it, no local pair started")
         return serve(settings)

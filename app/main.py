@@ -32,7 +32,7 @@ from app.service.bodies import QueryRequest, TransactionRequest
 from app.service.query import result_body, run_query, run_transaction, transaction_body
 from app.settings import Settings, load_settings
 from app.sql import named as named_queries
-from app.sql import session
+from app.sql import pipeline, session
 from app.sql.engine import Engine
 from app.sql.multiplex import LANE_BATCH_IDLE, LANE_BATCH_SETTING
 from app.sql.options import EngineOptions, StatementRules
@@ -116,6 +116,7 @@ def build_migrator(cluster: Cluster, settings: Settings) -> Migrator:
 def build_cluster(settings: Settings, supervisor: Supervisor | None = None) -> Cluster:
     """The cluster, its connections set up for the query engine, its background work under
     `supervisor` (one of its own when not given: close it after the cluster)."""
+    pipeline.require_one_write()  # (the CLI says so before anything starts: app/cli.py)
     supervisor = supervisor or Supervisor()
     if settings.pgbouncer:
         # PgBouncer refuses the `options` startup parameter, and a session behind a

@@ -220,6 +220,39 @@ def test_busy_port_stops_dev_with_one_line_before_anything_starts(work_dir: Path
     assert took < 10
 
 
+# `mirrorpool ARGS` with a psycopg whose libpq has no PQsendPipelineSync (before 17): the
+# capability probe answers as it does there.
+_OLD_LIBPQ = (
+    "import sys; import app.sql.pipeline.syncing as s; s._send_sync = lambda: None;"
+    " from app.cli import main; raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+def test_a_libpq_older_than_17_stops_start_up_with_one_line(work_dir: Path) -> None:
+    # Behind PgBouncer a transaction's end and its cleanup must reach the pooler in one
+    # write, and the reading takes rows in chunks: both need libpq 17. Without it, neither
+    # `dev` nor `serve` starts anything; each says what to install.
+    project = work_dir / "old-libpq-project"
+    project.mkdir(mode=0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MIRRORPOOL_", "PG"))}
+    port = str(free_ports(1)[0])
+    for args, env in (
+        (["dev"], {"MIRRORPOOL_PORT": port}),
+        (["serve"], {"MIRRORPOOL_PORT": port, "MIRRORPOOL_PRIMARY_DSN": "host=127.0.0.1"}),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", _OLD_LIBPQ, *args],
+            env=base | env, cwd=project, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stdout == ""
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("mirrorpool: mirrorpool needs libpq 17 or later"), line
+        assert "install psycopg[binary]" in line
+        assert not (project / ".devdb").exists(), "no server was started"
+
+
 def test_cli_finds_the_local_pair_running_in_the_project_folder(work_dir: Path) -> None:
     project = work_dir / "cli-finds-pair"
     project.mkdir(mode=0o755)

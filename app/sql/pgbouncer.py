@@ -90,20 +90,10 @@ _CLEAN_OR_END_SQL = (
     " PERFORM pg_catalog.set_config('role', 'none', false),"
     " pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()); END $mirrorpool$"
 )
-# Without one write for every unit (finish, libpq before 17): the end and the cleanup are
-# one query. Inside the transaction the deferred constraint triggers are fired first, and
-# what their code leaves is undone; settings are left to the cleanup after the end (a RESET
-# ALL there would lift the request's own limits for code that still runs at the COMMIT).
-_CLEAN_UP = (
-    "SET CONSTRAINTS ALL IMMEDIATE; CLOSE ALL; UNLISTEN *; DISCARD TEMP; DISCARD SEQUENCES;"
-    f" {_DEALLOCATE_SQL_PREPARED}"
-)
-_RESET = "; ".join((_RESET_ALL, *_AFTER_RESET_ALL))
 # After a ROLLBACK: what it does not undo.
 _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 # Every transaction's first act: session advisory locks still held on the server session are
-# let go: what a client of the pooler that is not mirrorpool left, or code at a COMMIT that
-# failed without one write for the end and its cleanup (`finish`).
+# let go: what a client of the pooler that is not mirrorpool left there.
 _UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock_all()"
 
 
@@ -161,12 +151,8 @@ async def finish(
     While they run, the request's deadline and its client leaving only cancel, and only
     until the end is answered (Checkout.end), and a cancellation of the task waits for them
     (_uninterrupted): a client gone between the two answers would leave PgBouncer a server
-    it takes as ready, which it hands on with the cleanup still running there.
-
-    Without PQsendPipelineSync (libpq before 17) the units would go in writes of their own,
-    and PgBouncer might hand the server on between them: the end and the cleanup are then
-    one query, as before, which a failed COMMIT cuts short (the next opening still drops
-    what SQL PREPAREd, and lets go of session advisory locks)."""
+    it takes as ready, which it hands on with the cleanup still running there. (One write
+    for every unit needs PQsendPipelineSync: app/sql/pipeline/syncing.py.)"""
     conn = held.conn
     if not _may_leave_state(held):
         await end_unless_cut(conn, cut, isolation, read_only, text_output)
@@ -178,12 +164,6 @@ async def finish(
         await roll_back(held)
         return
     closing = session.closing(isolation, read_only)
-    if not pipeline.in_one_write(conn.pgconn):
-        end = "; ".join(closing)
-        await conn.execute(
-            f"{_CLEAN_UP}; {_unlock_and_reseed()}; {end}; {_RESET}; {_unlock_and_reseed()}"
-        )
-        return
     mark = secrets.token_hex(8)
     limits = _CLEANUP_LIMITS_SQL.format(
         statement=max(timeout_ms, 1), lock=min(timeout_ms, CLEANUP_LOCK_TIMEOUT_MS)

@@ -50,7 +50,7 @@ from app.sql.pipeline.sending import (
     send,
     state_of,
 )
-from app.sql.pipeline.syncing import in_one_write, queue_sync
+from app.sql.pipeline.syncing import queue_sync, require_one_write
 
 __all__ = [
     "Allowance",
@@ -63,7 +63,7 @@ __all__ = [
     "answer_known",
     "describe",
     "forget_prepared",
-    "in_one_write",
+    "require_one_write",
     "run_units",
     "state_of",
 ]

@@ -8,8 +8,11 @@ the last is queued that way and the last unit's `PQpipelineSync` sends the whole
 one write (libpq still flushes on its own when its buffer grows past its threshold).
 
 The function is looked up in the libpq that psycopg has loaded (the one mapped into this
-process, found in /proc/self/maps), so it acts on psycopg's own PGconn. Where there is none
-(another platform, an older libpq) every unit is synced with `pipeline_sync` as before.
+process, found in /proc/self/maps), so it acts on psycopg's own PGconn. Mirrorpool needs it
+(require_one_write, at start-up): behind PgBouncer a transaction's end and the cleanup after
+it must reach the pooler in one write, or the pooler could hand the server session on
+between them; and the reading takes rows in chunks (PQsetChunkedRowsMode, libpq 17 too).
+psycopg[binary] bundles such a libpq.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGconn
+
+from app.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +50,8 @@ def _send_sync() -> Callable[[int], int] | None:
     """PQsendPipelineSync of psycopg's libpq, or None when it has none."""
     if pq.version() < 170000:
         return None
+    # Without /proc (macOS, a BSD), the images already loaded are searched for it.
     path = _loaded_libpq()
-    if path is None:
-        return None
     try:
         function = ctypes.CDLL(path).PQsendPipelineSync  # the same handle: dlopen counts
     except (OSError, AttributeError):
@@ -58,25 +62,25 @@ def _send_sync() -> Callable[[int], int] | None:
     return sender
 
 
-def in_one_write(pgconn: PGconn) -> bool:
-    """Whether the units of a run on `pgconn` go to the server in one write (queue_sync with
-    PQsendPipelineSync), not one write each."""
-    return _send_sync() is not None and _pointer(pgconn) is not None
-
-
-def _pointer(pgconn: PGconn) -> int | None:
-    pointer: int | None = getattr(pgconn, "pgconn_ptr", None)  # both of psycopg's pq have it
-    return pointer
+def require_one_write() -> None:
+    """Raise SettingsError, with the one line to print, when psycopg's libpq has no
+    PQsendPipelineSync."""
+    if _send_sync() is None:
+        version = pq.version()
+        raise SettingsError(
+            "mirrorpool needs libpq 17 or later (PQsendPipelineSync, chunked rows); this"
+            f" psycopg ({pq.__impl__}) uses libpq {version // 10000}.{version % 10000}:"
+            " install psycopg[binary], which bundles one"
+        )
 
 
 def queue_sync(pgconn: PGconn) -> None:
-    """Close a unit with a Sync that is sent with the next flush (or at once, without
-    PQsendPipelineSync). Raises psycopg.OperationalError as pipeline_sync does."""
+    """Close a unit with a Sync that is sent with the next flush. Raises
+    psycopg.OperationalError as pipeline_sync does."""
     send = _send_sync()
-    pointer = _pointer(pgconn)
-    if send is None or pointer is None:
-        pgconn.pipeline_sync()
-        return
+    pointer: int | None = getattr(pgconn, "pgconn_ptr", None)  # both of psycopg's pq have it
+    if send is None or pointer is None:  # (require_one_write says so at start-up)
+        raise psycopg.NotSupportedError("this libpq has no PQsendPipelineSync")
     if send(pointer) != 1:
         message = pgconn.error_message.decode(errors="replace").strip()
         raise psycopg.OperationalError(f"sending pipeline sync failed: {message}")
