@@ -55,14 +55,15 @@ _DEALLOCATE_SQL_PREPARED = session.DEALLOCATE_SQL_PREPARED
 # another session holds a lock on, through a permanent parent it inherits from, would
 # otherwise hold the server session, and the request's answer, for as long as the other
 # session likes).
-# The cleanup is an implicit transaction that takes its characteristics from the session's
-# defaults as it starts, before its RESET ALL: defaults the code left (serializable, read
-# only, deferrable) would have its first snapshot wait for a safe one, for as long as another
-# session's serializable transaction runs, with no limit of ours to stop it. Read committed,
-# set before anything takes a snapshot, never waits so (read only, the cleanup still runs
-# whole; a standby refuses READ WRITE). The unit after it needs no such line: it runs under
-# those defaults only when the cleanup failed, and mirrorpool has then shut its socket, so
-# the pooler has let that server session go whatever it waits for (pass 38).
+# Each cleanup unit is an implicit transaction that takes its characteristics from the
+# session's defaults as it starts, before the cleanup's RESET ALL: defaults the code left
+# (serializable, read only, deferrable) would have its first snapshot wait for a safe one,
+# for as long as another session's serializable transaction runs, with no limit of ours to
+# stop it: the cleanup would hold the request's answer, and the unit that ends an unclean
+# session (which runs under those defaults, the failed cleanup's RESET ALL rolled back) would
+# keep the dying backend, and the pooler's server connection, waiting. Read committed, set
+# first, before anything takes a snapshot, never waits so (read only, the cleanup still runs
+# whole; a standby refuses READ WRITE) (pass 38).
 _OWN_TRANSACTION = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 _RESET_ALL = "RESET ALL"
 _AFTER_RESET_ALL = (
@@ -190,7 +191,7 @@ async def finish(
                 _MARK_CLEAN_SQL.format(mark=mark),
             )
         ],
-        [_once(_CLEAN_OR_END_SQL.format(mark=mark))],
+        [_once(_OWN_TRANSACTION), _once(_CLEAN_OR_END_SQL.format(mark=mark))],
     ]
     ending = held.ending = Ending()
     settled: list[UnitReply] = []

@@ -18,12 +18,20 @@ The unit that ends an unclean session runs under those defaults too, but only af
 failed cleanup, when mirrorpool has shut its socket and the pooler has let the server go.
 
 Fixed: the cleanup first sets its own transaction's isolation (SET TRANSACTION ISOLATION
-LEVEL READ COMMITTED), before anything takes a snapshot."""
+LEVEL READ COMMITTED), before anything takes a snapshot.
+
+On sessions of mirrorpool's own the same defaults, SET by a key itself (a reporting client's
+"safe" read-only defaults), held that key's answer past its deadline: a session with
+settings of its own is reset with DISCARD ALL as its connection goes back, and DISCARD ALL,
+in a transaction of those characteristics, waited for a safe snapshot while another key's
+serializable transaction ran. Fixed: the reset starts with RESET ALL, which takes no
+snapshot (app/sql/session.py restore)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import httpx
@@ -72,17 +80,39 @@ async def test_defaults_left_by_code_on_own_sessions(pair: LocalPair) -> None:
         await a_is_answered_while_b_sleeps(pair, client)
 
 
-async def a_is_answered_while_b_sleeps(pair: LocalPair, client: httpx.AsyncClient) -> None:
-    b = asyncio.ensure_future(
-        transaction(
+async def test_defaults_a_key_sets_do_not_hold_its_reset(pair: LocalPair) -> None:
+    async with attacked_on(pair, SETUP, TEARDOWN, pool_max_size=3) as client:
+        b = asyncio.ensure_future(b_sleeping(client))
+        await eventually(lambda: b_sleeps(pair), "B's serializable transaction asleep")
+        started = time.monotonic()
+        a = await transaction(
             client,
-            "write",
-            "INSERT INTO t38 VALUES (1)",
-            f"SELECT pg_sleep({B_SLEEPS_S})",
-            isolation="serializable",
-            timeout_ms=(B_SLEEPS_S + 2) * 1000,
+            "admin",
+            "SET default_transaction_isolation = serializable",
+            "SET default_transaction_read_only = on",
+            "SET default_transaction_deferrable = on",
+            timeout_ms=1000,
         )
+        took = time.monotonic() - started
+        assert a.status_code == 200, a.text
+        assert b_sleeps(pair), f"A's answer waited for B's transaction to end ({took:.1f} s)"
+        assert (await b).status_code == 200
+
+
+def b_sleeping(client: httpx.AsyncClient) -> Awaitable[httpx.Response]:
+    """B's serializable transaction: a write, then a sleep."""
+    return transaction(
+        client,
+        "write",
+        "INSERT INTO t38 VALUES (1)",
+        f"SELECT pg_sleep({B_SLEEPS_S})",
+        isolation="serializable",
+        timeout_ms=(B_SLEEPS_S + 2) * 1000,
     )
+
+
+async def a_is_answered_while_b_sleeps(pair: LocalPair, client: httpx.AsyncClient) -> None:
+    b = asyncio.ensure_future(b_sleeping(client))
     await eventually(lambda: b_sleeps(pair), "B's serializable transaction asleep")
     started = time.monotonic()
     a = await query(client, "admin", "SELECT defer38()", timeout_ms=(B_SLEEPS_S + 2) * 1000)

@@ -1,4 +1,5 @@
-"""Thirty-eighth review pass: what held (its hole: test_pass38_cleanup_safe_snapshot.py).
+"""Thirty-eighth review pass: what held (its holes: test_pass38_cleanup_safe_snapshot.py,
+test_pass38_unclean_session_waits.py).
 
 Session defaults that the database's own code leaves behind PgBouncer (set_config(...,
 false)), against the cleanup after a transaction (app/sql/pgbouncer.py finish), which runs
@@ -6,15 +7,11 @@ in implicit transactions that take their characteristics from those defaults."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import beside_one_server_connection, query, transaction
-from tests.attacks.test_pass36_unclean_session_spared import ROUNDS, a_cleanup_cut_short
 
 DEFAULTS = (
     " PERFORM pg_catalog.set_config('default_transaction_isolation', 'serializable', false),"
@@ -42,36 +39,6 @@ TEARDOWN = (
     "DROP TABLE IF EXISTS parent38 CASCADE",
     "DROP TABLE IF EXISTS w38",
 )
-
-
-async def test_a_failed_cleanup_under_serializable_defaults_ends_its_session_at_once(
-    pair: LocalPair, work_dir: Path
-) -> None:
-    # The code leaves the defaults and a temporary child; another session's lock makes the
-    # cleanup fail (its RESET ALL goes with it), and another session's serializable
-    # transaction stays open: the unit that ends the unclean session would wait for a safe
-    # snapshot. A is answered all the same, and the next key, on the one server connection,
-    # runs on a fresh session.
-    async with beside_one_server_connection(pair, work_dir, SETUP, TEARDOWN) as (_, client):
-        other = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        serializable = await psycopg.AsyncConnection.connect(pair.primary.dsn())
-        try:
-            await serializable.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            await serializable.execute("INSERT INTO w38 VALUES (1)")
-            for _ in range(ROUNDS):
-                started = time.monotonic()
-                answer, b = await a_cleanup_cut_short(
-                    pair, client, other, "leave38", "parent38", "SELECT probe38()"
-                )
-                took = time.monotonic() - started
-                assert answer.status_code == 200, answer.text
-                assert took < 3, f"A's answer took {took:.1f} s"
-                assert b.status_code == 200, b.text
-                assert b.json()["rows"] == [["read committed false"]], b.text
-        finally:
-            await serializable.rollback()
-            await serializable.close()
-            await other.close()
 
 
 async def test_a_read_only_default_left_by_code_is_reset_for_the_next_key(
