@@ -296,10 +296,9 @@ async def restore(conn: AsyncConnection[Any], needed: Effect) -> None:
         try:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 await conn.execute("ROLLBACK")
-            # First the settings, in a statement that takes no snapshot: DISCARD ALL runs in
-            # a transaction of the session's defaults, and under a serializable read-only
-            # deferrable one it would wait for a safe snapshot, for as long as another
-            # session's serializable transaction runs (pass 38).
+            # Settings first, by a statement that takes no snapshot: under serializable read
+            # only deferrable defaults, DISCARD ALL's transaction waits for a safe snapshot
+            # while another session's serializable transaction runs (pass 38).
             await conn.execute("RESET ALL")
             await conn.execute("DISCARD ALL")
             pipeline.forget_prepared(conn)
