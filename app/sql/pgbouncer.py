@@ -65,6 +65,12 @@ _DEALLOCATE_SQL_PREPARED = session.DEALLOCATE_SQL_PREPARED
 # first, before anything takes a snapshot, never waits so (read only, the cleanup still runs
 # whole; a standby refuses READ WRITE) (pass 38).
 _OWN_TRANSACTION = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+# Between the end and the cleanup, a unit of its own, committed whatever the cleanup then
+# does: from there on any error ends the backend (a cancel, or the 1 ms statement timeout the
+# code left, in the cleanup or in the unit after it, before that unit's handler), so no
+# error can leave the session unclean with every Sync answered; the cleanup's RESET ALL
+# turns it off again, for good only in a cleanup that succeeds (pass 39).
+_ANY_ERROR_ENDS = "SET exit_on_error = on"
 _RESET_ALL = "RESET ALL"
 _AFTER_RESET_ALL = (
     "RESET ROLE",
@@ -153,10 +159,11 @@ async def finish(
     time (pass 33).
 
     A cleanup that fails (its lock timeout, its statement timeout, any error) leaves the
-    server session unclean: the unit after it ends that backend (_CLEAN_OR_END_SQL), so the
-    pooler never takes it as ready, and mirrorpool closes its connection to the pooler as
-    soon as it reads the failure, so the pooler lets the server go at once, however long the
-    dying backend takes. The request keeps its answer: its end was answered first.
+    server session unclean: the error itself ends that backend (exit_on_error, set by a unit
+    of its own before the cleanup), or else the unit after it does (_CLEAN_OR_END_SQL), so
+    the pooler never takes it as ready; and mirrorpool closes its connection to the pooler
+    as soon as it reads the failure, so the pooler lets the server go at once, however long
+    the dying backend takes. The request keeps its answer: its end was answered first.
 
     While they run, the request's deadline and its client leaving only cancel, and only
     until the end is answered (Checkout.end), and a cancellation of the task waits for them
@@ -180,6 +187,7 @@ async def finish(
     )
     units = [
         [_once(statement) for statement in closing],
+        [_once(_ANY_ERROR_ENDS)],
         [
             _once(statement)
             for statement in (
@@ -202,7 +210,7 @@ async def finish(
     def read(index: int, unit: UnitReply) -> None:
         settled.append(unit)
         failed = next((r.error for r in unit.replies if r.error is not None), None)
-        if index == 1 and failed is not None:
+        if index == _CLEANUP and failed is not None:
             # Unclean: the unit after ends the backend; the pooler lets it go now.
             logger.warning(
                 "the cleanup after a transaction failed; its server session is ended: %s",
@@ -223,6 +231,9 @@ async def finish(
         if reply.error is not None:
             await roll_back(held)  # (in a failed transaction, had it not reached the COMMIT)
             raise reply.error
+
+
+_CLEANUP = 2  # (the cleanup's unit in finish's pipeline)
 
 
 def _once(statement: str) -> Command:

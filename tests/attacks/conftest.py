@@ -147,6 +147,23 @@ async def beside_one_server_connection(
         yield b, client
 
 
+def pgbouncer_settings(pair: LocalPair, dsn: str, role: str) -> dict[str, Any]:
+    """The service behind a pooler at `dsn` (PgBouncer mode), the attacks' keys on its login
+    (the role keys aside), one pooled connection, the owner migrating."""
+    return {
+        "primary_dsn": dsn,
+        "mirror_dsn": None,
+        "pgbouncer": True,
+        "migrations_dsn": pair.primary.dsn("postgres", user=OWNER),
+        "auth": "keys",
+        "api_keys": [k for k in keys_for(role) if "role" not in k],
+        "pool_min_size": 1,
+        "pool_max_size": 1,
+        "health_threshold": 3,
+        "schema_refresh_s": 0.1,
+    }
+
+
 @asynccontextmanager
 async def behind_pgbouncer(
     pair: LocalPair,
@@ -165,18 +182,7 @@ async def behind_pgbouncer(
     folder = work_dir / f"bouncer-{uuid.uuid4().hex[:6]}"
     with LocalPgBouncer(pair, folder, pool_size=server_connections) as b:
         as_owner(pair, *setup)
-        values: dict[str, Any] = {
-            "primary_dsn": b.dsn("postgres", user=SERVICE),
-            "mirror_dsn": None,
-            "pgbouncer": True,
-            "migrations_dsn": pair.primary.dsn("postgres", user=OWNER),
-            "auth": "keys",
-            "api_keys": [k for k in keys_for(role) if "role" not in k],
-            "pool_min_size": 1,
-            "pool_max_size": 1,
-            "health_threshold": 3,
-            "schema_refresh_s": 0.1,
-        }
+        values = pgbouncer_settings(pair, b.dsn("postgres", user=SERVICE), role)
         try:
             async with serving_ready(settings_for(pair, **(values | overrides))) as (app, c):
                 yield b, app, c

@@ -13,13 +13,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import keys_for, query, transaction
+from app.devdb import SERVICE, LocalPair
+from tests.attacks.conftest import pgbouncer_settings, query, transaction
 from tests.conftest import as_owner, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
 
@@ -37,18 +36,8 @@ def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
 async def behind(
     pair: LocalPair, bouncer: LocalPgBouncer, world: dict[str, str]
 ) -> AsyncIterator[httpx.AsyncClient]:
-    role = world["role"]
-    values: dict[str, Any] = {
-        "primary_dsn": bouncer.dsn("postgres", user=SERVICE),
-        "mirror_dsn": None,
-        "pgbouncer": True,
-        "migrations_dsn": pair.primary.dsn("postgres", user=OWNER),
-        "auth": "keys",
-        "api_keys": [k for k in keys_for(role) if "role" not in k],
-        "pool_min_size": 1,
-        "pool_max_size": 2,
-        "health_threshold": 3,
-    }
+    values = pgbouncer_settings(pair, bouncer.dsn("postgres", user=SERVICE), world["role"])
+    values["pool_max_size"] = 2
     as_owner(pair, "CREATE SEQUENCE IF NOT EXISTS orders_id_seq")
     async with serving_ready(settings_for(pair, **values)) as (_, client):
         yield client
