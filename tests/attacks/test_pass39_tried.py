@@ -15,11 +15,19 @@ one pipeline write):
   never runs on A's backend with A's temporary child. (Measured apart, on PostgreSQL 15
   directly: the ending unit under a 1 ms session statement_timeout escaped its handler once
   in 300 tries on a warm backend, never with those messages on; see the report of pass 39.)
+
+On sessions of mirrorpool's own (app/sql/session.py restore):
+
+- a key's own SET of a 1 ms statement_timeout, lock_timeout, idle_session_timeout or
+  idle_in_transaction_session_timeout (accepted, 200): the reset runs under it and either
+  resets the session or closes it; the next key reads the settings as before, and its
+  statement runs whole.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -88,3 +96,33 @@ async def test_a_failed_cleanup_under_a_1ms_timeout_and_debug_messages_ends_its_
                 )
         finally:
             await other.close()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "SET statement_timeout = '1ms'",
+        "SET idle_session_timeout = '1ms'",
+        "SET idle_in_transaction_session_timeout = '1ms'",
+        "SET lock_timeout = '1ms'",
+    ],
+)
+async def test_a_1ms_timeout_a_key_sets_on_our_own_session_is_not_the_next_keys(
+    client: Any, setting: str
+) -> None:
+    # On a session of mirrorpool's own (one pooled connection for every key), the reset
+    # (app/sql/session.py restore: RESET ALL, then DISCARD ALL) runs under the key's own
+    # 1 ms timeout: it is reset, or the connection goes; the next key's statement runs
+    # under the defaults, whole.
+    probe = (
+        "SELECT current_setting('statement_timeout') AS s, current_setting('lock_timeout') AS l,"
+        " current_setting('idle_session_timeout') AS i, pg_sleep(0.01)::text AS z"
+    )
+    before = await query(client, "read", probe)
+    assert before.status_code == 200, before.text
+    for _ in range(3):
+        a = await query(client, "write", setting)
+        assert a.status_code == 200, a.text  # (accepted: a SET of its own session)
+        b = await query(client, "read", probe)
+        assert b.status_code == 200, b.text
+        assert b.json()["rows"] == before.json()["rows"], b.text
