@@ -211,7 +211,8 @@ async def finish(
         settled.append(unit)
         failed = next((r.error for r in unit.replies if r.error is not None), None)
         if index == _CLEANUP and failed is not None:
-            # Unclean: the unit after ends the backend; the pooler lets it go now.
+            # Unclean: its error ended the backend (exit_on_error), or the unit after will;
+            # the pooler lets it go now.
             logger.warning(
                 "the cleanup after a transaction failed; its server session is ended: %s",
                 failed,

@@ -37,12 +37,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import beside_one_server_connection
-from tests.attacks.test_pass36_unclean_session_spared import a_cleanup_cut_short
+from tests.attacks.test_pass37_tried import cut_short_cleanups_end_the_session
 
 ROLE = "app37"
 SETUP = (
@@ -83,24 +81,7 @@ ROUNDS = 4
 async def test_a_failed_cleanup_under_a_role_that_cannot_signal_reaches_the_next_key(
     pair: LocalPair, work_dir: Path, group_role: None
 ) -> None:
-    async with beside_one_server_connection(pair, work_dir, SETUP, TEARDOWN) as (_, client):
-        other = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            for _ in range(ROUNDS):
-                answer, b = await a_cleanup_cut_short(
-                    pair, client, other, "leave37", "parent37", "SELECT probe37()"
-                )
-                assert answer.status_code == 200, answer.text
-                a_pid = answer.json()["rows"][0][0]
-                assert b.status_code == 200, b.text
-                probe = b.json()["rows"][0][0]
-                b_pid, user, child = probe.split()
-                assert int(b_pid) != a_pid or (user == SERVICE and child == "false"), (
-                    f"B ran on A's unclean server session (pid {b_pid}) as {user},"
-                    f" A's temporary child there: {child}"
-                )
-        finally:
-            await other.close()
+    await cut_short_cleanups_end_the_session(pair, work_dir, SETUP, TEARDOWN, ROUNDS)
 
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,6 +18,7 @@ A's temporary child or settings."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -81,10 +82,19 @@ async def test_a_failed_cleanup_with_settings_left_still_ends_its_session(
     pair: LocalPair, work_dir: Path, case: str
 ) -> None:
     setup = setup_for(CASES[case])
-    async with beside_one_server_connection(pair, work_dir, setup, TEARDOWN) as (_, client):
+    await cut_short_cleanups_end_the_session(pair, work_dir, setup, TEARDOWN, ROUNDS)
+
+
+async def cut_short_cleanups_end_the_session(
+    pair: LocalPair, work_dir: Path, setup: Sequence[str], teardown: Sequence[str], rounds: int
+) -> None:
+    """A's cleanup cut short by another session's lock (`leave37`, rounds of
+    a_cleanup_cut_short): B, on the one server connection, runs on a fresh session, or on
+    A's only as the login with no temporary child left."""
+    async with beside_one_server_connection(pair, work_dir, setup, teardown) as (_, client):
         other = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
         try:
-            for _ in range(ROUNDS):
+            for _ in range(rounds):
                 answer, b = await a_cleanup_cut_short(
                     pair, client, other, "leave37", "parent37", "SELECT probe37()"
                 )

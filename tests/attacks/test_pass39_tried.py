@@ -29,14 +29,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from app.devdb import SERVICE, LocalPair
 from tests.attacks.conftest import beside_one_server_connection, query
-from tests.attacks.test_pass36_unclean_session_spared import a_cleanup_cut_short
 from tests.attacks.test_pass37_tried import TEARDOWN as TEARDOWN37
-from tests.attacks.test_pass37_tried import setup_for
+from tests.attacks.test_pass37_tried import cut_short_cleanups_end_the_session, setup_for
 
 ENCODING_SETUP = (
     "CREATE FUNCTION enc39(e text) RETURNS int LANGUAGE plpgsql SECURITY DEFINER AS $$"
@@ -79,23 +77,7 @@ async def test_a_failed_cleanup_under_a_1ms_timeout_and_debug_messages_ends_its_
     pair: LocalPair, work_dir: Path
 ) -> None:
     setup = setup_for(TALKATIVE)
-    async with beside_one_server_connection(pair, work_dir, setup, TEARDOWN37) as (_, client):
-        other = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            for _ in range(3):
-                answer, b = await a_cleanup_cut_short(
-                    pair, client, other, "leave37", "parent37", "SELECT probe37()"
-                )
-                assert answer.status_code == 200, answer.text
-                a_pid = answer.json()["rows"][0][0]
-                assert b.status_code == 200, b.text
-                b_pid, user, child = b.json()["rows"][0][0].split()
-                assert int(b_pid) != a_pid or (user == SERVICE and child == "false"), (
-                    f"B ran on A's unclean server session (pid {b_pid}) as {user},"
-                    f" A's temporary child there: {child}"
-                )
-        finally:
-            await other.close()
+    await cut_short_cleanups_end_the_session(pair, work_dir, setup, TEARDOWN37, 3)
 
 
 @pytest.mark.parametrize(
