@@ -108,6 +108,28 @@ _CLEAN_OR_END_SQL = (
 )
 # After a ROLLBACK: what it does not undo.
 _AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
+# Before code of the database's own that may make temporary tables (it may run, and the
+# transaction may write: a read-only one makes none), once in each server session: its local
+# buffers, which hold temporary tables' pages, made at the session's usual temp_buffers
+# (pg_my_temp_schema() is 0 until its first temporary table, and they come after that), so
+# that PostgreSQL refuses any other temp_buffers in the session from then on. Code that raised
+# it to 32GB before its first temporary table had every drop of one (the cleanup's DISCARD
+# TEMP, a ROLLBACK, a backend's exit) scan 4 M buffer descriptors, 12 ms a table, with
+# interrupts held and no timeout, on the server connection the pooler keeps for the request,
+# while the next client waited (pass 40). The setting goes right before the row that makes
+# them, after an event trigger's code on the CREATE. Where no temporary table can be made
+# (a standby, a login without TEMP), none is.
+_PIN_LOCAL_BUFFERS_SQL = (
+    "DO $mirrorpool$ BEGIN"
+    " IF pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0::pg_catalog.oid"
+    " THEN RETURN; END IF;"
+    " CREATE TEMPORARY TABLE mirrorpool_buffers ();"
+    " SET LOCAL temp_buffers TO DEFAULT;"
+    " INSERT INTO pg_temp.mirrorpool_buffers DEFAULT VALUES;"
+    " DROP TABLE pg_temp.mirrorpool_buffers;"
+    " EXCEPTION WHEN read_only_sql_transaction OR insufficient_privilege THEN NULL;"
+    " END $mirrorpool$"
+)
 # Every transaction's first act: session advisory locks still held on the server session are
 # let go: what a client of the pooler that is not mirrorpool left there.
 _UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock_all()"
@@ -127,15 +149,24 @@ def _may_leave_state(held: Checkout) -> bool:
     return held.effect is not session.Effect.NONE or held.judged_later
 
 
-def flushed(conn: AsyncConnection[Any], opening: sql.Composed) -> sql.Composed:
+def flushed(
+    conn: AsyncConnection[Any],
+    opening: sql.Composed,
+    ctx: Context,
+    statements: list[BoundSQL],
+    read_only: bool,
+) -> sql.Composed:
     """The transaction's opening, also letting go of session advisory locks left on the
     server session (_UNLOCK_SQL), and with the backend's table and function counters to be
     flushed when it goes idle after the transaction (PostgreSQL 15 on): until then the next
     client's code could read ours in pg_stat_xact_*, which no reset clears. (Ours are
     flushed so; a client before us that is not mirrorpool may still leave its own.) What
     SQL PREPAREd there is dropped by the opening itself before code of the database's own
-    (transactions.begin)."""
+    (transactions.begin); before code that may make temporary tables, the session's local
+    buffers are made at their usual size (_PIN_LOCAL_BUFFERS_SQL)."""
     parts = [opening, sql.SQL(_UNLOCK_SQL)]
+    if not read_only and any(ctx.traces(b.tree).forget for b in statements):
+        parts.append(sql.SQL(_PIN_LOCAL_BUFFERS_SQL))
     if conn.info.server_version >= 150000:
         parts.append(sql.SQL(traces.FLUSH_STATISTICS_SQL))
     return sql.SQL("; ").join(parts)
@@ -281,6 +312,9 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
             flushed(
                 conn,
                 begin(ctx, limits.read_only, None, limits.timeout_ms, [bound], limits.text_output),
+                ctx,
+                [bound],
+                limits.read_only,
             )
         )
         stop = stoppable([bound], None, limits.read_only, ctx)
@@ -319,6 +353,9 @@ async def transaction(
                     limits.text_output,
                     deferrable,
                 ),
+                ctx,
+                statements,
+                limits.read_only,
             )
         )
         allowance = Allowance(ctx.options.max_response_bytes)

@@ -95,7 +95,7 @@ class Streams:
                 await conn.execute(flush.sql)
         opening = begin(self._ctx, limits.read_only, None, limits.timeout_ms, [bound])
         if not held.own_session:
-            opening = pgbouncer.flushed(conn, opening)
+            opening = pgbouncer.flushed(conn, opening, self._ctx, [bound], limits.read_only)
         await conn.execute(opening)
 
     async def _rows(
