@@ -23,10 +23,11 @@ the COMMIT, after the whole cleanup:
     (and the session advisory lock 2626 stays with the server connection)
 
 (n = 2 on /v1/query: its BEGIN sets the constraints immediate, so the first row's trigger
-fires in the INSERT and defers the second; clean_up fires the second, which defers the
-third; the COMMIT fires the third.)
+fires in the INSERT and defers the second; the cleanup, then before the end, fired the
+second, which defers the third; the COMMIT fires the third.)
 
-Root cause: app/sql/pgbouncer.py _CLEAN_UP assumes that once SET CONSTRAINTS ALL IMMEDIATE
+Root cause: app/sql/pgbouncer.py's cleanup before the end (as it then was; it now runs after
+the end, in units of its own) assumed that once SET CONSTRAINTS ALL IMMEDIATE
 has run nothing is left for the COMMIT, but code it fires can defer its own events again;
 the cleanup then runs before code that still runs in the transaction. The safe behaviour:
 nothing of the database's own runs after the cleanup, or the cleanup runs after it (e.g.

@@ -7,7 +7,8 @@ COMMIT. A backend whose request was answered long ago runs on, in its transactio
 its locks, on one of the pooler's few server connections, and may still commit.
 
 app/sql/pgbouncer.py `finish` sends, in one query, `SET CONSTRAINTS ALL IMMEDIATE; RESET
-ALL; ...; COMMIT; RESET ALL; ...` (_CLEAN_UP, then the end, then _RESET). Behind PgBouncer
+ALL; ...; COMMIT; RESET ALL; ...` (as it then did: a cleanup before the end, and a reset after
+it; the whole cleanup has since moved after the end, in units of its own). Behind PgBouncer
 the request's limits exist only as SET LOCAL of its BEGIN (session.begin_sql), among them
 lock_timeout and client_connection_check_interval, which is what stops a backend whose
 client went away (pass 9: mirrorpool's deadline shuts its socket to the pooler, not to the
@@ -30,7 +31,7 @@ runs has no bound at all:
 The same wait before the cleanup's RESET ALL (in the INSERT itself, or fired by the
 cleanup's SET CONSTRAINTS ALL IMMEDIATE) stops within seconds (test_pass31_tried.py).
 
-Root cause: app/sql/pgbouncer.py _CLEAN_UP runs RESET ALL (_RESET) before the
+Root cause: app/sql/pgbouncer.py's cleanup before the end (as it then was) ran RESET ALL before the
 transaction's end, which resets the limits the transaction set LOCAL in its opening
 (transactions.begin / session.begin_sql), while code of the database's own still runs at
 the COMMIT.
