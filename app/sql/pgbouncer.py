@@ -8,8 +8,8 @@ what the database's own code may leave, which no tree shows (a function, a view'
 trigger's: a session advisory lock, a session setting, a temporary table, a statement
 PREPAREd by SQL), is undone on the same server session right after the transaction's end,
 whether its COMMIT succeeded or failed (`finish`: the end and the cleanup in one pipeline,
-which PgBouncer keeps on one server session until every Sync is answered), or with its
-ROLLBACK in one query when it failed (`roll_back`)."""
+which PgBouncer keeps on one server session until every Sync is answered), or after its
+ROLLBACK when it failed (`roll_back`, the same way)."""
 
 from __future__ import annotations
 
@@ -80,9 +80,14 @@ _AFTER_RESET_ALL = (
     "DISCARD SEQUENCES",
     _DEALLOCATE_SQL_PREPARED,
 )
+# With the limits, the session's usual temp_buffers, which PostgreSQL refuses once its local
+# buffers were made at another size (code's, where the pin could make none: a login without
+# TEMP, code SECURITY DEFINER): the cleanup fails, its backend ends, the pooler lets it go
+# before DISCARD TEMP's drops scan them (pass 41).
 _CLEANUP_LIMITS_SQL = (
     "SELECT pg_catalog.set_config('statement_timeout', '{statement}', true),"
-    " pg_catalog.set_config('lock_timeout', '{lock}', true)"
+    " pg_catalog.set_config('lock_timeout', '{lock}', true), pg_catalog.set_config("
+    "'temp_buffers', pg_catalog.current_setting('temp_buffers'), true)"
 )
 CLEANUP_LOCK_TIMEOUT_MS = 200
 # The cleanup's last act marks the session clean with a value of this finish's own; the
@@ -106,19 +111,13 @@ _CLEAN_OR_END_SQL = (
     " PERFORM pg_catalog.set_config('role', 'none', false),"
     " pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid()); END $mirrorpool$"
 )
-# After a ROLLBACK: what it does not undo.
-_AFTER_ROLLBACK = f"{_DEALLOCATE_SQL_PREPARED}; DISCARD SEQUENCES"
 # Before code of the database's own that may make temporary tables (it may run, and the
-# transaction may write: a read-only one makes none), once in each server session: its local
-# buffers, which hold temporary tables' pages, made at the session's usual temp_buffers
-# (pg_my_temp_schema() is 0 until its first temporary table, and they come after that), so
-# that PostgreSQL refuses any other temp_buffers in the session from then on. Code that raised
-# it to 32GB before its first temporary table had every drop of one (the cleanup's DISCARD
-# TEMP, a ROLLBACK, a backend's exit) scan 4 M buffer descriptors, 12 ms a table, with
-# interrupts held and no timeout, on the server connection the pooler keeps for the request,
-# while the next client waited (pass 40). The setting goes right before the row that makes
-# them, after an event trigger's code on the CREATE. Where no temporary table can be made
-# (a standby, a login without TEMP), none is.
+# transaction may write), once in each server session: its local buffers made at its usual
+# temp_buffers (pg_my_temp_schema() is 0 until its first temporary table), so PostgreSQL
+# refuses any other temp_buffers there. Code that raised it to 32GB first had each drop of
+# a temporary table (the cleanup's DISCARD TEMP, a ROLLBACK, a backend's exit) scan 4 M
+# buffer descriptors, 12 ms a table, with no timeout, while the pooler's server connection
+# waited (pass 40). The setting goes after the CREATE, and an event trigger's code on it.
 _PIN_LOCAL_BUFFERS_SQL = (
     "DO $mirrorpool$ BEGIN"
     " IF pg_catalog.pg_my_temp_schema() OPERATOR(pg_catalog.<>) 0::pg_catalog.oid"
@@ -206,18 +205,27 @@ async def finish(
         await end_unless_cut(conn, cut, isolation, read_only, text_output)
         return
     if text_output and not read_only and cut:  # (as end_unless_cut)
-        await roll_back(held)
+        await roll_back(held, timeout_ms)
         raise ResultTooLarge(OVER_THE_LIMITS)
     if conn.info.transaction_status == pq.TransactionStatus.INERROR:  # (a statement stopped)
-        await roll_back(held)
+        await roll_back(held, timeout_ms)
         return
-    closing = session.closing(isolation, read_only)
+    ended = await _end_and_clean(held, session.closing(isolation, read_only), timeout_ms)
+    for reply in ended.replies:
+        if reply.error is not None:
+            await roll_back(held, timeout_ms)  # (failed, had it not reached the COMMIT)
+            raise reply.error
+
+
+async def _end_and_clean(held: Checkout, end: list[str], timeout_ms: int) -> UnitReply:
+    """The end, the cleanup, the unit that ends an unclean session (finish): the end's unit."""
+    conn = held.conn
     mark = secrets.token_hex(8)
     limits = _CLEANUP_LIMITS_SQL.format(
         statement=max(timeout_ms, 1), lock=min(timeout_ms, CLEANUP_LOCK_TIMEOUT_MS)
     )
     units = [
-        [_once(statement) for statement in closing],
+        [_once(statement) for statement in end],
         [_once(_ANY_ERROR_ENDS)],
         [
             _once(statement)
@@ -258,11 +266,7 @@ async def finish(
             raise
     finally:
         held.ending = None
-    ended = settled[0]
-    for reply in ended.replies:
-        if reply.error is not None:
-            await roll_back(held)  # (in a failed transaction, had it not reached the COMMIT)
-            raise reply.error
+    return settled[0]
 
 
 _CLEANUP = 2  # (the cleanup's unit in finish's pipeline)
@@ -287,9 +291,10 @@ async def _uninterrupted(work: Awaitable[T]) -> T:
     return task.result()
 
 
-async def roll_back(held: Checkout) -> None:
-    """After a failure: roll back, and in the same query (the same server session: the pooler
-    lets it go only once the query is done) release what no rollback releases."""
+async def roll_back(held: Checkout, timeout_ms: int) -> None:
+    """After a failure: the ROLLBACK and what it does not undo, as finish ends (in one query,
+    what ran after the ROLLBACK had no timeout, and an error there handed the pooler an
+    unclean session: pass 41)."""
     conn = held.conn
     if conn.closed or not _may_leave_state(held):
         return
@@ -299,8 +304,8 @@ async def roll_back(held: Checkout) -> None:
     ):
         return
     try:
-        await conn.execute(f"ROLLBACK; {_AFTER_ROLLBACK}; {_unlock_and_reseed()}")
-    except psycopg.Error:
+        await _end_and_clean(held, ["ROLLBACK"], timeout_ms)
+    except (psycopg.Error, OSError):
         await conn.close()
 
 
@@ -323,7 +328,7 @@ async def run(held: Checkout, bound: BoundSQL, limits: Limits, ctx: Context) -> 
         cut = result.truncated or allowance.bytes < 0  # (as transactions.pipelined)
         await finish(held, cut, None, limits.read_only, limits.text_output, limits.timeout_ms)
     except psycopg.Error:
-        await roll_back(held)
+        await roll_back(held, limits.timeout_ms)
         raise
     return result
 
@@ -367,10 +372,10 @@ async def transaction(
         cut = allowance.bytes < 0 or any(r.truncated for r in results)
         await finish(held, cut, isolation, limits.read_only, limits.text_output, limits.timeout_ms)
     except StatementFailed:
-        await roll_back(held)
+        await roll_back(held, limits.timeout_ms)
         raise
     except psycopg.Error as exc:
-        await roll_back(held)
+        await roll_back(held, limits.timeout_ms)
         index = len(results) if len(results) < len(statements) else None
         raise StatementFailed(exc, index) from None
     return results

@@ -308,11 +308,12 @@ async def restore(conn: AsyncConnection[Any], needed: Effect) -> None:
     await conn.close()
 
 
-# Drops the statements SQL PREPAREd on the session, and not those prepared by protocol (a
-# pooler's own, for its other clients).
+# Drops what SQL PREPAREd, not what a protocol did (a pooler's own, for its other clients).
 DEALLOCATE_SQL_PREPARED = (
-    "DO $$ DECLARE n text; BEGIN FOR n IN SELECT p.name FROM pg_catalog.pg_prepared_statements p"
-    " WHERE p.from_sql LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
+    "DO $$ DECLARE n text; BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements"
+    " p WHERE NOT p.from_sql) THEN DEALLOCATE ALL; RETURN; END IF; FOR n IN SELECT p.name"
+    " FROM pg_catalog.pg_prepared_statements p WHERE p.from_sql"
+    " LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
 )
 
 
@@ -334,8 +335,7 @@ def begin_sql(
     with `discard_sequences`, the session's sequence values (another client's) forgotten;
     with `deallocate`, the statements prepared on it ("all"; "sql": only those SQL PREPAREd,
     not a pooler's own, DEALLOCATE_SQL_PREPARED); with `reseed`, random() seeded with it;
-    with `immediate`, deferred
-    constraints checked by each statement (IMMEDIATE_SQL)."""
+    with `immediate`, deferred constraints checked by each statement (IMMEDIATE_SQL)."""
     parts = [
         *(sql.SQL(statement) for statement in opening(isolation, read_only, deferrable)),
         sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),

@@ -149,7 +149,7 @@ class Streams:
                 )
         except psycopg.Error as exc:
             if not held.own_session:
-                await pgbouncer.roll_back(held)
+                await pgbouncer.roll_back(held, limits.timeout_ms)
             await rollback(conn)
             intent: Intent = "read" if limits.read_only else "write"
             error: MirrorpoolError = await self._failures.error(exc, conn, node, intent)
