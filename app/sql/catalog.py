@@ -214,6 +214,17 @@ ALWAYS_REFUSED_RELATIONS = frozenset(
 # The functions under those views (pg_stat_get_xact_tuples_inserted, ...).
 PENDING_STATISTICS_PREFIX = "pg_stat_get_xact_"
 
+# The functions that take an advisory lock: each value locked takes an entry of the server's
+# shared lock table for as long as it is held.
+ADVISORY_LOCKS = frozenset(
+    f"pg_{try_}advisory_{xact}lock{shared}"
+    for try_ in ("", "try_")
+    for xact in ("", "xact_")
+    for shared in ("", "_shared")
+)
+# What an advisory lock's value may be computed with besides constants and parameters (the
+# idiom `pg_advisory_xact_lock(hashtext($1))`): functions that return one value of theirs.
+ADVISORY_KEY_FUNCTIONS = frozenset({"hashtext", "hashtextextended", "int8", "int4", "lower"})
 # Advisory locks that last for the session (the _xact_ ones end with their transaction).
 SESSION_LOCKS = frozenset(
     {

@@ -20,6 +20,9 @@ request inside limits it sets itself. Refused for every request:
   search path even an unqualified one would be temporary) and calls into pg_temp, and
   definitions that bind functions by name (operators, aggregates, casts, conversions,
   operator classes, triggers, ...).
+- advisory locks on a value that may vary row by row, or more than 4 to a statement: each
+  value locked takes an entry of the server's shared lock table, which one statement could
+  fill for every session (pass 41).
 - functions that run a query given as text, or read a relation named by a value (query_to_xml,
   table_to_xml, ts_stat, ...: app/sql/catalog.py), and set_config() with a computed name.
 - setting what mirrorpool pins for every session (DateStyle, IntervalStyle, bytea_output,
@@ -103,6 +106,9 @@ _BINDS_FUNCTIONS = {
     "CreateAmStmt": "CREATE ACCESS METHOD",
 }
 
+# Advisory lock calls one statement may make (MIRRORPOOL_MAX_STATEMENTS of them, 100 by
+# default, take 400 values at most).
+MAX_ADVISORY_LOCKS = 4
 # Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).
 RESERVED_SAVEPOINTS = "mirrorpool"
 _READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
@@ -187,6 +193,18 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
         return (
             f"{shared} is refused: it changes the login or the server for every later "
             "session, other keys' included; run it as a migration or as an administrator"
+        )
+    if (
+        tree.advisory > MAX_ADVISORY_LOCKS
+        or tree.advisory_varies
+        or tree.attributes & catalog.ADVISORY_LOCKS
+    ):
+        return (
+            f"advisory locks are taken at most {MAX_ADVISORY_LOCKS} to a statement, each on "
+            "a value that is the same on every row (constants, parameters, hashtext() of "
+            "them): each value locked takes an entry of the server's shared lock table, "
+            "which locking every row's would fill for every session, other keys' included; "
+            "lock rows with SELECT ... FOR UPDATE SKIP LOCKED instead"
         )
     reaching = sorted(tree.maybe_called & catalog.ALWAYS_REFUSED)
     if reaching:

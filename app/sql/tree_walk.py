@@ -16,6 +16,8 @@ from typing import Any
 
 from pglast import ast as pg_ast
 
+from app.sql.catalog import ADVISORY_KEY_FUNCTIONS, ADVISORY_LOCKS
+
 # DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
 CURSOR_OPT_HOLD = 0x0020
 
@@ -182,6 +184,9 @@ class Seen:
     hold_cursor: bool = False
     locks: bool = False
     writes: bool = False
+    # Advisory lock calls, and whether one's value may vary from row to row (_steady).
+    advisory: int = 0
+    advisory_varies: bool = False
 
 
 def walk(stmt: dict[str, Any]) -> Seen:
@@ -304,12 +309,54 @@ def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
 def _note_call(fields: dict[str, Any], seen: Seen) -> None:
     name = _strings(fields.get("funcname"))
     seen.calls.add(name)
+    if name and name[-1] in ADVISORY_LOCKS:
+        seen.advisory += 1
+        args = fields.get("args") or []
+        seen.advisory_varies |= not all(_steady(arg) for arg in args if isinstance(arg, dict))
     if name and name[-1] == SET_CONFIG:
         args = fields.get("args") or []
         setting = _const_text(args[0]) if args else None
         local = len(args) == 3 and _is_true(args[2])
         value = _const_text(args[1]) if len(args) > 1 else None
         seen.set_configs.append(SetConfig(setting.lower() if setting else None, local, value))
+
+
+# What a value that is the same on every row is made of: constants, parameters, operators,
+# casts, and a few functions of one result (no column, subquery, set-returning function).
+_STEADY_NODES = frozenset(
+    {
+        "A_Const",
+        "ParamRef",
+        "TypeCast",
+        "TypeName",
+        "A_Expr",
+        "String",
+        "Integer",
+        "Float",
+        "Boolean",
+        "BitString",
+        "SQLValueFunction",
+        "CollateClause",
+        "BoolExpr",
+        "NullTest",
+        "CoalesceExpr",
+        "FuncCall",
+    }
+)
+
+
+def _steady(arg: dict[str, Any]) -> bool:
+    """True when an expression has one value for the whole statement (what an advisory
+    lock is taken on: a value that varies row by row takes an entry of the server's lock
+    table for every row)."""
+    for node_type, fields in _nodes(arg):
+        if node_type not in _STEADY_NODES:
+            return False
+        if node_type == "FuncCall":
+            name = _strings(fields.get("funcname"))
+            if not name or name[-1] not in ADVISORY_KEY_FUNCTIONS or fields.get("over"):
+                return False
+    return True
 
 
 def _setting(fields: dict[str, Any]) -> Setting:
