@@ -5,14 +5,18 @@ the victim's next."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 from psycopg import sql
@@ -295,3 +299,49 @@ def end_sleepers(pair: LocalPair) -> None:
             " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
             [SERVICE],
         )
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Key A's request, and key B's, sent once `watching` finds A's cleanup running."""
+
+    a: httpx.Response
+    a_took: float
+    b: httpx.Response
+    b_took: float
+
+    @property
+    def said(self) -> str:
+        return (
+            f"A {self.a.status_code} after {self.a_took:.2f} s;"
+            f" B {self.b.status_code} after {self.b_took:.2f} s"
+        )
+
+
+async def b_while_a_cleans(
+    pair: LocalPair,
+    client: httpx.AsyncClient,
+    a_sql: str,
+    watching: str,
+    b_sql: str = "SELECT 1",
+    timeout_ms: int = 1000,
+) -> Overlap:
+    """A's write runs; once `watching` (a query of pg_stat_activity, %s for the service's
+    login) finds its cleanup running, or A is answered, B's read is sent."""
+    watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
+    try:
+        started = time.monotonic()
+        a_task = asyncio.ensure_future(query(client, "write", a_sql, timeout_ms=timeout_ms))
+
+        async def cleaning() -> bool:
+            cur = await watcher.execute(watching, [SERVICE])
+            return await cur.fetchone() is not None or a_task.done()
+
+        await eventually(cleaning, "A's cleanup to run", 20, 0.005)
+        sent = time.monotonic()
+        b = await query(client, "read", b_sql, timeout_ms=1000)
+        b_took = time.monotonic() - sent
+        a = await a_task
+        return Overlap(a, time.monotonic() - started, b, b_took)
+    finally:
+        await watcher.close()

@@ -31,16 +31,13 @@ under 8MB of buffers, and they drop in milliseconds.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import beside_one_server_connection, query
-from tests.waiting import eventually
+from tests.attacks.conftest import b_while_a_cleans, beside_one_server_connection, query
 
 
 def _code(name: str, raise_it: str) -> str:
@@ -118,26 +115,8 @@ async def test_the_cleanup_of_a_keys_temporary_tables_keeps_to_its_timeout(
         if first != "a fresh server session":
             warm = await query(client, "write", "SELECT past40(1)", timeout_ms=1000)
             assert warm.status_code == 200, warm.text
-        watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            started = time.monotonic()
-            a_task = asyncio.ensure_future(
-                query(client, "write", "SELECT past40(300)", timeout_ms=1000)
-            )
-
-            async def cleaning() -> bool:
-                cur = await watcher.execute(CLEANING, [SERVICE])
-                return await cur.fetchone() is not None or a_task.done()
-
-            await eventually(cleaning, "A's cleanup to run", 20, 0.005)
-            sent = time.monotonic()
-            b = await query(client, "read", "SELECT 1", timeout_ms=1000)
-            b_took = time.monotonic() - sent
-            a = await a_task
-            a_took = time.monotonic() - started
-        finally:
-            await watcher.close()
-        said = f"A {a.status_code} after {a_took:.1f} s; B {b.status_code} after {b_took:.1f} s"
+        seen = await b_while_a_cleans(pair, client, "SELECT past40(300)", CLEANING)
+        a, a_took, b, b_took, said = seen.a, seen.a_took, seen.b, seen.b_took, seen.said
         assert b.status_code == 200, f"{said}: {b.text}"
         assert a.status_code == 200, f"{said}: {a.text}"
         assert a.json()["rows"] == [[300]], a.text

@@ -30,18 +30,14 @@ COMMIT DROP) or ROLLBACK still scan them there, on the request's end.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from app.devdb import OWNER, SERVICE, LocalPair
-from tests.attacks.conftest import beside_one_server_connection, query
+from app.devdb import OWNER, LocalPair
+from tests.attacks.conftest import b_while_a_cleans, beside_one_server_connection
 from tests.attacks.test_pass40_unbounded_drop import CLEANING, SETUP, TEARDOWN
-from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -62,26 +58,8 @@ async def test_owner_code_raises_temp_buffers_where_the_login_has_no_temp(
     pair: LocalPair, work_dir: Path, login_without_temp: None
 ) -> None:
     async with beside_one_server_connection(pair, work_dir, SETUP, TEARDOWN) as (_, client):
-        watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            started = time.monotonic()
-            a_task = asyncio.ensure_future(
-                query(client, "write", "SELECT make40(300)", timeout_ms=1000)
-            )
-
-            async def cleaning() -> bool:
-                cur = await watcher.execute(CLEANING, [SERVICE])
-                return await cur.fetchone() is not None or a_task.done()
-
-            await eventually(cleaning, "A's cleanup to run", 20, 0.005)
-            sent = time.monotonic()
-            b = await query(client, "read", "SELECT 1", timeout_ms=1000)
-            b_took = time.monotonic() - sent
-            a = await a_task
-            a_took = time.monotonic() - started
-        finally:
-            await watcher.close()
-        said = f"A {a.status_code} after {a_took:.1f} s; B {b.status_code} after {b_took:.1f} s"
+        seen = await b_while_a_cleans(pair, client, "SELECT make40(300)", CLEANING)
+        a, a_took, b, b_took, said = seen.a, seen.a_took, seen.b, seen.b_took, seen.said
         print(said)
         assert b.status_code == 200, f"{said}: {b.text}"
         assert b_took < 0.5, said

@@ -28,18 +28,19 @@ temporary tables; past40: the same, going on past the setting's refusal):
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
-import psycopg
-
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import beside_one_server_connection, query, transaction
+from tests.attacks.conftest import (
+    b_while_a_cleans,
+    beside_one_server_connection,
+    query,
+    transaction,
+)
 from tests.attacks.test_pass40_unbounded_drop import CLEANING, SETUP, TEARDOWN
 from tests.attacks.test_pass41_rollback_cut import SETUP as PREPARE_SETUP
 from tests.attacks.test_pass41_rollback_cut import TEARDOWN as PREPARE_TEARDOWN
-from tests.waiting import eventually
 
 
 async def test_a_pin_cut_by_a_1_ms_timeout_runs_again_next_time(
@@ -86,26 +87,8 @@ async def test_many_temporary_tables_at_the_usual_buffers_spare_the_next_key(
     pair: LocalPair, work_dir: Path
 ) -> None:
     async with beside_one_server_connection(pair, work_dir, SETUP, TEARDOWN) as (_, client):
-        watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            started = time.monotonic()
-            a_task = asyncio.ensure_future(
-                query(client, "write", "SELECT past40(800)", timeout_ms=1000)
-            )
-
-            async def cleaning() -> bool:
-                cur = await watcher.execute(CLEANING, [SERVICE])
-                return await cur.fetchone() is not None or a_task.done()
-
-            await eventually(cleaning, "A's cleanup to run", 20, 0.005)
-            sent = time.monotonic()
-            b = await query(client, "read", "SELECT 1", timeout_ms=1000)
-            b_took = time.monotonic() - sent
-            a = await a_task
-            a_took = time.monotonic() - started
-        finally:
-            await watcher.close()
-        said = f"A {a.status_code} after {a_took:.1f} s; B {b.status_code} after {b_took:.2f} s"
+        seen = await b_while_a_cleans(pair, client, "SELECT past40(800)", CLEANING)
+        a, a_took, b, b_took, said = seen.a, seen.a_took, seen.b, seen.b_took, seen.said
         print(said)
         assert a.status_code in (200, 504), f"{said}: {a.text}"
         assert b.status_code == 200, f"{said}: {b.text}"
@@ -133,26 +116,10 @@ async def test_statements_prepared_by_code_drop_within_the_cleanups_timeout(
     )
     teardown = ("DROP FUNCTION IF EXISTS prep41(int)", *PREPARE_TEARDOWN)
     async with beside_one_server_connection(pair, work_dir, setup, teardown) as (_, client):
-        watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            started = time.monotonic()
-            a_task = asyncio.ensure_future(
-                query(client, "write", "SELECT prep41(70000)", timeout_ms=1000)
-            )
-
-            async def cleaning() -> bool:
-                cur = await watcher.execute(DEALLOCATING, [SERVICE])
-                return await cur.fetchone() is not None or a_task.done()
-
-            await eventually(cleaning, "A's cleanup to run", 20, 0.005)
-            sent = time.monotonic()
-            b = await query(client, "read", "SELECT probe41()", timeout_ms=1000)
-            b_took = time.monotonic() - sent
-            a = await a_task
-            a_took = time.monotonic() - started
-        finally:
-            await watcher.close()
-        said = f"A {a.status_code} after {a_took:.2f} s; B {b.status_code} after {b_took:.2f} s"
+        seen = await b_while_a_cleans(
+            pair, client, "SELECT prep41(70000)", DEALLOCATING, "SELECT probe41()"
+        )
+        a, a_took, b, b_took, said = seen.a, seen.a_took, seen.b, seen.b_took, seen.said
         print(said)
         assert a.status_code == 200, f"{said}: {a.text}"
         assert b.status_code == 200, f"{said}: {b.text}"
