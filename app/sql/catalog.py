@@ -214,13 +214,19 @@ ALWAYS_REFUSED_RELATIONS = frozenset(
 # The functions under those views (pg_stat_get_xact_tuples_inserted, ...).
 PENDING_STATISTICS_PREFIX = "pg_stat_get_xact_"
 
-# The functions that take an advisory lock: each value locked takes an entry of the server's
-# shared lock table for as long as it is held.
+# The functions that lock a value the caller picks (an advisory lock's key; lo_unlink's
+# large object, locked for its deletion): each value locked takes an entry of the server's
+# shared lock table until the transaction ends (passes 41, 42).
 ADVISORY_LOCKS = frozenset(
-    f"pg_{try_}advisory_{xact}lock{shared}"
-    for try_ in ("", "try_")
-    for xact in ("", "xact_")
-    for shared in ("", "_shared")
+    {
+        *(
+            f"pg_{try_}advisory_{xact}lock{shared}"
+            for try_ in ("", "try_")
+            for xact in ("", "xact_")
+            for shared in ("", "_shared")
+        ),
+        "lo_unlink",
+    }
 )
 # What an advisory lock's value may be computed with besides constants and parameters (the
 # idiom `pg_advisory_xact_lock(hashtext($1))`): functions that return one value of theirs.

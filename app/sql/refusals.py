@@ -20,9 +20,9 @@ request inside limits it sets itself. Refused for every request:
   search path even an unqualified one would be temporary) and calls into pg_temp, and
   definitions that bind functions by name (operators, aggregates, casts, conversions,
   operator classes, triggers, ...).
-- advisory locks on a value that may vary row by row, or more than 4 to a statement: each
-  value locked takes an entry of the server's shared lock table, which one statement could
-  fill for every session (pass 41).
+- advisory locks and lo_unlink() on a value that may vary row by row, or more than 4 to a
+  statement: each value locked takes an entry of the server's shared lock table, which one
+  statement could fill for every session (passes 41, 42).
 - functions that run a query given as text, or read a relation named by a value (query_to_xml,
   table_to_xml, ts_stat, ...: app/sql/catalog.py), and set_config() with a computed name.
 - setting what mirrorpool pins for every session (DateStyle, IntervalStyle, bytea_output,
@@ -200,11 +200,12 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
         or tree.attributes & catalog.ADVISORY_LOCKS
     ):
         return (
-            f"advisory locks are taken at most {MAX_ADVISORY_LOCKS} to a statement, each on "
-            "a value that is the same on every row (constants, parameters, hashtext() of "
-            "them): each value locked takes an entry of the server's shared lock table, "
-            "which locking every row's would fill for every session, other keys' included; "
-            "lock rows with SELECT ... FOR UPDATE SKIP LOCKED instead"
+            f"advisory locks and lo_unlink() are taken at most {MAX_ADVISORY_LOCKS} to a "
+            "statement, each on a value that is the same on every row (constants, "
+            "parameters, hashtext() of them): each value locked takes an entry of the "
+            "server's shared lock table, which locking every row's would fill for every "
+            "session, other keys' included; lock rows with SELECT ... FOR UPDATE SKIP "
+            "LOCKED instead, and unlink large objects a few to a statement"
         )
     reaching = sorted(tree.maybe_called & catalog.ALWAYS_REFUSED)
     if reaching:

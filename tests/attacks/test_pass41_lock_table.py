@@ -90,7 +90,7 @@ async def test_one_keys_advisory_locks_fill_the_lock_table_for_every_key(
             sql = spelling.format(n=room)
             a = await transaction(client, "write", sql, "SELECT pg_sleep(0.1)", timeout_ms=5000)
             assert a.status_code == 400, (sql, a.text)
-            assert "advisory locks are taken at most" in a.json()["detail"], (sql, a.text)
+            assert "lo_unlink() are taken at most" in a.json()["detail"], (sql, a.text)
             b = await query(client, "admin", "INSERT INTO rows41 VALUES (1)", timeout_ms=1000)
             assert b.status_code == 200, (sql, b.text)
         other = await psycopg.AsyncConnection.connect(pair.primary.dsn())

@@ -465,3 +465,37 @@ def test_the_parse_cache_keeps_trees_within_the_names_they_hold() -> None:
         parse("SELECT " + ",".join(f"cache15_{i}_{k}()" for k in range(500)))
     kept, held = trees._trees.held()
     assert kept <= text_cache.CACHE_SIZE and held <= text_cache.CACHE_NAMES
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_advisory_xact_lock($1)",
+        "SELECT pg_advisory_xact_lock(hashtext('job:' || $1))",
+        "SELECT pg_catalog.pg_try_advisory_xact_lock(1, 2) FROM jobs WHERE id = $1",
+        "SELECT lo_unlink($1::oid)",
+        "SELECT pg_advisory_unlock_all() FROM generate_series(1, 10)",
+    ],
+)
+def test_a_lock_on_one_value_a_statement_runs(sql: str) -> None:
+    assert refused(sql) is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(pg_advisory_xact_lock(i)) FROM generate_series(1, 30000) i",
+        'SELECT "pg_advisory_xact_lock"(id) FROM jobs',
+        'SELECT count(U&"lo\\005funlink"(oid)) FROM pg_largeobject_metadata',
+        "SELECT count(lo_unlink(lo_create(0))) FROM generate_series(1, 30000)",
+        "SELECT count((i).pg_advisory_xact_lock) FROM generate_series(1::int8, 30000) i",
+        "SELECT pg_advisory_xact_lock(generate_series(1, 30000))",
+        "SELECT pg_advisory_xact_lock((SELECT max(id) FROM jobs))",
+        "SELECT pg_advisory_xact_lock(row_number() OVER ())",
+        "SELECT pg_advisory_xact_lock(hashtext(random()::text)) FROM generate_series(1, 9)",
+        "SELECT " + ", ".join(f"pg_advisory_xact_lock({i})" for i in range(5)),
+    ],
+)
+def test_locks_on_every_rows_value_are_refused_in_every_spelling(sql: str) -> None:
+    found = refused(sql)
+    assert found is not None and "taken at most 4 to a statement" in found
