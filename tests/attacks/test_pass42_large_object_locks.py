@@ -114,31 +114,28 @@ async def while_a_holds(
     return await a_task, b
 
 
+async def unlinks_are_refused_and_b_writes(pair: LocalPair, client: httpx.AsyncClient) -> None:
+    """A's unlink of as many large objects as the lock table takes is refused; B writes."""
+    watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
+    try:
+        room = room_for(pair, TAKE)
+        a, b = await while_a_holds(client, watcher, TAKE.format(n=room - 3))
+    finally:
+        await watcher.close()
+    assert a.status_code == 400, a.text
+    assert "lo_unlink() are taken at most" in a.json()["detail"], a.text
+    assert b.status_code == 200, f"another key's write failed: {b.text} (A: {a.text})"
+
+
 async def test_unlinked_large_objects_fill_the_lock_table_for_every_key(
     pair: LocalPair,
 ) -> None:
     async with attacked_on(pair, SETUP, TEARDOWN, pool_max_size=2, pool_min_size=2) as client:
-        watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            room = room_for(pair, TAKE)
-            a, b = await while_a_holds(client, watcher, TAKE.format(n=room - 3))
-        finally:
-            await watcher.close()
-        assert a.status_code == 400, a.text
-        assert "lo_unlink() are taken at most" in a.json()["detail"], a.text
-        assert b.status_code == 200, f"another key's write failed: {b.text} (A: {a.text})"
+        await unlinks_are_refused_and_b_writes(pair, client)
 
 
 async def test_behind_pgbouncer_too(pair: LocalPair, work_dir: Path) -> None:
     async with behind_pgbouncer(
         pair, work_dir, SETUP, TEARDOWN, server_connections=2, pool_max_size=2, pool_min_size=2
     ) as (_, _app, client):
-        watcher = await psycopg.AsyncConnection.connect(pair.primary.dsn(), autocommit=True)
-        try:
-            room = room_for(pair, TAKE)
-            a, b = await while_a_holds(client, watcher, TAKE.format(n=room - 3))
-        finally:
-            await watcher.close()
-        assert a.status_code == 400, a.text
-        assert "lo_unlink() are taken at most" in a.json()["detail"], a.text
-        assert b.status_code == 200, f"another key's write failed: {b.text} (A: {a.text})"
+        await unlinks_are_refused_and_b_writes(pair, client)

@@ -160,11 +160,11 @@ async def test_an_abort_that_drops_tables_at_32gb_holds_the_pooler_until_the_dea
 
 
 def server_sessions(pair: LocalPair) -> set[int]:
-    """The pids of the pooler's server sessions on the service's login."""
+    """The pids of the pooler's server sessions on the service's login (the pooler sets
+    each client's application_name on them, the health monitor's among them)."""
     with pair.primary.connect() as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE usename = %s"
-            " AND application_name NOT LIKE '%%monitor%%' AND pid <> pg_backend_pid()",
+            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
             [SERVICE],
         ).fetchall()
     return {int(pid) for (pid,) in rows}
