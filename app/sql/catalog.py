@@ -217,7 +217,7 @@ PENDING_STATISTICS_PREFIX = "pg_stat_get_xact_"
 # The functions that lock a value the caller picks (an advisory lock's key; lo_unlink's
 # large object, locked for its deletion): each value locked takes an entry of the server's
 # shared lock table until the transaction ends (passes 41, 42).
-ADVISORY_LOCKS = frozenset(
+VALUE_LOCKS = frozenset(
     {
         *(
             f"pg_{try_}advisory_{xact}lock{shared}"
@@ -228,9 +228,9 @@ ADVISORY_LOCKS = frozenset(
         "lo_unlink",
     }
 )
-# What an advisory lock's value may be computed with besides constants and parameters (the
+# What a locked value may be computed with besides constants and parameters (the
 # idiom `pg_advisory_xact_lock(hashtext($1))`): functions that return one value of theirs.
-ADVISORY_KEY_FUNCTIONS = frozenset({"hashtext", "hashtextextended", "int8", "int4", "lower"})
+LOCK_KEY_FUNCTIONS = frozenset({"hashtext", "hashtextextended", "int8", "int4", "lower"})
 # Advisory locks that last for the session (the _xact_ ones end with their transaction).
 SESSION_LOCKS = frozenset(
     {

@@ -106,9 +106,9 @@ _BINDS_FUNCTIONS = {
     "CreateAmStmt": "CREATE ACCESS METHOD",
 }
 
-# Advisory lock calls one statement may make (MIRRORPOOL_MAX_STATEMENTS of them, 100 by
-# default, take 400 values at most).
-MAX_ADVISORY_LOCKS = 4
+# Calls of catalog.VALUE_LOCKS one statement may make (MIRRORPOOL_MAX_STATEMENTS of them,
+# 100 by default, take 400 values at most).
+MAX_VALUE_LOCKS = 4
 # Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).
 RESERVED_SAVEPOINTS = "mirrorpool"
 _READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
@@ -195,12 +195,12 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "session, other keys' included; run it as a migration or as an administrator"
         )
     if (
-        tree.advisory > MAX_ADVISORY_LOCKS
-        or tree.advisory_varies
-        or tree.attributes & catalog.ADVISORY_LOCKS
+        tree.value_locks > MAX_VALUE_LOCKS
+        or tree.value_locks_vary
+        or tree.attributes & catalog.VALUE_LOCKS
     ):
         return (
-            f"advisory locks and lo_unlink() are taken at most {MAX_ADVISORY_LOCKS} to a "
+            f"advisory locks and lo_unlink() are taken at most {MAX_VALUE_LOCKS} to a "
             "statement, each on a value that is the same on every row (constants, "
             "parameters, hashtext() of them): each value locked takes an entry of the "
             "server's shared lock table, which locking every row's would fill for every "

@@ -101,9 +101,10 @@ class Tree:
     # when the tree goes, so a statement whose tree the parse cache does not keep (a text
     # over CACHEABLE_LENGTH) leaves nothing behind.
     verdicts: dict[Callable[..., Any], Any] = field(default_factory=dict, repr=False)
-    # Advisory lock calls, and whether one may lock a value that varies row by row.
-    advisory: int = 0
-    advisory_varies: bool = False
+    # Calls of VALUE_LOCKS (advisory locks, lo_unlink), and whether one may lock a value
+    # that varies row by row.
+    value_locks: int = 0
+    value_locks_vary: bool = False
 
     @property
     def weight(self) -> int:
@@ -284,8 +285,8 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         no_transaction=_no_transaction(kind, body),
         answers_rows=_answers_rows(kind, body),
         node=stmt if keep_node or kind in _KEEP_NODE else {},
-        advisory=seen.advisory,
-        advisory_varies=seen.advisory_varies,
+        value_locks=seen.value_locks,
+        value_locks_vary=seen.value_locks_vary,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pglast import ast as pg_ast
 
-from app.sql.catalog import ADVISORY_KEY_FUNCTIONS, ADVISORY_LOCKS
+from app.sql.catalog import LOCK_KEY_FUNCTIONS, VALUE_LOCKS
 
 # DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
 CURSOR_OPT_HOLD = 0x0020
@@ -184,9 +184,9 @@ class Seen:
     hold_cursor: bool = False
     locks: bool = False
     writes: bool = False
-    # Advisory lock calls, and whether one's value may vary from row to row (_steady).
-    advisory: int = 0
-    advisory_varies: bool = False
+    # Calls of VALUE_LOCKS, and whether one's value may vary from row to row (_steady).
+    value_locks: int = 0
+    value_locks_vary: bool = False
 
 
 def walk(stmt: dict[str, Any]) -> Seen:
@@ -309,10 +309,10 @@ def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
 def _note_call(fields: dict[str, Any], seen: Seen) -> None:
     name = _strings(fields.get("funcname"))
     seen.calls.add(name)
-    if name and name[-1] in ADVISORY_LOCKS:
-        seen.advisory += 1
+    if name and name[-1] in VALUE_LOCKS:
+        seen.value_locks += 1
         args = fields.get("args") or []
-        seen.advisory_varies |= not all(_steady(arg) for arg in args if isinstance(arg, dict))
+        seen.value_locks_vary |= not all(_steady(arg) for arg in args if isinstance(arg, dict))
     if name and name[-1] == SET_CONFIG:
         args = fields.get("args") or []
         setting = _const_text(args[0]) if args else None
@@ -354,7 +354,7 @@ def _steady(arg: dict[str, Any]) -> bool:
             return False
         if node_type == "FuncCall":
             name = _strings(fields.get("funcname"))
-            if not name or name[-1] not in ADVISORY_KEY_FUNCTIONS or fields.get("over"):
+            if not name or name[-1] not in LOCK_KEY_FUNCTIONS or fields.get("over"):
                 return False
     return True
 

@@ -34,7 +34,7 @@ entries (its sequences, AccessExclusiveLock each, 1.4 s a statement); in one
 /v1/transaction (timeout_ms 40000) 14 of them hold 22 414 entries, and the 15th overflowed
 the table 10 s in (A's own 503 there, one run; not a test: it takes more than 15 s).
 
-Fixed (app/sql/catalog.py ADVISORY_LOCKS): lo_unlink() is held to the advisory locks' rule:
+Fixed (app/sql/catalog.py VALUE_LOCKS): lo_unlink() is held to the advisory locks' rule:
 at most 4 to a statement, each on a value that is the same on every row. A's statement is
 refused (400), B's write goes through, on mirrorpool's own sessions and behind PgBouncer.
 What it leaves: a temporary table of 1 600 serial columns per statement (own sessions only;
