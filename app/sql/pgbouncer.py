@@ -260,10 +260,10 @@ async def _end_and_clean(held: Checkout, end: list[str], timeout_ms: int) -> Uni
 
     try:
         await _uninterrupted(pipeline.run_units(conn, units, answered, read))
-    except (psycopg.Error, OSError):
-        # (the connection is closed: the cleanup failed, or the connection broke)
+    except (psycopg.Error, OSError) as exc:  # (closed: the cleanup failed, or it broke)
         if not settled:
             raise
+        logger.info("the server session ended after the transaction's end: %s", exc)
     finally:
         held.ending = None
     return settled[0]

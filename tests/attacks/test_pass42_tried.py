@@ -55,6 +55,7 @@ from tests.attacks.test_pass41_pin_refused import login_without_temp  # noqa: F4
 from tests.attacks.test_pass42_large_object_locks import SETUP as ROWS
 from tests.attacks.test_pass42_large_object_locks import TEARDOWN as ROWS_TEARDOWN
 from tests.attacks.test_pass42_large_object_locks import while_a_holds
+from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually, eventually_sync
 
 SPELLINGS = (
@@ -159,15 +160,12 @@ async def test_an_abort_that_drops_tables_at_32gb_holds_the_pooler_until_the_dea
         assert b_took < 0.5, said
 
 
-def server_sessions(pair: LocalPair) -> set[int]:
-    """The pids of the pooler's server sessions on the service's login (the pooler sets
-    each client's application_name on them, the health monitor's among them)."""
-    with pair.primary.connect() as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
-            [SERVICE],
-        ).fetchall()
-    return {int(pid) for (pid,) in rows}
+def server_sessions(bouncer: LocalPgBouncer) -> set[int]:
+    """The backend pids of this pooler's server connections for the service's login (SHOW
+    SERVERS' remote_pid): not every session of that login, as another test's ended backends
+    may still be exiting beside them."""
+    servers = bouncer.admin("SHOW SERVERS")
+    return {int(str(s["remote_pid"])) for s in servers if s["user"] == SERVICE}
 
 
 def new_sessions_take(pair: LocalPair, value: str) -> bool:
@@ -180,13 +178,14 @@ async def test_a_reload_of_temp_buffers_leaves_pinned_sessions_serving(
     pair: LocalPair, work_dir: Path
 ) -> None:
     async with beside_one_server_connection(pair, work_dir, PAST_SETUP, PAST_TEARDOWN) as (
-        _,
+        bouncer,
         client,
     ):
         try:
             pinned = await query(client, "write", "SELECT past40(3)", timeout_ms=1000)
             assert pinned.status_code == 200, pinned.text
-            before = server_sessions(pair)
+            before = server_sessions(bouncer)
+            assert len(before) == 1, before
             with pair.primary.connect() as conn:
                 conn.autocommit = True
                 conn.execute("ALTER SYSTEM SET temp_buffers = '16MB'")
@@ -198,7 +197,7 @@ async def test_a_reload_of_temp_buffers_leaves_pinned_sessions_serving(
                     r = await query(client, key, sql, timeout_ms=1000)
                     assert r.status_code == 200, (sql, r.text)
                     assert time.monotonic() - started < 0.5, sql
-            assert server_sessions(pair) == before
+            assert server_sessions(bouncer) == before
         finally:
             with pair.primary.connect() as conn:
                 conn.autocommit = True

@@ -3,16 +3,22 @@ to max_rows + 1 and the bytes allowed, a read over its limit stopped on the serv
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from app.cluster.cluster import Cluster
+from app.devdb import LocalPair
 from app.sql import pipeline
 from app.sql.checkout import Checkout
 from app.sql.pipeline import Allowance, Command, Keep, sending, syncing
 from app.sql.session import Effect
-from tests.unit.conftest import checkouts_of
+from tests.pgbouncer import LocalPgBouncer
+from tests.unit.conftest import backend_alive, checkouts_of
 
 MANY = "SELECT g FROM generate_series(1, 2000000) AS g"
 
@@ -175,3 +181,41 @@ async def test_a_long_text_is_neither_prepared_nor_counted(held: Checkout) -> No
         (unit,) = await pipeline.run_units(held.conn, [[command]])
         assert unit.replies[0].rows == [(n,)]
         assert sum(len(key[0]) for key in state.seen) <= sending.MAX_SEEN_CHARS
+
+
+async def test_a_fatal_error_ends_the_run_and_frees_the_poolers_server_at_once(
+    pair: LocalPair, work_dir: Path
+) -> None:
+    """After a FATAL error the server answers no Sync, and its backend may live on: one
+    with a temporary child of a parent another session holds locked waits at its exit to
+    drop it. The run ends at the error, closing the connection, so PgBouncer gives its one
+    server connection to its next client at once instead of keeping it for the dying
+    backend (a health probe through it failed, and every key was answered 503)."""
+    with pair.primary.connect() as conn:
+        conn.execute("CREATE TABLE fatal_parent (x int)")
+    try:
+        with LocalPgBouncer(pair, work_dir / "fatal-bouncer", pool_size=1) as bouncer:
+            dying = await psycopg.AsyncConnection.connect(bouncer.dsn(), autocommit=True)
+            await dying.execute("CREATE TEMP TABLE fatal_child () INHERITS (public.fatal_parent)")
+            cur = await dying.execute("SELECT pg_backend_pid()")
+            row = await cur.fetchone()
+            assert row is not None
+            with pair.primary.connect() as other, other.transaction():
+                other.execute("LOCK TABLE fatal_parent IN ACCESS EXCLUSIVE MODE")
+                units = [[Command("SET exit_on_error = on")], [Command("SELECT 1/0")]]
+                started = time.monotonic()
+                with pytest.raises(psycopg.OperationalError, match="division by zero"):
+                    async with asyncio.timeout(5):
+                        await pipeline.run_units(dying, units)
+                assert time.monotonic() - started < 2
+                assert dying.closed
+                # (the backend lives on, waiting for the lock; the pooler serves the next)
+                assert backend_alive(pair, int(row[0]))
+                started = time.monotonic()
+                with psycopg.connect(bouncer.dsn(), connect_timeout=5) as next_client:
+                    next_client.execute("SET statement_timeout = '5s'")
+                    assert next_client.execute("SELECT 7").fetchone() == (7,)
+                assert time.monotonic() - started < 2
+    finally:
+        with pair.primary.connect() as conn:
+            conn.execute("DROP TABLE IF EXISTS fatal_parent CASCADE")

@@ -35,6 +35,8 @@ TUPLES = pq.ExecStatus.TUPLES_OK
 CHUNK = pq.ExecStatus.TUPLES_CHUNK
 SYNC = pq.ExecStatus.PIPELINE_SYNC
 FAILED = pq.ExecStatus.FATAL_ERROR
+_SEVERITY = pq.DiagnosticField.SEVERITY_NONLOCALIZED
+_ENDING = (b"FATAL", b"PANIC")
 _COPY = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
 
 
@@ -201,6 +203,7 @@ def read(pgconn: PGconn, reading: Reading, tx: abc.Transformer) -> Generator[Any
                 for result in results:
                     _settle_result(slot, result, tx)
                 reading.slot += 1
+                _unless_ended(slot, tx)
                 continue
             if not slot.chunked:
                 slot.chunked = True
@@ -218,12 +221,27 @@ def read(pgconn: PGconn, reading: Reading, tx: abc.Transformer) -> Generator[Any
                     reading.stop = slot
                     return
             reading.slot += 1
+            _unless_ended(slot, tx)
         yield from _read_sync(pgconn, slots)
         reading.times.append(time.monotonic())
         if reading.progress is not None:
             reading.progress()
         reading.unit += 1
         reading.slot = 0
+
+
+def _unless_ended(slot: Slot, tx: abc.Transformer) -> None:
+    """After a FATAL error the server ends the session and answers no Sync: the run is
+    over, and so is the connection, as if it were lost there. Its backend may live on
+    meanwhile (dropping its temporary tables waits for another session's lock on a parent),
+    and a pooler keeps its server connection for it until its client leaves."""
+    failure = slot.failure
+    if failure is None or failure.error_field(_SEVERITY) not in _ENDING:
+        return
+    # (as a lost connection, which it is, not as the error with its code: a write sent
+    # before it is of unknown outcome, as when the server closes the socket)
+    message = failure.error_message.decode(tx.encoding, "replace").strip()
+    raise psycopg.OperationalError(f"the server ended the session: {message}")
 
 
 def _read_sync(pgconn: PGconn, slots: list[Slot]) -> Generator[Any, Any, None]:
