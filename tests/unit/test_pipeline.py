@@ -183,8 +183,26 @@ async def test_a_long_text_is_neither_prepared_nor_counted(held: Checkout) -> No
         assert sum(len(key[0]) for key in state.seen) <= sending.MAX_SEEN_CHARS
 
 
+# A FATAL error in a statement, and in place of a unit's Sync (its implicit commit: a
+# deferred foreign key's check).
+FATAL_UNITS = {
+    "division by zero": [[Command("SELECT 1/0")]],
+    "violates foreign key constraint": [
+        [Command("CREATE TEMP TABLE fatal_p (id int PRIMARY KEY)")],
+        [
+            Command(
+                "CREATE TEMP TABLE fatal_c (id int REFERENCES fatal_p DEFERRABLE INITIALLY"
+                " DEFERRED)"
+            ),
+            Command("INSERT INTO fatal_c VALUES (1)"),
+        ],
+    ],
+}
+
+
+@pytest.mark.parametrize("error", list(FATAL_UNITS), ids=["statement", "commit"])
 async def test_a_fatal_error_ends_the_run_and_frees_the_poolers_server_at_once(
-    pair: LocalPair, work_dir: Path
+    pair: LocalPair, work_dir: Path, error: str
 ) -> None:
     """After a FATAL error the server answers no Sync, and its backend may live on: one
     with a temporary child of a parent another session holds locked waits at its exit to
@@ -202,9 +220,10 @@ async def test_a_fatal_error_ends_the_run_and_frees_the_poolers_server_at_once(
             assert row is not None
             with pair.primary.connect() as other, other.transaction():
                 other.execute("LOCK TABLE fatal_parent IN ACCESS EXCLUSIVE MODE")
-                units = [[Command("SET exit_on_error = on")], [Command("SELECT 1/0")]]
+                units = [[Command("SET exit_on_error = on")], *FATAL_UNITS[error]]
                 started = time.monotonic()
-                with pytest.raises(psycopg.OperationalError, match="division by zero"):
+                ended = f"the server ended the session: FATAL: .*{error}"
+                with pytest.raises(psycopg.OperationalError, match=ended):
                     async with asyncio.timeout(5):
                         await pipeline.run_units(dying, units)
                 assert time.monotonic() - started < 2

@@ -222,7 +222,7 @@ def read(pgconn: PGconn, reading: Reading, tx: abc.Transformer) -> Generator[Any
                     return
             reading.slot += 1
             _unless_ended(slot, tx)
-        yield from _read_sync(pgconn, slots)
+        yield from _read_sync(pgconn, slots, tx)
         reading.times.append(time.monotonic())
         if reading.progress is not None:
             reading.progress()
@@ -244,12 +244,13 @@ def _unless_ended(slot: Slot, tx: abc.Transformer) -> None:
     raise psycopg.OperationalError(f"the server ended the session: {message}")
 
 
-def _read_sync(pgconn: PGconn, slots: list[Slot]) -> Generator[Any, Any, None]:
+def _read_sync(pgconn: PGconn, slots: list[Slot], tx: abc.Transformer) -> Generator[Any, Any, None]:
     """The unit's Sync. An error in its place is the unit's implicit commit failing there
     (code of a deferred trigger): the unit is undone, and its last command reports why."""
     result = yield from fetch(pgconn)
     if result is not None and result.status == FAILED and slots:
         slots[-1].failure = result
+        _unless_ended(slots[-1], tx)  # (under exit_on_error, no Sync follows either)
         result = yield from fetch(pgconn)
         if result is None:  # (libpq may end the error's results before the Sync's)
             result = yield from fetch(pgconn)
