@@ -31,7 +31,7 @@ import psycopg
 from app.cluster.cluster import Cluster, Intent
 from app.cluster.node import Node
 from app.errors import MirrorpoolError, NodeFailed, OutcomeUnknown, QueryTimeout
-from app.sql import pgbouncer, plain, session, transactions
+from app.sql import lock_code, pgbouncer, plain, session, transactions
 from app.sql.checkout import Checkout, Checkouts
 from app.sql.columns import TypeNames
 from app.sql.execution import Context, Limits, Outcome, ms_since
@@ -162,6 +162,8 @@ class Engine:
         A read-only request whose node fails mid-flight is retried once on another node
         within the same deadline; a write never is (it may have committed).
         """
+        if not _around:
+            lock_code.check(self.schema.locks, [bound.tree])
         # (a read-only request changes no schema: PostgreSQL refuses it DDL)
         if not _around and not limits.read_only and session.changes_schema(bound.tree):
             async with self._changing(True):
@@ -314,6 +316,7 @@ class Engine:
         text_output: bool = False,
     ) -> Outcome:
         """Run statements all-or-nothing; a failure names the statement and rolls back."""
+        lock_code.check(self.schema.locks, [b.tree for b in statements])
         limits = Limits(
             timeout_ms, max_rows, read_only, row_format, role, key, text_output=text_output
         )
@@ -354,6 +357,7 @@ class Engine:
     ) -> AsyncGenerator[tuple[str, Any]]:
         """Yield ("node", name), ("columns", [...]), ("rows", [...])..., ("end", result)
         (app/sql/streaming.py)."""
+        lock_code.check(self.schema.locks, [bound.tree])
         intent: Intent = "read" if limits.read_only else "write"
         # As in run(): the facts are unknown from before a statement that may change the
         # schema starts until read again after its commit (the checkout's end).

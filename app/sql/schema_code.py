@@ -22,20 +22,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
 from app.errors import MirrorpoolError
 from app.sql import catalog
+from app.sql.lock_code import NO_LOCKS, LockCode, Site, function_sites, lockers
 from app.sql.schema_queries import (
     CODE_DEPENDENCIES_SQL,
     CODE_TEXTS_SQL,
     COLUMNS_SQL,
     EVENT_TRIGGERS_SQL,
+    FUNCTION_CODE_SQL,
     NAMES_SQL,
     OWN_FUNCTIONS_SQL,
     OWN_OPERATORS_SQL,
+    SET_RETURNING_SQL,
     TYPE_CODE_SQL,
     TYPES_SQL,
     VIEW_EDGES_SQL,
@@ -124,6 +127,8 @@ class SchemaCode:
     # superuser's cast between catalog types, a function or operator in pg_catalog): any
     # statement may run it, and so counts as running code unseen.
     catalog_altered: bool = False
+    # The database's own code that takes value locks (app/sql/lock_code.py).
+    locks: LockCode = NO_LOCKS
 
     def draws_random(self, tree: Tree) -> bool:
         """True when the statement reaches stored code that draws from random()."""
@@ -158,12 +163,12 @@ class SchemaCode:
             read_random=self.read_random | other.read_random,
             write_random=self.write_random | other.write_random,
             catalog_altered=self.catalog_altered or other.catalog_altered,
+            locks=self.locks.union(other.locks),
         )
 
 
 UNKNOWN = SchemaCode(frozenset(), frozenset(), frozenset(), known=False)
-# A schema with no code of its own (what a test of the lanes alone assumes).
-NOTHING = SchemaCode(frozenset(), frozenset(), frozenset())
+NOTHING = SchemaCode(frozenset(), frozenset(), frozenset())  # a schema with no code of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +255,18 @@ def assemble(
     )
 
 
-Verdicts = dict[tuple[str, frozenset[str]], Verdict]
+@dataclass(slots=True)
+class Verdicts:
+    """What a reading judged, given back to the next one: each printed text's verdict (by
+    the own names it was judged with), what each function's code calls (by its language,
+    definition, source and the set-returning names), and whether a text locks per row (by
+    the lock facts it was judged with). Unchanged code is not parsed again."""
+
+    code: dict[tuple[str, frozenset[str]], Verdict] = field(default_factory=dict)
+    bodies: dict[tuple[str, str, str, frozenset[str]], tuple[Site, ...]] = field(
+        default_factory=dict
+    )
+    locks: dict[tuple[str, LockCode], bool] = field(default_factory=dict)
 
 
 async def read(
@@ -260,8 +276,9 @@ async def read(
     back as `verdicts` next time, an unchanged text is not parsed again. `altered`: what the
     fingerprint said of SchemaCode.catalog_altered."""
     own = frozenset(str(r[0]) for r in await ask(OWN_FUNCTIONS_SQL, []))
-    known = verdicts or {}
-    judged: Verdicts = {}
+    known = verdicts or Verdicts()
+    judged = Verdicts()
+    locking, operators = await _lock_code(ask, known, judged)
     coded: list[tuple[int, bool, bool]] = []
     drawing: list[tuple[int, bool, bool]] = []
 
@@ -271,16 +288,17 @@ async def read(
         if text is None:
             return Verdict.CODE
         key = (str(text), own)
-        verdict = known.get(key)
+        verdict = known.code.get(key)
         if verdict is None:
             verdict = stored_code_verdict(key[0], own)
-        judged[key] = verdict
+        judged.code[key] = verdict
         return verdict
 
     def clean(text: Any) -> bool:
         return judge(text) is Verdict.CLEAN
 
     provisional = False
+    locked: list[tuple[int, bool, bool]] = []
     for relid, on_read, on_write, text in await ask(CODE_TEXTS_SQL, []):
         if not relid:
             provisional = text == "held"
@@ -289,6 +307,8 @@ async def read(
         if verdict is not Verdict.CLEAN:
             row = (int(relid), bool(on_read), bool(on_write))
             (coded if verdict is Verdict.CODE else drawing).append(row)
+            if text is not None and _locks_rows(str(text), locking, known, judged):
+                locked.append(row)
     for relid, on_read, on_write in await ask(CODE_DEPENDENCIES_SQL, []):
         coded.append((int(relid), bool(on_read), bool(on_write)))
     # Types whose values run code: checked domains, types with casts of the database's own
@@ -318,7 +338,6 @@ async def read(
     # reference (`lower(p) FROM pub p`, an assignment cast of `p`), which names no type.
     coded += [(types[t].fields_of, True, True) for t in typed if t in types and types[t].fields_of]
     type_names = {types[t].name for t in typed if t in types}
-    operators = {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}
     edges = [(int(r[0]), int(r[1]), str(r[2])) for r in await ask(VIEW_EDGES_SQL, [])]
     names = [(int(r[0]), str(r[1])) for r in await ask(NAMES_SQL, [])]
     write_edges = [(int(r[0]), int(r[1])) for r in await ask(WRITE_EDGES_SQL, [])]
@@ -335,9 +354,44 @@ async def read(
     # What reaches code that draws from random(), by the same paths (a view over such a
     # view, a table whose policy reads one, a partition's parent).
     random = assemble(drawing, edges, names, (), write_edges) if drawing else NOTHING
+    # And what reaches stored code that locks a value per row, by the same paths.
+    if locked:
+        by_row = assemble(locked, edges, names, (), write_edges)
+        locking = replace(locking, read=by_row.read_coded, written=by_row.write_coded)
     return replace(
         facts,
         read_random=random.read_coded,
         write_random=random.write_coded,
         catalog_altered=altered,
+        locks=locking,
     ), judged
+
+
+def _locks_rows(text: str, locking: LockCode, known: Verdicts, judged: Verdicts) -> bool:
+    """Whether printed code locks a value that varies by row (app/sql/lock_code.py), judged
+    once per text and lock facts."""
+    key = (text, locking)
+    found = known.locks.get(key)
+    if found is None:
+        try:
+            found = locking.per_row(parse(text)) is not None
+        except MirrorpoolError:
+            found = False  # (judged CODE already: the text is not read)
+    judged.locks[key] = found
+    return found
+
+
+async def _lock_code(ask: Ask, known: Verdicts, judged: Verdicts) -> tuple[LockCode, set[str]]:
+    """The database's own functions that take value locks (app/sql/lock_code.py), each
+    function's code parsed once per text; and the names of its operators."""
+    set_returning = frozenset(str(r[0]) for r in await ask(SET_RETURNING_SQL, []))
+    bodies: dict[str, list[Site]] = {}
+    for name, language, definition, source in await ask(FUNCTION_CODE_SQL, []):
+        key = (str(language), str(definition or ""), str(source or ""), set_returning)
+        sites = known.bodies.get(key)
+        if sites is None:
+            sites = function_sites(*key)
+        judged.bodies[key] = sites
+        bodies.setdefault(str(name), []).extend(sites)
+    found, many = lockers(bodies)
+    return LockCode(found, many), {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}

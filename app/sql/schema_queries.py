@@ -236,6 +236,24 @@ OWN_OPERATORS_SQL = f"""
 SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o WHERE o.oprnamespace {_OURS}
 """
 
+# The code of the database's own functions in the languages whose code is read for the
+# value locks it takes (app/sql/lock_code.py): (name, language, definition or NULL, source).
+# The definition, pg_get_functiondef()'s, is read for PL/pgSQL and BEGIN ATOMIC bodies (its
+# prosrc is then empty); a LANGUAGE sql function's source is its body's text.
+FUNCTION_CODE_SQL = f"""
+SELECT p.proname, l.lanname,
+       CASE WHEN l.lanname = 'plpgsql' OR p.prosqlbody IS NOT NULL
+            THEN pg_catalog.pg_get_functiondef(p.oid) END,
+       CASE WHEN p.prosqlbody IS NULL THEN p.prosrc ELSE '' END
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace {_OURS} AND p.prokind IN ('f', 'p') AND l.lanname IN ('sql', 'plpgsql')
+"""
+
+# The names of functions that return sets (a query's other expressions then run per row).
+SET_RETURNING_SQL = """
+SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.proretset
+"""
+
 # What a view reads (reading it runs their code too; writing an updatable view writes them),
 # what a rule's actions write, and what reading a parent reads (its partitions and
 # inheritance children, whose indexes scans use): (relation, what it reads, false). What a

@@ -17,6 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from app.sql import pipeline
+from app.sql.lock_code import NO_LOCKS, LockCode
 from app.sql.pipeline import Command, Keep
 from app.sql.schema_code import UNKNOWN, Ask, SchemaCode, Verdicts, read
 from app.sql.schema_queries import FINGERPRINT_SQL
@@ -77,7 +78,7 @@ class SchemaWatch:
         # What the last fingerprint said of SchemaCode.catalog_altered: the connections the
         # catalog's queries ran on are then closed after them (app/sql/engine.py).
         self.altered = False
-        self._verdicts: Verdicts = {}
+        self._verdicts = Verdicts()
         self._generation = 0
         self._wake = asyncio.Event()
         # Set once the catalog has been read (or found unreadable) for the first time.
@@ -101,6 +102,13 @@ class SchemaWatch:
         watch = cls(nothing, 3600)
         watch.current = watch.last_known = facts
         return watch
+
+    @property
+    def locks(self) -> LockCode:
+        """The database's own code that takes value locks, as last known: while the facts
+        are read anew, the last reading's (a locker made meanwhile is seen once read)."""
+        facts = self.current if self.current.known else self.last_known
+        return facts.locks if facts is not None else NO_LOCKS
 
     def changed(self) -> None:
         """A statement that may change the schema ran: the facts are unknown until read."""

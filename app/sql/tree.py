@@ -105,6 +105,9 @@ class Tree:
     # that varies row by row.
     value_locks: int = 0
     value_locks_vary: bool = False
+    # Every function called by its own name (but pg_catalog's): (name, calls, whether one's
+    # arguments may vary from row to row). What app/sql/lock_code.py counts by.
+    call_sites: frozenset[tuple[str, int, bool]] = frozenset()
 
     @property
     def weight(self) -> int:
@@ -122,6 +125,7 @@ class Tree:
             + len(self.own_call_names)
             + len(self.set_configs)
             + len(self.settings)
+            + len(self.call_sites)
         )
 
     @property
@@ -287,6 +291,7 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         node=stmt if keep_node or kind in _KEEP_NODE else {},
         value_locks=seen.value_locks,
         value_locks_vary=seen.value_locks_vary,
+        call_sites=frozenset((name, n, v) for name, (n, v) in seen.call_sites.items()),
     )
 
 

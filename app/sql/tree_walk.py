@@ -11,7 +11,7 @@ objects, WITH HOLD cursors, row locks.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pglast import ast as pg_ast
@@ -113,18 +113,23 @@ def _nodes(root: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     while stack:
         node_type, fields = stack.pop()
         yield node_type, fields
-        typed = _TYPED.get(node_type, {})
-        for key, value in fields.items():
-            if isinstance(value, dict):
-                bare = typed.get(key)
-                if bare is not None:
-                    stack.append((bare, value))
-                else:
-                    stack.extend(_wrapped(value))
-            elif isinstance(value, list):
-                for item in value:
-                    if isinstance(item, dict):
-                        stack.extend(_wrapped(item))
+        stack.extend(children(node_type, fields))
+
+
+def children(node_type: str, fields: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A node's own child nodes as (type, fields), in order."""
+    typed = _TYPED.get(node_type, {})
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            bare = typed.get(key)
+            if bare is not None:
+                yield bare, value
+            else:
+                yield from _wrapped(value)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    yield from _wrapped(item)
 
 
 def _wrapped(value: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -184,9 +189,13 @@ class Seen:
     hold_cursor: bool = False
     locks: bool = False
     writes: bool = False
-    # Calls of VALUE_LOCKS, and whether one's value may vary from row to row (_steady).
+    # Calls of VALUE_LOCKS, and whether one's value may vary from row to row (steady).
     value_locks: int = 0
     value_locks_vary: bool = False
+    # Every function called by its own name, but pg_catalog's: how many calls, and whether
+    # one's arguments may vary from row to row (what app/sql/lock_code.py counts a call of
+    # the database's own lock-taking functions by).
+    call_sites: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
 
 def walk(stmt: dict[str, Any]) -> Seen:
@@ -309,10 +318,17 @@ def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
 def _note_call(fields: dict[str, Any], seen: Seen) -> None:
     name = _strings(fields.get("funcname"))
     seen.calls.add(name)
-    if name and name[-1] in VALUE_LOCKS:
-        seen.value_locks += 1
+    if not name:
+        return
+    if len(name) == 1 or name[0] != "pg_catalog" or name[-1] in VALUE_LOCKS:
         args = fields.get("args") or []
-        seen.value_locks_vary |= not all(_steady(arg) for arg in args if isinstance(arg, dict))
+        varies = not all(steady(arg) for arg in args if isinstance(arg, dict))
+        if name[-1] in VALUE_LOCKS:
+            seen.value_locks += 1
+            seen.value_locks_vary |= varies
+        else:
+            count, varied = seen.call_sites.get(name[-1], (0, False))
+            seen.call_sites[name[-1]] = (count + 1, varied or varies)
     if name and name[-1] == SET_CONFIG:
         args = fields.get("args") or []
         setting = _const_text(args[0]) if args else None
@@ -323,7 +339,7 @@ def _note_call(fields: dict[str, Any], seen: Seen) -> None:
 
 # What a value that is the same on every row is made of: constants, parameters, operators,
 # casts, and a few functions of one result (no column, subquery, set-returning function).
-_STEADY_NODES = frozenset(
+STEADY_NODES = frozenset(
     {
         "A_Const",
         "ParamRef",
@@ -345,12 +361,12 @@ _STEADY_NODES = frozenset(
 )
 
 
-def _steady(arg: dict[str, Any]) -> bool:
+def steady(arg: dict[str, Any], allowed: frozenset[str] = STEADY_NODES) -> bool:
     """True when an expression has one value for the whole statement (what an advisory
     lock is taken on: a value that varies row by row takes an entry of the server's lock
-    table for every row)."""
+    table for every row). `allowed`: the node types it may be made of."""
     for node_type, fields in _nodes(arg):
-        if node_type not in _STEADY_NODES:
+        if node_type not in allowed:
             return False
         if node_type == "FuncCall":
             name = _strings(fields.get("funcname"))

@@ -149,6 +149,21 @@ def test_what_depends_on_an_object_no_reading_names_counts(
     assert "am_table" in facts.write_coded
 
 
+def test_the_database_s_own_lock_code(facts: schema_code.SchemaCode) -> None:
+    """app/sql/lock_code.py: sc.claim locks the one value it is given."""
+    locks = facts.locks
+    assert locks.found == {"claim"}
+    assert not locks.many
+    # stored code that calls it on a row's value: a view over a table and a view over that
+    # view, a policy and a check (read and written), a rule on NEW's value (written)
+    assert {"claiming", "claiming_again", "policed", "checked"} <= locks.read
+    assert {"policed", "checked", "ruled"} <= locks.written
+    # on one value: a default of claim(7), a view of pg_try_advisory_lock(1), a partition's
+    # default of claim(1); code that locks nothing
+    steady = {"defaulted", "locking", "parted_one", "parted", "plain_view", "indexed"}
+    assert not steady & (locks.read | locks.written)
+
+
 def test_own_function_names(facts: schema_code.SchemaCode) -> None:
     assert {"claim", "stamp", "upper", "same"} <= facts.own_functions
     assert "lower" not in facts.own_functions

@@ -1,0 +1,323 @@
+"""The database's own code that takes value locks, and the lock rule over what reaches it.
+
+A statement may take at most a few advisory locks (or lo_unlink()s), each on a value that is
+the same on every row (app/sql/refusals.py): each value locked takes an entry of the
+server's shared lock table until the transaction ends, and one statement locking every
+row's value would fill it for every session, other keys' included (passes 41 and 42). The
+same locks taken by the schema's own code are out of the request's tree: the usual "claim a
+job" function `claim(job)` that calls pg_advisory_xact_lock(job), called as
+`claim(id) FROM jobs`, or a view `... WHERE pg_try_advisory_xact_lock(id)`.
+
+So the catalog's code is read for them too (app/sql/schema_code.py read):
+
+- each function of the database's own in LANGUAGE sql or plpgsql is parsed, by PostgreSQL's
+  parser and PL/pgSQL's (each of its embedded queries parsed as SQL), for what it calls and
+  whether a call may run more than once per call of the function: in a loop, over a query's
+  rows, on a value that is not the function's arguments' (`function_sites`);
+- a function that calls a lock function, or another such function, is a *locker*: a call of
+  it counts under the statement's rule as a lock call does (at most MAX_VALUE_LOCKS, on
+  values the same on every row), so `claim($1)` runs and `claim(id) FROM jobs` is refused;
+- one that may lock many values per call (a lock in a loop, over rows, on a value of its own
+  making, or a recursive locker) is refused to every statement;
+- a relation whose stored code (a view's definition, a policy, a default, a check, an index
+  expression) locks a value that varies by row, or calls a locker so, is refused to read (or
+  write, as that code runs).
+
+A function that locks only constants takes the same few locks however often it runs, and is
+no locker. Not read: dynamic SQL built at run time (EXECUTE of a computed text), code in
+other languages (C functions come from extensions a superuser installed), operators and
+casts whose function is a locker (matched by name, an own `=` would refuse every statement
+that compares), a domain's check that calls one, and triggers: a row trigger's function
+that locks its row's value runs once per row written (the README says so).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import parser
+
+from app.errors import InvalidSQL
+from app.sql.catalog import VALUE_LOCKS
+from app.sql.refusals import MAX_VALUE_LOCKS
+from app.sql.tree import Tree
+from app.sql.tree_walk import STEADY_NODES, children, steady
+
+# What a call inside a function's body calls; whether it may run more than once per call
+# of the function, on a value that varies from one run to the next; and whether its
+# arguments are constants alone (the same value in every call of the function).
+Site = tuple[str, bool, bool]
+
+# In a body, a name is the function's argument or variable: the same for the whole call.
+_BODY_STEADY = STEADY_NODES | {"ColumnRef", "A_Indirection", "A_Star"}
+# What is the same in every call: constants (a parameter is the function's argument).
+_CONSTANT = STEADY_NODES - {"ParamRef"}
+# PL/pgSQL statements whose bodies (and conditions) run any number of times.
+_LOOPS = frozenset(
+    {
+        "PLpgSQL_stmt_loop",
+        "PLpgSQL_stmt_while",
+        "PLpgSQL_stmt_fori",
+        "PLpgSQL_stmt_fors",
+        "PLpgSQL_stmt_forc",
+        "PLpgSQL_stmt_foreach_a",
+        "PLpgSQL_stmt_dynfors",
+    }
+)
+# Statements that run their expressions once per row they write.
+_PER_ROW = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+# PL/pgSQL's parse modes for an embedded query (RawParseMode): a whole statement, an
+# expression, an assignment's target and expression.
+_STATEMENT, _EXPRESSION = 0, 2
+
+
+def function_sites(
+    language: str, definition: str, source: str, set_returning: frozenset[str]
+) -> tuple[Site, ...]:
+    """What one function's code calls (`definition`: pg_get_functiondef(); `source`:
+    prosrc, empty for a BEGIN ATOMIC body). `set_returning`: the names of functions that
+    return sets, which make a query's other expressions run once per row. A body PostgreSQL's
+    parser cannot read counts every name in it as called many times."""
+    try:
+        if language == "plpgsql":
+            tree = json.loads(parser.parse_plpgsql_json(definition))
+            return tuple(_plpgsql_sites(tree, False, set_returning))
+        return tuple(_sql_sites(source or definition, False, set_returning))
+    except (parser.ParseError, ValueError, KeyError, TypeError):
+        return _scanned(source or definition)
+
+
+def _sql_sites(text: str, repeated: bool, set_returning: frozenset[str]) -> Iterator[Site]:
+    for raw in json.loads(parser.parse_sql_json(text)).get("stmts", ()):
+        stmt = raw.get("stmt") or {}
+        for node_type, fields in stmt.items():
+            yield from _node_sites(node_type, fields, repeated, set_returning)
+
+
+def _node_sites(
+    node_type: str, fields: dict[str, Any], repeated: bool, set_returning: frozenset[str]
+) -> Iterator[Site]:
+    """The calls under one node of a SQL tree; `repeated`: it may run many times per call."""
+    if node_type == "SelectStmt":
+        repeated = repeated or bool(
+            fields.get("fromClause")
+            or fields.get("valuesLists")
+            or fields.get("larg")
+            or _calls_any(fields.get("targetList"), set_returning)
+        )
+    elif node_type in _PER_ROW:
+        repeated = True
+    elif node_type == "FuncCall":
+        name = [i["String"]["sval"] for i in fields.get("funcname") or () if "String" in i]
+        if name:
+            args = [a for a in fields.get("args") or () if isinstance(a, dict)]
+            # (a value made of constants alone is one lock however often it is taken)
+            fixed = all(steady(a, _CONSTANT) for a in args) and not fields.get("over")
+            varies = not all(steady(a, _BODY_STEADY) for a in args)
+            yield name[-1], not fixed and (repeated or varies or bool(fields.get("over"))), fixed
+    for child_type, child in children(node_type, fields):
+        yield from _node_sites(child_type, child, repeated, set_returning)
+
+
+def _calls_any(node: Any, names: frozenset[str]) -> bool:
+    """True when a call of one of `names` is anywhere under `node` (a list or a node)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            call = item.get("FuncCall")
+            if isinstance(call, dict):
+                name = [i["String"]["sval"] for i in call.get("funcname") or () if "String" in i]
+                if name and name[-1] in names:
+                    return True
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+    return False
+
+
+def _plpgsql_sites(node: Any, repeated: bool, set_returning: frozenset[str]) -> Iterator[Site]:
+    """The calls in a PL/pgSQL function's tree (parse_plpgsql_json's), each embedded query
+    parsed as SQL."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _plpgsql_sites(item, repeated, set_returning)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key == "PLpgSQL_expr" and isinstance(value, dict):
+            yield from _sql_sites(_as_sql(value), repeated, set_returning)
+            continue
+        inner = repeated or key in _LOOPS
+        if key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"):
+            yield from _dynamic_sites(value, inner, set_returning)
+        yield from _plpgsql_sites(value, inner, set_returning)
+
+
+def _as_sql(expr: dict[str, Any]) -> str:
+    """An embedded query as a statement PostgreSQL's parser reads: an expression as a SELECT
+    of it, an assignment (`x := e`, `x[i] = e`) as a SELECT of its value."""
+    query = str(expr.get("query", ""))
+    mode = int(expr.get("parseMode", _STATEMENT))
+    if mode == _STATEMENT:
+        return query
+    if mode == _EXPRESSION:
+        return f"SELECT {query}"
+    depth = 0
+    for token in parser.scan(query):
+        if token.name in ("ASCII_40", "ASCII_91"):  # ( [
+            depth += 1
+        elif token.name in ("ASCII_41", "ASCII_93"):
+            depth -= 1
+        elif depth == 0 and token.name in ("COLON_EQUALS", "ASCII_61"):
+            return f"SELECT {query[token.end + 1 :]}"
+    raise ValueError("an assignment without its operator")
+
+
+def _dynamic_sites(stmt: Any, repeated: bool, set_returning: frozenset[str]) -> Iterator[Site]:
+    """EXECUTE of a constant text: what that text calls. (A text built at run time is not
+    read.)"""
+    query = (stmt.get("query") or {}).get("PLpgSQL_expr") if isinstance(stmt, dict) else None
+    if not isinstance(query, dict) or int(query.get("parseMode", -1)) != _EXPRESSION:
+        return
+    parsed = json.loads(parser.parse_sql_json(f"SELECT {query.get('query', '')}"))
+    (target,) = parsed["stmts"][0]["stmt"]["SelectStmt"]["targetList"]
+    const = target["ResTarget"].get("val", {}).get("A_Const", {})
+    text = (const.get("sval") or {}).get("sval")
+    if isinstance(text, str):
+        yield from _sql_sites(text, repeated, set_returning)
+
+
+def _scanned(text: str) -> tuple[Site, ...]:
+    """Every name PostgreSQL's scanner finds in a text, as called many times."""
+    try:
+        tokens = parser.scan(text)
+    except parser.ParseError:
+        return ()
+    names = {text[t.start : t.end + 1].strip('"') for t in tokens if t.name == "IDENT"}
+    return tuple((name.lower(), True, False) for name in sorted(names))
+
+
+def lockers(bodies: Mapping[str, Iterable[Site]]) -> tuple[frozenset[str], frozenset[str]]:
+    """From each function's sites (overloads under one name): the lockers, which lock a
+    value they are given or compute, and those of them that may lock many values in one
+    call (a lock site that repeats, a call of such a locker, a locker that reaches itself
+    again). A function that locks only constants takes the same few locks however often it
+    runs: it is neither."""
+    sites = {name: tuple(found) for name, found in bodies.items()}
+    found: set[str] = set()
+    many: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, calls in sites.items():
+            locks = [(again, fixed) for c, again, fixed in calls if c in VALUE_LOCKS or c in found]
+            endless = any(c in many for c, _, _ in calls) or any(
+                again for again, fixed in locks if not fixed
+            )
+            if name not in found and (endless or not all(fixed for _, fixed in locks)):
+                found.add(name)
+                changed = True
+            recursive = name in found and name in _reached(name, sites, found)
+            if name in found and name not in many and (endless or recursive):
+                many.add(name)
+                changed = True
+    return frozenset(found), frozenset(many)
+
+
+def _reached(start: str, sites: Mapping[str, tuple[Site, ...]], found: set[str]) -> set[str]:
+    """The lockers a locker's calls reach, to any depth."""
+    reached: set[str] = set()
+    stack = [start]
+    while stack:
+        for callee, _, _ in sites.get(stack.pop(), ()):
+            if callee in found and callee not in reached:
+                reached.add(callee)
+                stack.append(callee)
+    return reached
+
+
+@dataclass(frozen=True, slots=True)
+class LockCode:
+    """What the catalog says of the database's own code that takes value locks: `found`,
+    the lockers' names; `many`, those that may lock many values in one call; and the
+    relations whose reading (`read`) or writing (`written`) runs stored code that locks a
+    value varying by row."""
+
+    found: frozenset[str] = frozenset()
+    many: frozenset[str] = frozenset()
+    read: frozenset[str] = frozenset()
+    written: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.found or self.read or self.written)
+
+    def union(self, other: LockCode) -> LockCode:
+        return LockCode(
+            self.found | other.found,
+            self.many | other.many,
+            self.read | other.read,
+            self.written | other.written,
+        )
+
+    def per_row(self, tree: Tree) -> str | None:
+        """Why a statement, or stored code, may lock more values than the rule allows
+        through the database's own lockers, or None."""
+        if tree.value_locks_vary:
+            return "a lock is taken on a value that may vary row by row"
+        calls = [(name, n, varies) for name, n, varies in tree.call_sites if name in self.found]
+        endless = sorted(name for name, _, _ in calls if name in self.many)
+        if endless:
+            return f"{endless[0]}() of the database's own may lock any number of values in a call"
+        varying = sorted(name for name, _, varies in calls if varies)
+        varying += sorted(tree.attributes & self.found)  # `t.claim`: claim(t) on every row
+        if varying:
+            return (
+                f"{varying[0]}() of the database's own takes a lock on the value it is "
+                "given, here one that may vary row by row"
+            )
+        count = tree.value_locks + sum(n for _, n, _ in calls)
+        if count > MAX_VALUE_LOCKS:
+            return f"the database's own functions here lock {count} values"
+        return None
+
+    def refusal(self, tree: Tree) -> str | None:
+        """The answer to a key's statement that would lock values past the rule through the
+        database's own code, or None."""
+        if not self:
+            return None
+        why = self.per_row(tree)
+        if why is None:
+            hit = sorted((self.read & tree.relation_names) | (self.written & tree.written_names))
+            if hit:
+                why = f"{hit[0]} runs code of the database's own that locks a value per row"
+        if why is None:
+            return None
+        return (
+            f"{why}: advisory locks and lo_unlink() are taken at most {MAX_VALUE_LOCKS} to a "
+            "statement, each on a value that is the same on every row, and so are calls of "
+            "the database's own functions that take them; each value locked takes an entry "
+            "of the server's shared lock table, which locking every row's would fill for "
+            "every session, other keys' included; lock rows with SELECT ... FOR UPDATE SKIP "
+            "LOCKED instead"
+        )
+
+
+NO_LOCKS = LockCode()
+
+
+def check(locks: LockCode, trees: Sequence[Tree]) -> None:
+    """400 for the first of a request's statements that would lock values past the rule
+    through the database's own code (LockCode.refusal), naming its index when there are
+    several."""
+    if not locks:
+        return
+    for index, tree in enumerate(trees):
+        why = locks.refusal(tree)
+        if why is not None:
+            extra = {"statement_index": index} if len(trees) > 1 else {}
+            raise InvalidSQL(why, **extra)
