@@ -34,7 +34,7 @@ that locks its row's value runs once per row written (the README says so).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ from pglast import parser
 from app.errors import InvalidSQL
 from app.sql.catalog import VALUE_LOCKS
 from app.sql.refusals import MAX_VALUE_LOCKS
+from app.sql.schema_queries import FUNCTION_CODE_SQL, SET_RETURNING_SQL
 from app.sql.tree import Tree
 from app.sql.tree_walk import STEADY_NODES, children, steady
 
@@ -202,12 +203,29 @@ def _scanned(text: str) -> tuple[Site, ...]:
     return tuple((name.lower(), True, False) for name in sorted(names))
 
 
-def lockers(bodies: Mapping[str, Iterable[Site]]) -> tuple[frozenset[str], frozenset[str]]:
+def defaults_vary(text: str | None) -> bool:
+    """Whether a function's argument defaults (pg_get_expr of proargdefaults: a list) may
+    differ from one call to the next: anything but constants (`nextval('s')`, `random()`)."""
+    if not text:
+        return False
+    try:
+        parsed = json.loads(parser.parse_sql_json(f"SELECT {text}"))
+        targets = parsed["stmts"][0]["stmt"]["SelectStmt"]["targetList"]
+    except (parser.ParseError, ValueError, KeyError, IndexError):
+        return True
+    return not all(steady(t["ResTarget"].get("val") or {}, _CONSTANT) for t in targets)
+
+
+def lockers(
+    bodies: Mapping[str, Iterable[Site]], varying: Iterable[str] = ()
+) -> tuple[frozenset[str], frozenset[str]]:
     """From each function's sites (overloads under one name): the lockers, which lock a
     value they are given or compute, and those of them that may lock many values in one
     call (a lock site that repeats, a call of such a locker, a locker that reaches itself
-    again). A function that locks only constants takes the same few locks however often it
-    runs: it is neither."""
+    again, or one whose argument defaults differ from call to call, `varying`: each row's
+    call that leaves the argument out then locks a value of its own). A function that locks
+    only constants takes the same few locks however often it runs: it is neither."""
+    defaulted = set(varying)
     sites = {name: tuple(found) for name, found in bodies.items()}
     found: set[str] = set()
     many: set[str] = set()
@@ -217,7 +235,7 @@ def lockers(bodies: Mapping[str, Iterable[Site]]) -> tuple[frozenset[str], froze
         for name, calls in sites.items():
             locks = [(again, fixed) for c, again, fixed in calls if c in VALUE_LOCKS or c in found]
             endless = any(c in many for c, _, _ in calls) or any(
-                again for again, fixed in locks if not fixed
+                (again or name in defaulted) for again, fixed in locks if not fixed
             )
             if name not in found and (endless or not all(fixed for _, fixed in locks)):
                 found.add(name)
@@ -308,6 +326,30 @@ class LockCode:
 
 
 NO_LOCKS = LockCode()
+
+# A function's code by what it is read by (language, definition, source, set-returning
+# names): what it calls (app/sql/schema_code.py Verdicts.bodies).
+Bodies = dict[tuple[str, str, str, frozenset[str]], tuple[Site, ...]]
+Ask = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
+
+
+async def read_lock_code(ask: Ask, known: Bodies, judged: Bodies) -> LockCode:
+    """The database's own functions that take value locks, read from the catalog now
+    (`ask`: app/sql/schema_code.py's); each function's code is parsed once per text (`known`,
+    from the last reading; what this one read goes into `judged`)."""
+    set_returning = frozenset(str(r[0]) for r in await ask(SET_RETURNING_SQL, []))
+    bodies: dict[str, list[Site]] = {}
+    defaulted: set[str] = set()
+    for name, language, definition, source, defaults in await ask(FUNCTION_CODE_SQL, []):
+        key = (str(language), str(definition or ""), str(source or ""), set_returning)
+        sites = known.get(key)
+        if sites is None:
+            sites = function_sites(*key)
+        judged[key] = sites
+        bodies.setdefault(str(name), []).extend(sites)
+        if defaults_vary(defaults):
+            defaulted.add(str(name))
+    return LockCode(*lockers(bodies, defaulted))
 
 
 def check(locks: LockCode, trees: Sequence[Tree]) -> None:

@@ -28,17 +28,15 @@ from typing import Any
 
 from app.errors import MirrorpoolError
 from app.sql import catalog
-from app.sql.lock_code import NO_LOCKS, LockCode, Site, function_sites, lockers
+from app.sql.lock_code import NO_LOCKS, Bodies, LockCode, read_lock_code
 from app.sql.schema_queries import (
     CODE_DEPENDENCIES_SQL,
     CODE_TEXTS_SQL,
     COLUMNS_SQL,
     EVENT_TRIGGERS_SQL,
-    FUNCTION_CODE_SQL,
     NAMES_SQL,
     OWN_FUNCTIONS_SQL,
     OWN_OPERATORS_SQL,
-    SET_RETURNING_SQL,
     TYPE_CODE_SQL,
     TYPES_SQL,
     VIEW_EDGES_SQL,
@@ -263,9 +261,7 @@ class Verdicts:
     the lock facts it was judged with). Unchanged code is not parsed again."""
 
     code: dict[tuple[str, frozenset[str]], Verdict] = field(default_factory=dict)
-    bodies: dict[tuple[str, str, str, frozenset[str]], tuple[Site, ...]] = field(
-        default_factory=dict
-    )
+    bodies: Bodies = field(default_factory=dict)
     locks: dict[tuple[str, LockCode], bool] = field(default_factory=dict)
 
 
@@ -278,7 +274,7 @@ async def read(
     own = frozenset(str(r[0]) for r in await ask(OWN_FUNCTIONS_SQL, []))
     known = verdicts or Verdicts()
     judged = Verdicts()
-    locking, operators = await _lock_code(ask, known, judged)
+    locking = await read_lock_code(ask, known.bodies, judged.bodies)
     coded: list[tuple[int, bool, bool]] = []
     drawing: list[tuple[int, bool, bool]] = []
 
@@ -338,6 +334,7 @@ async def read(
     # reference (`lower(p) FROM pub p`, an assignment cast of `p`), which names no type.
     coded += [(types[t].fields_of, True, True) for t in typed if t in types and types[t].fields_of]
     type_names = {types[t].name for t in typed if t in types}
+    operators = {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}
     edges = [(int(r[0]), int(r[1]), str(r[2])) for r in await ask(VIEW_EDGES_SQL, [])]
     names = [(int(r[0]), str(r[1])) for r in await ask(NAMES_SQL, [])]
     write_edges = [(int(r[0]), int(r[1])) for r in await ask(WRITE_EDGES_SQL, [])]
@@ -379,19 +376,3 @@ def _locks_rows(text: str, locking: LockCode, known: Verdicts, judged: Verdicts)
             found = False  # (judged CODE already: the text is not read)
     judged.locks[key] = found
     return found
-
-
-async def _lock_code(ask: Ask, known: Verdicts, judged: Verdicts) -> tuple[LockCode, set[str]]:
-    """The database's own functions that take value locks (app/sql/lock_code.py), each
-    function's code parsed once per text; and the names of its operators."""
-    set_returning = frozenset(str(r[0]) for r in await ask(SET_RETURNING_SQL, []))
-    bodies: dict[str, list[Site]] = {}
-    for name, language, definition, source in await ask(FUNCTION_CODE_SQL, []):
-        key = (str(language), str(definition or ""), str(source or ""), set_returning)
-        sites = known.bodies.get(key)
-        if sites is None:
-            sites = function_sites(*key)
-        judged.bodies[key] = sites
-        bodies.setdefault(str(name), []).extend(sites)
-    found, many = lockers(bodies)
-    return LockCode(found, many), {str(r[0]) for r in await ask(OWN_OPERATORS_SQL, [])}

@@ -237,14 +237,16 @@ SELECT DISTINCT o.oprname FROM pg_catalog.pg_operator o WHERE o.oprnamespace {_O
 """
 
 # The code of the database's own functions in the languages whose code is read for the
-# value locks it takes (app/sql/lock_code.py): (name, language, definition or NULL, source).
-# The definition, pg_get_functiondef()'s, is read for PL/pgSQL and BEGIN ATOMIC bodies (its
-# prosrc is then empty); a LANGUAGE sql function's source is its body's text.
+# value locks it takes (app/sql/lock_code.py): (name, language, definition or NULL, source,
+# argument defaults or NULL). The definition, pg_get_functiondef()'s, is read for PL/pgSQL
+# and BEGIN ATOMIC bodies (its prosrc is then empty); a LANGUAGE sql function's source is
+# its body's text. The defaults are what a call that leaves an argument out passes.
 FUNCTION_CODE_SQL = f"""
 SELECT p.proname, l.lanname,
        CASE WHEN l.lanname = 'plpgsql' OR p.prosqlbody IS NOT NULL
             THEN pg_catalog.pg_get_functiondef(p.oid) END,
-       CASE WHEN p.prosqlbody IS NULL THEN p.prosrc ELSE '' END
+       CASE WHEN p.prosqlbody IS NULL THEN p.prosrc ELSE '' END,
+       pg_catalog.pg_get_expr(p.proargdefaults, 0)
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace {_OURS} AND p.prokind IN ('f', 'p') AND l.lanname IN ('sql', 'plpgsql')
 """

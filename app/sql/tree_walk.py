@@ -357,6 +357,7 @@ STEADY_NODES = frozenset(
         "NullTest",
         "CoalesceExpr",
         "FuncCall",
+        "NamedArgExpr",  # `f(job => $1)`: the argument it names
     }
 )
 

@@ -65,20 +65,33 @@ FUNCTIONS = {
     " AS $$BEGIN EXECUTE 'SELECT pg_advisory_xact_lock($1)' USING job; END$$",
     "claim_set42(job bigint)": "RETURNS boolean LANGUAGE plpgsql"
     " AS 'DECLARE ok boolean; BEGIN ok := pg_try_advisory_xact_lock(job); RETURN ok; END'",
+    # an argument's default that differs from call to call
+    "claim_default42(job bigint DEFAULT nextval('seq42'))": "RETURNS void LANGUAGE plpgsql"
+    " AS 'BEGIN PERFORM pg_advisory_xact_lock(job); END'",
     # a set of locks over rows, called once
     "claim_all42()": "RETURNS bigint LANGUAGE sql"
     " AS 'SELECT count(pg_advisory_xact_lock(id)) FROM jobs42'",
 }
+
+
+def signature(declared: str) -> str:
+    """A function's name and argument types, as GRANT names it (no default)."""
+    return declared.split(" DEFAULT", 1)[0] + (")" if " DEFAULT" in declared else "")
+
+
 SETUP = (
     *TABLE,
     "CREATE TABLE jobs42 (id bigint PRIMARY KEY)",
     "INSERT INTO jobs42 SELECT generate_series(1, 30000)",
+    "CREATE SEQUENCE seq42",
+    f"GRANT USAGE ON SEQUENCE seq42 TO {SERVICE}",
     *(f"CREATE FUNCTION {name} {body}" for name, body in FUNCTIONS.items()),
-    *(f"GRANT EXECUTE ON FUNCTION {name} TO {SERVICE}" for name in FUNCTIONS),
+    *(f"GRANT EXECUTE ON FUNCTION {signature(name)} TO {SERVICE}" for name in FUNCTIONS),
     f"GRANT SELECT ON jobs42 TO {SERVICE}",
 )
 TEARDOWN = (
-    *(f"DROP FUNCTION IF EXISTS {name}" for name in reversed(FUNCTIONS)),
+    *(f"DROP FUNCTION IF EXISTS {name.split('(')[0]}" for name in reversed(FUNCTIONS)),
+    "DROP SEQUENCE IF EXISTS seq42",
     "DROP TABLE IF EXISTS jobs42",
     *DROP_TABLE,
 )
@@ -99,6 +112,7 @@ SPELLINGS = {
         "SELECT count(claim42(id)) FROM (SELECT id FROM jobs42 LIMIT {n}) s",
         "claim42",
     ),
+    "a default": (PER_ROW.format(call="claim_default42()"), "claim_default42"),
     "a loop": ("SELECT claim_upto42({n})", "claim_upto42"),
     "over rows": ("SELECT claim_all42()", "claim_all42"),
 }
@@ -140,8 +154,9 @@ async def test_the_owners_lock_function_on_every_row_is_refused(pair: LocalPair)
                 failed[spelling] = why
         assert not failed, failed
         # The lock on one value a request gives it still runs, up to the rule's four.
-        one = await query(client, "write", "SELECT claim42($1)", params=[7])
-        assert one.status_code == 200, one.text
+        for one_value in ("SELECT claim42($1)", "SELECT claim42(job => $1)"):
+            one = await query(client, "write", one_value, params=[7])
+            assert one.status_code == 200, one.text
         four = "SELECT claim42($1), claim_sql42($1), claim_set42(hashtext($2)), claim42(8)"
         both = await query(client, "write", four, params=[7, "job"])
         assert both.status_code == 200, both.text

@@ -192,3 +192,28 @@ def test_a_request_is_answered_400_naming_its_statement() -> None:
 def test_a_lock_on_a_constant_is_one_lock_however_often_it_runs(source: str) -> None:
     found = sites("sql", source=source)
     assert found.get("pg_advisory_lock", found.get("pg_advisory_xact_lock")) is False
+
+
+@pytest.mark.parametrize(
+    ("defaults", "vary"),
+    [
+        (None, False),
+        ("5, 'x'::text", False),
+        ("hashtext('jobs'::text)", False),
+        ("nextval('s'::regclass)", True),
+        ("7, (random() * 100)::bigint", True),
+        ("(clock_timestamp())::text", True),
+    ],
+)
+def test_argument_defaults_that_differ_from_call_to_call(defaults: str | None, vary: bool) -> None:
+    assert lock_code.defaults_vary(defaults) is vary
+
+
+def test_a_locker_whose_default_differs_per_call_locks_many() -> None:
+    bodies = {
+        "claim": [("pg_advisory_xact_lock", False, False)],
+        "constant": [("pg_advisory_xact_lock", False, True)],
+    }
+    found, many = lockers(bodies, varying={"claim", "constant"})
+    assert found == {"claim"}
+    assert many == {"claim"}  # (a lock of constants is the same lock whatever is passed)
