@@ -109,6 +109,11 @@ _BINDS_FUNCTIONS = {
 # Calls of catalog.VALUE_LOCKS one statement may make (MIRRORPOOL_MAX_STATEMENTS of them,
 # 100 by default, take 400 values at most).
 MAX_VALUE_LOCKS = 4
+# Sequences and indexes one statement may make: each takes about three entries of the
+# server's shared lock table until the transaction ends (MIRRORPOOL_MAX_STATEMENTS such
+# statements, 100 by default, held 1,500 to 1,700 entries; a temporary table of 16 serial
+# columns takes 52, and 14 of 1,600 filled the table).
+MAX_OBJECTS_MADE = 4
 # Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).
 RESERVED_SAVEPOINTS = "mirrorpool"
 _READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})
@@ -194,6 +199,21 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             f"{shared} is refused: it changes the login or the server for every later "
             "session, other keys' included; run it as a migration or as an administrator"
         )
+    filling = _fills_lock_table(tree)
+    if filling is not None:
+        return filling
+    reaching = sorted(tree.maybe_called & catalog.ALWAYS_REFUSED)
+    if reaching:
+        return (
+            f"{reaching[0]}() is refused: it reaches other sessions or the cluster's roles, "
+            "which keys sharing this service must not"
+        )
+    return _shared_views(tree)
+
+
+def _fills_lock_table(tree: Tree) -> str | None:
+    """Why a statement may take too many entries of the server's shared lock table, which
+    every session shares (passes 41 and 42), or None."""
     if (
         tree.value_locks > MAX_VALUE_LOCKS
         or tree.value_locks_vary
@@ -207,13 +227,15 @@ def _always(tree: Tree) -> str | None:  # noqa: PLR0911 - one return per rule
             "session, other keys' included; lock rows with SELECT ... FOR UPDATE SKIP "
             "LOCKED instead, and unlink large objects a few to a statement"
         )
-    reaching = sorted(tree.maybe_called & catalog.ALWAYS_REFUSED)
-    if reaching:
+    if tree.objects_made > MAX_OBJECTS_MADE:
         return (
-            f"{reaching[0]}() is refused: it reaches other sessions or the cluster's roles, "
-            "which keys sharing this service must not"
+            f"this statement makes {tree.objects_made} sequences and indexes (serial and "
+            "identity columns, primary keys, unique and exclusion constraints); at most "
+            f"{MAX_OBJECTS_MADE} are made to a statement: each takes an entry of the server's "
+            "shared lock table until the transaction ends, which enough of them would fill "
+            "for every session, other keys' included; run larger DDL as a migration"
         )
-    return _shared_views(tree)
+    return None
 
 
 def _shared_views(tree: Tree) -> str | None:

@@ -108,6 +108,9 @@ class Tree:
     # Every function called by its own name (but pg_catalog's): (name, calls, whether one's
     # arguments may vary from row to row). What app/sql/lock_code.py counts by.
     call_sites: frozenset[tuple[str, int, bool]] = frozenset()
+    # Sequences and indexes the statement makes (serial and identity columns, primary keys,
+    # unique and exclusion constraints, CREATE SEQUENCE / INDEX).
+    objects_made: int = 0
 
     @property
     def weight(self) -> int:
@@ -292,6 +295,7 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         value_locks=seen.value_locks,
         value_locks_vary=seen.value_locks_vary,
         call_sites=frozenset((name, n, v) for name, (n, v) in seen.call_sites.items()),
+        objects_made=seen.made,
     )
 
 

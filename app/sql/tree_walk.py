@@ -196,6 +196,8 @@ class Seen:
     # one's arguments may vary from row to row (what app/sql/lock_code.py counts a call of
     # the database's own lock-taking functions by).
     call_sites: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    # Sequences and indexes the statement makes (objects_made).
+    made: int = 0
 
 
 def walk(stmt: dict[str, Any]) -> Seen:
@@ -250,6 +252,8 @@ def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
         seen.settings.append(_setting(fields))
     elif node_type == "DeclareCursorStmt":
         seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
+    elif _makes_one(node_type, fields):
+        seen.made += 1
     if not seen.temp and _names_temp(fields):
         seen.temp = True
 
@@ -313,6 +317,35 @@ def _note_names(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
         named = _strings(fields.get(_NAMED_BY[node_type]))
         if named:
             seen.operators.add(named[-1])
+
+
+# What makes a sequence or an index, each of which a transaction holds an entry of the
+# server's shared lock table for until it ends: CREATE SEQUENCE, CREATE INDEX, and a column
+# or table constraint that PostgreSQL backs with an index or a sequence.
+_MAKES_ONE = frozenset({"CreateSeqStmt", "IndexStmt"})
+_CONSTRAINTS_MAKING = frozenset(
+    {"CONSTR_PRIMARY", "CONSTR_UNIQUE", "CONSTR_EXCLUSION", "CONSTR_IDENTITY"}
+)
+# The type names PostgreSQL reads as a column with a sequence of its own, unqualified or in
+# pg_catalog (transformColumnDefinition).
+_SERIALS = frozenset({"smallserial", "serial2", "serial", "serial4", "bigserial", "serial8"})
+
+
+def _makes_one(node_type: str, fields: dict[str, Any]) -> bool:
+    """True when a node makes a sequence or an index."""
+    if node_type in _MAKES_ONE or fields.get("contype") in _CONSTRAINTS_MAKING:
+        return True
+    return node_type == "ColumnDef" and _is_serial(fields.get("typeName") or {})
+
+
+def _is_serial(type_name: dict[str, Any]) -> bool:
+    name = _strings(type_name.get("names"))
+    return (
+        bool(name)
+        and name[-1] in _SERIALS
+        and (len(name) == 1 or name[:-1] == ("pg_catalog",))
+        and not type_name.get("arrayBounds")
+    )
 
 
 def _note_call(fields: dict[str, Any], seen: Seen) -> None:
