@@ -45,7 +45,7 @@ from app.sql.catalog import VALUE_LOCKS
 from app.sql.refusals import MAX_VALUE_LOCKS
 from app.sql.schema_queries import FUNCTION_CODE_SQL, SET_RETURNING_SQL
 from app.sql.tree import Tree
-from app.sql.tree_walk import STEADY_NODES, children, steady
+from app.sql.tree_nodes import STEADY_NODES, children, steady
 
 # What a call inside a function's body calls; whether it may run more than once per call
 # of the function, on a value that varies from one run to the next; and whether its

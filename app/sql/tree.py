@@ -29,7 +29,8 @@ from pglast import parser as pg_parser
 from app.errors import DatabaseError, InvalidSQL, LimitExceeded
 from app.sql.catalog import CLEAN_FUNCTIONS, catalog_or_dblink
 from app.sql.text_cache import TextCache
-from app.sql.tree_walk import SET_CONFIG, Name, SetConfig, Setting, walk
+from app.sql.tree_nodes import Name
+from app.sql.tree_walk import SET_CONFIG, SetConfig, Setting, walk
 
 # The largest parse tree read, as libpg_query's JSON: some forty times the text for the
 # densest statements (8,000 select targets in 16 KB give 1.6 MB), more than any statement

@@ -10,18 +10,17 @@ objects, WITH HOLD cursors, row locks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pglast import ast as pg_ast
-
-from app.sql.catalog import LOCK_KEY_FUNCTIONS, VALUE_LOCKS
+from app.sql.catalog import VALUE_LOCKS
+from app.sql.tree_nodes import Name, steady
+from app.sql.tree_nodes import nodes as _nodes
+from app.sql.tree_nodes import strings as _strings
 
 # DeclareCursorStmt.options bit of WITH HOLD (src/include/nodes/parsenodes.h).
 CURSOR_OPT_HOLD = 0x0020
 
-Name = tuple[str, ...]
 # The data-changing statements, wherever they sit (a CTE, EXPLAIN ANALYZE, a rule).
 _WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 # Recorded among a tree's kinds for TRUNCATE ... CASCADE, which empties every table whose
@@ -73,75 +72,6 @@ class Setting:
     local: bool
     options: frozenset[str]
     values: tuple[str | None, ...] = ()
-
-
-def _typed_fields() -> dict[str, dict[str, str]]:
-    """For each node type, its fields that hold one node of a fixed concrete type.
-
-    pglast's JSON (libpg_query's) wraps a node in a one-key object naming its type only where
-    the field may hold any node (Node*, lists); a field of a fixed type (CreateStmt.relation
-    is a RangeVar*, CallStmt.funccall a FuncCall*) holds the bare fields. pglast's own AST
-    classes say which fields those are.
-    """
-    classes = {
-        name: cls
-        for name, cls in vars(pg_ast).items()
-        if isinstance(cls, type) and issubclass(cls, pg_ast.Node)
-    }
-    concrete = set(classes) - {"Node", "Expr"}
-    typed: dict[str, dict[str, str]] = {}
-    for name, cls in classes.items():
-        slots = getattr(cls, "__slots__", None)
-        if not isinstance(slots, dict):
-            continue
-        fields = {
-            field: info.c_type[:-1]
-            for field, info in slots.items()
-            if info.c_type.endswith("*") and info.c_type[:-1] in concrete
-        }
-        if fields:
-            typed[name] = fields
-    return typed
-
-
-_TYPED = _typed_fields()
-
-
-def _nodes(root: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every node of a tree as (type, fields), depth first."""
-    stack: list[tuple[str, dict[str, Any]]] = list(_wrapped(root))
-    while stack:
-        node_type, fields = stack.pop()
-        yield node_type, fields
-        stack.extend(children(node_type, fields))
-
-
-def children(node_type: str, fields: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A node's own child nodes as (type, fields), in order."""
-    typed = _TYPED.get(node_type, {})
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            bare = typed.get(key)
-            if bare is not None:
-                yield bare, value
-            else:
-                yield from _wrapped(value)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict):
-                    yield from _wrapped(item)
-
-
-def _wrapped(value: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The node a `{"Type": {fields}}` object holds (none for a bare value)."""
-    for key, fields in value.items():
-        if key[:1].isupper() and isinstance(fields, dict):
-            yield key, fields
-
-
-def _strings(items: list[Any] | None) -> Name:
-    """A qualified name from a list of String nodes."""
-    return tuple(i["String"]["sval"] for i in items or () if "String" in i)
 
 
 def _const_text(node: dict[str, Any] | None) -> str | None:
@@ -368,45 +298,6 @@ def _note_call(fields: dict[str, Any], seen: Seen) -> None:
         local = len(args) == 3 and _is_true(args[2])
         value = _const_text(args[1]) if len(args) > 1 else None
         seen.set_configs.append(SetConfig(setting.lower() if setting else None, local, value))
-
-
-# What a value that is the same on every row is made of: constants, parameters, operators,
-# casts, and a few functions of one result (no column, subquery, set-returning function).
-STEADY_NODES = frozenset(
-    {
-        "A_Const",
-        "ParamRef",
-        "TypeCast",
-        "TypeName",
-        "A_Expr",
-        "String",
-        "Integer",
-        "Float",
-        "Boolean",
-        "BitString",
-        "SQLValueFunction",
-        "CollateClause",
-        "BoolExpr",
-        "NullTest",
-        "CoalesceExpr",
-        "FuncCall",
-        "NamedArgExpr",  # `f(job => $1)`: the argument it names
-    }
-)
-
-
-def steady(arg: dict[str, Any], allowed: frozenset[str] = STEADY_NODES) -> bool:
-    """True when an expression has one value for the whole statement (what an advisory
-    lock is taken on: a value that varies row by row takes an entry of the server's lock
-    table for every row). `allowed`: the node types it may be made of."""
-    for node_type, fields in _nodes(arg):
-        if node_type not in allowed:
-            return False
-        if node_type == "FuncCall":
-            name = _strings(fields.get("funcname"))
-            if not name or name[-1] not in LOCK_KEY_FUNCTIONS or fields.get("over"):
-                return False
-    return True
 
 
 def _setting(fields: dict[str, Any]) -> Setting:

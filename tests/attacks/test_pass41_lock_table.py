@@ -26,7 +26,7 @@ entry (a write's transaction id lock, a relation lock off the fast path) then fa
 its try and shared forms) on as many values as it likes, on its own sessions and behind
 PgBouncer alike.
 
-Fixed (app/sql/refusals.py, from the tree: app/sql/tree_walk.py steady): a statement may
+Fixed (app/sql/refusals.py, from the tree: app/sql/tree_nodes.py steady): a statement may
 call the advisory lock functions at most 4 times, each on a value that is the same on every
 row (constants, parameters, hashtext() of them), so one transaction of 100 statements locks
 400 values at most. A's statement is refused (400) in every spelling below, and B's write

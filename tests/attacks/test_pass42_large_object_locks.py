@@ -21,7 +21,7 @@ one statement fills the server's shared lock table and every other key's write f
 Behind PgBouncer (two server connections, two pooled connections to the pooler): the same,
 B 503 "out of shared memory"; 3 runs of 3.
 
-Root cause: the refusal of pass 41 (app/sql/refusals.py, app/sql/tree_walk.py steady)
+Root cause: the refusal of pass 41 (app/sql/refusals.py, app/sql/tree_nodes.py steady)
 bounds the advisory lock functions only, but they are not the only ones that take a lock on
 a value the caller picks, row by row: lo_unlink goes through inv_drop -> performDeletion,
 whose AcquireDeletionLock locks the large object (class pg_largeobject, its oid) until the

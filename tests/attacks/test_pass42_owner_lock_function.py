@@ -24,9 +24,9 @@ LOCKED, on a table of 30 000 jobs:
     key B:  the same INSERT -> 503 "out of shared memory"; 3 runs of 3
 
 Root cause: the refusal of pass 41 reads the advisory lock calls in the request's tree
-(app/sql/tree_walk.py note_call, steady); the owner's function's body is no part of it, so
-`claim42(i)` is a call of no interest there, whatever value it is given row by row, and a
-view's body is not either (`claimable42` is a relation name).
+(app/sql/tree_walk.py _note_call, app/sql/tree_nodes.py steady); the owner's function's
+body is no part of it, so `claim42(i)` is a call of no interest there, whatever value it is
+given row by row, and a view's body is not either (`claimable42` is a relation name).
 
 Fixed (app/sql/lock_code.py, read with the catalog in app/sql/schema_code.py): the database's
 own functions in LANGUAGE sql and plpgsql are parsed for the locks they take. A call of one

@@ -1,6 +1,6 @@
 """Forty-second review pass (attacker), what held.
 
-- The row-by-row rule of pass 41 (app/sql/tree_walk.py steady) in spellings that reach a
+- The row-by-row rule of pass 41 (app/sql/tree_nodes.py steady) in spellings that reach a
   varying value without naming a column of the outer query in the call: an array parameter
   indexed by a series, a CASE over a subquery, random() and nextval() under the allowed
   int8(), a window count, GROUPING, XMLEXISTS, a recursive CTE's column, a key's own CHECK
