@@ -34,7 +34,7 @@ that locks its row's value runs once per row written (the README says so).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,165 +42,11 @@ from pglast import parser
 
 from app.errors import InvalidSQL
 from app.sql.catalog import VALUE_LOCKS
+from app.sql.lock_bodies import CONSTANT, RELATION, Site, function_sites
 from app.sql.refusals import MAX_VALUE_LOCKS
-from app.sql.schema_queries import FUNCTION_CODE_SQL, SET_RETURNING_SQL
+from app.sql.schema_queries import AGGREGATE_FUNCTIONS_SQL, FUNCTION_CODE_SQL, SET_RETURNING_SQL
 from app.sql.tree import Tree
-from app.sql.tree_nodes import STEADY_NODES, children, steady
-
-# What a call inside a function's body calls; whether it may run more than once per call
-# of the function, on a value that varies from one run to the next; and whether its
-# arguments are constants alone (the same value in every call of the function).
-Site = tuple[str, bool, bool]
-
-# In a body, a name is the function's argument or variable: the same for the whole call.
-_BODY_STEADY = STEADY_NODES | {"ColumnRef", "A_Indirection", "A_Star"}
-# What is the same in every call: constants (a parameter is the function's argument).
-_CONSTANT = STEADY_NODES - {"ParamRef"}
-# PL/pgSQL statements whose bodies (and conditions) run any number of times.
-_LOOPS = frozenset(
-    {
-        "PLpgSQL_stmt_loop",
-        "PLpgSQL_stmt_while",
-        "PLpgSQL_stmt_fori",
-        "PLpgSQL_stmt_fors",
-        "PLpgSQL_stmt_forc",
-        "PLpgSQL_stmt_foreach_a",
-        "PLpgSQL_stmt_dynfors",
-    }
-)
-# Statements that run their expressions once per row they write.
-_PER_ROW = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
-# PL/pgSQL's parse modes for an embedded query (RawParseMode): a whole statement, an
-# expression, an assignment's target and expression.
-_STATEMENT, _EXPRESSION = 0, 2
-
-
-def function_sites(
-    language: str, definition: str, source: str, set_returning: frozenset[str]
-) -> tuple[Site, ...]:
-    """What one function's code calls (`definition`: pg_get_functiondef(); `source`:
-    prosrc, empty for a BEGIN ATOMIC body). `set_returning`: the names of functions that
-    return sets, which make a query's other expressions run once per row. A body PostgreSQL's
-    parser cannot read counts every name in it as called many times."""
-    try:
-        if language == "plpgsql":
-            tree = json.loads(parser.parse_plpgsql_json(definition))
-            return tuple(_plpgsql_sites(tree, False, set_returning))
-        return tuple(_sql_sites(source or definition, False, set_returning))
-    except (parser.ParseError, ValueError, KeyError, TypeError):
-        return _scanned(source or definition)
-
-
-def _sql_sites(text: str, repeated: bool, set_returning: frozenset[str]) -> Iterator[Site]:
-    for raw in json.loads(parser.parse_sql_json(text)).get("stmts", ()):
-        stmt = raw.get("stmt") or {}
-        for node_type, fields in stmt.items():
-            yield from _node_sites(node_type, fields, repeated, set_returning)
-
-
-def _node_sites(
-    node_type: str, fields: dict[str, Any], repeated: bool, set_returning: frozenset[str]
-) -> Iterator[Site]:
-    """The calls under one node of a SQL tree; `repeated`: it may run many times per call."""
-    if node_type == "SelectStmt":
-        repeated = repeated or bool(
-            fields.get("fromClause")
-            or fields.get("valuesLists")
-            or fields.get("larg")
-            or _calls_any(fields.get("targetList"), set_returning)
-        )
-    elif node_type in _PER_ROW:
-        repeated = True
-    elif node_type == "FuncCall":
-        name = [i["String"]["sval"] for i in fields.get("funcname") or () if "String" in i]
-        if name:
-            args = [a for a in fields.get("args") or () if isinstance(a, dict)]
-            # (a value made of constants alone is one lock however often it is taken)
-            fixed = all(steady(a, _CONSTANT) for a in args) and not fields.get("over")
-            varies = not all(steady(a, _BODY_STEADY) for a in args)
-            yield name[-1], not fixed and (repeated or varies or bool(fields.get("over"))), fixed
-    for child_type, child in children(node_type, fields):
-        yield from _node_sites(child_type, child, repeated, set_returning)
-
-
-def _calls_any(node: Any, names: frozenset[str]) -> bool:
-    """True when a call of one of `names` is anywhere under `node` (a list or a node)."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            call = item.get("FuncCall")
-            if isinstance(call, dict):
-                name = [i["String"]["sval"] for i in call.get("funcname") or () if "String" in i]
-                if name and name[-1] in names:
-                    return True
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-    return False
-
-
-def _plpgsql_sites(node: Any, repeated: bool, set_returning: frozenset[str]) -> Iterator[Site]:
-    """The calls in a PL/pgSQL function's tree (parse_plpgsql_json's), each embedded query
-    parsed as SQL."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _plpgsql_sites(item, repeated, set_returning)
-        return
-    if not isinstance(node, dict):
-        return
-    for key, value in node.items():
-        if key == "PLpgSQL_expr" and isinstance(value, dict):
-            yield from _sql_sites(_as_sql(value), repeated, set_returning)
-            continue
-        inner = repeated or key in _LOOPS
-        if key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"):
-            yield from _dynamic_sites(value, inner, set_returning)
-        yield from _plpgsql_sites(value, inner, set_returning)
-
-
-def _as_sql(expr: dict[str, Any]) -> str:
-    """An embedded query as a statement PostgreSQL's parser reads: an expression as a SELECT
-    of it, an assignment (`x := e`, `x[i] = e`) as a SELECT of its value."""
-    query = str(expr.get("query", ""))
-    mode = int(expr.get("parseMode", _STATEMENT))
-    if mode == _STATEMENT:
-        return query
-    if mode == _EXPRESSION:
-        return f"SELECT {query}"
-    depth = 0
-    for token in parser.scan(query):
-        if token.name in ("ASCII_40", "ASCII_91"):  # ( [
-            depth += 1
-        elif token.name in ("ASCII_41", "ASCII_93"):
-            depth -= 1
-        elif depth == 0 and token.name in ("COLON_EQUALS", "ASCII_61"):
-            return f"SELECT {query[token.end + 1 :]}"
-    raise ValueError("an assignment without its operator")
-
-
-def _dynamic_sites(stmt: Any, repeated: bool, set_returning: frozenset[str]) -> Iterator[Site]:
-    """EXECUTE of a constant text: what that text calls. (A text built at run time is not
-    read.)"""
-    query = (stmt.get("query") or {}).get("PLpgSQL_expr") if isinstance(stmt, dict) else None
-    if not isinstance(query, dict) or int(query.get("parseMode", -1)) != _EXPRESSION:
-        return
-    parsed = json.loads(parser.parse_sql_json(f"SELECT {query.get('query', '')}"))
-    (target,) = parsed["stmts"][0]["stmt"]["SelectStmt"]["targetList"]
-    const = target["ResTarget"].get("val", {}).get("A_Const", {})
-    text = (const.get("sval") or {}).get("sval")
-    if isinstance(text, str):
-        yield from _sql_sites(text, repeated, set_returning)
-
-
-def _scanned(text: str) -> tuple[Site, ...]:
-    """Every name PostgreSQL's scanner finds in a text, as called many times."""
-    try:
-        tokens = parser.scan(text)
-    except parser.ParseError:
-        return ()
-    names = {text[t.start : t.end + 1].strip('"') for t in tokens if t.name == "IDENT"}
-    return tuple((name.lower(), True, False) for name in sorted(names))
+from app.sql.tree_nodes import steady
 
 
 def defaults_vary(text: str | None) -> bool:
@@ -213,19 +59,23 @@ def defaults_vary(text: str | None) -> bool:
         targets = parsed["stmts"][0]["stmt"]["SelectStmt"]["targetList"]
     except (parser.ParseError, ValueError, KeyError, IndexError):
         return True
-    return not all(steady(t["ResTarget"].get("val") or {}, _CONSTANT) for t in targets)
+    return not all(steady(t["ResTarget"].get("val") or {}, CONSTANT) for t in targets)
 
 
 def lockers(
-    bodies: Mapping[str, Iterable[Site]], varying: Iterable[str] = ()
+    bodies: Mapping[str, Iterable[Site]],
+    varying: Iterable[str] = (),
+    reading: frozenset[str] = frozenset(),
 ) -> tuple[frozenset[str], frozenset[str]]:
     """From each function's sites (overloads under one name): the lockers, which lock a
     value they are given or compute, and those of them that may lock many values in one
     call (a lock site that repeats, a call of such a locker, a locker that reaches itself
     again, or one whose argument defaults differ from call to call, `varying`: each row's
-    call that leaves the argument out then locks a value of its own). A function that locks
-    only constants takes the same few locks however often it runs: it is neither."""
+    call that leaves the argument out then locks a value of its own; or one whose code names
+    a relation in `reading`, whose stored code locks per row). A function that locks only
+    constants takes the same few locks however often it runs: it is neither."""
     defaulted = set(varying)
+    endless_relations = {RELATION + name for name in reading}
     sites = {name: tuple(found) for name, found in bodies.items()}
     found: set[str] = set()
     many: set[str] = set()
@@ -234,7 +84,7 @@ def lockers(
         changed = False
         for name, calls in sites.items():
             locks = [(again, fixed) for c, again, fixed in calls if c in VALUE_LOCKS or c in found]
-            endless = any(c in many for c, _, _ in calls) or any(
+            endless = any(c in many or c in endless_relations for c, _, _ in calls) or any(
                 (again or name in defaulted) for again, fixed in locks if not fixed
             )
             if name not in found and (endless or not all(fixed for _, fixed in locks)):
@@ -333,10 +183,27 @@ Bodies = dict[tuple[str, str, str, frozenset[str]], tuple[Site, ...]]
 Ask = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 
 
-async def read_lock_code(ask: Ask, known: Bodies, judged: Bodies) -> LockCode:
+@dataclass(frozen=True, slots=True)
+class LockReading:
+    """What the catalog's functions call (`bodies`, overloads and an aggregate's functions
+    under one name), and those whose argument defaults differ from call to call."""
+
+    bodies: Mapping[str, Sequence[Site]]
+    defaulted: frozenset[str]
+
+    def code(
+        self, read: frozenset[str] = frozenset(), written: frozenset[str] = frozenset()
+    ) -> LockCode:
+        """The lock facts, given the relations whose stored code locks per row when read
+        or written: a function whose code names one locks many values too."""
+        return LockCode(*lockers(self.bodies, self.defaulted, read | written), read, written)
+
+
+async def read_lock_code(ask: Ask, known: Bodies, judged: Bodies) -> LockReading:
     """The database's own functions that take value locks, read from the catalog now
     (`ask`: app/sql/schema_code.py's); each function's code is parsed once per text (`known`,
-    from the last reading; what this one read goes into `judged`)."""
+    from the last reading; what this one read goes into `judged`). An aggregate runs its
+    functions once per row: it calls them many times."""
     set_returning = frozenset(str(r[0]) for r in await ask(SET_RETURNING_SQL, []))
     bodies: dict[str, list[Site]] = {}
     defaulted: set[str] = set()
@@ -349,7 +216,9 @@ async def read_lock_code(ask: Ask, known: Bodies, judged: Bodies) -> LockCode:
         bodies.setdefault(str(name), []).extend(sites)
         if defaults_vary(defaults):
             defaulted.add(str(name))
-    return LockCode(*lockers(bodies, defaulted))
+    for aggregate, runs in await ask(AGGREGATE_FUNCTIONS_SQL, []):
+        bodies.setdefault(str(aggregate), []).append((str(runs), True, False))
+    return LockReading(bodies, frozenset(defaulted))
 
 
 def check(locks: LockCode, trees: Sequence[Tree]) -> None:

@@ -274,7 +274,8 @@ async def read(
     own = frozenset(str(r[0]) for r in await ask(OWN_FUNCTIONS_SQL, []))
     known = verdicts or Verdicts()
     judged = Verdicts()
-    locking = await read_lock_code(ask, known.bodies, judged.bodies)
+    lock_reading = await read_lock_code(ask, known.bodies, judged.bodies)
+    locking = lock_reading.code()
     coded: list[tuple[int, bool, bool]] = []
     drawing: list[tuple[int, bool, bool]] = []
 
@@ -352,15 +353,13 @@ async def read(
     # view, a table whose policy reads one, a partition's parent).
     random = assemble(drawing, edges, names, (), write_edges) if drawing else NOTHING
     # And what reaches stored code that locks a value per row, by the same paths.
-    if locked:
-        by_row = assemble(locked, edges, names, (), write_edges)
-        locking = replace(locking, read=by_row.read_coded, written=by_row.write_coded)
+    by_row = assemble(locked, edges, names, (), write_edges) if locked else NOTHING
     return replace(
         facts,
         read_random=random.read_coded,
         write_random=random.write_coded,
         catalog_altered=altered,
-        locks=locking,
+        locks=lock_reading.code(by_row.read_coded, by_row.write_coded),
     ), judged
 
 

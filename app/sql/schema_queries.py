@@ -251,6 +251,16 @@ FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace {_OURS} AND p.prokind IN ('f', 'p') AND l.lanname IN ('sql', 'plpgsql')
 """
 
+# The database's own aggregates and the functions each runs (once per row, per group):
+# (aggregate, function).
+AGGREGATE_FUNCTIONS_SQL = f"""
+SELECT p.proname, f.proname FROM pg_catalog.pg_aggregate a
+JOIN pg_catalog.pg_proc p ON p.oid = a.aggfnoid
+JOIN pg_catalog.pg_proc f ON f.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn,
+     a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn, a.aggserialfn, a.aggdeserialfn)
+WHERE p.pronamespace {_OURS}
+"""
+
 # The names of functions that return sets (a query's other expressions then run per row).
 SET_RETURNING_SQL = """
 SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.proretset

@@ -9,7 +9,8 @@ import pytest
 
 from app.errors import InvalidSQL
 from app.sql import lock_code
-from app.sql.lock_code import LockCode, function_sites, lockers
+from app.sql.lock_bodies import RELATION, function_sites
+from app.sql.lock_code import LockCode, lockers
 from app.sql.tree import parse
 
 SETS = frozenset({"generate_series", "unnest"})
@@ -45,13 +46,43 @@ def sites(language: str, definition: str = "", source: str = "") -> dict[str, bo
         ("DECLARE ok bool := pg_try_advisory_xact_lock(job); BEGIN END", False),
         ("BEGIN EXECUTE 'SELECT pg_advisory_xact_lock($1)' USING job; END", False),
         ("BEGIN FOR i IN 1..job LOOP PERFORM pg_advisory_xact_lock(i); END LOOP; END", True),
-        ("BEGIN WHILE pg_try_advisory_xact_lock(job) LOOP EXIT; END LOOP; END", True),
+        # a loop on the argument: the same value every time (a retry loop)
+        ("BEGIN WHILE pg_try_advisory_xact_lock(job) LOOP EXIT; END LOOP; END", False),
         (
             "DECLARE r record; BEGIN FOR r IN SELECT pg_advisory_xact_lock(id) FROM t"
             " LOOP END LOOP; END",
             True,
         ),
-        ("BEGIN LOOP PERFORM pg_advisory_xact_lock(job); EXIT; END LOOP; END", True),
+        ("BEGIN LOOP PERFORM pg_advisory_xact_lock(job); EXIT; END LOOP; END", False),
+        # a value of the function's own making (pass 43)
+        ("DECLARE t bigint; BEGIN t := nextval('s'); PERFORM pg_advisory_xact_lock(t); END", True),
+        ("DECLARE t bigint := job * 2; BEGIN PERFORM pg_advisory_xact_lock(t); END", False),
+        (
+            "DECLARE o bigint; BEGIN INSERT INTO orders DEFAULT VALUES RETURNING id INTO o;"
+            " PERFORM pg_advisory_xact_lock(o); END",
+            True,
+        ),
+        (
+            "DECLARE t bigint := job; BEGIN SELECT max(id) INTO t FROM jobs;"
+            " PERFORM pg_advisory_xact_lock(t); END",
+            True,
+        ),
+        (
+            "DECLARE t bigint := job; BEGIN FOR i IN 1..3 LOOP t := t + i; END LOOP;"
+            " PERFORM pg_advisory_xact_lock(t); END",
+            True,
+        ),
+        (
+            "DECLARE n bigint; BEGIN GET DIAGNOSTICS n = ROW_COUNT;"
+            " PERFORM pg_advisory_xact_lock(n); END",
+            True,
+        ),
+        (
+            "DECLARE a bigint[] := ARRAY[1, 2]; x bigint; BEGIN FOREACH x IN ARRAY a LOOP"
+            " PERFORM pg_advisory_xact_lock(x); END LOOP; END",
+            True,
+        ),
+        ("BEGIN PERFORM pg_advisory_xact_lock(f.job); END", False),
         ("BEGIN PERFORM pg_advisory_xact_lock(id) FROM jobs; END", True),
         ("BEGIN PERFORM pg_advisory_xact_lock(generate_series(1, job)); END", True),
         ("BEGIN PERFORM pg_advisory_xact_lock(job), generate_series(1, 9); END", True),
@@ -90,11 +121,9 @@ def test_a_begin_atomic_body_is_read_from_its_definition() -> None:
         "BEGIN ATOMIC\n SELECT pg_advisory_xact_lock(g.job);\n"
         " SELECT count(pg_try_advisory_xact_lock(jobs.id)) FROM jobs;\nEND\n"
     )
-    assert sites("sql", definition) == {
-        "pg_advisory_xact_lock": False,
-        "pg_try_advisory_xact_lock": True,
-        "count": True,
-    }
+    found = sites("sql", definition)
+    assert found["pg_advisory_xact_lock"] is False
+    assert found["pg_try_advisory_xact_lock"] is True
 
 
 def test_a_body_the_parser_cannot_read_counts_every_name_in_it_as_repeated() -> None:
@@ -217,3 +246,36 @@ def test_a_locker_whose_default_differs_per_call_locks_many() -> None:
     found, many = lockers(bodies, varying={"claim", "constant"})
     assert found == {"claim"}
     assert many == {"claim"}  # (a lock of constants is the same lock whatever is passed)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "BEGIN RETURN QUERY EXECUTE 'SELECT id FROM jobs WHERE pg_try_advisory_xact_lock(id)'; END",
+        "DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE"
+        " 'SELECT id FROM jobs WHERE pg_try_advisory_xact_lock(id)'; END",
+    ],
+)
+def test_a_constant_text_run_as_a_query_is_read(body: str) -> None:
+    assert plpgsql(body)["pg_try_advisory_xact_lock"] is True
+
+
+def test_a_call_in_attribute_notation_and_the_relations_a_body_names_are_sites() -> None:
+    assert sites("sql", source="SELECT (job).claim")["claim"] is False  # the argument's
+    found = sites("sql", source="SELECT (job).claim, count(*) FROM claimable")
+    assert found["claim"] is True  # (over rows, `job` may be a column)
+    assert found[RELATION + "claimable"] is True
+    found = sites("sql", source="SELECT count(j.claim) FROM jobs j")
+    assert found["claim"] is True
+
+
+def test_a_function_that_reads_a_relation_locking_per_row_locks_many() -> None:
+    bodies = {"claim_some": [(RELATION + "claimable", True, False)]}
+    assert lockers(bodies) == (frozenset(), frozenset())
+    found, many = lockers(bodies, reading=frozenset({"claimable"}))
+    assert found == many == {"claim_some"}
+
+
+def test_an_aggregate_whose_step_locks_locks_many() -> None:
+    bodies = {"step": [("pg_advisory_xact_lock", False, False)], "agg": [("step", True, False)]}
+    assert lockers(bodies)[1] == {"agg"}
