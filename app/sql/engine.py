@@ -165,7 +165,7 @@ class Engine:
         if not _around:
             lock_code.check(self.schema.locks, [bound.tree])
         # (a read-only request changes no schema: PostgreSQL refuses it DDL)
-        if not _around and not limits.read_only and session.changes_schema(bound.tree):
+        if not _around and not limits.read_only and self.schema.changed_by(bound.tree):
             async with self._changing(True):
                 return await self.run(bound, limits, abort, _around=True)
         intent: Intent = "read" if limits.read_only else "write"
@@ -322,7 +322,7 @@ class Engine:
         )
         intent: Intent = "read" if read_only else "write"
         started = time.perf_counter()
-        changes = not read_only and any(session.changes_schema(b.tree) for b in statements)
+        changes = not read_only and any(self.schema.changed_by(b.tree) for b in statements)
         async with (
             Guard(timeout_ms, abort) as guard,
             self._changing(changes),
@@ -361,7 +361,7 @@ class Engine:
         intent: Intent = "read" if limits.read_only else "write"
         # As in run(): the facts are unknown from before a statement that may change the
         # schema starts until read again after its commit (the checkout's end).
-        changes = not limits.read_only and session.changes_schema(bound.tree)
+        changes = not limits.read_only and self.schema.changed_by(bound.tree)
 
         @asynccontextmanager
         async def checkout() -> AsyncIterator[Checkout]:

@@ -21,6 +21,8 @@ from app.sql.lock_code import NO_LOCKS, LockCode
 from app.sql.pipeline import Command, Keep
 from app.sql.schema_code import UNKNOWN, Ask, SchemaCode, Verdicts, read
 from app.sql.schema_queries import FINGERPRINT_SQL
+from app.sql.session import changes_schema
+from app.sql.tree import Tree
 
 logger = logging.getLogger("app.sql.schema_code")
 
@@ -109,6 +111,17 @@ class SchemaWatch:
         are read anew, the last reading's (a locker made meanwhile is seen once read)."""
         facts = self.current if self.current.known else self.last_known
         return facts.locks if facts is not None else NO_LOCKS
+
+    def changed_by(self, tree: Tree) -> bool:
+        """Whether the facts are unknown while the statement runs (session.changes_schema):
+        not for one that makes only a temporary table or sequence while the facts are known
+        and no event trigger may run code on it. The facts count nothing in a temporary
+        schema, and the connection is closed after it (session.effect), so they would read
+        the same after it; a key making temporary tables in a loop would otherwise have every
+        other key's statements judged once the catalog is read again (pass 15)."""
+        if tree.temp_only and self.current.known and not self.current.event_triggers:
+            return False
+        return changes_schema(tree)
 
     def changed(self) -> None:
         """A statement that may change the schema ran: the facts are unknown until read."""

@@ -112,6 +112,9 @@ class Tree:
     # Sequences and indexes the statement makes (serial and identity columns, primary keys,
     # unique and exclusion constraints, CREATE SEQUENCE / INDEX).
     objects_made: int = 0
+    # A temporary table or sequence is all the statement makes (CREATE TEMP TABLE / SEQUENCE
+    # with no parent, no owning column, no call): nothing outside its session can reach it.
+    temp_only: bool = False
 
     @property
     def weight(self) -> int:
@@ -297,7 +300,23 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         value_locks_vary=seen.value_locks_vary,
         call_sites=frozenset((name, n, v) for name, (n, v) in seen.call_sites.items()),
         objects_made=seen.made,
+        temp_only=not seen.calls and _makes_only_temporary(kind, body),
     )
+
+
+def _makes_only_temporary(kind: str, body: dict[str, Any]) -> bool:
+    """A CREATE TEMP TABLE that inherits from no table and is no partition, or a CREATE TEMP
+    SEQUENCE owned by no column: what it makes lives in the session's temporary schema."""
+    if kind == "CreateStmt" and not (body.get("inhRelations") or body.get("partbound")):
+        made = body.get("relation") or {}
+    elif kind == "CreateSeqStmt" and not any(
+        (option.get("DefElem") or {}).get("defname") == "owned_by"
+        for option in body.get("options") or ()
+    ):
+        made = body.get("sequence") or {}
+    else:
+        return False
+    return made.get("relpersistence") == "t" or made.get("schemaname") == "pg_temp"
 
 
 # Statements PostgreSQL never runs inside a transaction block, whatever their options.
