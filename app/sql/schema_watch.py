@@ -114,12 +114,20 @@ class SchemaWatch:
 
     def changed_by(self, tree: Tree) -> bool:
         """Whether the facts are unknown while the statement runs (session.changes_schema):
-        not for one that makes only a temporary table or sequence while the facts are known
-        and no event trigger may run code on it. The facts count nothing in a temporary
+        not for one that makes only a temporary table or sequence while the facts are known,
+        no event trigger may run code on it and it names no type or relation with code of
+        the database's own (a type's input function runs on a default's literal, and LIKE
+        reads a relation). The facts count nothing in a temporary
         schema, and the connection is closed after it (session.effect), so they would read
         the same after it; a key making temporary tables in a loop would otherwise have every
         other key's statements judged once the catalog is read again (pass 15)."""
-        if tree.temp_only and self.current.known and not self.current.event_triggers:
+        facts = self.current
+        if (
+            tree.temp_only
+            and facts.known
+            and not facts.event_triggers
+            and not facts.runs_unseen_code(tree)
+        ):
             return False
         return changes_schema(tree)
 

@@ -305,9 +305,12 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
 
 
 def _makes_only_temporary(kind: str, body: dict[str, Any]) -> bool:
-    """A CREATE TEMP TABLE that inherits from no table and is no partition, or a CREATE TEMP
-    SEQUENCE owned by no column: what it makes lives in the session's temporary schema."""
-    if kind == "CreateStmt" and not (body.get("inhRelations") or body.get("partbound")):
+    """A CREATE TEMP TABLE that inherits from no table, is no partition and names no access
+    method (whose handler is code), or a CREATE TEMP SEQUENCE owned by no column: what it
+    makes lives in the session's temporary schema."""
+    if kind == "CreateStmt" and not (
+        body.get("inhRelations") or body.get("partbound") or body.get("accessMethod")
+    ):
         made = body.get("relation") or {}
     elif kind == "CreateSeqStmt" and not any(
         (option.get("DefElem") or {}).get("defname") == "owned_by"

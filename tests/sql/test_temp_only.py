@@ -48,6 +48,7 @@ NOT_ONLY_TEMPORARY = [
     "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     "DROP TABLE IF EXISTS pg_temp.t",
     "CREATE INDEX ON pg_temp.t (a)",
+    "CREATE TEMP TABLE t (a int) USING own_access_method",
 ]
 
 
@@ -76,3 +77,26 @@ def test_an_event_trigger_or_unknown_facts_count_every_ddl(facts: SchemaCode) ->
     # An event trigger runs code of the database's own on the CREATE TABLE, which may change
     # anything; while the facts are unknown, one may have been made meanwhile.
     assert SchemaWatch.fixed(facts).changed_by(parse("CREATE TEMP TABLE t (a int)"))
+
+
+@pytest.mark.parametrize(
+    ("sql", "facts"),
+    [
+        # a type with code of its own (its casts, its domain checks, its input function)
+        (
+            "CREATE TEMP TABLE t (a ticket DEFAULT 'T-1')",
+            dataclasses.replace(NOTHING, own_functions=frozenset({"ticket"})),
+        ),
+        # LIKE reads a relation whose reading runs code of the database's own
+        (
+            "CREATE TEMP TABLE t (LIKE coded INCLUDING ALL)",
+            dataclasses.replace(NOTHING, read_coded=frozenset({"coded"})),
+        ),
+    ],
+    ids=["own-type", "like-coded-relation"],
+)
+def test_a_name_with_code_of_its_own_counts(sql: str, facts: SchemaCode) -> None:
+    tree = parse(sql)
+    assert tree.temp_only
+    assert SchemaWatch.fixed(facts).changed_by(tree)
+    assert not SchemaWatch.fixed(NOTHING).changed_by(tree)
