@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +97,25 @@ async def attacked_on(
             yield client
     finally:
         as_owner(pair, *teardown)
+
+
+@contextmanager
+def event_trigger_on(
+    pair: LocalPair, name: str, event: str, tags: str, function: str
+) -> Iterator[None]:
+    """A superuser's event trigger `name` on `event` for the command `tags` (an SQL list of
+    texts), running `function()` (the owner's); dropped after."""
+    with pair.primary.connect() as conn:
+        conn.execute(f"DROP EVENT TRIGGER IF EXISTS {name}")
+        conn.execute(
+            f"CREATE EVENT TRIGGER {name} ON {event} WHEN TAG IN ({tags})"
+            f" EXECUTE FUNCTION {function}()"
+        )
+    try:
+        yield
+    finally:
+        with pair.primary.connect() as conn:
+            conn.execute(f"DROP EVENT TRIGGER IF EXISTS {name}")
 
 
 def locks_on(pair: LocalPair, lock: int) -> int:

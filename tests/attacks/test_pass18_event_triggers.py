@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import query, schema_seen
+from tests.attacks.conftest import event_trigger_on, query, schema_seen
 from tests.conftest import as_owner
 
 
@@ -36,18 +36,10 @@ async def event_trigger(
         f" $$ BEGIN IF session_user = '{SERVICE}' THEN"
         " PERFORM set_config('app.tenant18', 'ddl', false); END IF; END $$",
     )
-    with pair.primary.connect() as conn:
-        conn.execute("DROP EVENT TRIGGER IF EXISTS audit18")
-        conn.execute(
-            "CREATE EVENT TRIGGER audit18 ON ddl_command_start"
-            " WHEN TAG IN ('CREATE TABLE', 'DROP TABLE') EXECUTE FUNCTION public.audit18()"
-        )
-    await schema_seen(client)
-    try:
+    tags = "'CREATE TABLE', 'DROP TABLE'"
+    with event_trigger_on(pair, "audit18", "ddl_command_start", tags, "public.audit18"):
+        await schema_seen(client)
         yield
-    finally:
-        with pair.primary.connect() as conn:
-            conn.execute("DROP EVENT TRIGGER IF EXISTS audit18")
 
 
 @pytest.mark.parametrize(

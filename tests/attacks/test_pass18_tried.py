@@ -31,7 +31,14 @@ import pytest
 import pytest_asyncio
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import advisory_locks, attacked, headers, one, several
+from tests.attacks.conftest import (
+    advisory_locks,
+    attacked,
+    event_trigger_on,
+    headers,
+    one,
+    several,
+)
 from tests.conftest import as_owner, login_role
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -91,18 +98,12 @@ async def served(pair: LocalPair) -> AsyncIterator[httpx.AsyncClient]:
         "GRANT SELECT ON public.members18t TO PUBLIC",
         "SELECT pg_advisory_unlock_all()",
     )
-    with pair.primary.connect() as conn:
-        conn.execute("DROP EVENT TRIGGER IF EXISTS lock18t")
-        conn.execute(
-            "CREATE EVENT TRIGGER lock18t ON ddl_command_start"
-            " WHEN TAG IN ('CREATE TABLE', 'DROP TABLE') EXECUTE FUNCTION public.lock18t()"
-        )
+    tags = "'CREATE TABLE', 'DROP TABLE'"
     try:
-        async with attacked(pair, role, password, seen=True) as client:
-            yield client
+        with event_trigger_on(pair, "lock18t", "ddl_command_start", tags, "public.lock18t"):
+            async with attacked(pair, role, password, seen=True) as client:
+                yield client
     finally:
-        with pair.primary.connect() as conn:
-            conn.execute("DROP EVENT TRIGGER IF EXISTS lock18t")
         # Operators named `=` and `~~` of the database's own make every later statement that
         # uses those names (in any test on this server) count as calling its code.
         as_owner(

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import attacked, headers, query
+from tests.attacks.conftest import attacked, event_trigger_on, headers, query
 from tests.conftest import as_owner
 from tests.waiting import eventually
 
@@ -48,25 +48,20 @@ async def audited(pair: LocalPair, world: dict[str, str]) -> AsyncIterator[httpx
         f" SECURITY DEFINER AS $$ BEGIN IF session_user = '{SERVICE}' THEN"
         f" EXECUTE $q$ {LOCKING} $q$; END IF; END $$",
     )
-    with pair.primary.connect() as conn:
-        conn.execute("DROP EVENT TRIGGER IF EXISTS audit_t")
-        conn.execute(
-            "CREATE EVENT TRIGGER audit_t ON ddl_command_end WHEN TAG IN ('CREATE TABLE')"
-            " EXECUTE FUNCTION public.audit_t()"
-        )
     try:
-        async with attacked(
-            pair, world["role"], world["password"], schema_refresh_s=3600
-        ) as client:
+        with event_trigger_on(
+            pair, "audit_t", "ddl_command_end", "'CREATE TABLE'", "public.audit_t"
+        ):
+            async with attacked(
+                pair, world["role"], world["password"], schema_refresh_s=3600
+            ) as client:
 
-            async def first_read() -> bool:
-                return await _read_at(client) is not None
+                async def first_read() -> bool:
+                    return await _read_at(client) is not None
 
-            await eventually(first_read, "the service's first reading of the catalog", 10)
-            yield client
+                await eventually(first_read, "the service's first reading of the catalog", 10)
+                yield client
     finally:
-        with pair.primary.connect() as conn:
-            conn.execute("DROP EVENT TRIGGER IF EXISTS audit_t")
         as_owner(pair, "DROP FUNCTION IF EXISTS public.audit_t()", HARMLESS)
 
 
