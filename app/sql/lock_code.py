@@ -43,7 +43,7 @@ from pglast import parser
 from app.errors import InvalidSQL
 from app.sql.catalog import VALUE_LOCKS
 from app.sql.lock_bodies import CONSTANT, RELATION, Site, function_sites
-from app.sql.refusals import MAX_VALUE_LOCKS
+from app.sql.refusals import MAX_VALUE_LOCKS, made_refusal
 from app.sql.schema_queries import AGGREGATE_FUNCTIONS_SQL, FUNCTION_CODE_SQL, SET_RETURNING_SQL
 from app.sql.tree import Tree
 from app.sql.tree_nodes import steady
@@ -223,12 +223,13 @@ async def read_lock_code(ask: Ask, known: Bodies, judged: Bodies) -> LockReading
 
 def check(locks: LockCode, trees: Sequence[Tree]) -> None:
     """400 for the first of a request's statements that would lock values past the rule
-    through the database's own code (LockCode.refusal), naming its index when there are
-    several."""
-    if not locks:
-        return
-    for index, tree in enumerate(trees):
-        why = locks.refusal(tree)
-        if why is not None:
-            extra = {"statement_index": index} if len(trees) > 1 else {}
-            raise InvalidSQL(why, **extra)
+    through the database's own code (LockCode.refusal), or make more than a transaction
+    may (refusals.made_refusal), naming its index when there are several."""
+    refused = made_refusal(trees)
+    if refused is None and locks:
+        refused = next(
+            ((i, why) for i, tree in enumerate(trees) if (why := locks.refusal(tree))), None
+        )
+    if refused is not None:
+        index, why = refused
+        raise InvalidSQL(why, **({"statement_index": index} if len(trees) > 1 else {}))

@@ -40,6 +40,7 @@ MAX_TREE_JSON = 16 * 1024 * 1024
 # app/sql/transaction_pooling.py); every other tree keeps only its facts, so a cached tree
 # costs about as much as its text.
 _KEEP_NODE = frozenset({"RenameStmt", "AlterOwnerStmt", "AlterSeqStmt"})
+_MAKES_RELATION = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CompositeTypeStmt"})
 
 _VETTED = CLEAN_FUNCTIONS | {SET_CONFIG}
 T = TypeVar("T")
@@ -112,6 +113,11 @@ class Tree:
     # Sequences and indexes the statement makes (serial and identity columns, primary keys,
     # unique and exclusion constraints, CREATE SEQUENCE / INDEX).
     objects_made: int = 0
+    # LIKE ... INCLUDING INDEXES / IDENTITY / ALL: as many more as the relation copied has.
+    copies_objects: bool = False
+    # A table, view or composite type is made (CREATE TABLE / VIEW / TYPE ... AS, CREATE
+    # TABLE AS, SELECT ... INTO): 1, else 0.
+    makes_relation: int = 0
     # A temporary table or sequence is all the statement makes (CREATE TEMP TABLE / SEQUENCE
     # with no parent, no owning column, no call): nothing outside its session can reach it.
     temp_only: bool = False
@@ -300,6 +306,8 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         value_locks_vary=seen.value_locks_vary,
         call_sites=frozenset((name, n, v) for name, (n, v) in seen.call_sites.items()),
         objects_made=seen.made,
+        copies_objects=seen.copies,
+        makes_relation=int(kind in _MAKES_RELATION or "IntoClause" in seen.kinds),
         temp_only=not seen.calls and _makes_only_temporary(kind, body),
     )
 

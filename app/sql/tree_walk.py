@@ -126,8 +126,10 @@ class Seen:
     # one's arguments may vary from row to row (what app/sql/lock_code.py counts a call of
     # the database's own lock-taking functions by).
     call_sites: dict[str, tuple[int, bool]] = field(default_factory=dict)
-    # Sequences and indexes the statement makes (objects_made).
+    # Sequences and indexes the statement makes (objects_made), and whether it copies those
+    # of another relation (copies_objects).
     made: int = 0
+    copies: bool = False
 
 
 def walk(stmt: dict[str, Any]) -> Seen:
@@ -142,8 +144,11 @@ def walk(stmt: dict[str, Any]) -> Seen:
 
 
 def _note_written(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
-    """The relations a DML statement writes, or a TRUNCATE empties (its ON TRUNCATE
-    triggers run)."""
+    """The relations a DML statement writes, a TRUNCATE empties (its ON TRUNCATE triggers
+    run), or a LIKE copies (_note_copied)."""
+    if node_type == "TableLikeClause":
+        _note_copied(fields, seen)
+        return
     if node_type != "TruncateStmt":
         targets = [fields.get("relation") or {}]
     else:
@@ -170,7 +175,7 @@ def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
             seen.temp = True
     elif node_type in _NAMES:
         _note_names(node_type, fields, seen)
-    elif node_type in _WRITES or node_type == "TruncateStmt":
+    elif node_type in _WRITES or node_type in ("TruncateStmt", "TableLikeClause"):
         _note_written(node_type, fields, seen)
     elif node_type == "LockingClause":
         seen.locks = True
@@ -182,8 +187,8 @@ def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
         seen.settings.append(_setting(fields))
     elif node_type == "DeclareCursorStmt":
         seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
-    elif _makes_one(node_type, fields):
-        seen.made += 1
+    else:
+        seen.made += _makes_one(node_type, fields)
     if not seen.temp and _names_temp(fields):
         seen.temp = True
 
@@ -259,6 +264,22 @@ _CONSTRAINTS_MAKING = frozenset(
 # The type names PostgreSQL reads as a column with a sequence of its own, unqualified or in
 # pg_catalog (transformColumnDefinition).
 _SERIALS = frozenset({"smallserial", "serial2", "serial", "serial4", "bigserial", "serial8"})
+
+
+# What LIKE ... INCLUDING copies one of for each the relation has (TableLikeOption).
+_LIKE_IDENTITY, _LIKE_INDEXES = 1 << 5, 1 << 6
+
+
+def _note_copied(fields: dict[str, Any], seen: Seen) -> None:
+    """CREATE TABLE ... (LIKE r ...): the new table takes r's stored code (its defaults,
+    generated columns, checks, index expressions), so r counts as written (its writes' code
+    runs on the copy's, and the catalog reading never sees a temporary copy); with INCLUDING
+    INDEXES or IDENTITY it makes as many indexes or sequences as r has, which the tree does
+    not show (pass 44)."""
+    target = fields.get("relation") or {}
+    seen.written.add((target.get("schemaname"), target.get("relname", "")))
+    if int(fields.get("options", 0)) & (_LIKE_IDENTITY | _LIKE_INDEXES):
+        seen.copies = True
 
 
 def _makes_one(node_type: str, fields: dict[str, Any]) -> bool:

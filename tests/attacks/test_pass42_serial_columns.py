@@ -8,8 +8,9 @@ of shared memory").
 Fixed (app/sql/refusals.py MAX_OBJECTS_MADE, from the tree: app/sql/tree_walk.py
 _makes_one): a statement may make at most 4 sequences and indexes (serial and identity
 columns, primary keys, unique and exclusion constraints, CREATE SEQUENCE / INDEX). A
-transaction of the most statements a request may send, each at that bound, holds under a
-tenth of the table here (about 1,600 entries of 23,000).
+transaction of the most statements a request may send, each at that bound, held 1,390 entries
+of 23,235; since pass 44 a transaction's statements make at most 16 together
+(refusals.MAX_MADE_IN_TRANSACTION), which hold under a hundredth of the table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import psycopg
 
 from app.devdb import SERVICE, LocalPair
+from app.sql.refusals import MAX_MADE_IN_TRANSACTION
 from tests.attacks.conftest import attacked_on, query, transaction
 from tests.attacks.test_pass41_lock_table import lock_table_room
 from tests.attacks.test_pass42_large_object_locks import SETUP, SLEEPING, TEARDOWN
@@ -46,14 +48,21 @@ async def test_a_temporary_table_of_1600_serial_columns_is_refused(pair: LocalPa
         assert b.status_code == 200, b.text
 
 
-async def test_a_transaction_at_the_bound_holds_a_tenth_of_the_lock_table(
+async def test_a_transaction_at_the_bound_holds_a_hundredth_of_the_lock_table(
     pair: LocalPair,
 ) -> None:
-    """A's transaction of 99 temporary tables of 4 serial columns each, then a sleep: it
-    runs, and while it sleeps B writes, with A's backend holding a tenth of the table."""
+    """A's transaction of 99 temporary tables of 4 serial columns each (1,390 entries before
+    the transaction's own bound) is refused where its statements pass 16 relations,
+    sequences and indexes; one of 4 tables of 3 serial columns each, then a sleep, runs, and
+    while it sleeps B writes, with A's backend holding under a hundredth of the table."""
     room = lock_table_room(pair)
     async with attacked_on(pair, SETUP, TEARDOWN, pool_max_size=2, pool_min_size=2) as client:
         makes = [MAKE.format(i=i, columns=serials(4)) for i in range(99)]
+        refused = await transaction(client, "write", *makes, timeout_ms=30000)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["statement_index"] == 3, refused.text  # 5, 10, 15, then 20
+        assert f"at most {MAX_MADE_IN_TRANSACTION}" in refused.json()["detail"], refused.text
+        makes = [MAKE.format(i=i, columns=serials(3)) for i in range(4)]
         a_task = asyncio.ensure_future(
             transaction(client, "write", *makes, "SELECT pg_sleep(1.5)", timeout_ms=30000)
         )
@@ -78,4 +87,4 @@ async def test_a_transaction_at_the_bound_holds_a_tenth_of_the_lock_table(
         a = await a_task
     assert a.status_code == 200, a.text
     assert b.status_code == 200, b.text
-    assert 99 * 4 <= held < room / 10, f"A held {held} entries of {room}"
+    assert 4 * 3 <= held < room / 100, f"A held {held} entries of {room}"
