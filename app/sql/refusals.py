@@ -43,8 +43,6 @@ a function the tree cannot see into did inside it is undone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from app.sql import catalog
 from app.sql.tree import Tree, kept_on_tree
 
@@ -116,29 +114,6 @@ MAX_VALUE_LOCKS = 4
 # statements, 100 by default, held 1,500 to 1,700 entries; a temporary table of 16 serial
 # columns takes 52, and 14 of 1,600 filled the table).
 MAX_OBJECTS_MADE = 4
-# Relations, sequences and indexes the statements of one transaction may make together: a
-# transaction holds each one's entries until it ends, and a key holds up to its share of the
-# pool in transactions (5 connections by default). Without it, 100 statements at the bound
-# above held 1,390 entries of 23,235, and a temporary partitioned table's partitions and its
-# indexes (each CREATE INDEX makes one per partition) grew with the square of them.
-MAX_MADE_IN_TRANSACTION = 16
-
-
-def made_refusal(trees: Sequence[Tree]) -> tuple[int, str] | None:
-    """The first statement (its index) past what a transaction's statements may make
-    together, and why; None when they keep to it."""
-    made = 0
-    for index, tree in enumerate(trees):
-        made += tree.objects_made + tree.makes_relation
-        if made > MAX_MADE_IN_TRANSACTION:
-            return index, (
-                f"the transaction's statements up to this one make {made} relations, "
-                f"sequences and indexes; at most {MAX_MADE_IN_TRANSACTION} are made in one "
-                "transaction: each takes entries of the server's shared lock table until the "
-                "transaction ends, which enough of them would fill for every session, other "
-                "keys' included; run larger DDL as a migration"
-            )
-    return None
 
 
 # Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).

@@ -10,7 +10,7 @@ _makes_one): a statement may make at most 4 sequences and indexes (serial and id
 columns, primary keys, unique and exclusion constraints, CREATE SEQUENCE / INDEX). A
 transaction of the most statements a request may send, each at that bound, held 1,390 entries
 of 23,235; since pass 44 a transaction's statements make at most 16 together
-(refusals.MAX_MADE_IN_TRANSACTION), which hold under a hundredth of the table.
+(lock_code.MAX_MADE_IN_TRANSACTION), which hold under a hundredth of the table.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncio
 import psycopg
 
 from app.devdb import SERVICE, LocalPair
-from app.sql.refusals import MAX_MADE_IN_TRANSACTION
+from app.sql.lock_code import MAX_MADE_IN_TRANSACTION
 from tests.attacks.conftest import attacked_on, query, transaction
 from tests.attacks.test_pass41_lock_table import lock_table_room
 from tests.attacks.test_pass42_large_object_locks import SETUP, SLEEPING, TEARDOWN

@@ -12,7 +12,7 @@ made holds its entries of the server's shared lock table until the transaction e
     13,000 of the 23,235 entries here. 99 temporary tables at the per-statement bound held
     994 (1,390 with serial columns), 5,000 to 7,000 for a key.
 
-Fixed (app/sql/refusals.py MAX_MADE_IN_TRANSACTION, checked with the lock rule in
+Fixed (app/sql/lock_code.py MAX_MADE_IN_TRANSACTION, checked with the lock rule in
 app/sql/lock_code.py check): a transaction's statements make at most 16 relations,
 sequences and indexes together, by the tree's count (a table, a view, a composite type, a
 table made by a query, and what each statement makes by pass 42's count). The partitioned
@@ -22,7 +22,7 @@ case at that bound, a parent, 8 partitions and 7 indexes on the parent, held 92 
 from __future__ import annotations
 
 from app.devdb import LocalPair
-from app.sql.refusals import MAX_MADE_IN_TRANSACTION
+from app.sql.lock_code import MAX_MADE_IN_TRANSACTION
 from tests.attacks.conftest import attacked_on, query, transaction
 from tests.attacks.test_pass42_large_object_locks import SETUP, TEARDOWN
 
