@@ -1,0 +1,287 @@
+"""Pools log in with SCRAM keys instead of the password (app/cluster/scram.py), against the
+harness's real servers (scram-sha-256 over TCP): the probe reads what the stored verifier
+says, the keys log in, a pool's connections use them, stale keys give way to the password."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from app.cluster.scram import (
+    MAX_ITERATIONS,
+    Keys,
+    Verifier,
+    derive_keys,
+    probe,
+    probe_outcome,
+    target_of,
+    with_keys,
+)
+from app.cluster.scram_keys import LoginKeys
+from app.devdb import LocalPair, free_ports
+from app.dsn import parse_dsn
+from tests.conftest import login_role, serving_ready, settings_for
+from tests.waiting import eventually
+
+
+def role_dsn(pair: LocalPair, name: str, password: str | None, **extra: Any) -> str:
+    params: dict[str, Any] = {"user": name, "connect_timeout": 5, **extra}
+    if password is not None:
+        params["password"] = password
+    return psycopg.conninfo.make_conninfo(pair.primary.dsn(password=False), **params)
+
+
+def stored_verifier(pair: LocalPair, name: str) -> tuple[Verifier, bytes, bytes]:
+    """The role's pg_authid verifier, read as the superuser: its salt and iterations, its
+    StoredKey and ServerKey."""
+    with pair.primary.connect() as conn:
+        row = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", [name]
+        ).fetchone()
+    assert row is not None
+    # SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>
+    method, rest = row[0].split("$", 1)
+    assert method == "SCRAM-SHA-256"
+    params, keys = rest.split("$")
+    iterations, salt = params.split(":")
+    stored, server = keys.split(":")
+    verifier = Verifier(base64.b64decode(salt), int(iterations))
+    return verifier, base64.b64decode(stored), base64.b64decode(server)
+
+
+def set_password(pair: LocalPair, name: str, password: str) -> None:
+    with pair.primary.connect() as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), sql.Literal(password))
+        )
+
+
+def auth_failures(pair: LocalPair, name: str) -> int:
+    """How many logins as `name` the primary refused, by its log."""
+    text = pair.primary.log_path.read_text(errors="replace")
+    return text.count(f'password authentication failed for user "{name}"')
+
+
+def client_key_of(conn: psycopg.AsyncConnection[Any]) -> tuple[str | None, bytes]:
+    """The scram_client_key a live connection logged in with (libpq's own record of its
+    conninfo), and the password it had."""
+    options = {o.keyword: o.val for o in conn.pgconn.info}
+    key = options.get(b"scram_client_key")
+    return (key.decode() if key else None), conn.pgconn.password
+
+
+async def test_the_probe_says_the_verifiers_salt_and_iterations(pair: LocalPair) -> None:
+    name, password = login_role(pair, "mp_scram")
+    target = target_of(parse_dsn(role_dsn(pair, name, password)))
+    assert target is not None
+    verifier, stored_key, server_key = stored_verifier(pair, name)
+    assert await probe(target) == verifier
+    assert verifier.iterations == 4096
+    # The keys derived from it are the verifier's: ServerKey, and H(ClientKey) = StoredKey.
+    keys = derive_keys(password, verifier)
+    assert base64.b64decode(keys.server) == server_key
+    assert hashlib.sha256(base64.b64decode(keys.client)).digest() == stored_key
+    # The probe never logged in: the server refused nobody.
+    assert auth_failures(pair, name) == 0
+
+
+async def test_the_keys_log_in_with_no_password_and_wrong_keys_do_not(pair: LocalPair) -> None:
+    name, password = login_role(pair, "mp_scram")
+    params = parse_dsn(role_dsn(pair, name, password))
+    target = target_of(params)
+    assert target is not None
+    verifier = await probe(target)
+    assert verifier is not None
+    keyed = with_keys(params, derive_keys(password, verifier))
+    assert "password" not in parse_dsn(keyed)
+    async with await psycopg.AsyncConnection.connect(keyed) as conn:
+        cur = await conn.execute("SELECT current_user")
+        assert await cur.fetchone() == (name,)
+        assert client_key_of(conn)[1] == b""
+    wrong = with_keys(params, derive_keys(password + "x", verifier))
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        await psycopg.AsyncConnection.connect(wrong)
+
+
+@contextlib.asynccontextmanager
+async def keyed_pool(dsn: str) -> AsyncIterator[tuple[AsyncConnectionPool[Any], LoginKeys]]:
+    logins = LoginKeys()
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn, connection_class=logins.connection_class, min_size=1, max_size=2, open=False
+    )
+    try:
+        async with pool:
+            yield pool, logins
+    finally:
+        await logins.close()
+
+
+async def test_a_pool_logs_in_with_keys_and_a_password_set_again_costs_nothing(
+    pair: LocalPair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    name, password = login_role(pair, "mp_scram")
+    dsn = role_dsn(pair, name, password)
+    settings = settings_for(pair, primary_dsn=dsn, mirror_dsn=None, pool_min_size=2)
+    async with serving_ready(settings) as (app, client):
+        node = app.state.cluster.nodes[0]
+        # The first connections logged in with the password, and started the probe.
+        await eventually(lambda: node.scram.uses_keys(node.dsn), "the keys")
+        verifier, _, _ = stored_verifier(pair, name)
+        keys = derive_keys(password, verifier)
+
+        async def opened_with(key: str) -> bool:
+            """Whether a new connection of the pool logs in with `key` and no password."""
+            await node.drain()
+            async with node.pool.connection() as conn:
+                return client_key_of(conn) == (key, b"")
+
+        await eventually(lambda: opened_with(keys.client), "a connection made with the keys")
+        assert auth_failures(pair, name) == 0
+
+        # The password set again, to the same text: a new salt, and the keys are stale. The
+        # service goes on opening connections all the same (the password's login), nothing
+        # fails, and the next ones log in with the new keys.
+        set_password(pair, name, password)
+        new_verifier, _, _ = stored_verifier(pair, name)
+        assert new_verifier.salt != verifier.salt
+        new_keys = derive_keys(password, new_verifier)
+        for _ in range(3):
+            await node.drain()
+            answer = await client.post("/v1/query", json={"sql": "SELECT current_user"})
+            assert answer.status_code == 200, answer.text
+        await eventually(lambda: opened_with(new_keys.client), "connections with the new keys")
+        # What shows that the keys were in use: the server refused the stale ones (the
+        # password alone is never refused), and the pool counted no failed connection.
+        await eventually(lambda: auth_failures(pair, name) >= 1, "the stale keys refused")
+        stats = (await client.get("/pool/stats")).json()
+        stats_text = str(stats)
+    pool = next(n["pool"] for n in stats["nodes"] if n["name"] == "primary")
+    assert pool["connections_errors"] == 0
+    assert pool["requests_errors"] == 0
+    # The keys are secrets: in no log line and not in /pool/stats.
+    for secret in (keys.client, keys.server, new_keys.client, new_keys.server, password):
+        assert secret not in caplog.text
+        assert secret not in stats_text
+
+
+async def test_a_pool_with_stale_keys_and_an_unknown_password_fails_as_before(
+    pair: LocalPair,
+) -> None:
+    name, password = login_role(pair, "mp_scram")
+    async with keyed_pool(role_dsn(pair, name, password)) as (_, logins):
+        await eventually(lambda: logins.uses_keys(role_dsn(pair, name, password)), "the keys")
+        set_password(pair, name, "not-" + password)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            # The password's own error (the keys' is not chained to it).
+            await logins.connection_class.connect(role_dsn(pair, name, password))
+        # The keys are kept: nothing showed them stale. Set back, the pool connects again.
+        assert logins.uses_keys(role_dsn(pair, name, password))
+        set_password(pair, name, password)
+        conn = await logins.connection_class.connect(role_dsn(pair, name, password))
+        await conn.close()
+        assert not logins.uses_keys(role_dsn(pair, name, password))  # stale: a new salt
+
+
+@pytest.fixture
+def hba_roles(pair: LocalPair) -> Iterator[dict[str, tuple[str, str]]]:
+    """Two roles the primary lets in over TCP by trust and by md5 (a stored md5 hash), by
+    lines of their own at the top of its pg_hba.conf; removed after."""
+    suffix = uuid.uuid4().hex[:8]
+    roles = {"trust": (f"mp_trust_{suffix}", "trust-pw"), "md5": (f"mp_md5_{suffix}", "md5-pw")}
+    hba = pair.primary.data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    lines = "".join(
+        f"host all {name} 127.0.0.1/32 {method}\n" for method, (name, _) in roles.items()
+    )
+    with pair.primary.connect() as conn:
+        conn.execute("SET password_encryption = 'md5'")
+        for name, secret in roles.values():
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(secret)
+                )
+            )
+        hba.write_text(lines + original)
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield roles
+    finally:
+        with pair.primary.connect() as conn:
+            hba.write_text(original)
+            conn.execute("SELECT pg_reload_conf()")
+            for name, _ in roles.values():
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize("method", ["trust", "md5"])
+async def test_a_node_without_scram_logs_in_with_the_password(
+    pair: LocalPair, hba_roles: dict[str, tuple[str, str]], method: str
+) -> None:
+    name, password = hba_roles[method]
+    dsn = role_dsn(pair, name, password)
+    target = target_of(parse_dsn(dsn))
+    assert target is not None
+
+    async def says_method() -> bool:  # the reload is the postmaster's, on its own time
+        return await probe_outcome(target) is True
+
+    await eventually(says_method, f"{method} for {name}")
+    assert await probe(target) is None
+    async with keyed_pool(dsn) as (pool, logins):
+        for _ in range(3):
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT current_user")
+                assert await cur.fetchone() == (name,)
+                assert client_key_of(conn) == (None, password.encode())
+        await eventually(lambda: not logins._probes, "the probe done")
+        assert not logins.uses_keys(dsn)
+
+
+async def test_an_unreachable_node_has_no_keys_and_the_probe_keeps_its_timeout() -> None:
+    refused = target_of(parse_dsn(f"host=127.0.0.1 port={free_ports(1)[0]} user=u password=p"))
+    assert refused is not None
+    assert await probe_outcome(refused) is False
+
+    # A server that takes the connection and never answers: bounded by connect_timeout.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        stalled = target_of(
+            parse_dsn(f"host=127.0.0.1 port={port} user=u password=p connect_timeout=1")
+        )
+        assert stalled is not None and stalled.timeout == 1
+        started = asyncio.get_running_loop().time()
+        assert await probe(stalled) is None
+        assert asyncio.get_running_loop().time() - started < 3
+
+
+def test_what_gets_no_keys() -> None:
+    logins = LoginKeys()
+    for dsn in (
+        "host=127.0.0.1 user=u",  # no password in the conninfo: a passfile, PGPASSWORD
+        "host=127.0.0.1 user=u password=p\u00e4ss",  # not ASCII: SASLprep would matter
+        "host=127.0.0.1 user=u password='a\tb'",  # not printable
+        "host=a,b user=u password=p",  # several hosts
+        "service=app user=u password=p",
+        "host=127.0.0.1 user=u password=p sslnegotiation=direct",
+    ):
+        assert logins._login(dsn) is None, dsn
+    with pytest.raises(ValueError, match="iterations"):
+        derive_keys("p", Verifier(b"salt", MAX_ITERATIONS + 1))
+    assert repr(Keys("client", "server")) == "Keys(***)"
