@@ -9,6 +9,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from app.cluster.scram import (
 from app.cluster.scram_keys import LoginKeys
 from app.devdb import LocalPair, free_ports
 from app.dsn import parse_dsn
-from tests.conftest import login_role, serving_ready, settings_for
+from tests.conftest import PairFactory, login_role, serving_ready, settings_for
 from tests.waiting import eventually
 
 
@@ -285,3 +286,57 @@ def test_what_gets_no_keys() -> None:
     with pytest.raises(ValueError, match="iterations"):
         derive_keys("p", Verifier(b"salt", MAX_ITERATIONS + 1))
     assert repr(Keys("client", "server")) == "Keys(***)"
+
+
+def turn_tls_on(pair: LocalPair) -> None:
+    """A self-signed certificate for the primary, and ssl = on (a reload)."""
+    data = pair.primary.data_dir
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(data / "server.key"),
+         "-out", str(data / "server.crt")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for name in ("server.key", "server.crt"):
+        (data / name).chmod(0o600)
+        pair.run_as.own(data / name)
+    with pair.primary.connect() as conn:
+        conn.execute("ALTER SYSTEM SET ssl = on")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+async def test_over_tls_the_probe_and_the_keys_work_with_channel_binding(
+    make_pair: PairFactory,
+) -> None:
+    own = make_pair(mirrors=0)
+    turn_tls_on(own)
+    name, password = login_role(own, "mp_tls")
+    dsn = role_dsn(own, name, password, sslmode="require", channel_binding="require")
+
+    async def tls_login() -> bool:  # the reload is the postmaster's, on its own time
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn)
+        except psycopg.OperationalError:
+            return False
+        await conn.close()
+        return True
+
+    await eventually(tls_login, "TLS on")
+    target = target_of(parse_dsn(dsn))
+    assert target is not None and target.sslmode == "require"
+    verifier, _, _ = stored_verifier(own, name)
+    assert await probe(target) == verifier
+    async with keyed_pool(dsn) as (pool, logins):
+        await eventually(lambda: logins.uses_keys(dsn), "the keys")
+        keys = derive_keys(password, verifier)
+
+        async def opened_with_keys() -> bool:
+            await pool.drain()
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                assert await cur.fetchone() == (True,)
+                return client_key_of(conn) == (keys.client, b"")
+
+        # channel_binding=require: libpq logged in with SCRAM-SHA-256-PLUS, keys and all.
+        await eventually(opened_with_keys, "a TLS connection made with the keys")
+    assert auth_failures(own, name) == 0
