@@ -244,13 +244,26 @@ def derive_keys(password: str, verifier: Verifier) -> Keys:
 
 
 async def keys_for(target: Target, password: str) -> Keys | bool:
-    """Probe `target` and derive the keys of `password`; else whether the server answered
-    (probe_outcome())."""
+    """Probe `target` twice and derive the keys of `password`; else whether the server
+    answered (probe_outcome()). A salt that is not the same twice is no stored verifier's
+    (PgBouncer with a plain-text password makes one up for every login): no keys."""
     if not usable_password(password):
         return True
     outcome = await probe_outcome(target)
     if not isinstance(outcome, Verifier):
         return outcome
+    again = await probe_outcome(target)
+    if not isinstance(again, Verifier):
+        return again
+    if again != outcome:
+        logger.info(
+            "%s:%s gives %s a new SCRAM salt at every login (a pooler with plain-text "
+            "passwords?): logging in with the password",
+            target.host,
+            target.port,
+            target.user,
+        )
+        return True
     if outcome.iterations > MAX_ITERATIONS:
         logger.warning(
             "the SCRAM verifier of %s asks for %d iterations (over %d): logging in with "

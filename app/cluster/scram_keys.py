@@ -3,7 +3,9 @@ class that logs in with them.
 
 A login with keys that fails is tried once more with the password; when that works, the keys
 were stale (the password was set again, even to the same text: a new salt) and are dropped,
-to be probed for again. A pool never fails a connection the password alone would have made.
+to be probed for again; keys stale twice in a row are given up for a while (a server that
+does not keep its verifier). A pool never fails a connection the password alone would have
+made.
 
 Nothing new happens when the conninfo carries no password (a passfile, PGPASSWORD), lists
 several hosts, names a service, asks for direct TLS, or when libpq is older than 18. The keys
@@ -35,6 +37,10 @@ LIBPQ_WITH_KEYS = 180000
 # the next probe: the server asked for no SCRAM (trust, md5, ...), or did not answer.
 NOT_SCRAM_RETRY_S = 60.0
 FAILED_RETRY_S = 2.0
+# Keys found stale this many times in a row (new keys each time, none of which logged in)
+# are given up for GIVE_UP_S: whatever the server is, it does not keep its verifier.
+STALE_IN_A_ROW = 2
+GIVE_UP_S = 600.0
 
 # A login: host, port, user, and a hash of the password (the cache holds no password).
 LoginId = tuple[str, int, str, str]
@@ -58,6 +64,8 @@ class LoginKeys:
     def __init__(self) -> None:
         self._entries: dict[LoginId, _Entry] = {}
         self._probes: dict[LoginId, asyncio.Task[None]] = {}
+        # Per login: how many keys in a row were found stale before one logged in.
+        self._stale: dict[LoginId, int] = {}
         self._closed = False
         self.enabled = pq.version() >= LIBPQ_WITH_KEYS
         self.connection_class = self._connection_class()
@@ -118,11 +126,28 @@ class LoginKeys:
             self._entries[login] = _Entry(None, time.monotonic() + retry)
 
     def stale(self, login: LoginId, keys: Keys) -> None:
-        """The keys failed where the password logged in: forget them, probe again."""
+        """The keys failed where the password logged in: forget them, probe again (unless
+        that was the case of the last keys too: then the password for GIVE_UP_S)."""
         entry = self._entries.get(login)
-        if entry is not None and entry.keys == keys:
+        if entry is None or entry.keys != keys:
+            return  # another connection found them stale first
+        in_a_row = self._stale[login] = self._stale.get(login, 0) + 1
+        if in_a_row < STALE_IN_A_ROW:
             del self._entries[login]
             logger.info("SCRAM keys for %s were stale (password set again?)", login[2])
+            return
+        self._entries[login] = _Entry(None, time.monotonic() + GIVE_UP_S)
+        self._stale.pop(login, None)
+        logger.warning(
+            "SCRAM keys for %s were stale %d times in a row: logging in with the password for %g s",
+            login[2],
+            in_a_row,
+            GIVE_UP_S,
+        )
+
+    def worked(self, login: LoginId) -> None:
+        """The keys logged in."""
+        self._stale.pop(login, None)
 
     async def close(self) -> None:
         """Stop the probes still running."""
@@ -145,11 +170,14 @@ class LoginKeys:
                     return await super().connect(conninfo, **kwargs)
                 login, keys, keyed = found
                 try:
-                    return await super().connect(keyed, **kwargs)
+                    conn = await super().connect(keyed, **kwargs)
                 except psycopg.errors.ConnectionTimeout:
                     raise  # the server did not answer: neither would it to the password
                 except psycopg.OperationalError:
                     pass  # outside the handler, so the password's error does not chain it
+                else:
+                    logins.worked(login)
+                    return conn
                 conn = await super().connect(conninfo, **kwargs)
                 logins.stale(login, keys)
                 return conn

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,15 +25,17 @@ from app.cluster.scram import (
     Keys,
     Verifier,
     derive_keys,
+    keys_for,
     probe,
     probe_outcome,
     target_of,
     with_keys,
 )
-from app.cluster.scram_keys import LoginKeys
-from app.devdb import LocalPair, free_ports
+from app.cluster.scram_keys import STALE_IN_A_ROW, LoginKeys
+from app.devdb import SERVICE, LocalPair, free_ports
 from app.dsn import parse_dsn
 from tests.conftest import PairFactory, login_role, serving_ready, settings_for
+from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually
 
 
@@ -340,3 +343,52 @@ async def test_over_tls_the_probe_and_the_keys_work_with_channel_binding(
         # channel_binding=require: libpq logged in with SCRAM-SHA-256-PLUS, keys and all.
         await eventually(opened_with_keys, "a TLS connection made with the keys")
     assert auth_failures(own, name) == 0
+
+
+async def test_keys_stale_twice_in_a_row_are_given_up(pair: LocalPair) -> None:
+    name, password = login_role(pair, "mp_scram")
+    dsn = role_dsn(pair, name, password)
+    logins = LoginKeys()
+    try:
+        for _ in range(STALE_IN_A_ROW):
+            await (await logins.connection_class.connect(dsn)).close()
+            await eventually(lambda: logins.uses_keys(dsn), "the keys")
+            set_password(pair, name, password)  # a new salt: these keys are stale
+            conn = await logins.connection_class.connect(dsn)  # and yet it logs in
+            await conn.close()
+        # Given up on: the password, and no probe, for GIVE_UP_S.
+        assert not logins.uses_keys(dsn)
+        await (await logins.connection_class.connect(dsn)).close()
+        assert not logins._probes
+        assert not logins.uses_keys(dsn)
+    finally:
+        await logins.close()
+
+
+@pytest.fixture
+def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
+    """PgBouncer in front of the shared primary, with plain-text passwords."""
+    with LocalPgBouncer(pair, work_dir / f"pgbouncer-{uuid.uuid4().hex[:6]}") as pgbouncer:
+        yield pgbouncer
+
+
+async def test_behind_pgbouncer_with_plain_passwords_no_keys_and_nothing_fails(
+    bouncer: LocalPgBouncer,
+) -> None:
+    # PgBouncer makes up a salt for every login from the password in its auth_file: keys
+    # derived from one would fail at the next. Two probes that disagree say so.
+    dsn = bouncer.dsn(user=SERVICE)
+    target = target_of(parse_dsn(dsn))
+    assert target is not None
+    first, second = await probe(target), await probe(target)
+    assert first is not None and second is not None and first != second
+    assert await keys_for(target, parse_dsn(dsn)["password"]) is True
+    async with keyed_pool(dsn) as (pool, logins):
+        await eventually(lambda: not logins._probes, "the probes done")
+        for _ in range(3):
+            await pool.drain()
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+                assert client_key_of(conn)[0] is None
+        assert not logins.uses_keys(dsn)
+        assert pool.get_stats().get("connections_errors", 0) == 0
