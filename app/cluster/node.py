@@ -19,6 +19,7 @@ from app.cluster.scram_keys import LoginKeys
 from app.cluster.share import KeyShare, Refills, share_of
 from app.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.settings import Settings
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Node:
         *,
         session_options: str = "",
         configure: ConnectionCallback | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.name = name
         self.target = describe_dsn(dsn)
@@ -141,7 +143,7 @@ class Node:
         # Per pool (by name): who waits for the pool's next new connection.
         self.refills: dict[str, Refills] = {}
         # The SCRAM keys the pools log in with instead of passwords (app/cluster/scram_keys.py).
-        self.scram = LoginKeys()
+        self.scram = LoginKeys(supervisor, name)
         self._passwords = {
             role: secret.get_secret_value() for role, secret in settings.role_passwords.items()
         }

@@ -28,6 +28,7 @@ from psycopg import conninfo as pg_conninfo
 
 from app.cluster.scram import Keys, Target, keys_for, target_of, usable_password, with_keys
 from app.redaction import redactor
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ class LoginKeys:
     password's succeeds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, supervisor: Supervisor | None = None, name: str = "") -> None:
+        # The probes are the supervisor's tasks when there is one (the service's).
+        self._supervisor = supervisor
+        self._name = name
         self._entries: dict[LoginId, _Entry] = {}
         self._probes: dict[LoginId, asyncio.Task[None]] = {}
         # Per login: how many keys in a row were found stale before one logged in.
@@ -81,9 +85,19 @@ class LoginKeys:
         if entry is not None and entry.keys is not None:
             return login, entry.keys, with_keys(params, entry.keys)
         if (entry is None or time.monotonic() >= entry.retry_at) and login not in self._probes:
-            task = asyncio.get_running_loop().create_task(self._probe(login, target, password))
-            self._probes[login] = task
+            self._start_probe(login, target, password)
         return None
+
+    def _start_probe(self, login: LoginId, target: Target, password: str) -> None:
+        work = self._probe(login, target, password)
+        if self._supervisor is None:
+            self._probes[login] = asyncio.get_running_loop().create_task(work)
+            return
+        try:
+            name = f"scram-probe-{self._name}" if self._name else "scram-probe"
+            self._probes[login] = self._supervisor.spawn(work, name, log_failure=False)
+        except RuntimeError:
+            pass  # the supervisor is closed: the service is stopping
 
     def uses_keys(self, conninfo: str) -> bool:
         """True when new connections of `conninfo` log in with keys now."""

@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from app.api.auth import hash_key
 from app.cluster.scram import (
     MAX_ITERATIONS,
     Keys,
@@ -392,3 +393,36 @@ async def test_behind_pgbouncer_with_plain_passwords_no_keys_and_nothing_fails(
                 assert client_key_of(conn)[0] is None
         assert not logins.uses_keys(dsn)
         assert pool.get_stats().get("connections_errors", 0) == 0
+
+
+async def test_a_key_roles_pool_logs_in_with_its_keys(pair: LocalPair) -> None:
+    name, password = login_role(pair, "mp_keyrole")
+    secret = "r" * 24
+    keys = [{"id": "reader", "sha256": hash_key(secret), "scopes": ["read"], "role": name}]
+    settings = settings_for(
+        pair, mirror_dsn=None, auth="keys", api_keys=keys, role_passwords={name: password}
+    )
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with serving_ready(settings) as (app, client):
+
+        async def as_role() -> None:
+            answer = await client.post(
+                "/v1/query", json={"sql": "SELECT current_user"}, headers=headers
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["rows"] == [[name]]
+
+        await as_role()
+        node = app.state.cluster.nodes[0]
+        await eventually(lambda: node.scram.uses_keys(node.login_dsn(name)), "the role's keys")
+        verifier, _, _ = stored_verifier(pair, name)
+        role_keys = derive_keys(password, verifier)
+        pool = node.logins[name]
+
+        async def opened_with_keys() -> bool:
+            await pool.drain()
+            await as_role()
+            async with pool.connection() as conn:
+                return client_key_of(conn) == (role_keys.client, b"")
+
+        await eventually(opened_with_keys, "the role's connection made with its keys")
