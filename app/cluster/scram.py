@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -37,6 +36,7 @@ _SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 _PROTOCOL_3_0 = 196608
 _AUTH_SASL, _AUTH_SASL_CONTINUE = 10, 11
 _MECHANISM = b"SCRAM-SHA-256"
+_CLOSE_S = 1.0
 # Longer than any authentication message a server sends before the salt.
 _MAX_MESSAGE = 16_384
 
@@ -177,9 +177,13 @@ async def _probe(target: Target) -> Verifier:
         await writer.drain()
         return _server_first(await _auth_message(reader, _AUTH_SASL_CONTINUE), nonce)
     finally:
+        # Politely (TLS's close_notify, so the server logs nothing), yet never held up by a
+        # server that stopped answering.
         writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), _CLOSE_S)
+        except (OSError, ssl.SSLError, TimeoutError):
+            writer.transport.abort()
 
 
 def _startup(target: Target) -> bytes:
