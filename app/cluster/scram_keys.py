@@ -53,13 +53,34 @@ class _Entry:
     retry_at: float = 0.0  # for an entry without keys: when to probe again
 
 
-class LoginKeys:
-    """The keys of every login of one node's pools, probed for in the background.
+@dataclass(frozen=True)
+class Login:
+    """One conninfo's login as the cache sees it, and its keys when known."""
 
-    A login with no keys yet logs in with its password, and starts the probe for the next
-    connections; a probe that found none is repeated NOT_SCRAM_RETRY_S (FAILED_RETRY_S
-    when the server did not answer) later. Keys stay until a login with them fails and the
-    password's succeeds.
+    id: LoginId
+    target: Target
+    password: str
+    keys: Keys | None
+    keyed: str | None  # the conninfo with the keys in place of the password (a secret)
+
+    def __repr__(self) -> str:
+        return f"Login({self.target.user}@{self.target.host}:{self.target.port})"
+
+
+def refused(error: psycopg.OperationalError) -> bool:
+    """True when the server refused the login's credentials (not: unreachable, full)."""
+    return "authentication failed" in str(error)
+
+
+class LoginKeys:
+    """The keys of every login of one node's pools.
+
+    A login with no keys yet logs in with its password and, once that worked, has its keys
+    probed for in the background for the next connections (a password that never logged
+    in gets no probe); a probe that found none is repeated NOT_SCRAM_RETRY_S (FAILED_RETRY_S
+    when the server did not answer) later. Keys stay until a login with them fails: they
+    are dropped when the password's login then works (stale) or is refused as well (the
+    password was changed), and kept when the server could not be reached.
     """
 
     def __init__(self, supervisor: Supervisor | None = None, name: str = "") -> None:
@@ -74,39 +95,9 @@ class LoginKeys:
         self.enabled = pq.version() >= LIBPQ_WITH_KEYS
         self.connection_class = self._connection_class()
 
-    def lookup(self, conninfo: str) -> tuple[LoginId, Keys, str] | None:
-        """The login of `conninfo`, its keys and the conninfo with them, when known; else
-        None, with a probe started when none ran lately."""
-        found = self._login(conninfo)
-        if found is None or self._closed:
-            return None
-        login, params, target, password = found
-        entry = self._entries.get(login)
-        if entry is not None and entry.keys is not None:
-            return login, entry.keys, with_keys(params, entry.keys)
-        if (entry is None or time.monotonic() >= entry.retry_at) and login not in self._probes:
-            self._start_probe(login, target, password)
-        return None
-
-    def _start_probe(self, login: LoginId, target: Target, password: str) -> None:
-        work = self._probe(login, target, password)
-        if self._supervisor is None:
-            self._probes[login] = asyncio.get_running_loop().create_task(work)
-            return
-        try:
-            name = f"scram-probe-{self._name}" if self._name else "scram-probe"
-            self._probes[login] = self._supervisor.spawn(work, name, log_failure=False)
-        except RuntimeError:
-            pass  # the supervisor is closed: the service is stopping
-
-    def uses_keys(self, conninfo: str) -> bool:
-        """True when new connections of `conninfo` log in with keys now."""
-        found = self._login(conninfo)
-        entry = self._entries.get(found[0]) if found is not None else None
-        return entry is not None and entry.keys is not None
-
-    def _login(self, conninfo: str) -> tuple[LoginId, dict[str, str], Target, str] | None:
-        if not self.enabled:
+    def find(self, conninfo: str) -> Login | None:
+        """The login of `conninfo` and its keys, or None when keys are not for it."""
+        if not self.enabled or self._closed:
             return None
         try:
             parsed = pg_conninfo.conninfo_to_dict(conninfo)
@@ -120,48 +111,88 @@ class LoginKeys:
         if target is None:
             return None
         digest = hashlib.sha256(password.encode()).hexdigest()
-        return (target.host, target.port, target.user, digest), params, target, password
+        login: LoginId = (target.host, target.port, target.user, digest)
+        entry = self._entries.get(login)
+        keys = entry.keys if entry is not None else None
+        keyed = with_keys(params, keys) if keys is not None else None
+        return Login(login, target, password, keys, keyed)
 
-    async def _probe(self, login: LoginId, target: Target, password: str) -> None:
-        found: Keys | bool
-        try:
-            found = await keys_for(target, password)
-        except Exception as exc:  # a task of its own: nobody else would see it
-            logger.debug("no SCRAM keys for %s: %s", target.user, type(exc).__name__)
-            found = False
-        finally:
-            self._probes.pop(login, None)
-        if isinstance(found, Keys):
-            redactor.add(found.client, found.server)  # never logged; scrubbed all the same
-            self._entries[login] = _Entry(found)
-            logger.debug("SCRAM keys ready for %s at %s:%s", target.user, target.host, target.port)
-        else:
-            retry = NOT_SCRAM_RETRY_S if found else FAILED_RETRY_S
-            self._entries[login] = _Entry(None, time.monotonic() + retry)
+    def uses_keys(self, conninfo: str) -> bool:
+        """True when new connections of `conninfo` log in with keys now."""
+        found = self.find(conninfo)
+        return found is not None and found.keys is not None
 
-    def stale(self, login: LoginId, keys: Keys) -> None:
+    def password_worked(self, login: Login) -> None:
+        """The password logged in: probe for the keys, unless a probe runs or ran lately."""
+        entry = self._entries.get(login.id)
+        if login.id in self._probes or self._closed:
+            return
+        if entry is None or (entry.keys is None and time.monotonic() >= entry.retry_at):
+            self._start_probe(login)
+
+    def worked(self, login: Login) -> None:
+        """The keys logged in."""
+        self._stale.pop(login.id, None)
+
+    def stale(self, login: Login) -> None:
         """The keys failed where the password logged in: forget them, probe again (unless
         that was the case of the last keys too: then the password for GIVE_UP_S)."""
-        entry = self._entries.get(login)
-        if entry is None or entry.keys != keys:
+        if not self._holds(login):
             return  # another connection found them stale first
-        in_a_row = self._stale[login] = self._stale.get(login, 0) + 1
+        in_a_row = self._stale[login.id] = self._stale.get(login.id, 0) + 1
         if in_a_row < STALE_IN_A_ROW:
-            del self._entries[login]
-            logger.info("SCRAM keys for %s were stale (password set again?)", login[2])
+            del self._entries[login.id]
+            logger.info("SCRAM keys for %s were stale (password set again?)", login.target.user)
+            self.password_worked(login)
             return
-        self._entries[login] = _Entry(None, time.monotonic() + GIVE_UP_S)
-        self._stale.pop(login, None)
+        self._entries[login.id] = _Entry(None, time.monotonic() + GIVE_UP_S)
+        self._stale.pop(login.id, None)
         logger.warning(
             "SCRAM keys for %s were stale %d times in a row: logging in with the password for %g s",
-            login[2],
+            login.target.user,
             in_a_row,
             GIVE_UP_S,
         )
 
-    def worked(self, login: LoginId) -> None:
-        """The keys logged in."""
-        self._stale.pop(login, None)
+    def refused(self, login: Login) -> None:
+        """The keys and then the password were refused: the password was changed. Keys are
+        probed for again once the password logs in."""
+        if self._holds(login):
+            del self._entries[login.id]
+            self._stale.pop(login.id, None)
+
+    def _holds(self, login: Login) -> bool:
+        entry = self._entries.get(login.id)
+        return entry is not None and entry.keys is not None and entry.keys == login.keys
+
+    def _start_probe(self, login: Login) -> None:
+        work = self._probe(login)
+        if self._supervisor is None:
+            self._probes[login.id] = asyncio.get_running_loop().create_task(work)
+            return
+        try:
+            name = f"scram-probe-{self._name}" if self._name else "scram-probe"
+            self._probes[login.id] = self._supervisor.spawn(work, name, log_failure=False)
+        except RuntimeError:
+            pass  # the supervisor is closed: the service is stopping
+
+    async def _probe(self, login: Login) -> None:
+        target = login.target
+        found: Keys | bool
+        try:
+            found = await keys_for(target, login.password)
+        except Exception as exc:  # a task of its own: nobody else would see it
+            logger.debug("no SCRAM keys for %s: %s", target.user, type(exc).__name__)
+            found = False
+        finally:
+            self._probes.pop(login.id, None)
+        if isinstance(found, Keys):
+            redactor.add(found.client, found.server)  # never logged; scrubbed all the same
+            self._entries[login.id] = _Entry(found)
+            logger.debug("SCRAM keys ready for %s at %s:%s", target.user, target.host, target.port)
+        else:
+            retry = NOT_SCRAM_RETRY_S if found else FAILED_RETRY_S
+            self._entries[login.id] = _Entry(None, time.monotonic() + retry)
 
     async def close(self) -> None:
         """Stop the probes still running."""
@@ -179,12 +210,15 @@ class LoginKeys:
 
             @classmethod
             async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-                found = logins.lookup(conninfo)
-                if found is None:
+                login = logins.find(conninfo)
+                if login is None:
                     return await super().connect(conninfo, **kwargs)
-                login, keys, keyed = found
+                if login.keyed is None:
+                    conn = await super().connect(conninfo, **kwargs)
+                    logins.password_worked(login)
+                    return conn
                 try:
-                    conn = await super().connect(keyed, **kwargs)
+                    conn = await super().connect(login.keyed, **kwargs)
                 except psycopg.errors.ConnectionTimeout:
                     raise  # the server did not answer: neither would it to the password
                 except psycopg.OperationalError:
@@ -192,8 +226,13 @@ class LoginKeys:
                 else:
                     logins.worked(login)
                     return conn
-                conn = await super().connect(conninfo, **kwargs)
-                logins.stale(login, keys)
+                try:
+                    conn = await super().connect(conninfo, **kwargs)
+                except psycopg.OperationalError as exc:
+                    if refused(exc):
+                        logins.refused(login)
+                    raise
+                logins.stale(login)
                 return conn
 
         return KeyedConnection

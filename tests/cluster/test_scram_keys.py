@@ -181,22 +181,49 @@ async def test_a_pool_logs_in_with_keys_and_a_password_set_again_costs_nothing(
         assert secret not in stats_text
 
 
-async def test_a_pool_with_stale_keys_and_an_unknown_password_fails_as_before(
+async def test_a_password_changed_to_one_the_service_does_not_know_fails_as_before(
     pair: LocalPair,
 ) -> None:
     name, password = login_role(pair, "mp_scram")
-    async with keyed_pool(role_dsn(pair, name, password)) as (_, logins):
-        await eventually(lambda: logins.uses_keys(role_dsn(pair, name, password)), "the keys")
+    dsn = role_dsn(pair, name, password)
+    async with keyed_pool(dsn) as (_, logins):
+        await eventually(lambda: logins.uses_keys(dsn), "the keys")
         set_password(pair, name, "not-" + password)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             # The password's own error (the keys' is not chained to it).
-            await logins.connection_class.connect(role_dsn(pair, name, password))
-        # The keys are kept: nothing showed them stale. Set back, the pool connects again.
-        assert logins.uses_keys(role_dsn(pair, name, password))
+            await logins.connection_class.connect(dsn)
+        # The keys went with the password; while it is refused, no probe and no keys: each
+        # connection is one login refused, as before.
+        assert not logins.uses_keys(dsn)
+        failures = auth_failures(pair, name)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            await logins.connection_class.connect(dsn)
+        assert not logins._probes and not logins.uses_keys(dsn)
+        await eventually(lambda: auth_failures(pair, name) == failures + 1, "one more refusal")
+        # Set back: the password logs in, and the keys of the new verifier come.
         set_password(pair, name, password)
-        conn = await logins.connection_class.connect(role_dsn(pair, name, password))
+        await (await logins.connection_class.connect(dsn)).close()
+        await eventually(lambda: logins.uses_keys(dsn), "the new keys")
+        conn = await logins.connection_class.connect(dsn)
+        assert client_key_of(conn) == (
+            derive_keys(password, stored_verifier(pair, name)[0]).client,
+            b"",
+        )
         await conn.close()
-        assert not logins.uses_keys(role_dsn(pair, name, password))  # stale: a new salt
+
+
+async def test_a_password_that_never_logged_in_is_never_probed_for(pair: LocalPair) -> None:
+    name, _ = login_role(pair, "mp_scram")
+    dsn = role_dsn(pair, name, "wrong-password")
+    logins = LoginKeys()
+    try:
+        for _ in range(2):
+            with pytest.raises(psycopg.OperationalError, match="password authentication"):
+                await logins.connection_class.connect(dsn)
+            assert not logins._probes
+        await eventually(lambda: auth_failures(pair, name) == 2, "two refusals, no more")
+    finally:
+        await logins.close()
 
 
 @pytest.fixture
@@ -286,7 +313,7 @@ def test_what_gets_no_keys() -> None:
         "service=app user=u password=p",
         "host=127.0.0.1 user=u password=p sslnegotiation=direct",
     ):
-        assert logins._login(dsn) is None, dsn
+        assert logins.find(dsn) is None, dsn
     with pytest.raises(ValueError, match="iterations"):
         derive_keys("p", Verifier(b"salt", MAX_ITERATIONS + 1))
     assert repr(Keys("client", "server")) == "Keys(***)"
@@ -351,8 +378,9 @@ async def test_keys_stale_twice_in_a_row_are_given_up(pair: LocalPair) -> None:
     dsn = role_dsn(pair, name, password)
     logins = LoginKeys()
     try:
+        # The password logs in, and starts the probe.
+        await (await logins.connection_class.connect(dsn)).close()
         for _ in range(STALE_IN_A_ROW):
-            await (await logins.connection_class.connect(dsn)).close()
             await eventually(lambda: logins.uses_keys(dsn), "the keys")
             set_password(pair, name, password)  # a new salt: these keys are stale
             conn = await logins.connection_class.connect(dsn)  # and yet it logs in
