@@ -1,11 +1,13 @@
 """The SCRAM keys of each login of a node's pools (app/cluster/scram.py), and the connection
 class that logs in with them.
 
-A login with keys that fails is tried once more with the password; when that works, the keys
-were stale (the password was set again, even to the same text: a new salt) and are dropped,
-to be probed for again; keys stale twice in a row are given up for a while (a server that
-does not keep its verifier). A pool never fails a connection the password alone would have
-made.
+A login's keys are probed for once its password has logged in (a wrong password costs no
+probe). A login with keys that fails is tried once more with the password; when that works,
+the keys were stale (the password was set again, even to the same text: a new salt) and are
+dropped, to be probed for again; keys stale twice in a row are given up for a while (a server
+that does not keep its verifier); keys refused along with the password (it was changed) are
+dropped until the password logs in again. A pool never fails a connection the password
+alone would have made.
 
 Nothing new happens when the conninfo carries no password (a passfile, PGPASSWORD), lists
 several hosts, names a service, asks for direct TLS, or when libpq is older than 18. The keys

@@ -170,8 +170,8 @@ async def test_a_pool_logs_in_with_keys_and_a_password_set_again_costs_nothing(
         # What shows that the keys were in use: the server refused the stale ones (the
         # password alone is never refused), and the pool counted no failed connection.
         await eventually(lambda: auth_failures(pair, name) >= 1, "the stale keys refused")
-        stats = (await client.get("/pool/stats")).json()
-        stats_text = str(stats)
+        answer = await client.get("/pool/stats")
+        stats, stats_text = answer.json(), answer.text
     pool = next(n["pool"] for n in stats["nodes"] if n["name"] == "primary")
     assert pool["connections_errors"] == 0
     assert pool["requests_errors"] == 0
