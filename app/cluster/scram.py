@@ -22,7 +22,8 @@ import logging
 import secrets
 import ssl
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from psycopg import conninfo as pg_conninfo
 
@@ -71,6 +72,12 @@ class Target:
     sslmode: str
     timeout: float
     server_name: str | None  # for TLS (SNI), when the address is a name
+    # The conninfo's TLS files: sslmode verify-ca / verify-full verify the probe's server
+    # as libpq would (it is sent the login's user and database), a client certificate goes.
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    sslpassword: str | None = field(default=None, repr=False)  # a secret
 
 
 class _NotScram(Exception):
@@ -106,6 +113,10 @@ def target_of(params: dict[str, str]) -> Target | None:
         sslmode=params.get("sslmode") or "prefer",
         timeout=timeout if timeout > 0 else DEFAULT_CONNECT_TIMEOUT_S,
         server_name=name,
+        sslrootcert=params.get("sslrootcert") or None,
+        sslcert=params.get("sslcert") or None,
+        sslkey=params.get("sslkey") or None,
+        sslpassword=params.get("sslpassword") or None,
     )
 
 
@@ -157,12 +168,9 @@ async def _probe(target: Target) -> Verifier:
             await writer.drain()
             answer = await reader.readexactly(1)
             if answer == b"S":
-                # Unverified: the probe sends no secret, and a wrong salt only makes the
-                # real login (which verifies as the conninfo says) fail and retry.
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-                await writer.start_tls(context, server_hostname=target.server_name)
+                verify_full = target.sslmode == "verify-full"
+                name = target.server_name or (target.host if verify_full else None)
+                await writer.start_tls(_tls_context(target), server_hostname=name)
             elif answer != b"N" or target.sslmode in ("require", "verify-ca", "verify-full"):
                 raise _NotScram("no TLS")
         writer.write(_startup(target))
@@ -184,6 +192,24 @@ async def _probe(target: Target) -> Verifier:
             await asyncio.wait_for(writer.wait_closed(), _CLOSE_S)
         except (OSError, ssl.SSLError, TimeoutError):
             writer.transport.abort()
+
+
+def _tls_context(target: Target) -> ssl.SSLContext:
+    """TLS as the conninfo asks: verified under verify-ca (the CA) and verify-full (the CA
+    and the name), with libpq's default root certificate file; otherwise unverified, as
+    libpq's require and prefer are: the probe sends no secret, and a wrong salt only makes
+    the real login fail once and fall back to the password."""
+    if target.sslmode in ("verify-ca", "verify-full"):
+        root = target.sslrootcert or str(Path.home() / ".postgresql" / "root.crt")
+        context = ssl.create_default_context(cafile=None if root == "system" else root)
+        context.check_hostname = target.sslmode == "verify-full"
+    else:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if target.sslcert:
+        context.load_cert_chain(target.sslcert, target.sslkey, target.sslpassword)
+    return context
 
 
 def _startup(target: Target) -> bytes:

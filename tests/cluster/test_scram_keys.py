@@ -319,15 +319,20 @@ def test_what_gets_no_keys() -> None:
     assert repr(Keys("client", "server")) == "Keys(***)"
 
 
+def self_signed(key: Path, certificate: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (its name and its address)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
 def turn_tls_on(pair: LocalPair) -> None:
     """A self-signed certificate for the primary, and ssl = on (a reload)."""
     data = pair.primary.data_dir
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-keyout", str(data / "server.key"),
-         "-out", str(data / "server.crt")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    self_signed(data / "server.key", data / "server.crt")
     for name in ("server.key", "server.crt"):
         (data / name).chmod(0o600)
         pair.run_as.own(data / name)
@@ -337,7 +342,7 @@ def turn_tls_on(pair: LocalPair) -> None:
 
 
 async def test_over_tls_the_probe_and_the_keys_work_with_channel_binding(
-    make_pair: PairFactory,
+    make_pair: PairFactory, tmp_path: Path
 ) -> None:
     own = make_pair(mirrors=0)
     turn_tls_on(own)
@@ -357,6 +362,17 @@ async def test_over_tls_the_probe_and_the_keys_work_with_channel_binding(
     assert target is not None and target.sslmode == "require"
     verifier, _, _ = stored_verifier(own, name)
     assert await probe(target) == verifier
+    # Under verify-ca and verify-full the probe verifies the server as libpq would (it is
+    # sent the user's and the database's names): the server's own certificate as the root
+    # passes, another one does not.
+    root = own.primary.data_dir / "server.crt"
+    for mode in ("verify-ca", "verify-full"):
+        verified = target_of(parse_dsn(f"{dsn} sslmode={mode} sslrootcert={root}"))
+        assert verified is not None and await probe(verified) == verifier, mode
+    other = tmp_path / "other.crt"
+    self_signed(tmp_path / "other.key", other)
+    unverified = target_of(parse_dsn(f"{dsn} sslmode=verify-ca sslrootcert={other}"))
+    assert unverified is not None and await probe(unverified) is None
     async with keyed_pool(dsn) as (pool, logins):
         await eventually(lambda: logins.uses_keys(dsn), "the keys")
         keys = derive_keys(password, verifier)
