@@ -80,7 +80,14 @@ class Cluster:
             redactor.add(*dsn_secrets(dsn))
         redactor.add(*(secret.get_secret_value() for secret in settings.role_passwords.values()))
         self.nodes = [
-            Node(name, dsn, settings, session_options=session_options, configure=configure)
+            Node(
+                name,
+                dsn,
+                settings,
+                session_options=session_options,
+                configure=configure,
+                supervisor=supervisor,
+            )
             for name, dsn in zip(node_names(len(dsns) - 1), dsns, strict=True)
         ]
         self._by_name = {n.name: n for n in self.nodes}

@@ -15,9 +15,11 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg_pool import AsyncConnectionPool, PoolClosed
 
+from app.cluster.scram_keys import LoginKeys
 from app.cluster.share import KeyShare, Refills, share_of
 from app.dsn import as_login, describe_dsn, parse_dsn, with_defaults, with_overrides
 from app.settings import Settings
+from app.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class Node:
         *,
         session_options: str = "",
         configure: ConnectionCallback | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.name = name
         self.target = describe_dsn(dsn)
@@ -139,6 +142,8 @@ class Node:
         self._configure = configure
         # Per pool (by name): who waits for the pool's next new connection.
         self.refills: dict[str, Refills] = {}
+        # The SCRAM keys the pools log in with instead of passwords (app/cluster/scram_keys.py).
+        self.scram = LoginKeys(supervisor, name)
         self._passwords = {
             role: secret.get_secret_value() for role, secret in settings.role_passwords.items()
         }
@@ -171,6 +176,7 @@ class Node:
 
         return AsyncConnectionPool(
             dsn,
+            connection_class=self.scram.connection_class,
             open=False,
             name=name,
             min_size=min_size,
@@ -240,6 +246,7 @@ class Node:
         """Close every pool, giving checked-out connections `timeout` seconds to come back."""
         self._closed = True
         await asyncio.gather(*(pool.close(timeout=timeout) for pool in self.pools))
+        await self.scram.close()
 
     async def drain(self) -> None:
         """Replace every pool's connections (the DSN now leads to another server)."""

@@ -1,0 +1,240 @@
+"""The SCRAM keys of each login of a node's pools (app/cluster/scram.py), and the connection
+class that logs in with them.
+
+A login's keys are probed for once its password has logged in (a wrong password costs no
+probe). A login with keys that fails is tried once more with the password; when that works,
+the keys were stale (the password was set again, even to the same text: a new salt) and are
+dropped, to be probed for again; keys stale twice in a row are given up for a while (a server
+that does not keep its verifier); keys refused along with the password (it was changed) are
+dropped until the password logs in again. A pool never fails a connection the password
+alone would have made.
+
+Nothing new happens when the conninfo carries no password (a passfile, PGPASSWORD), lists
+several hosts, names a service, asks for direct TLS, or when libpq is older than 18. The keys
+are secrets like the password: they are never logged, and leave this module only in the
+conninfo handed to libpq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+from psycopg import AsyncConnection, pq
+from psycopg import conninfo as pg_conninfo
+
+from app.cluster.scram import Keys, Target, keys_for, target_of, usable_password, with_keys
+from app.redaction import redactor
+from app.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+# libpq takes scram_client_key and scram_server_key from version 18 on.
+LIBPQ_WITH_KEYS = 180000
+# How long a login the probe found no keys for goes on logging in with its password before
+# the next probe: the server asked for no SCRAM (trust, md5, ...), or did not answer.
+NOT_SCRAM_RETRY_S = 60.0
+FAILED_RETRY_S = 2.0
+# Keys found stale this many times in a row (new keys each time, none of which logged in)
+# are given up for GIVE_UP_S: whatever the server is, it does not keep its verifier.
+STALE_IN_A_ROW = 2
+GIVE_UP_S = 600.0
+
+# A login: host, port, user, and a hash of the password (the cache holds no password).
+LoginId = tuple[str, int, str, str]
+
+
+@dataclass
+class _Entry:
+    keys: Keys | None
+    retry_at: float = 0.0  # for an entry without keys: when to probe again
+
+
+@dataclass(frozen=True)
+class Login:
+    """One conninfo's login as the cache sees it, and its keys when known."""
+
+    id: LoginId
+    target: Target
+    password: str
+    keys: Keys | None
+    keyed: str | None  # the conninfo with the keys in place of the password (a secret)
+
+    def __repr__(self) -> str:
+        return f"Login({self.target.user}@{self.target.host}:{self.target.port})"
+
+
+def refused(error: psycopg.OperationalError) -> bool:
+    """True when the server refused the login's credentials (not: unreachable, full)."""
+    return "authentication failed" in str(error)
+
+
+class LoginKeys:
+    """The keys of every login of one node's pools.
+
+    A login with no keys yet logs in with its password and, once that worked, has its keys
+    probed for in the background for the next connections (a password that never logged
+    in gets no probe); a probe that found none is repeated NOT_SCRAM_RETRY_S (FAILED_RETRY_S
+    when the server did not answer) later. Keys stay until a login with them fails: they
+    are dropped when the password's login then works (stale) or is refused as well (the
+    password was changed), and kept when the server could not be reached.
+    """
+
+    def __init__(self, supervisor: Supervisor | None = None, name: str = "") -> None:
+        # The probes are the supervisor's tasks when there is one (the service's).
+        self._supervisor = supervisor
+        self._name = name
+        self._entries: dict[LoginId, _Entry] = {}
+        self._probes: dict[LoginId, asyncio.Task[None]] = {}
+        # Per login: how many keys in a row were found stale before one logged in.
+        self._stale: dict[LoginId, int] = {}
+        self._closed = False
+        self.enabled = pq.version() >= LIBPQ_WITH_KEYS
+        self.connection_class = self._connection_class()
+
+    def find(self, conninfo: str) -> Login | None:
+        """The login of `conninfo` and its keys, or None when keys are not for it."""
+        if not self.enabled or self._closed:
+            return None
+        try:
+            parsed = pg_conninfo.conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError:
+            return None
+        params = {k: str(v) for k, v in parsed.items() if v is not None}
+        password = params.get("password", "")
+        if not usable_password(password) or "scram_client_key" in params:
+            return None
+        target = target_of(params)
+        if target is None:
+            return None
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        login: LoginId = (target.host, target.port, target.user, digest)
+        entry = self._entries.get(login)
+        keys = entry.keys if entry is not None else None
+        keyed = with_keys(params, keys) if keys is not None else None
+        return Login(login, target, password, keys, keyed)
+
+    def uses_keys(self, conninfo: str) -> bool:
+        """True when new connections of `conninfo` log in with keys now."""
+        found = self.find(conninfo)
+        return found is not None and found.keys is not None
+
+    def password_worked(self, login: Login) -> None:
+        """The password logged in: probe for the keys, unless a probe runs or ran lately."""
+        entry = self._entries.get(login.id)
+        if login.id in self._probes or self._closed:
+            return
+        if entry is None or (entry.keys is None and time.monotonic() >= entry.retry_at):
+            self._start_probe(login)
+
+    def worked(self, login: Login) -> None:
+        """The keys logged in."""
+        self._stale.pop(login.id, None)
+
+    def stale(self, login: Login) -> None:
+        """The keys failed where the password logged in: forget them, probe again (unless
+        that was the case of the last keys too: then the password for GIVE_UP_S)."""
+        if not self._holds(login):
+            return  # another connection found them stale first
+        in_a_row = self._stale[login.id] = self._stale.get(login.id, 0) + 1
+        if in_a_row < STALE_IN_A_ROW:
+            del self._entries[login.id]
+            logger.info("SCRAM keys for %s were stale (password set again?)", login.target.user)
+            self.password_worked(login)
+            return
+        self._entries[login.id] = _Entry(None, time.monotonic() + GIVE_UP_S)
+        self._stale.pop(login.id, None)
+        logger.warning(
+            "SCRAM keys for %s were stale %d times in a row: logging in with the password for %g s",
+            login.target.user,
+            in_a_row,
+            GIVE_UP_S,
+        )
+
+    def refused(self, login: Login) -> None:
+        """The keys and then the password were refused: the password was changed. Keys are
+        probed for again once the password logs in."""
+        if self._holds(login):
+            del self._entries[login.id]
+            self._stale.pop(login.id, None)
+
+    def _holds(self, login: Login) -> bool:
+        entry = self._entries.get(login.id)
+        return entry is not None and entry.keys is not None and entry.keys == login.keys
+
+    def _start_probe(self, login: Login) -> None:
+        work = self._probe(login)
+        if self._supervisor is None:
+            self._probes[login.id] = asyncio.get_running_loop().create_task(work)
+            return
+        try:
+            name = f"scram-probe-{self._name}" if self._name else "scram-probe"
+            self._probes[login.id] = self._supervisor.spawn(work, name, log_failure=False)
+        except RuntimeError:
+            pass  # the supervisor is closed: the service is stopping
+
+    async def _probe(self, login: Login) -> None:
+        target = login.target
+        found: Keys | bool
+        try:
+            found = await keys_for(target, login.password)
+        except Exception as exc:  # a task of its own: nobody else would see it
+            logger.debug("no SCRAM keys for %s: %s", target.user, type(exc).__name__)
+            found = False
+        finally:
+            self._probes.pop(login.id, None)
+        if isinstance(found, Keys):
+            redactor.add(found.client, found.server)  # never logged; scrubbed all the same
+            self._entries[login.id] = _Entry(found)
+            logger.debug("SCRAM keys ready for %s at %s:%s", target.user, target.host, target.port)
+        else:
+            retry = NOT_SCRAM_RETRY_S if found else FAILED_RETRY_S
+            self._entries[login.id] = _Entry(None, time.monotonic() + retry)
+
+    async def close(self) -> None:
+        """Stop the probes still running."""
+        self._closed = True
+        tasks = list(self._probes.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _connection_class(self) -> type[AsyncConnection[Any]]:
+        logins = self
+
+        class KeyedConnection(AsyncConnection[Any]):
+            """An AsyncConnection that logs in with the login's SCRAM keys when known."""
+
+            @classmethod
+            async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+                login = logins.find(conninfo)
+                if login is None:
+                    return await super().connect(conninfo, **kwargs)
+                if login.keyed is None:
+                    conn = await super().connect(conninfo, **kwargs)
+                    logins.password_worked(login)
+                    return conn
+                try:
+                    conn = await super().connect(login.keyed, **kwargs)
+                except psycopg.errors.ConnectionTimeout:
+                    raise  # the server did not answer: neither would it to the password
+                except psycopg.OperationalError:
+                    pass  # outside the handler, so the password's error does not chain it
+                else:
+                    logins.worked(login)
+                    return conn
+                try:
+                    conn = await super().connect(conninfo, **kwargs)
+                except psycopg.OperationalError as exc:
+                    if refused(exc):
+                        logins.refused(login)
+                    raise
+                logins.stale(login)
+                return conn
+
+        return KeyedConnection
