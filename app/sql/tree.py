@@ -118,6 +118,8 @@ class Tree:
     # A table, view or composite type is made (CREATE TABLE / VIEW / TYPE ... AS, CREATE
     # TABLE AS, SELECT ... INTO): 1, else 0.
     makes_relation: int = 0
+    # ALTER TABLE commands that rewrite a table, CLUSTER, REFRESH MATERIALIZED VIEW.
+    rewrites: int = 0
     # A temporary table or sequence is all the statement makes (CREATE TEMP TABLE / SEQUENCE
     # with no parent, no owning column, no call): nothing outside its session can reach it.
     temp_only: bool = False
@@ -308,6 +310,7 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         objects_made=seen.made,
         copies_objects=seen.copies,
         makes_relation=int(kind in _MAKES_RELATION or "IntoClause" in seen.kinds),
+        rewrites=seen.rewrites,
         temp_only=not seen.calls and _makes_only_temporary(kind, body),
     )
 

@@ -130,6 +130,8 @@ class Seen:
     # of another relation (copies_objects).
     made: int = 0
     copies: bool = False
+    # Statements or commands that rewrite a table (rewrites).
+    rewrites: int = 0
 
 
 def walk(stmt: dict[str, Any]) -> Seen:
@@ -189,6 +191,7 @@ def _note(node_type: str, fields: dict[str, Any], seen: Seen) -> None:
         seen.hold_cursor |= bool(int(fields.get("options", 0)) & CURSOR_OPT_HOLD)
     else:
         seen.made += _makes_one(node_type, fields)
+        seen.rewrites += _rewrites(node_type, fields)
     if not seen.temp and _names_temp(fields):
         seen.temp = True
 
@@ -280,6 +283,38 @@ def _note_copied(fields: dict[str, Any], seen: Seen) -> None:
     seen.written.add((target.get("schemaname"), target.get("relname", "")))
     if int(fields.get("options", 0)) & (_LIKE_IDENTITY | _LIKE_INDEXES):
         seen.copies = True
+
+
+# What builds a new heap for the table (and for each partition) and new indexes: ALTER TABLE
+# commands that rewrite it, CLUSTER, REFRESH MATERIALIZED VIEW (pass 45).
+_REWRITING_COMMANDS = frozenset(
+    {"AT_AlterColumnType", "AT_SetAccessMethod", "AT_SetLogged", "AT_SetUnLogged"}
+)
+_REWRITING = frozenset({"ClusterStmt", "RefreshMatViewStmt"})
+_DEFAULTING = frozenset({"CONSTR_DEFAULT", "CONSTR_GENERATED", "CONSTR_IDENTITY"})
+
+
+def _rewrites(node_type: str, fields: dict[str, Any]) -> bool:
+    """True when a node rewrites a table: each partition's heap and each index made anew, as
+    many as the table has, which the tree does not show. A column added with a default (a
+    serial one's is nextval()) counts whatever the default: a volatile one rewrites, and the
+    tree cannot tell which."""
+    if node_type in _REWRITING:
+        return True
+    if node_type != "AlterTableCmd":
+        return False
+    subtype = fields.get("subtype")
+    if subtype in _REWRITING_COMMANDS:
+        return True
+    column = (fields.get("def") or {}).get("ColumnDef") or {}
+    return subtype == "AT_AddColumn" and bool(
+        column.get("raw_default")
+        or _is_serial(column.get("typeName") or {})
+        or any(
+            (c.get("Constraint") or {}).get("contype") in _DEFAULTING
+            for c in column.get("constraints") or ()
+        )
+    )
 
 
 def _makes_one(node_type: str, fields: dict[str, Any]) -> bool:
