@@ -57,3 +57,30 @@ def test_a_statement_that_makes_many_sequences_or_indexes_is_refused(sql: str) -
 )
 def test_ordinary_ddl_makes_few(sql: str) -> None:
     assert refusals.refusal(parse(sql), False) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "rewrites"),
+    [
+        ("ALTER TABLE t ALTER b TYPE int8", 1),
+        ("ALTER TABLE t ALTER COLUMN b SET DATA TYPE text USING b::text", 1),
+        ('ALTER TABLE "t" ADD COLUMN c float8 DEFAULT random()', 1),
+        ("ALTER TABLE public.t ADD c int DEFAULT 0", 1),
+        ("ALTER TABLE t ADD COLUMN c bigserial", 1),
+        ("ALTER TABLE t ADD COLUMN c int GENERATED ALWAYS AS (a * 2) STORED", 1),
+        ("ALTER TABLE t ADD COLUMN c int GENERATED ALWAYS AS IDENTITY", 1),
+        ("ALTER TABLE t SET ACCESS METHOD heap", 1),
+        ("ALTER TABLE t SET LOGGED", 1),
+        ("ALTER TABLE t SET UNLOGGED", 1),
+        ("ALTER TABLE t ALTER a TYPE int8, /* and */ ALTER b TYPE int8", 2),
+        ("CLUSTER t USING t_pkey", 1),
+        ("REFRESH MATERIALIZED VIEW m", 1),
+        ("ALTER TABLE t ADD COLUMN c int", 0),
+        ("ALTER TABLE t DROP COLUMN b", 0),
+        ("ALTER TABLE t ALTER b SET DEFAULT 1", 0),
+        ("ALTER TABLE t RENAME b TO c", 0),
+    ],
+)
+def test_a_table_rewrite_is_counted(sql: str, rewrites: int) -> None:
+    # (pass 45: each makes every partition's heap and every index anew; lock_code counts 8)
+    assert parse(sql).rewrites == rewrites
