@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import secrets
 import ssl
 import struct
@@ -92,7 +93,7 @@ def target_of(params: dict[str, str]) -> Target | None:
     if params.get("gssencmode") == "require":
         return None
     host = params.get("hostaddr") or params.get("host") or ""
-    port = params.get("port") or "5432"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"  # as libpq reads it
     user = params.get("user") or ""
     if not host or not user or "," in host or "," in port or "," in params.get("host", ""):
         return None

@@ -470,3 +470,14 @@ async def test_a_key_roles_pool_logs_in_with_its_keys(pair: LocalPair) -> None:
                 return client_key_of(conn) == (role_keys.client, b"")
 
         await eventually(opened_with_keys, "the role's connection made with its keys")
+
+
+def test_a_conninfo_without_a_port_probes_pgport_as_libpq_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGPORT", "6543")
+    target = target_of({"host": "127.0.0.1", "user": "u", "password": "p"})
+    assert target is not None and target.port == 6543
+    monkeypatch.delenv("PGPORT")
+    target = target_of({"host": "127.0.0.1", "user": "u", "password": "p"})
+    assert target is not None and target.port == 5432
