@@ -45,6 +45,7 @@ function.py, kept off main).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,15 @@ def room_for(pair: LocalPair, take: str) -> int:
 
 
 async def while_a_holds(
-    client: httpx.AsyncClient, watcher: psycopg.AsyncConnection[Any], attack: str
+    client: httpx.AsyncClient,
+    watcher: psycopg.AsyncConnection[Any],
+    attack: str | Sequence[str],
 ) -> tuple[httpx.Response, httpx.Response]:
-    """A runs `attack` and sleeps in the same transaction; B writes to rows42 while A
-    sleeps: (A, B)."""
+    """A runs `attack` (a statement, or several) and sleeps in the same transaction; B
+    writes to rows42 while A sleeps: (A, B)."""
+    statements = [attack] if isinstance(attack, str) else list(attack)
     a_task = asyncio.ensure_future(
-        transaction(client, "write", attack, "SELECT pg_sleep(1.5)", timeout_ms=6000)
+        transaction(client, "write", *statements, "SELECT pg_sleep(1.5)", timeout_ms=6000)
     )
 
     async def sleeping() -> bool:

@@ -44,19 +44,15 @@ CREATE that names it so.
 
 from __future__ import annotations
 
-import asyncio
-
-import httpx
 import psycopg
 import pytest
 
 from app.devdb import SERVICE, LocalPair
-from tests.attacks.conftest import attacked_on, query, transaction
+from tests.attacks.conftest import attacked_on, query
 from tests.attacks.test_pass41_lock_table import lock_table_room
 from tests.attacks.test_pass42_large_object_locks import SETUP as TABLE
-from tests.attacks.test_pass42_large_object_locks import SLEEPING
 from tests.attacks.test_pass42_large_object_locks import TEARDOWN as DROP_TABLE
-from tests.waiting import eventually
+from tests.attacks.test_pass42_large_object_locks import while_a_holds
 
 SETUP = (
     *TABLE,
@@ -74,27 +70,6 @@ COPIES = (
     "CREATE TEMP TABLE mine44 (LIKE jobs44 INCLUDING DEFAULTS)",
     "CREATE TEMP TABLE mine44 (LIKE jobs44 INCLUDING ALL)",
 )
-
-
-async def while_a_holds(
-    client: httpx.AsyncClient, watcher: psycopg.AsyncConnection, attack: list[str]
-) -> tuple[httpx.Response, httpx.Response]:
-    """A runs `attack` and sleeps in the same transaction; B writes to rows42 while A
-    sleeps: (A, B)."""
-    a_task = asyncio.ensure_future(
-        transaction(client, "write", *attack, "SELECT pg_sleep(1.5)", timeout_ms=6000)
-    )
-
-    async def sleeping() -> bool:
-        try:
-            cur = await watcher.execute(SLEEPING, [SERVICE])
-        except psycopg.errors.OutOfMemory:  # (the watcher's own read: the table is full)
-            return True
-        return await cur.fetchone() is not None or a_task.done()
-
-    await eventually(sleeping, "A to hold its locks and sleep", 10)
-    b = await query(client, "admin", "INSERT INTO rows42 (x) VALUES (1)", timeout_ms=1000)
-    return await a_task, b
 
 
 @pytest.mark.parametrize("copy", COPIES)
