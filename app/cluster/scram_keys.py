@@ -18,6 +18,7 @@ conninfo handed to libpq.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -44,6 +45,9 @@ FAILED_RETRY_S = 2.0
 # are given up for GIVE_UP_S: whatever the server is, it does not keep its verifier.
 STALE_IN_A_ROW = 2
 GIVE_UP_S = 600.0
+# How long a login waits for another's login with the same keys, at least and at most
+# (three times as long as the last one took, in between), before it uses the password.
+PATIENCE_S = (0.05, 1.0)
 
 # A login: host, port, user, and a hash of the password (the cache holds no password).
 LoginId = tuple[str, int, str, str]
@@ -93,6 +97,10 @@ class LoginKeys:
         self._probes: dict[LoginId, asyncio.Task[None]] = {}
         # Per login: how many keys in a row were found stale before one logged in.
         self._stale: dict[LoginId, int] = {}
+        # Per login: the login with its keys under way that others wait on (trial()).
+        self._trials: dict[LoginId, asyncio.Future[None]] = {}
+        # Per login: how long its last login with the keys took (seconds).
+        self._took: dict[LoginId, float] = {}
         self._closed = False
         self.enabled = pq.version() >= LIBPQ_WITH_KEYS
         self.connection_class = self._connection_class()
@@ -119,6 +127,19 @@ class LoginKeys:
         keyed = with_keys(params, keys) if keys is not None else None
         return Login(login, target, password, keys, keyed)
 
+    async def choose(self, conninfo: str) -> tuple[Login | None, asyncio.Future[None] | None]:
+        """The login a new connection of `conninfo` makes (keys or password: Login.keyed),
+        and the trial it is, to resolve once its outcome is known (trial())."""
+        login = self.find(conninfo)
+        if login is None or login.keyed is None:
+            return login, None
+        outcome = await self.trial(login)
+        if outcome is False:  # another's trial of these keys is slow: the password
+            return dataclasses.replace(login, keys=None, keyed=None), None
+        if outcome is True:  # another's trial of these keys is over
+            return self.find(conninfo), None
+        return login, outcome
+
     def uses_keys(self, conninfo: str) -> bool:
         """True when new connections of `conninfo` log in with keys now."""
         found = self.find(conninfo)
@@ -132,18 +153,52 @@ class LoginKeys:
         if entry is None or (entry.keys is None and time.monotonic() >= entry.retry_at):
             self._start_probe(login)
 
-    def worked(self, login: Login) -> None:
-        """The keys logged in."""
+    def worked(self, login: Login, took: float) -> None:
+        """The keys logged in, in `took` seconds."""
         self._stale.pop(login.id, None)
+        self._took[login.id] = took
+
+    def failed(self, login: Login) -> bool:
+        """A login with the keys failed (not a timeout): no connection is given them from
+        now on, so those waiting on it (trial()) and those to come use the password. True
+        for the one that found it first, which then says stale() or refused()."""
+        if not self._holds(login):
+            return False  # another connection found them failing first
+        del self._entries[login.id]
+        return True
+
+    async def trial(self, login: Login) -> asyncio.Future[None] | bool:
+        """Before a login with the keys: while another one with the same keys is under way,
+        wait for its outcome, True (find() again: the keys are gone if it failed), or for
+        three times as long as a login with them last took (50 ms to 1 s), False (log in
+        with the password: a refusal under auth_delay takes its delay); else the future to
+        resolve once this one's outcome is known. So a password set again on the server (a
+        new salt) costs one refused login, not one per connection being opened at the
+        time (pass 46: auth_delay delays each, and credcheck-like tools count them)."""
+        pending = self._trials.get(login.id)
+        if pending is None:
+            mine = self._trials[login.id] = asyncio.get_running_loop().create_future()
+            return mine
+        patience = min(max(3 * self._took.get(login.id, 0.0), PATIENCE_S[0]), PATIENCE_S[1])
+        try:
+            async with asyncio.timeout(patience):
+                await asyncio.shield(pending)
+        except TimeoutError:
+            return False
+        return True
+
+    def tried(self, login: Login, mine: asyncio.Future[None]) -> None:
+        """The trial's outcome is known (failed() already said, if it failed)."""
+        if self._trials.get(login.id) is mine:
+            del self._trials[login.id]
+        if not mine.done():
+            mine.set_result(None)
 
     def stale(self, login: Login) -> None:
-        """The keys failed where the password logged in: forget them, probe again (unless
-        that was the case of the last keys too: then the password for GIVE_UP_S)."""
-        if not self._holds(login):
-            return  # another connection found them stale first
+        """The keys failed where the password logged in: probe again (unless that was the
+        case of the last keys too: then the password for GIVE_UP_S)."""
         in_a_row = self._stale[login.id] = self._stale.get(login.id, 0) + 1
         if in_a_row < STALE_IN_A_ROW:
-            del self._entries[login.id]
             logger.info("SCRAM keys for %s were stale (password set again?)", login.target.user)
             self.password_worked(login)
             return
@@ -159,9 +214,7 @@ class LoginKeys:
     def refused(self, login: Login) -> None:
         """The keys and then the password were refused: the password was changed. Keys are
         probed for again once the password logs in."""
-        if self._holds(login):
-            del self._entries[login.id]
-            self._stale.pop(login.id, None)
+        self._stale.pop(login.id, None)
 
     def _holds(self, login: Login) -> bool:
         entry = self._entries.get(login.id)
@@ -212,29 +265,45 @@ class LoginKeys:
 
             @classmethod
             async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-                login = logins.find(conninfo)
-                if login is None:
-                    return await super().connect(conninfo, **kwargs)
-                if login.keyed is None:
+                login, mine = await logins.choose(conninfo)
+                if login is None or login.keyed is None:
                     conn = await super().connect(conninfo, **kwargs)
-                    logins.password_worked(login)
+                    if login is not None:
+                        logins.password_worked(login)
                     return conn
+                return await cls._with_keys(conninfo, login, mine, kwargs)
+
+            @classmethod
+            async def _with_keys(
+                cls,
+                conninfo: str,
+                login: Login,
+                mine: asyncio.Future[None] | None,
+                kwargs: dict[str, Any],
+            ) -> Self:
+                assert login.keyed is not None
+                first = False
+                started = time.monotonic()
                 try:
                     conn = await super().connect(login.keyed, **kwargs)
                 except psycopg.errors.ConnectionTimeout:
                     raise  # the server did not answer: neither would it to the password
                 except psycopg.OperationalError:
-                    pass  # outside the handler, so the password's error does not chain it
+                    first = logins.failed(login)  # (outside the handler below: no chaining)
                 else:
-                    logins.worked(login)
+                    logins.worked(login, time.monotonic() - started)
                     return conn
+                finally:
+                    if mine is not None:
+                        logins.tried(login, mine)
                 try:
                     conn = await super().connect(conninfo, **kwargs)
                 except psycopg.OperationalError as exc:
-                    if refused(exc):
+                    if first and refused(exc):
                         logins.refused(login)
                     raise
-                logins.stale(login)
+                if first:
+                    logins.stale(login)
                 return conn
 
         return KeyedConnection
