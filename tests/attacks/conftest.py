@@ -164,9 +164,14 @@ async def beside_one_server_connection(
     setup: Sequence[str],
     teardown: Sequence[str],
     lock: int | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[LocalPgBouncer, httpx.AsyncClient]]:
     """behind_one_server_connection, with the PgBouncer too: for another client of it."""
-    async with behind_pgbouncer(pair, work_dir, setup, teardown, lock) as (b, _, client):
+    async with behind_pgbouncer(pair, work_dir, setup, teardown, lock, **overrides) as (
+        b,
+        _,
+        client,
+    ):
         yield b, client
 
 
