@@ -143,7 +143,10 @@ class Node:
         # Per pool (by name): who waits for the pool's next new connection.
         self.refills: dict[str, Refills] = {}
         # The SCRAM keys the pools log in with instead of passwords (app/cluster/scram_keys.py).
+        # (not behind PgBouncer: with plain-text passwords it runs PBKDF2 on its one thread
+        # for each probe, and its clients' logins are few and long-lived)
         self.scram = LoginKeys(supervisor, name)
+        self.scram.enabled = self.scram.enabled and not settings.pgbouncer
         self._passwords = {
             role: secret.get_secret_value() for role, secret in settings.role_passwords.items()
         }

@@ -35,6 +35,7 @@ from app.cluster.scram import (
 from app.cluster.scram_keys import STALE_IN_A_ROW, LoginKeys
 from app.devdb import SERVICE, LocalPair, free_ports
 from app.dsn import parse_dsn
+from tests.attacks.conftest import pgbouncer_settings, query
 from tests.conftest import PairFactory, login_role, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually
@@ -481,3 +482,21 @@ def test_a_conninfo_without_a_port_probes_pgport_as_libpq_would(
     monkeypatch.delenv("PGPORT")
     target = target_of({"host": "127.0.0.1", "user": "u", "password": "p"})
     assert target is not None and target.port == 5432
+
+
+async def test_behind_pgbouncer_the_service_makes_no_keys_and_no_probes(
+    pair: LocalPair, bouncer: LocalPgBouncer
+) -> None:
+    # PgBouncer with plain-text passwords runs PBKDF2 on its one thread for each probe, and
+    # under the tests' 1 ms timeouts that stall reached other clients' statements; its
+    # clients' logins are few and long-lived, so the service logs in with the password.
+    dsn = bouncer.dsn("postgres", user=SERVICE)
+    role, _ = login_role(pair, "lowpriv")
+    settings = settings_for(pair, **pgbouncer_settings(pair, dsn, role))
+    async with serving_ready(settings) as (app, client):
+        r = await query(client, "write", "SELECT 1")
+        assert r.status_code == 200, r.text
+        for node in app.state.cluster.nodes:
+            assert not node.scram.enabled
+            assert not node.scram.uses_keys(node.dsn)
+            assert not node.scram._probes
