@@ -145,8 +145,7 @@ class Node:
         # The SCRAM keys the pools log in with instead of passwords (app/cluster/scram_keys.py).
         # (not behind PgBouncer: with plain-text passwords it runs PBKDF2 on its one thread
         # for each probe, and its clients' logins are few and long-lived)
-        self.scram = LoginKeys(supervisor, name)
-        self.scram.enabled = self.scram.enabled and not settings.pgbouncer
+        self.scram = LoginKeys(supervisor, name, enabled=not settings.pgbouncer)
         self._passwords = {
             role: secret.get_secret_value() for role, secret in settings.role_passwords.items()
         }

@@ -27,9 +27,9 @@ from typing import Any, Self
 
 import psycopg
 from psycopg import AsyncConnection, pq
-from psycopg import conninfo as pg_conninfo
 
 from app.cluster.scram import Keys, Target, keys_for, target_of, usable_password, with_keys
+from app.dsn import InvalidDSN, parse_dsn
 from app.redaction import redactor
 from app.supervisor import Supervisor
 
@@ -89,7 +89,9 @@ class LoginKeys:
     password was changed), and kept when the server could not be reached.
     """
 
-    def __init__(self, supervisor: Supervisor | None = None, name: str = "") -> None:
+    def __init__(
+        self, supervisor: Supervisor | None = None, name: str = "", *, enabled: bool = True
+    ) -> None:
         # The probes are the supervisor's tasks when there is one (the service's).
         self._supervisor = supervisor
         self._name = name
@@ -102,7 +104,7 @@ class LoginKeys:
         # Per login: how long its last login with the keys took (seconds).
         self._took: dict[LoginId, float] = {}
         self._closed = False
-        self.enabled = pq.version() >= LIBPQ_WITH_KEYS
+        self.enabled = enabled and pq.version() >= LIBPQ_WITH_KEYS
         self.connection_class = self._connection_class()
 
     def find(self, conninfo: str) -> Login | None:
@@ -110,10 +112,9 @@ class LoginKeys:
         if not self.enabled or self._closed:
             return None
         try:
-            parsed = pg_conninfo.conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError:
+            params = parse_dsn(conninfo)
+        except InvalidDSN:
             return None
-        params = {k: str(v) for k, v in parsed.items() if v is not None}
         password = params.get("password", "")
         if not usable_password(password) or "scram_client_key" in params:
             return None

@@ -114,8 +114,6 @@ MAX_VALUE_LOCKS = 4
 # statements, 100 by default, held 1,500 to 1,700 entries; a temporary table of 16 serial
 # columns takes 52, and 14 of 1,600 filled the table).
 MAX_OBJECTS_MADE = 4
-
-
 # Savepoints mirrorpool sets itself (app/sql/session.py READ_ONLY_SAVEPOINT).
 RESERVED_SAVEPOINTS = "mirrorpool"
 _READ_ONLY_SETTINGS = frozenset({"transaction_read_only", "default_transaction_read_only"})

@@ -117,10 +117,10 @@ class SchemaWatch:
         not for one that makes only a temporary table or sequence while the facts are known,
         no event trigger may run code on it and it names no type or relation with code of
         the database's own (a type's input function runs on a default's literal, and LIKE
-        reads a relation). The facts count nothing in a temporary
-        schema, and the connection is closed after it (session.effect), so they would read
-        the same after it; a key making temporary tables in a loop would otherwise have every
-        other key's statements judged once the catalog is read again (pass 15)."""
+        reads a relation). The facts count nothing in a temporary schema, and the connection
+        is closed after it (session.effect), so they would read the same after it; a key
+        making temporary tables in a loop would otherwise have every other key's statements
+        judged once the catalog is read again (pass 15)."""
         facts = self.current
         if (
             tree.temp_only
