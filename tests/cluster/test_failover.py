@@ -116,21 +116,40 @@ def prepare(pair: LocalPair) -> None:
     eventually_sync(replicated, "the table on the mirror")
 
 
+# Failover within a second: a check every 0.2 s, two failed ones make a node down.
+FAILOVER_SETTINGS: dict[str, Any] = {
+    "health_interval": 0.2,
+    "health_timeout": 0.5,
+    "health_threshold": 2,
+    "pool_max_size": 8,
+    "pool_max_waiting": 0,
+}
+
+
 @pytest.fixture
 async def failover(make_pair: PairFactory) -> AsyncIterator[tuple[LocalPair, FastAPI, Any]]:
     own = make_pair()
     prepare(own)
-    settings = settings_for(
-        own, health_interval=0.2, health_timeout=0.5, health_threshold=2, pool_max_size=8,
-        pool_max_waiting=0,
-    )  # fmt: skip
-    async with serving_ready(settings) as (app, client):
+    async with serving_ready(settings_for(own, **FAILOVER_SETTINGS)) as (app, client):
         yield own, app, client
 
 
 async def steady(seconds: float) -> None:
     """Let the load run: the clients' own requests are the thing being observed."""
     await asyncio.sleep(seconds)
+
+
+async def kill_and_promote(own: LocalPair, cluster: Any) -> float:
+    """Under load: kill -9 the primary, promote the mirror once the writer is lost, and let
+    the load run on it; when the promotion began (time.monotonic())."""
+    await steady(0.5)
+    own.primary.kill()
+    await eventually(lambda: cluster.writer is None, "the writer to be lost")
+    promoted = time.monotonic()
+    own.mirrors[0].promote()
+    await eventually(lambda: cluster.writer is not None, "the promoted writer")
+    await steady(1.0)
+    return promoted
 
 
 def assert_writes_answered_in_time(load: Load) -> None:
@@ -189,13 +208,7 @@ async def test_promotion_brings_writes_back_and_the_old_primary_is_fenced(
     own, app, client = failover
     cluster = app.state.cluster
     async with Load(client) as load:
-        await steady(0.5)
-        own.primary.kill()
-        await eventually(lambda: cluster.writer is None, "the writer to be lost")
-        promoted = time.monotonic()
-        own.mirrors[0].promote()
-        await eventually(lambda: cluster.writer is not None, "the promoted writer")
-        await steady(1.0)
+        promoted = await kill_and_promote(own, cluster)
         with_old = own.primary
         with_old.start()
         await eventually(lambda: "primary" in cluster.fenced, "the old primary to be fenced")

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.devdb import OWNER, LocalPair
-from tests.cluster.test_failover import Load, Outcome, prepare, steady
+from tests.cluster.test_failover import FAILOVER_SETTINGS, Load, Outcome, prepare, steady
 from tests.conftest import PairFactory, serving_ready, settings_for
 from tests.waiting import eventually
 
@@ -142,10 +142,7 @@ class PlainLoad(Load):
 async def test_kill_9_of_the_primary_fails_no_plain_read(make_pair: PairFactory) -> None:
     own = make_pair()
     prepare(own)
-    settings = settings_for(
-        own, health_interval=0.2, health_timeout=0.5, health_threshold=2, pool_max_size=8,
-        pool_max_waiting=0,
-    )  # fmt: skip
+    settings = settings_for(own, **FAILOVER_SETTINGS)
     async with serving_ready(settings) as (app, client), PlainLoad(client) as load:
         await steady(1.0)
         killed = time.monotonic()

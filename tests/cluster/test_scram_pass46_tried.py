@@ -36,7 +36,7 @@ from app.cluster.scram import Keys, keys_for, probe, target_of
 from app.cluster.scram_keys import LoginKeys
 from app.devdb import SERVICE, SUPERUSER, LocalPair
 from app.dsn import parse_dsn
-from tests.cluster.test_failover import Load, prepare, steady
+from tests.cluster.test_failover import FAILOVER_SETTINGS, Load, kill_and_promote, prepare
 from tests.cluster.test_scram_keys import client_key_of, keyed_pool, role_dsn
 from tests.conftest import PairFactory, login_role, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
@@ -105,23 +105,13 @@ async def test_kill_and_promote_the_promoted_node_logs_in_with_its_keys(
         monkeypatch.setattr(scram_keys, "LIBPQ_WITH_KEYS", 10**9)
     own = make_pair()
     prepare(own)
-    settings = settings_for(
-        own, health_interval=0.2, health_timeout=0.5, health_threshold=2, pool_max_size=8,
-        pool_max_waiting=0,
-    )  # fmt: skip
-    async with serving_ready(settings) as (app, client):
+    async with serving_ready(settings_for(own, **FAILOVER_SETTINGS)) as (app, client):
         cluster = app.state.cluster
         mirror = next(n for n in cluster.nodes if n.name == "mirror")
         if keys:
             await eventually(lambda: mirror.scram.uses_keys(mirror.dsn), "the mirror's keys")
         async with Load(client) as load:
-            await steady(0.5)
-            own.primary.kill()
-            await eventually(lambda: cluster.writer is None, "the writer to be lost")
-            promoted = time.monotonic()
-            own.mirrors[0].promote()
-            await eventually(lambda: cluster.writer is not None, "the promoted writer")
-            await steady(1.0)
+            promoted = await kill_and_promote(own, cluster)
         await mirror.drain()
         async with mirror.pool.connection() as conn:
             key: Any = client_key_of(conn)
