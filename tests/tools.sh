@@ -14,6 +14,7 @@ TOOLS=(
     "patroni patroni"         # tests/cluster/test_patroni.py: two Patroni members and etcd
     "patronictl patroni"
     "etcd etcd-server"
+    "openssl openssl"         # tests/cluster/test_scram_keys.py: a self-signed certificate
 )
 for extra in "$@"; do
     TOOLS+=("${extra%%:*} ${extra#*:}")
