@@ -75,12 +75,13 @@ async def test_no_pair_of_hiccups_after_the_commit_leaves_an_unclean_session(
 
 
 # A's own statements run under the 1 ms its code sets: its COMMIT starts that timeout at its
-# Parse, and a backend descheduled for a millisecond before the COMMIT is done (a busy
-# machine; twice in CI's runs, once in about 300 rounds) is cancelled, as the code asked:
-# answered 504 with 57014, its transaction rolled back. That round is tried again, up to
-# ATTEMPTS times, so each pair of hiccups still follows a COMMIT that succeeded. B's own
-# session never had the 1 ms (B sets none, and follows a clean session or a new one), so
-# the 57014 is always A's own timeout.
+# Parse, and PostgreSQL disarms it only when the COMMIT's Execute ends the block (the commit's
+# own work, deferred triggers included, runs with none). A backend descheduled for a
+# millisecond between the two (a busy machine; twice in the recorded runs, about 1 round in
+# 300) is cancelled, as the code asked: answered 504 with 57014, its transaction rolled
+# back. That round is tried again, up to ATTEMPTS times, so each pair of hiccups still
+# follows a COMMIT that succeeded. B's own session never had the 1 ms (B sets none, and
+# follows a clean session or a new one), so the 57014 is always A's own timeout.
 ATTEMPTS = 10
 CANCELLED = "57014"
 
