@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import AsyncConnection, pq, sql
+from psycopg import AsyncConnection, pq
 
 from app.cluster.node import shut
 from app.errors import ResultTooLarge
@@ -150,11 +150,11 @@ def _may_leave_state(held: Checkout) -> bool:
 
 def flushed(
     conn: AsyncConnection[Any],
-    opening: sql.Composed,
+    opening: str,
     ctx: Context,
     statements: list[BoundSQL],
     read_only: bool,
-) -> sql.Composed:
+) -> str:
     """The transaction's opening, also letting go of session advisory locks left on the
     server session (_UNLOCK_SQL), and with the backend's table and function counters to be
     flushed when it goes idle after the transaction (PostgreSQL 15 on): until then the next
@@ -163,12 +163,12 @@ def flushed(
     SQL PREPAREd there is dropped by the opening itself before code of the database's own
     (transactions.begin); before code that may make temporary tables, the session's local
     buffers are made at their usual size (_PIN_LOCAL_BUFFERS_SQL)."""
-    parts = [opening, sql.SQL(_UNLOCK_SQL)]
+    parts = [opening, _UNLOCK_SQL]
     if not read_only and any(ctx.traces(b.tree).forget for b in statements):
-        parts.append(sql.SQL(_PIN_LOCAL_BUFFERS_SQL))
+        parts.append(_PIN_LOCAL_BUFFERS_SQL)
     if conn.info.server_version >= 150000:
-        parts.append(sql.SQL(traces.FLUSH_STATISTICS_SQL))
-    return sql.SQL("; ").join(parts)
+        parts.append(traces.FLUSH_STATISTICS_SQL)
+    return "; ".join(parts)
 
 
 async def finish(

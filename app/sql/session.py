@@ -14,12 +14,11 @@ DISCARD ALL, or closed when even that could leave something behind, before reuse
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any, Literal
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection
 
 from app.sql import catalog, pipeline
 from app.sql.schema_code import SchemaCode
@@ -315,44 +314,6 @@ DEALLOCATE_SQL_PREPARED = (
     " FROM pg_catalog.pg_prepared_statements p WHERE p.from_sql"
     " LOOP EXECUTE pg_catalog.format('DEALLOCATE %I', n); END LOOP; END $$"
 )
-
-
-def begin_sql(
-    *,
-    read_only: bool,
-    isolation: Isolation | None,
-    timeout_ms: int,
-    lock_timeout_ms: int,
-    local_settings: Mapping[str, str] | None = None,
-    discard_sequences: bool = False,
-    deferrable: bool = False,
-    immediate: bool = False,
-    deallocate: Literal["all", "sql"] | None = None,
-    reseed: float | None = None,
-) -> sql.Composed:
-    """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
-    sessions that do not carry them: behind a transaction pooler), as one simple query;
-    with `discard_sequences`, the session's sequence values (another client's) forgotten;
-    with `deallocate`, the statements prepared on it ("all"; "sql": only those SQL PREPAREd,
-    not a pooler's own, DEALLOCATE_SQL_PREPARED); with `reseed`, random() seeded with it;
-    with `immediate`, deferred constraints checked by each statement (IMMEDIATE_SQL)."""
-    parts = [
-        *(sql.SQL(statement) for statement in opening(isolation, read_only, deferrable)),
-        sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(int(timeout_ms))),
-        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(int(lock_timeout_ms))),
-    ]
-    for name, value in (local_settings or {}).items():
-        # Names are mirrorpool's own constants (SESSION_SETTINGS), never a request's.
-        parts.append(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
-    if discard_sequences:
-        parts.append(sql.SQL("DISCARD SEQUENCES"))
-    if deallocate is not None:
-        parts.append(sql.SQL("DEALLOCATE ALL" if deallocate == "all" else DEALLOCATE_SQL_PREPARED))
-    if reseed is not None:
-        parts.append(sql.SQL("SELECT pg_catalog.setseed({})").format(sql.Literal(reseed)))
-    if immediate:
-        parts.append(sql.SQL(IMMEDIATE_SQL))
-    return sql.SQL("; ").join(parts)
 
 
 # The transaction's own limits, as one statement that pipeline mode can send (it takes one

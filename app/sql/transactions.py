@@ -11,7 +11,9 @@ the same transaction runs one statement at a time (app/sql/pgbouncer.py), opened
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import psycopg
 from psycopg import AsyncConnection
@@ -154,7 +156,7 @@ def begin(
     statements: list[BoundSQL],
     text: bool = False,
     deferrable: bool = False,
-) -> Any:
+) -> str:
     """BEGIN and the transaction's limits as one simple query, with what the session does
     not carry set LOCAL (behind PgBouncer)."""
     local = ctx.local_settings
@@ -162,7 +164,7 @@ def begin(
     hidden = any(t.forget for t in found)
     if text:  # Limits.text_output, behind PgBouncer: SET LOCAL, gone with the transaction
         local = {**(local or {}), **text_output.POSTGRES_STYLES}
-    return session.begin_sql(
+    return begin_sql(
         read_only=read_only,
         isolation=isolation,
         timeout_ms=timeout_ms,
@@ -177,6 +179,63 @@ def begin(
         # client of the pooler, or a request of ours whose end was cut short, may have left
         # them)
         deallocate=("all" if ctx.options.own_sessions else "sql") if hidden else None,
+    )
+
+
+def begin_sql(
+    *,
+    read_only: bool,
+    isolation: Isolation | None,
+    timeout_ms: int,
+    lock_timeout_ms: int,
+    local_settings: Mapping[str, str] | None = None,
+    discard_sequences: bool = False,
+    deferrable: bool = False,
+    immediate: bool = False,
+    deallocate: Literal["all", "sql"] | None = None,
+    reseed: float | None = None,
+) -> str:
+    """BEGIN with the transaction's mode, its local timeouts and `local_settings` (for
+    sessions that do not carry them: behind a transaction pooler), as one simple query;
+    with `discard_sequences`, the session's sequence values (another client's) forgotten;
+    with `deallocate`, the statements prepared on it ("all"; "sql": only those SQL PREPAREd,
+    not a pooler's own, session.DEALLOCATE_SQL_PREPARED); with `reseed`, random() seeded with it;
+    with `immediate`, deferred constraints checked by each statement (IMMEDIATE_SQL). Text
+    made once a shape (psycopg's composition, per request, was a fifth of its CPU)."""
+    local = tuple((local_settings or {}).items())
+    text = _begin_text(
+        read_only, isolation, deferrable, int(timeout_ms), int(lock_timeout_ms), local
+    )
+    if discard_sequences:
+        text += "; DISCARD SEQUENCES"
+    if deallocate is not None:
+        text += "; " + (
+            "DEALLOCATE ALL" if deallocate == "all" else session.DEALLOCATE_SQL_PREPARED
+        )
+    if reseed is not None:
+        text += f"; SELECT pg_catalog.setseed({float(reseed)!r}::pg_catalog.float8)"
+    return f"{text}; {session.IMMEDIATE_SQL}" if immediate else text
+
+
+@functools.lru_cache(maxsize=256)
+def _begin_text(
+    read_only: bool,
+    isolation: Isolation | None,
+    deferrable: bool,
+    timeout_ms: int,
+    lock_timeout_ms: int,
+    local: tuple[tuple[str, str], ...],
+) -> str:
+    # Names and values are mirrorpool's own constants (SESSION_SETTINGS), never a request's.
+    if any("'" in value or "\\" in value for _, value in local):
+        raise ValueError("a session setting's value to quote")
+    return "; ".join(
+        [
+            *session.opening(isolation, read_only, deferrable),
+            f"SET LOCAL statement_timeout = {timeout_ms}",
+            f"SET LOCAL lock_timeout = {lock_timeout_ms}",
+            *(f"SET LOCAL {name} = '{value}'" for name, value in local),
+        ]
     )
 
 

@@ -9,7 +9,7 @@ its locks, on one of the pooler's few server connections, and may still commit.
 app/sql/pgbouncer.py `finish` sends, in one query, `SET CONSTRAINTS ALL IMMEDIATE; RESET
 ALL; ...; COMMIT; RESET ALL; ...` (as it then did: a cleanup before the end, and a reset after
 it; the whole cleanup has since moved after the end, in units of its own). Behind PgBouncer
-the request's limits exist only as SET LOCAL of its BEGIN (session.begin_sql), among them
+the request's limits exist only as SET LOCAL of its BEGIN (transactions.begin_sql), among them
 lock_timeout and client_connection_check_interval, which is what stops a backend whose
 client went away (pass 9: mirrorpool's deadline shuts its socket to the pooler, not to the
 server; the cancel request it sends did not stop this one either). PostgreSQL lifts the
@@ -33,7 +33,7 @@ cleanup's SET CONSTRAINTS ALL IMMEDIATE) stops within seconds (test_pass31_tried
 
 Root cause: app/sql/pgbouncer.py's cleanup before the end (as it then was) ran RESET ALL before the
 transaction's end, which resets the limits the transaction set LOCAL in its opening
-(transactions.begin / session.begin_sql), while code of the database's own still runs at
+(transactions.begin / begin_sql), while code of the database's own still runs at
 the COMMIT.
 
 The safe behaviour: the limits hold until the transaction has ended: the cleanup before
