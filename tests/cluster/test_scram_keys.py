@@ -24,6 +24,7 @@ from app.api.auth import hash_key
 from app.cluster.scram import (
     MAX_ITERATIONS,
     Keys,
+    Target,
     Verifier,
     derive_keys,
     keys_for,
@@ -411,6 +412,13 @@ async def test_keys_stale_twice_in_a_row_are_given_up(pair: LocalPair) -> None:
         await logins.close()
 
 
+async def probed_twice(dsn: str) -> tuple[Target, Verifier | None, Verifier | None]:
+    """The conninfo's probe target, and what two probes of it in a row read."""
+    target = target_of(parse_dsn(dsn))
+    assert target is not None
+    return target, await probe(target), await probe(target)
+
+
 @pytest.fixture
 def bouncer(pair: LocalPair, work_dir: Path) -> Iterator[LocalPgBouncer]:
     """PgBouncer in front of the shared primary, with plain-text passwords."""
@@ -424,9 +432,7 @@ async def test_behind_pgbouncer_with_plain_passwords_no_keys_and_nothing_fails(
     # PgBouncer makes up a salt for every login from the password in its auth_file: keys
     # derived from one would fail at the next. Two probes that disagree say so.
     dsn = bouncer.dsn(user=SERVICE)
-    target = target_of(parse_dsn(dsn))
-    assert target is not None
-    first, second = await probe(target), await probe(target)
+    target, first, second = await probed_twice(dsn)
     assert first is not None and second is not None and first != second
     assert await keys_for(target, parse_dsn(dsn)["password"]) is True
     async with keyed_pool(dsn) as (pool, logins):

@@ -32,12 +32,12 @@ import psycopg
 import pytest
 
 from app.cluster import scram_keys
-from app.cluster.scram import Keys, keys_for, probe, target_of
+from app.cluster.scram import Keys, keys_for
 from app.cluster.scram_keys import LoginKeys
 from app.devdb import SERVICE, SUPERUSER, LocalPair
 from app.dsn import parse_dsn
 from tests.cluster.test_failover import FAILOVER_SETTINGS, Load, kill_and_promote, prepare
-from tests.cluster.test_scram_keys import client_key_of, keyed_pool, role_dsn
+from tests.cluster.test_scram_keys import client_key_of, keyed_pool, probed_twice, role_dsn
 from tests.conftest import PairFactory, login_role, serving_ready, settings_for
 from tests.pgbouncer import LocalPgBouncer
 from tests.waiting import eventually
@@ -70,9 +70,7 @@ async def test_pgbouncer_with_scram_secrets_passes_the_keys_through(
     scram_bouncer: ScramSecretsBouncer,
 ) -> None:
     dsn = scram_bouncer.dsn(user=SERVICE)
-    target = target_of(parse_dsn(dsn))
-    assert target is not None
-    first, second = await probe(target), await probe(target)
+    target, first, second = await probed_twice(dsn)
     assert first is not None and first == second
     keys = await keys_for(target, parse_dsn(dsn)["password"])
     assert isinstance(keys, Keys)
