@@ -29,7 +29,7 @@ from pglast import parser as pg_parser
 from app.errors import DatabaseError, InvalidSQL, LimitExceeded
 from app.sql.catalog import CLEAN_FUNCTIONS, catalog_or_dblink
 from app.sql.text_cache import TextCache
-from app.sql.tree_nodes import Name
+from app.sql.tree_nodes import Name, makes_only_temporary
 from app.sql.tree_walk import SET_CONFIG, SetConfig, Setting, walk
 
 # The largest parse tree read, as libpg_query's JSON: some forty times the text for the
@@ -311,26 +311,8 @@ def _facts(stmt: dict[str, Any], *, keep_node: bool) -> Tree:
         copies_objects=seen.copies,
         makes_relation=int(kind in _MAKES_RELATION or "IntoClause" in seen.kinds),
         rewrites=seen.rewrites,
-        temp_only=not seen.calls and _makes_only_temporary(kind, body),
+        temp_only=not seen.calls and makes_only_temporary(kind, body),
     )
-
-
-def _makes_only_temporary(kind: str, body: dict[str, Any]) -> bool:
-    """A CREATE TEMP TABLE that inherits from no table, is no partition and names no access
-    method (whose handler is code), or a CREATE TEMP SEQUENCE owned by no column: what it
-    makes lives in the session's temporary schema."""
-    if kind == "CreateStmt" and not (
-        body.get("inhRelations") or body.get("partbound") or body.get("accessMethod")
-    ):
-        made = body.get("relation") or {}
-    elif kind == "CreateSeqStmt" and not any(
-        (option.get("DefElem") or {}).get("defname") == "owned_by"
-        for option in body.get("options") or ()
-    ):
-        made = body.get("sequence") or {}
-    else:
-        return False
-    return made.get("relpersistence") == "t" or made.get("schemaname") == "pg_temp"
 
 
 # Statements PostgreSQL never runs inside a transaction block, whatever their options.

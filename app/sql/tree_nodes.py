@@ -125,3 +125,53 @@ def steady(arg: dict[str, Any], allowed: frozenset[str] = STEADY_NODES) -> bool:
             if not name or name[-1] not in LOCK_KEY_FUNCTIONS or fields.get("over"):
                 return False
     return True
+
+
+def makes_only_temporary(kind: str, body: dict[str, Any]) -> bool:
+    """A CREATE TEMP TABLE that inherits from no table, is no partition, names no access
+    method (whose handler is code), copies nothing (LIKE, OF a type) and has columns of
+    PostgreSQL's own types only, or a CREATE TEMP SEQUENCE owned by no column: what it makes
+    lives in the session's temporary schema, and runs no code of the database's own (a
+    domain's default or check, a type's input function on a default's literal: pass 47)."""
+    if kind == "CreateStmt" and not (
+        body.get("inhRelations")
+        or body.get("partbound")
+        or body.get("accessMethod")
+        or body.get("ofTypename")
+        or not all(_plain_element(element) for element in body.get("tableElts") or ())
+    ):
+        made = body.get("relation") or {}
+    elif kind == "CreateSeqStmt" and not any(
+        (option.get("DefElem") or {}).get("defname") == "owned_by"
+        for option in body.get("options") or ()
+    ):
+        made = body.get("sequence") or {}
+    else:
+        return False
+    return made.get("relpersistence") == "t" or made.get("schemaname") == "pg_temp"
+
+
+# The names of PostgreSQL's own types that its parser leaves unqualified (the keyword types,
+# int or varchar or timestamp with time zone, come out named pg_catalog.int4 and the like).
+_CATALOG_TYPES = frozenset(
+    {
+        *("text", "name", "char", "date", "uuid", "json", "jsonb", "bytea", "xml", "money"),
+        *("inet", "cidr", "macaddr", "macaddr8", "tsvector", "tsquery", "oid", "regclass"),
+        *("point", "line", "lseg", "box", "path", "polygon", "circle", "timestamptz"),
+        *("int2", "int4", "int8", "float4", "float8", "bool", "timetz", "varbit"),
+        *("serial", "bigserial", "smallserial", "serial2", "serial4", "serial8"),
+        *("int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange"),
+    }
+)
+
+
+def _plain_element(element: dict[str, Any]) -> bool:
+    """A column of a catalog type (qualified with pg_catalog, or a name of _CATALOG_TYPES),
+    or a table constraint (what it calls counts apart)."""
+    if "Constraint" in element:
+        return True
+    type_name = (element.get("ColumnDef") or {}).get("typeName") or {}
+    name = strings(type_name.get("names"))
+    if type_name.get("pct_type") or not name:
+        return False
+    return name[:-1] == ("pg_catalog",) or (len(name) == 1 and name[0] in _CATALOG_TYPES)
