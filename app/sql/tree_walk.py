@@ -286,9 +286,17 @@ def _note_copied(fields: dict[str, Any], seen: Seen) -> None:
 
 
 # What builds a new heap for the table (and for each partition) and new indexes: ALTER TABLE
-# commands that rewrite it, CLUSTER, REFRESH MATERIALIZED VIEW (pass 45).
+# commands that rewrite it, CLUSTER, REFRESH MATERIALIZED VIEW (pass 45); and ATTACH
+# PARTITION, which makes an index for each of the parent's on every relation it attaches
+# (DETACH, DROP INDEX and ATTACH again made 56 a round: pass 47).
 _REWRITING_COMMANDS = frozenset(
-    {"AT_AlterColumnType", "AT_SetAccessMethod", "AT_SetLogged", "AT_SetUnLogged"}
+    {
+        "AT_AlterColumnType",
+        "AT_SetAccessMethod",
+        "AT_SetLogged",
+        "AT_SetUnLogged",
+        "AT_AttachPartition",
+    }
 )
 _REWRITING = frozenset({"ClusterStmt", "RefreshMatViewStmt"})
 _DEFAULTING = frozenset({"CONSTR_DEFAULT", "CONSTR_GENERATED", "CONSTR_IDENTITY"})

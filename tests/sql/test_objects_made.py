@@ -75,6 +75,9 @@ def test_ordinary_ddl_makes_few(sql: str) -> None:
         ("ALTER TABLE t ALTER a TYPE int8, /* and */ ALTER b TYPE int8", 2),
         ("CLUSTER t USING t_pkey", 1),
         ("REFRESH MATERIALIZED VIEW m", 1),
+        # (an index for each of the parent's on every relation attached: pass 47)
+        ("ALTER TABLE p ATTACH PARTITION x FOR VALUES IN (0, 1)", 1),
+        ("ALTER TABLE p DETACH PARTITION x", 0),
         ("ALTER TABLE t ADD COLUMN c int", 0),
         ("ALTER TABLE t DROP COLUMN b", 0),
         ("ALTER TABLE t ALTER b SET DEFAULT 1", 0),
