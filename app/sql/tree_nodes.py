@@ -1,6 +1,6 @@
 """Walking pglast's JSON form of a parse tree: its nodes, depth first, and the few readings
 of a node that the walk (app/sql/tree_walk.py) and the lock rule (app/sql/lock_code.py)
-share.
+share, and whether a CREATE makes only a temporary table or sequence (Tree.temp_only).
 
 A node is wrapped in a one-key object naming its type except in the fields of a fixed node
 type, which pglast's own AST classes name.
