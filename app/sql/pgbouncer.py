@@ -136,8 +136,7 @@ _UNLOCK_SQL = "SELECT pg_catalog.pg_advisory_unlock_all()"
 
 def _unlock_and_reseed() -> str:
     return (
-        "SELECT pg_catalog.pg_advisory_unlock_all(),"
-        f" pg_catalog.setseed({traces.reseed_value()!r}::pg_catalog.float8)"
+        f"SELECT pg_catalog.pg_advisory_unlock_all(), {traces.setseed_call(traces.reseed_value())}"
     )
 
 

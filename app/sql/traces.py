@@ -59,3 +59,8 @@ def may_read_traces(tree: Tree, code: SchemaCode) -> bool:
 def reseed_value() -> float:
     """A seed for setseed() (-1 to 1), from the operating system's strong random source."""
     return secrets.randbelow(2**53) / 2**53
+
+
+def setseed_call(seed: float) -> str:
+    """setseed() of `seed` as SQL text, for an opening or a cleanup sent as text."""
+    return f"pg_catalog.setseed({float(seed)!r}::pg_catalog.float8)"

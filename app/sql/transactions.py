@@ -213,7 +213,7 @@ def begin_sql(
             "DEALLOCATE ALL" if deallocate == "all" else session.DEALLOCATE_SQL_PREPARED
         )
     if reseed is not None:
-        text += f"; SELECT pg_catalog.setseed({float(reseed)!r}::pg_catalog.float8)"
+        text += f"; SELECT {traces.setseed_call(reseed)}"
     return f"{text}; {session.IMMEDIATE_SQL}" if immediate else text
 
 
