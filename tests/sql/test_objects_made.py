@@ -77,6 +77,8 @@ def test_ordinary_ddl_makes_few(sql: str) -> None:
         ("REFRESH MATERIALIZED VIEW m", 1),
         # (an index for each of the parent's on every relation attached: pass 47)
         ("ALTER TABLE p ATTACH PARTITION x FOR VALUES IN (0, 1)", 1),
+        ('ALTER TABLE /* a comment */ "p" ATTACH PARTITION pg_temp.x DEFAULT', 1),
+        ('ALTER TABLE IF EXISTS ONLY public.p ATTACH PARTITION U&"\\0078" FOR VALUES IN (2)', 1),
         ("ALTER TABLE p DETACH PARTITION x", 0),
         ("ALTER TABLE t ADD COLUMN c int", 0),
         ("ALTER TABLE t DROP COLUMN b", 0),
